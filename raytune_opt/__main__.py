@@ -1,0 +1,3 @@
+from raytune_opt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,98 @@
+"""The ``raytune-opt`` command line.
+
+User errors (any :class:`RaytuneOptError`) print one line per problem on stderr and exit
+with code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from raytune_opt import __version__, searchers
+from raytune_opt.errors import RaytuneOptError, UsageError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, as for every user error
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
+def _add_spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="the sweep spec (YAML), e.g. search_spaces/digits_cnn.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="settings applied on top of the spec, e.g. search.num_samples=4 train.epochs=2")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="raytune-opt", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"raytune-opt {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    v = sub.add_parser("validate", help="check a spec and summarize its search space; starts nothing")
+    _add_spec_args(v)
+    v.add_argument("--local", action="store_true", help="also check that one trial fits on this machine")
+    v.add_argument("--quiet", action="store_true", help="print only the summary, not the resolved spec")
+
+    r = sub.add_parser("run", help="run a sweep, then promote its best trial")
+    _add_spec_args(r)
+    r.add_argument("--dry-run", action="store_true", help="every trial for a few batches on local Ray, one worker")
+    r.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
+    r.add_argument("--storage", help="results directory; overrides storage.path")
+    return parser
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from raytune_opt.spec import load_spec
+
+    spec = load_spec(args.spec, args.overrides, local=args.local)
+    if not args.quiet:
+        print(f"# resolved spec: {args.spec}")
+        print(spec.to_yaml().rstrip())
+        print()
+    for line in space_summary(spec):
+        print(line)
+    return 0
+
+
+def space_summary(spec) -> list[str]:
+    space = spec.space
+    search = spec.data["search"]
+    chosen = searchers.searcher_key(search["algorithm"], search["sampler"])
+    n_cond = sum(1 for p in space.params if p.conditions)
+    lines = [f"spec {spec.source}: OK (sha256 {spec.sha256()[:12]})",
+             f"space: {len(space)} dimension(s), {n_cond} conditional, grid points: {space.grid_size()}"]
+    lines += [f"  {line}" for line in space.summary()]
+    trials = search["num_samples"] * (space.grid_size() if search["algorithm"] in ("grid", "random") else 1)
+    lines.append(f"searchers that can take it: {', '.join(searchers.accepting(space))}")
+    lines.append(f"search: {chosen}, metric {search['metric']} ({search['mode']}), {trials} trial(s); "
+                 f"scheduler: {spec.data['scheduler']['name']}")
+    return lines
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from raytune_opt.spec import load_spec
+
+    load_spec(args.spec, args.overrides, local=not (args.address or args.dry_run is False and False))
+    raise UsageError("'raytune-opt run' is not implemented yet (the sweep lands with issue #3); "
+                     "'raytune-opt validate SPEC' checks a spec today")
+
+
+COMMANDS = {"validate": cmd_validate, "run": cmd_run}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except RaytuneOptError as err:
+        for line in err.lines():
+            print(line, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("raytune-opt: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

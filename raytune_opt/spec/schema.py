@@ -1,0 +1,292 @@
+"""The sweep spec's schema: every key, its type, default, bounds and documentation.
+
+One declarative tree (:data:`SPEC`) drives validation, defaults, the README's spec
+reference and the check that a ``space`` key names a real recipe setting. Names that a
+registry owns (models, datasets, optimizers, ...) are listed here so that ``validate``
+never has to import torch or Ray; a test checks they match the registries.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+# Names owned by the registries in raytune_opt.recipe / searchers / schedulers.
+DATASETS = ("digits", "cifar10", "cifar100", "imagefolder")
+MODELS = ("mlp", "small_cnn", "resnet18", "resnet34", "resnet50",
+          "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0")
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+LR_SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
+LOSSES = ("cross_entropy", "focal")
+PRECISIONS = ("fp32", "bf16", "fp16")
+STRATEGIES = ("ddp", "deepspeed")
+ALGORITHMS = ("grid", "random", "optuna", "hyperopt")
+SAMPLERS = ("tpe", "gp", "cmaes", "random")
+SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
+PROMOTION_TARGETS = ("onnx", "int8", "tensorrt")
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+# Metrics the training recipe reports after every epoch, and the direction that is better.
+METRICS = {
+    "val_accuracy": "max", "val_f1": "max", "val_precision": "max", "val_recall": "max",
+    "val_loss": "min", "train_loss": "min",
+}
+# Sections whose leaves a search space may tune.
+TUNABLE_SECTIONS = ("data", "model", "train")
+
+
+@dataclass(frozen=True)
+class Field:
+    """One leaf key of the spec."""
+
+    type: str  # "int" | "float" | "bool" | "str" | "list" | "dict" | "any"
+    default: Any
+    doc: str
+    choices: tuple | None = None
+    nullable: bool = False
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    check: Callable[[Any], str | None] | None = None  # extra rule: returns what is wrong
+    tunable: bool = True
+    required: bool = False
+
+    def bounds_text(self) -> str:
+        parts = []
+        if self.ge is not None:
+            parts.append(f">= {self.ge:g}")
+        if self.gt is not None:
+            parts.append(f"> {self.gt:g}")
+        if self.le is not None:
+            parts.append(f"<= {self.le:g}")
+        if self.lt is not None:
+            parts.append(f"< {self.lt:g}")
+        return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping of keys to Fields or nested Sections."""
+
+    doc: str
+    fields: dict = field(default_factory=dict)
+    open: bool = False  # open sections accept any key (DeepSpeed's config is passed through)
+
+
+def _name_check(value: Any) -> str | None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
+        return "must be letters, digits, '_', '.' or '-' (it names the results directory)"
+    return None
+
+
+def _class_weights_check(value: Any) -> str | None:
+    if value is None or value == "balanced":
+        return None
+    if isinstance(value, list) and value and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 and math.isfinite(v) for v in value
+    ):
+        return None
+    return "must be null, 'balanced' or a list of non-negative numbers, one per class"
+
+
+def _targets_check(value: Any) -> str | None:
+    bad = [t for t in value if t not in PROMOTION_TARGETS]
+    if bad:
+        return f"unknown promotion target(s) {bad}; valid: {', '.join(PROMOTION_TARGETS)}"
+    if len(set(value)) != len(value):
+        return "lists a target twice"
+    return None
+
+
+SPEC = Section("A sweep spec.", {
+    "name": Field("str", "sweep", "Experiment name; results go to STORAGE/NAME/.", check=_name_check, tunable=False),
+    "seed": Field("int", 0, "Seed for data split, model init and (unless search.seed is set) the searcher.", ge=0),
+    "data": Section("The data set.", {
+        "dataset": Field("str", "digits", "Data set: digits (ships with scikit-learn) | cifar10 | cifar100 | imagefolder.",
+                         choices=DATASETS),
+        "root": Field("str", None, "Directory holding the data (cifar10/cifar100: torchvision's on-disk format; "
+                      "imagefolder: one sub-folder per class). Not used by digits.", nullable=True, tunable=False),
+        "download": Field("bool", False, "cifar10/cifar100 only: download into root when missing (needs internet).",
+                          tunable=False),
+        "val_fraction": Field("float", 0.2, "Fraction of the training data held out for validation (seeded split).",
+                              gt=0, lt=1),
+        "image_size": Field("int", None, "imagefolder only: images are resized to this square size (pixels); "
+                            "default 224.", nullable=True, ge=8),
+        "loader_workers": Field("int", 0, "DataLoader worker processes per train worker.", ge=0),
+    }),
+    "model": Section("The model to train.", {
+        "name": Field("str", "small_cnn", "Model: " + " | ".join(MODELS) + " (random init, nothing downloaded).",
+                      choices=MODELS),
+        "width": Field("int", 32, "mlp: hidden units; small_cnn: channels of the first conv (doubles per block).",
+                       ge=1),
+        "depth": Field("int", 2, "mlp: hidden layers; small_cnn: conv blocks.", ge=1, le=8),
+        "dropout": Field("float", 0.0, "Dropout probability before the classifier.", ge=0, lt=1),
+        "cifar_stem": Field("bool", True, "torchvision models: 3x3 stride-1 stem without max-pool, for 32x32 inputs."),
+        "squeeze_excitation": Field("bool", False, "resnet*: add a squeeze-and-excitation block to every residual block."),
+    }),
+    "train": Section("The training recipe; every key here can be tuned from `space`.", {
+        "epochs": Field("int", 10, "Epochs per trial (the schedulers' time unit).", ge=1),
+        "batch_size": Field("int", 64, "Samples per step per worker (the global batch is this x resources.num_workers).",
+                            ge=1),
+        "limit_batches": Field("int", None, "Stop each epoch after this many batches (dry runs, smoke tests).",
+                               nullable=True, ge=1),
+        "strategy": Field("str", "ddp", "Distributed strategy per trial: ddp | deepspeed.", choices=STRATEGIES),
+        "deepspeed": Section("DeepSpeed's own config, passed through (train.strategy: deepspeed only).", open=True),
+        "optimizer": Section("The optimizer.", {
+            "name": Field("str", "adamw", "Optimizer: " + " | ".join(OPTIMIZERS) + ".", choices=OPTIMIZERS),
+            "lr": Field("float", 1e-3, "Peak learning rate.", gt=0),
+            "weight_decay": Field("float", 0.0, "Weight decay (decoupled for adamw, L2 otherwise).", ge=0),
+            "momentum": Field("float", 0.9, "sgd and rmsprop: momentum.", ge=0, lt=1),
+            "nesterov": Field("bool", False, "sgd: Nesterov momentum (needs momentum > 0)."),
+            "beta1": Field("float", 0.9, "adam/adamw: first-moment decay.", ge=0, lt=1),
+            "beta2": Field("float", 0.999, "adam/adamw: second-moment decay.", ge=0, lt=1),
+            "eps": Field("float", 1e-8, "adam/adamw/rmsprop/adagrad: numerical epsilon.", gt=0),
+        }),
+        "lr_schedule": Section("Learning-rate schedule, stepped per optimizer step (plateau: per epoch).", {
+            "name": Field("str", "constant", "Schedule: " + " | ".join(LR_SCHEDULES) + ".", choices=LR_SCHEDULES),
+            "warmup_epochs": Field("float", 0.0, "Linear warmup from 0 to lr over this many epochs (any schedule).",
+                                   ge=0),
+            "step_size": Field("int", 10, "step: epochs between decays.", ge=1),
+            "gamma": Field("float", 0.1, "step: decay factor.", gt=0, le=1),
+            "min_lr": Field("float", 0.0, "cosine: final learning rate.", ge=0),
+            "pct_start": Field("float", 0.3, "onecycle: fraction of steps spent increasing the lr.", gt=0, lt=1),
+            "plateau_patience": Field("int", 2, "plateau: epochs without val_loss improvement before a decay.", ge=0),
+            "plateau_factor": Field("float", 0.1, "plateau: decay factor.", gt=0, lt=1),
+        }),
+        "loss": Section("The loss.", {
+            "name": Field("str", "cross_entropy", "Loss: cross_entropy | focal.", choices=LOSSES),
+            "label_smoothing": Field("float", 0.0, "Label smoothing (cross_entropy).", ge=0, lt=1),
+            "class_weights": Field("any", None, "null | balanced (inverse class frequency) | list, one weight per class.",
+                                   nullable=True, check=_class_weights_check),
+            "focal_gamma": Field("float", 2.0, "focal: focusing parameter gamma.", ge=0),
+        }),
+        "precision": Field("str", "fp32", "fp32 | bf16 (autocast; CPU or GPU) | fp16 (autocast + grad scaler; GPU only).",
+                           choices=PRECISIONS),
+        "grad_accum_steps": Field("int", 1, "Micro-batches accumulated per optimizer step.", ge=1),
+        "grad_clip_norm": Field("float", None, "Clip the global gradient norm to this value; null: no clipping.",
+                                nullable=True, gt=0),
+        "augment": Section("Training-time augmentation (validation data is never augmented).", {
+            "hflip": Field("float", 0.0, "Probability of a horizontal flip.", ge=0, le=1),
+            "random_crop_padding": Field("int", 0, "Pad by this many pixels, then crop back at random; 0: off.", ge=0),
+            "rotation_degrees": Field("float", 0.0, "Random rotation in [-d, d] degrees; 0: off.", ge=0, le=180),
+            "color_jitter": Field("float", 0.0, "Brightness/contrast/saturation jitter strength; 0: off.", ge=0, le=1),
+            "mixup_alpha": Field("float", 0.0, "Mixup Beta(alpha, alpha); 0: off.", ge=0),
+            "cutmix_alpha": Field("float", 0.0, "CutMix Beta(alpha, alpha); 0: off. With Mixup, each mixed batch "
+                                  "picks one of the two at random.", ge=0),
+            "mix_prob": Field("float", 1.0, "Probability that a batch is mixed when Mixup or CutMix is on.", ge=0, le=1),
+        }),
+        "early_stopping": Section("Stop a trial when the spec's metric stops improving.", {
+            "patience": Field("int", None, "Epochs without improvement before stopping; null: off.", nullable=True, ge=1),
+            "min_delta": Field("float", 0.0, "Smallest change that counts as an improvement.", ge=0),
+        }),
+        "checkpoint": Field("bool", True, "Save a checkpoint every epoch, keeping the best and the last.",
+                            tunable=False),
+    }),
+    "resources": Section("Resources per trial.", {
+        "num_workers": Field("int", 1, "Ray Train workers (DDP ranks) per trial; 1 runs the loop in the trial itself.",
+                             ge=1),
+        "cpus_per_worker": Field("float", 1.0, "CPUs reserved per worker.", gt=0),
+        "gpus_per_worker": Field("float", 0.0, "GPUs per worker (fractions below 1 share a GPU).", ge=0),
+        "max_concurrent_trials": Field("int", None, "Trials running at once; null: as many as the cluster fits.",
+                                       nullable=True, ge=1),
+    }),
+    "search": Section("How configurations are proposed.", {
+        "algorithm": Field("str", "random", "grid | random | optuna | hyperopt.", choices=ALGORITHMS, tunable=False),
+        "sampler": Field("str", "tpe", "optuna only: tpe | gp | cmaes | random.", choices=SAMPLERS, tunable=False),
+        "metric": Field("str", "val_accuracy", "Metric to optimize: " + " | ".join(METRICS) + ".",
+                        choices=tuple(METRICS), tunable=False),
+        "mode": Field("str", "max", "max | min.", choices=("max", "min"), tunable=False),
+        "num_samples": Field("int", 8, "Trials to run (grid: repeats of the whole grid).", ge=1, tunable=False),
+        "seed": Field("int", None, "Searcher seed; null: the top-level seed.", nullable=True, ge=0, tunable=False),
+    }),
+    "scheduler": Section("Trial scheduler (early stopping across trials); time unit: epochs.", {
+        "name": Field("str", "fifo", "fifo | asha | hyperband | median | pbt.", choices=SCHEDULERS, tunable=False),
+        "max_t": Field("int", None, "asha/hyperband: most epochs a trial may run; null: train.epochs.",
+                       nullable=True, ge=1, tunable=False),
+        "grace_period": Field("int", 1, "asha/median: epochs before a trial can be stopped.", ge=1, tunable=False),
+        "reduction_factor": Field("float", 3.0, "asha/hyperband: halving rate.", gt=1, tunable=False),
+        "brackets": Field("int", 1, "asha: number of brackets.", ge=1, tunable=False),
+        "min_samples_required": Field("int", 3, "median: trials needed before stopping any.", ge=1, tunable=False),
+        "perturbation_interval": Field("int", 2, "pbt: epochs between exploit/explore steps.", ge=1, tunable=False),
+        "quantile_fraction": Field("float", 0.25, "pbt: fraction of trials that exploit the top ones.", gt=0, le=0.5,
+                                   tunable=False),
+    }),
+    "space": Section("Search space: dotted recipe key -> domain (see README).", open=True),
+    "promote": Section("What happens to the best trial when the sweep ends.", {
+        "enabled": Field("bool", True, "Run promotion at the end of `raytune-opt run`.", tunable=False),
+        "targets": Field("list", list(PROMOTION_TARGETS), "Artifacts to build: onnx | int8 | tensorrt.",
+                         check=_targets_check, tunable=False),
+        "parity_atol": Field("float", 1e-4, "Largest allowed |ONNX - PyTorch| logit difference.", gt=0, tunable=False),
+        "int8": Section("INT8 quantization with ONNX Runtime.", {
+            "calibration_batches": Field("int", 16, "Training batches used to calibrate.", ge=1, tunable=False),
+            "calibration_method": Field("str", "minmax", "minmax | entropy | percentile (others are tried when the "
+                                        "gate fails).", choices=CALIBRATION_METHODS, tunable=False),
+            "max_accuracy_drop": Field("float", 1.0, "Accuracy gate: most accuracy points INT8 may lose vs fp32.",
+                                       ge=0, tunable=False),
+        }),
+    }),
+    "storage": Section("Where results and checkpoints go.", {
+        "path": Field("str", "./results", "Local or shared directory, or s3://bucket/prefix.", tunable=False),
+        "endpoint_url": Field("str", None, "S3-compatible endpoint (e.g. http://127.0.0.1:9000); null: AWS.",
+                              nullable=True, tunable=False),
+    }),
+})
+
+
+def lookup(path: tuple) -> Field | Section | None:
+    """The schema node at ``path`` (a tuple of keys), or None if there is none."""
+    node: Field | Section = SPEC
+    for key in path:
+        if not isinstance(node, Section):
+            return None
+        if node.open:
+            return Field("any", None, "passed through")
+        if key not in node.fields:
+            return None
+        node = node.fields[key]
+    return node
+
+
+def iter_fields(section: Section = SPEC, prefix: tuple = ()):
+    """Yield ``(path, Field)`` for every leaf, depth first, in declaration order."""
+    for key, node in section.fields.items():
+        if isinstance(node, Section):
+            yield from iter_fields(node, prefix + (key,))
+        else:
+            yield prefix + (key,), node
+
+
+def defaults(section: Section = SPEC) -> dict:
+    """A fresh nested dict holding every default."""
+    out: dict = {}
+    for key, node in section.fields.items():
+        if isinstance(node, Section):
+            out[key] = {} if node.open else defaults(node)
+        else:
+            out[key] = list(node.default) if isinstance(node.default, list) else node.default
+    return out
+
+
+def reference_markdown() -> str:
+    """The README's spec reference, generated from :data:`SPEC` so that it cannot drift."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+
+    def walk(section: Section, prefix: str) -> None:
+        for key, node in section.fields.items():
+            path = f"{prefix}{key}"
+            if isinstance(node, Section):
+                rows.append(f"| `{path}` | section | | {node.doc} |")
+                if not node.open:
+                    walk(node, path + ".")
+                continue
+            typ = node.type + (" or null" if node.nullable else "")
+            bounds = node.bounds_text()
+            default = "null" if node.default is None else str(node.default).replace("'", "")
+            meaning = node.doc + (f" ({bounds})" if bounds else "") + ("" if node.tunable else " Not tunable.")
+            rows.append(f"| `{path}` | {typ} | `{default}` | {meaning.replace('|', '/')} |")
+
+    walk(SPEC, "")
+    return "\n".join(rows)

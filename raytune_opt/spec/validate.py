@@ -1,0 +1,672 @@
+"""Load a spec, merge ``key=value`` overrides, and check everything before Ray starts.
+
+Every problem found is collected; :func:`load_spec` raises one :class:`SpecError` that
+holds them all, each as ``FILE:LINE:COL: key.path: what is wrong (got VALUE); how to fix``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raytune_opt import searchers
+from raytune_opt.errors import Problem, SpecError
+from raytune_opt.space import CATEGORICAL_KINDS, KINDS, NUMERIC_KINDS, Condition, Domain, Param, Space
+from raytune_opt.spec import schema
+from raytune_opt.spec.schema import Field, Section
+from raytune_opt.spec.yaml_loader import Located, load_yaml_file
+
+NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+# Scheduler keys and the schedulers that read them; setting one for another is a problem.
+SCHEDULER_KEYS = {
+    "max_t": ("asha", "hyperband"),
+    "grace_period": ("asha", "median"),
+    "reduction_factor": ("asha", "hyperband"),
+    "brackets": ("asha",),
+    "min_samples_required": ("median",),
+    "perturbation_interval": ("pbt",),
+    "quantile_fraction": ("pbt",),
+}
+
+
+@dataclass
+class Spec:
+    """A validated spec: the resolved settings (defaults filled in) and the parsed space."""
+
+    data: dict
+    space: Space
+    source: str
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    def sha256(self) -> str:
+        """Hash of the resolved spec; checkpoints and manifests carry it."""
+        text = json.dumps(self.data, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None)
+
+
+def fmt(value: Any) -> str:
+    """A short rendering of a user value for '(got VALUE)'."""
+    text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def did_you_mean(word: Any, options) -> str:
+    close = difflib.get_close_matches(str(word), [str(o) for o in options], n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+class _Checker:
+    """Collects problems with their positions while walking the spec."""
+
+    def __init__(self, located: Located, raw_root: dict):
+        self.located = located
+        self.problems: list[Problem] = []
+        self.override_at: dict[tuple, str] = {}  # key path -> "override 'k=v'"
+        self.raw_root = raw_root
+        self.invalid: set[tuple] = set()  # key paths already reported
+        self.param_at: dict[str, tuple] = {}  # space key -> where it is written (maybe nested)
+
+    def ok(self, *dotted: str) -> bool:
+        """Whether none of these settings was reported invalid (cross rules read them)."""
+        return not any(tuple(k.split(".")) in self.invalid for k in dotted)
+
+    def where(self, path: tuple) -> str:
+        for n in range(len(path), 0, -1):
+            if path[:n] in self.override_at:
+                return self.override_at[path[:n]]
+        return self.located.where(path)
+
+    def add(self, path: tuple, message: str, fix: str, at: tuple | None = None) -> None:
+        """Record a problem with ``path``, located at ``at`` (default: ``path`` itself)."""
+        self.invalid.add(tuple(path))
+        self.problems.append(Problem(self.where(at or path), ".".join(str(p) for p in path), message, fix))
+
+    def given(self, path: tuple) -> bool:
+        """Whether the user wrote ``path`` (in the file or an override)."""
+        node: Any = self.raw_root
+        for key in path:
+            if not isinstance(node, dict) or key not in node:
+                return False
+            node = node[key]
+        return True
+
+
+# ---------------------------------------------------------------- leaf values
+
+
+def coerce(value: Any, fld: Field) -> tuple[Any, str | None, str]:
+    """Check one value against a Field: (value, what is wrong or None, how to fix).
+
+    PyYAML reads ``1e-3`` (no dot) as a string: float fields accept such strings.
+    """
+    if value is None:
+        if fld.nullable or fld.type == "any":
+            return None, _run_check(fld, None), "see the README's spec reference"
+        return value, f"must not be null (got null)", f"give a {fld.type} or remove the key for the default"
+    t = fld.type
+    if t == "float" and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    ok = {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "str": isinstance(value, str),
+        "list": isinstance(value, list),
+        "dict": isinstance(value, dict),
+        "any": True,
+    }[t]
+    if not ok:
+        names = {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string",
+                 "list": "a list", "dict": "a mapping"}
+        fix = f"give {names[t]}"
+        if t == "int" and isinstance(value, float) and value.is_integer():
+            fix = f"write {int(value)} without the decimal point"
+        return value, f"must be {names[t]} (got {fmt(value)})", fix
+    if t == "float":
+        value = float(value)
+        if not math.isfinite(value):
+            return value, f"must be finite (got {fmt(value)})", "give a finite number"
+    if fld.choices is not None and value not in fld.choices:
+        hint = did_you_mean(value, fld.choices)
+        return value, f"unknown value (got {fmt(value)})", (
+            (hint + " " if hint else "") + "valid: " + ", ".join(map(str, fld.choices)))
+    if t in ("int", "float"):
+        bad = ((fld.ge is not None and value < fld.ge) or (fld.gt is not None and value <= fld.gt)
+               or (fld.le is not None and value > fld.le) or (fld.lt is not None and value >= fld.lt))
+        if bad:
+            return value, f"out of range (got {fmt(value)})", f"must be {fld.bounds_text()}"
+    return value, _run_check(fld, value), "see the README's spec reference"
+
+
+def _run_check(fld: Field, value: Any) -> str | None:
+    if fld.check is None:
+        return None
+    msg = fld.check(value)
+    return f"{msg} (got {fmt(value)})" if msg else None
+
+
+def _check_section(ck: _Checker, section: Section, raw: Any, path: tuple) -> dict:
+    """Validate ``raw`` against ``section``; return it with defaults filled in."""
+    out = schema.defaults(section)
+    if raw is None:
+        return out
+    if not isinstance(raw, dict):
+        ck.add(path, f"must be a mapping (got {fmt(raw)})", "write its keys indented below it")
+        return out
+    for key, value in raw.items():
+        child = path + (key,)
+        node = section.fields.get(key)
+        if node is None:
+            hint = did_you_mean(key, section.fields)
+            ck.add(child, f"unknown key (got {fmt(key)})",
+                   (hint + " " if hint else "") + "valid keys here: " + ", ".join(section.fields))
+            continue
+        if isinstance(node, Section):
+            if node.open:
+                if value is None:
+                    value = {}
+                if not isinstance(value, dict):
+                    ck.add(child, f"must be a mapping (got {fmt(value)})", "write its keys indented below it")
+                    continue
+                out[key] = value
+            else:
+                out[key] = _check_section(ck, node, value, child)
+            continue
+        value, wrong, fix = coerce(value, node)
+        if wrong:
+            ck.add(child, wrong, fix)
+        else:
+            out[key] = value
+    return out
+
+
+# ---------------------------------------------------------------- overrides
+
+
+def parse_override(text: str) -> tuple[tuple, Any]:
+    """``'train.epochs=2'`` -> (('train', 'epochs'), 2). The value is read as YAML.
+
+    ``space.<dotted key>=...`` keeps the dotted key whole, as in the spec file.
+
+    Raises:
+        SpecError: the override is not ``key=value`` or its value is not YAML.
+    """
+    where = f"override {text!r}"
+    if "=" not in text:
+        raise SpecError([Problem(where, "", "an override must be key=value (got no '=')",
+                                 "write e.g. search.num_samples=4")])
+    key, _, raw = text.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise SpecError([Problem(where, key, f"not a dotted key (got {key!r})", "write e.g. train.epochs=2")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise SpecError([Problem(where, key, f"the value is not valid YAML ({str(exc).splitlines()[0]})",
+                                 "quote it, e.g. key='text'")]) from None
+    if key.startswith("space.") and len(key) > len("space."):
+        return ("space", key[len("space."):]), value
+    return tuple(key.split(".")), value
+
+
+def _apply_overrides(ck: _Checker, root: dict, overrides: list[str]) -> None:
+    for text in overrides:
+        try:
+            path, value = parse_override(text)
+        except SpecError as err:
+            ck.problems.extend(err.problems)
+            continue
+        node = root
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = value
+        ck.override_at[path] = f"override {text!r}"
+
+
+# ---------------------------------------------------------------- the space
+
+
+def _space_target(ck: _Checker, key: Any, path: tuple) -> Field | None:
+    """The recipe Field a space key tunes, or None after recording a problem."""
+    if not isinstance(key, str):
+        ck.add(path, f"a space key must be a dotted recipe key (got {fmt(key)})", "e.g. train.optimizer.lr")
+        return None
+    parts = tuple(key.split("."))
+    if parts[0] not in schema.TUNABLE_SECTIONS:
+        ck.add(path, f"names nothing tunable (got {fmt(key)})",
+               "space keys start with " + " / ".join(f"'{s}.'" for s in schema.TUNABLE_SECTIONS))
+        return None
+    if parts[:2] == ("train", "deepspeed") and len(parts) > 2:
+        return Field("any", None, "DeepSpeed config value")
+    node = schema.lookup(parts)
+    if isinstance(node, Field) and node.tunable:
+        return node
+    if isinstance(node, Field):
+        ck.add(path, f"cannot be tuned (got {fmt(key)})", "set it outside space")
+        return None
+    leaves = [".".join(p) for p, f in schema.iter_fields() if p[0] in schema.TUNABLE_SECTIONS and f.tunable]
+    hint = did_you_mean(key, leaves)
+    ck.add(path, f"names nothing in the recipe (got {fmt(key)})",
+           hint or "see the README's spec reference for the tunable keys")
+    return None
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return value if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _numeric_domain(ck: _Checker, kind: str, args: Any, fld: Field, path: tuple) -> Domain | None:
+    nargs, integer, log, quantized = NUMERIC_KINDS[kind]
+    names = {2: "[low, high]", 3: "[low, high, q]"}[nargs] if kind != "normal" else "[mean, sd]"
+    if not isinstance(args, list) or len(args) != nargs:
+        ck.add(path, f"{kind} takes {names} (got {fmt(args)})", f"write {{{kind}: {names}}}")
+        return None
+    nums = [_number(a) for a in args]
+    if any(n is None for n in nums):
+        ck.add(path, f"{kind} arguments must be numbers (got {fmt(args)})", f"write {{{kind}: {names}}}")
+        return None
+    if integer:
+        if any(not float(n).is_integer() for n in nums):
+            ck.add(path, f"{kind} arguments must be integers (got {fmt(args)})", "use uniform for real values")
+            return None
+        nums = [int(n) for n in nums]
+    bad = False
+    if kind == "normal":
+        if nums[1] <= 0:
+            ck.add(path, f"normal needs sd > 0 (got sd={nums[1]:g})", "give a positive standard deviation")
+            bad = True
+    else:
+        low, high = nums[0], nums[1]
+        if low >= high:
+            ck.add(path, f"low must be below high (got low={low:g}, high={high:g})", "swap or widen the bounds")
+            bad = True
+        if log and low <= 0:
+            ck.add(path, f"{kind} needs low > 0 (got low={low:g})", "give a positive lower bound, e.g. 1e-5")
+            bad = True
+    if quantized and nums[2] <= 0:
+        ck.add(path, f"q must be > 0 (got q={nums[2]:g})", "give a positive step")
+        bad = True
+    if bad:
+        return None
+    # The domain's values must be valid for the recipe key it tunes.
+    if fld.type == "int" and not integer:
+        ck.add(path, f"{'.'.join(map(str, path[1:2]))} takes integers but {kind} gives reals (got {fmt(args)})",
+               "use randint, qrandint, lograndint or choice")
+        return None
+    if fld.type not in ("int", "float", "any"):
+        ck.add(path, f"a {fld.type} setting cannot take a numeric {kind} (got {fmt(args)})",
+               "use {choice: [...]}")
+        return None
+    if kind == "normal":
+        if any(b is not None for b in (fld.ge, fld.gt, fld.le, fld.lt)):
+            ck.add(path, f"normal is unbounded but this setting must be {fld.bounds_text()} (got {fmt(args)})",
+                   "use uniform or loguniform")
+            return None
+    else:
+        top = nums[1] - 1 if kind in ("randint", "lograndint") else nums[1]
+        for end in (nums[0], top):
+            _, wrong, _ = coerce(end, fld)
+            if wrong:
+                ck.add(path, f"the range leaves the setting's bounds (got {fmt(args)})",
+                       f"keep it within {fld.bounds_text()}")
+                return None
+    if kind == "qrandint":  # Ray requires an integer step
+        nums[2] = int(nums[2])
+    return Domain(kind, tuple(nums))
+
+
+def _categorical_options(ck: _Checker, kind: str, options: list, fld: Field, path: tuple) -> tuple | None:
+    if not options:
+        ck.add(path, f"{kind} needs at least one option (got [])", "list the options")
+        return None
+    ok = True
+    seen = []
+    for i, option in enumerate(options):
+        if isinstance(option, (list, dict)):
+            ck.add(path + (i,), f"{kind} options must be scalars (got {fmt(option)})",
+                   "use numbers, strings, booleans or null")
+            ok = False
+            continue
+        value, wrong, fix = coerce(option, fld)
+        if wrong:
+            ck.add(path + (i,), f"option {wrong}", fix)
+            ok = False
+        elif value in seen:
+            ck.add(path + (i,), f"{kind} lists an option twice (got {fmt(option)})", "remove the duplicate")
+            ok = False
+        seen.append(value)
+    return tuple(seen) if ok else None
+
+
+def _parse_space(ck: _Checker, raw: dict, path: tuple, inherited: tuple, params: dict, whens: dict) -> None:
+    for key, value in raw.items():
+        ppath = path + (key,)
+        fld = _space_target(ck, key, ppath)
+        if fld is None:
+            continue
+        if not isinstance(value, dict):
+            ck.add(ppath, f"a domain must be a mapping like {{uniform: [0, 1]}} (got {fmt(value)})",
+                   "to fix a value instead, set it outside space")
+            continue
+        kinds = [k for k in value if k != "when"]
+        unknown = [k for k in kinds if k not in KINDS]
+        for k in unknown:
+            hint = did_you_mean(k, KINDS)
+            ck.add(ppath + (k,), f"unknown domain (got {fmt(k)})",
+                   (hint + " " if hint else "") + "valid: " + ", ".join(KINDS))
+        kinds = [k for k in kinds if k in KINDS]
+        if unknown:
+            continue
+        if len(kinds) != 1:
+            ck.add(ppath, f"a domain needs exactly one kind (got {fmt(kinds)})",
+                   "write one of " + ", ".join(KINDS))
+            continue
+        kind = kinds[0]
+        args = value[kind]
+        dpath = ppath + (kind,)
+        children: dict = {}
+        if kind in CATEGORICAL_KINDS:
+            if isinstance(args, dict) and kind == "choice":
+                children = {opt: sub for opt, sub in args.items()}
+                options = _categorical_options(ck, kind, list(args), fld, dpath)
+            elif isinstance(args, list):
+                options = _categorical_options(ck, kind, args, fld, dpath)
+            else:
+                ck.add(dpath, f"{kind} takes a list of options (got {fmt(args)})",
+                       f"write {{{kind}: [a, b]}}" + (" or a mapping option -> sub-space" if kind == "choice" else ""))
+                continue
+            domain = Domain(kind, options) if options is not None else None
+        else:
+            domain = _numeric_domain(ck, kind, args, fld, dpath)
+        if domain is None:
+            continue
+        if key in params:
+            merged = _merge_branches(params[key], domain, inherited, children, value)
+            if merged is None:
+                ck.add(ppath, f"the space defines this key twice (got {fmt(key)})",
+                       "keep one definition; the same domain may repeat only under options of one choice")
+            else:
+                params[key] = merged
+            continue
+        if "when" in value:
+            whens[key] = (value["when"], ppath + ("when",))
+        params[key] = Param(key, domain, inherited)
+        ck.param_at[key] = ppath
+        for option, sub in children.items():
+            subpath = dpath + (option,)
+            if sub is None:
+                continue
+            if not isinstance(sub, dict):
+                ck.add(subpath, f"a choice option's sub-space must be a mapping of keys to domains (got {fmt(sub)})",
+                       "write {} for an option without sub-parameters")
+                continue
+            _parse_space(ck, sub, subpath, inherited + (Condition(key, (option,)),), params, whens)
+
+
+def _merge_branches(existing: Param, domain: Domain, inherited: tuple, children: dict, value: dict) -> Param | None:
+    """One parameter under several options of the same choice (beta1 for adam and adamw).
+
+    Allowed when the domain is the same and it has no sub-spaces or ``when`` of its own:
+    the condition becomes "parent in {both options}".
+    """
+    if existing.domain != domain or children or "when" in value or not inherited or not existing.conditions:
+        return None
+    old_last, new_last = existing.conditions[-1], inherited[-1]
+    if existing.conditions[:-1] != inherited[:-1] or old_last.parent != new_last.parent:
+        return None
+    values = old_last.values + tuple(v for v in new_last.values if v not in old_last.values)
+    return Param(existing.key, domain, inherited[:-1] + (Condition(old_last.parent, values),))
+
+
+def _resolve_whens(ck: _Checker, params: dict, whens: dict) -> None:
+    for key, (when, wpath) in whens.items():
+        if not isinstance(when, dict) or not when:
+            ck.add(wpath, f"when must map a parameter to a value or list of values (got {fmt(when)})",
+                   "write when: {train.optimizer.name: sgd}")
+            params.pop(key, None)
+            continue
+        conds = []
+        for parent, values in when.items():
+            values = values if isinstance(values, list) else [values]
+            parent_param = params.get(parent)
+            if parent_param is None:
+                hint = did_you_mean(parent, params)
+                ck.add(wpath + (parent,), f"conditional on an unknown parameter (got {fmt(parent)})",
+                       (hint + " " if hint else "") + "the parent must be a choice or grid in this space")
+                continue
+            if not parent_param.domain.categorical:
+                ck.add(wpath + (parent,), f"the parent must be a choice or grid (got {parent_param.domain.kind})",
+                       "make the parent a choice")
+                continue
+            missing = [v for v in values if v not in parent_param.domain.args]
+            if missing or not values:
+                ck.add(wpath + (parent,), f"conditional on a value the parent cannot take (got {fmt(missing or values)})",
+                       "valid: " + ", ".join(map(str, parent_param.domain.args)))
+                continue
+            conds.append(Condition(parent, tuple(values)))
+        if key in params:
+            params[key] = Param(key, params[key].domain, params[key].conditions + tuple(conds))
+
+
+def _order(ck: _Checker, params: dict) -> list[Param]:
+    """Parents before children; a cycle is a problem."""
+    ordered: list[Param] = []
+    state: dict[str, str] = {}
+
+    def visit(key: str, trail: list[str]) -> bool:
+        if state.get(key) == "done":
+            return True
+        if state.get(key) == "visiting":
+            ck.add(("space", key), f"conditions form a cycle ({' -> '.join(trail + [key])})",
+                   "a parameter cannot depend on itself", at=ck.param_at.get(key))
+            return False
+        state[key] = "visiting"
+        ok = all(visit(c.parent, trail + [key]) for c in params[key].conditions if c.parent in params)
+        state[key] = "done"
+        if ok:
+            ordered.append(params[key])
+        return ok
+
+    for key in list(params):
+        visit(key, [])
+    return ordered
+
+
+def parse_space(ck: _Checker, raw: Any) -> Space:
+    if raw is None:
+        return Space([])
+    params: dict[str, Param] = {}
+    whens: dict = {}
+    _parse_space(ck, raw, ("space",), (), params, whens)
+    _resolve_whens(ck, params, whens)
+    return Space(_order(ck, params))
+
+
+# ---------------------------------------------------------------- cross checks
+
+
+def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
+    data, train, res, search, sched, promote = (d["data"], d["train"], d["resources"], d["search"],
+                                               d["scheduler"], d["promote"])
+    # Values a setting may take during the sweep: its fixed value and every categorical option.
+    def values_of(key: str) -> set:
+        node: Any = d
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        vals = {node} if not isinstance(node, (dict, list)) else set()
+        p = space.by_key.get(key)
+        if p is not None:
+            vals = set(p.domain.args) if p.domain.categorical else set()
+        return vals
+
+    def rule(reads: str, path: tuple, message: str, fix: str) -> None:
+        if ck.ok(*reads.split()):
+            ck.add(path, message, fix)
+
+    if data["dataset"] != "digits" and not data["root"] and not (data["dataset"] != "imagefolder" and data["download"]):
+        if ck.ok("data.dataset", "data.download"):
+            ck.add(("data", "root"), f"required for dataset {data['dataset']} (got null)",
+                   "set data.root to the directory holding the data", at=("data", "dataset"))
+    if "fp16" in values_of("train.precision") and res["gpus_per_worker"] == 0:
+        rule("resources.gpus_per_worker", ("train", "precision"), "fp16 needs a GPU (got resources.gpus_per_worker=0)",
+             "use bf16 on CPU, or give resources.gpus_per_worker > 0")
+    opt = train["optimizer"]
+    if opt["nesterov"] is True and opt["momentum"] == 0 and "train.optimizer.momentum" not in space.by_key:
+        rule("train.optimizer.momentum", ("train", "optimizer", "nesterov"),
+             "Nesterov momentum needs momentum > 0 (got momentum=0)",
+             "set train.optimizer.momentum > 0 or nesterov: false")
+    direction = schema.METRICS[search["metric"]]
+    if search["mode"] != direction:
+        rule("search.metric search.mode", ("search", "mode"),
+             f"{search['metric']} is better when {'higher' if direction == 'max' else 'lower'} "
+             f"(got mode={search['mode']})", f"set search.mode: {direction}")
+    if search["algorithm"] != "optuna" and ck.given(("search", "sampler")):
+        rule("search.algorithm", ("search", "sampler"), f"only optuna uses a sampler (got algorithm={search['algorithm']})",
+             "remove search.sampler or set search.algorithm: optuna")
+    for key, users in SCHEDULER_KEYS.items():
+        if ck.given(("scheduler", key)) and sched["name"] not in users:
+            rule("scheduler.name", ("scheduler", key), f"not used by scheduler {sched['name']} (got {fmt(sched[key])})",
+                 f"remove it, or use scheduler.name: {' / '.join(users)}")
+    epochs = max(values_of("train.epochs") or {train["epochs"]})
+    if "train.epochs" in space.by_key and not space.by_key["train.epochs"].domain.categorical:
+        epochs = space.by_key["train.epochs"].domain.args[1]
+    max_t = sched["max_t"] or epochs
+    if sched["max_t"] is not None and sched["max_t"] > epochs:
+        rule("train.epochs", ("scheduler", "max_t"), f"exceeds train.epochs (got {sched['max_t']} > {epochs})",
+             "lower scheduler.max_t or raise train.epochs")
+    if sched["name"] in ("asha", "median") and sched["grace_period"] > max_t:
+        rule("train.epochs scheduler.max_t", ("scheduler", "grace_period"),
+             f"exceeds the epochs a trial can run (got {sched['grace_period']} > {max_t})",
+             "lower scheduler.grace_period")
+    if sched["name"] == "pbt":
+        if search["algorithm"] not in ("random", "grid"):
+            rule("search.algorithm", ("scheduler", "name"), "pbt explores by itself and cannot be combined with a "
+                 f"searcher (got search.algorithm={search['algorithm']})", "set search.algorithm: random")
+        if not space:
+            rule("space", ("scheduler", "name"), "pbt needs a space to mutate (got an empty space)", "add space entries")
+        if space.is_conditional:
+            rule("space", ("scheduler", "name"), "pbt cannot mutate a conditional space (got conditional parameters)",
+                 "remove the conditions or use asha")
+        if not train["checkpoint"]:
+            rule("train.checkpoint", ("train", "checkpoint"), "pbt copies checkpoints between trials (got false)",
+                 "set it to true")
+    if promote["enabled"] and not train["checkpoint"]:
+        rule("promote.enabled", ("train", "checkpoint"), "promotion needs the best trial's checkpoint (got false)",
+             "set train.checkpoint: true or promote.enabled: false")
+    for target in ("int8", "tensorrt"):
+        if target in promote["targets"] and "onnx" not in promote["targets"]:
+            rule("promote.targets", ("promote", "targets"),
+                 f"{target} is built from the ONNX model (got {fmt(promote['targets'])})", "add onnx to promote.targets")
+    if train["strategy"] != "deepspeed" and train["deepspeed"] and "train.strategy" not in space.by_key:
+        rule("train.strategy", ("train", "deepspeed"),
+             f"only used with train.strategy: deepspeed (got strategy={train['strategy']})",
+             "remove train.deepspeed or set train.strategy: deepspeed")
+    gpus = res["gpus_per_worker"]
+    if gpus > 1 and not float(gpus).is_integer():
+        rule("", ("resources", "gpus_per_worker"), f"above 1 must be a whole number (got {gpus:g})",
+             "give a fraction below 1 or an integer")
+    weights = train["loss"]["class_weights"]
+    n_classes = NUM_CLASSES.get(data["dataset"])
+    if isinstance(weights, list) and n_classes and len(weights) != n_classes:
+        rule("data.dataset", ("train", "loss", "class_weights"),
+             f"needs one weight per class: {n_classes} for {data['dataset']} (got {len(weights)})",
+             f"give {n_classes} weights or 'balanced'")
+    if ck.ok("search.algorithm", "search.sampler"):
+        key = searchers.searcher_key(search["algorithm"], search["sampler"])
+        for pkey, what, fix in searchers.refusals(space, key):
+            ck.add(("space", pkey), what, fix, at=ck.param_at.get(pkey))
+
+
+def check_local_resources(d: dict, cpus: int | None = None, gpus: int | None = None) -> list[tuple[tuple, str, str]]:
+    """Problems running one trial of ``d`` on this machine alone (embedded local Ray)."""
+    res = d["resources"]
+    cpus = os.cpu_count() or 1 if cpus is None else cpus
+    out = []
+    need_cpu = res["num_workers"] * res["cpus_per_worker"]
+    if need_cpu > cpus:
+        out.append((("resources", "cpus_per_worker"),
+                    f"one trial needs {need_cpu:g} CPUs ({res['num_workers']} workers x {res['cpus_per_worker']:g}) "
+                    f"but this machine has {cpus}",
+                    "lower resources.num_workers / cpus_per_worker, or run on a cluster with --address"))
+    need_gpu = res["num_workers"] * res["gpus_per_worker"]
+    if need_gpu > 0:
+        if gpus is None:
+            gpus = _local_gpus()
+        if need_gpu > gpus:
+            out.append((("resources", "gpus_per_worker"),
+                        f"one trial needs {need_gpu:g} GPUs but this machine has {gpus}",
+                        "set resources.gpus_per_worker=0 for a local run, or submit to a GPU cluster"))
+    return out
+
+
+def _local_gpus() -> int:
+    try:
+        import torch
+
+        return torch.cuda.device_count()
+    except Exception:  # torch without CUDA support
+        return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple = (), *, local: bool = False) -> Spec:
+    """Load, merge overrides and validate a spec file.
+
+    Args:
+        path: the YAML spec.
+        overrides: ``key=value`` strings applied on top of the file.
+        local: also check that one trial fits on this machine (embedded local Ray).
+
+    Raises:
+        SpecError: with every problem found.
+    """
+    raw, located, problems = load_yaml_file(path)
+    if raw is None:
+        raise SpecError([Problem(f"{path}:1:1", "", "the spec is empty", "start from search_spaces/digits_cnn.yaml")])
+    if not isinstance(raw, dict):
+        raise SpecError([Problem(f"{path}:1:1", "", f"the spec's root must be a mapping (got {fmt(raw)})",
+                                 "write top-level keys such as name:, data:, train:")])
+    ck = _Checker(located, raw)
+    ck.problems.extend(problems)
+    _apply_overrides(ck, raw, list(overrides))
+    resolved = _check_section(ck, schema.SPEC, raw, ())
+    space = parse_space(ck, raw.get("space") if isinstance(raw.get("space"), dict) else None)
+    # Invalid fields keep their defaults in `resolved`; rules that read them are skipped.
+    _cross_checks(ck, resolved, space)
+    if local and ck.ok("resources.num_workers", "resources.cpus_per_worker", "resources.gpus_per_worker"):
+        for fpath, what, fix in check_local_resources(resolved):
+            ck.add(fpath, what, fix)
+    if ck.problems:
+        raise SpecError(ck.problems)
+    resolved["space"] = raw.get("space") or {}
+    return Spec(resolved, space, str(path))
