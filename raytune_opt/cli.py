@@ -71,11 +71,28 @@ def space_summary(spec) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from raytune_opt import ray_runtime, results
     from raytune_opt.spec import load_spec
+    from raytune_opt.sweep import run_sweep
 
-    load_spec(args.spec, args.overrides, local=not (args.address or args.dry_run is False and False))
-    raise UsageError("'raytune-opt run' is not implemented yet (the sweep lands with issue #3); "
-                     "'raytune-opt validate SPEC' checks a spec today")
+    local = ray_runtime.resolve_address(args.address) is None and not args.dry_run
+    spec = load_spec(args.spec, args.overrides, local=local)
+    mode = "dry run" if args.dry_run else "sweep"
+    print(f"raytune-opt: {mode} '{spec.name}' from {args.spec} (spec sha256 {spec.sha256()[:12]})", flush=True)
+    outcome = run_sweep(spec, address=args.address, storage=args.storage, dry_run=args.dry_run)
+    search = spec.data["search"]
+    print()
+    print(results.leaderboard(outcome.rows, search["metric"], search["mode"]))
+    print(f"results: {outcome.exp_dir} (results.csv, best.json, history/) in {outcome.wall_seconds:.0f} s")
+    if outcome.best is None:
+        print("raytune-opt: no trial succeeded; see the error column of results.csv", file=sys.stderr)
+        return 1
+    b = outcome.best
+    print(f"best: trial {b.trial_id} {search['metric']}={b.best[search['metric']]:.4f} "
+          f"(epoch {b.best.get('epoch')}), checkpoint {b.checkpoint}")
+    if spec.data["promote"]["enabled"]:
+        print("promotion: not run — ONNX/INT8/TensorRT promotion is not implemented yet (issue #5)")
+    return outcome.exit_code
 
 
 COMMANDS = {"validate": cmd_validate, "run": cmd_run}

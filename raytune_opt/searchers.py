@@ -64,6 +64,16 @@ def refusals(space: Space, key: str) -> list[tuple[str, str, str]]:
         if p.conditions and not caps.conditional:
             out.append((p.key, f"{key} cannot search conditional parameters",
                         "use search.algorithm: optuna with sampler tpe, hyperopt or random"))
+    if key == "hyperopt":
+        # HyperOpt nests conditional parameters inside the branches of their parent's
+        # hp.choice: each parameter may hang from one parent (which may itself hang).
+        for p in space.params:
+            if p.conditions:
+                parent = space.by_key.get(p.conditions[-1].parent)
+                if parent is None or parent.conditions != p.conditions[:-1] or parent.domain.kind != "choice":
+                    out.append((p.key, "hyperopt needs each conditional parameter to depend on one choice "
+                                "(got conditions on several parameters)",
+                                "nest the sub-space under one choice, or use search.algorithm: optuna"))
     if key == "random" and space.is_conditional:
         # Conditional random search runs on Optuna's RandomSampler (define-by-run).
         for p in space.params:
@@ -76,3 +86,158 @@ def refusals(space: Space, key: str) -> list[tuple[str, str, str]]:
 def accepting(space: Space) -> list[str]:
     """The searcher keys that can take ``space``."""
     return [k for k in CAPABILITIES if not refusals(space, k)]
+
+
+# ---------------------------------------------------------------- the Ray adapters
+
+
+def _seed(spec) -> int:
+    s = spec.data["search"]["seed"]
+    return spec.data["seed"] if s is None else s
+
+
+def _optuna_sampler(name: str, seed: int):
+    import optuna
+
+    return {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "gp": lambda: optuna.samplers.GPSampler(seed=seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+    }[name]()
+
+
+class OptunaDefineByRun:
+    """An Optuna define-by-run function: only active parameters are suggested.
+
+    A class, not a closure: Ray pickles the searcher's state with the experiment.
+    """
+
+    def __init__(self, space: Space):
+        self.space = space
+
+    def __call__(self, trial) -> None:
+        values: dict = {}
+        for p in self.space.params:
+            if self.space.is_active(p.key, values):
+                values[p.key] = _suggest(trial, p)
+        return None  # Ray keeps exactly the suggested values
+
+
+def _suggest(trial, p):
+    kind, a = p.domain.kind, p.domain.args
+    if kind == "choice":
+        return trial.suggest_categorical(p.key, list(a))
+    if kind == "uniform":
+        return trial.suggest_float(p.key, a[0], a[1])
+    if kind == "quniform":
+        return trial.suggest_float(p.key, a[0], a[1], step=a[2])
+    if kind == "loguniform":
+        return trial.suggest_float(p.key, a[0], a[1], log=True)
+    if kind == "randint":
+        return trial.suggest_int(p.key, a[0], a[1] - 1)
+    if kind == "qrandint":
+        return trial.suggest_int(p.key, a[0], a[1], step=a[2])
+    if kind == "lograndint":
+        return trial.suggest_int(p.key, a[0], a[1] - 1, log=True)
+    raise AssertionError(f"validation lets no {kind} reach Optuna")
+
+
+_BRANCH = "__value__"  # key holding a choice's own value inside its hyperopt branch dict
+
+
+def hyperopt_space(space: Space) -> dict:
+    """A native HyperOpt space in which conditional parameters live inside ``hp.choice`` branches."""
+    from hyperopt import hp
+    import numpy as np
+
+    children: dict[tuple, list] = {}
+    roots = []
+    for p in space.params:
+        if p.conditions:
+            cond = p.conditions[-1]
+            for v in cond.values:
+                children.setdefault((cond.parent, v), []).append(p)
+        else:
+            roots.append(p)
+
+    def node(p, label: str):
+        kind, a = p.domain.kind, p.domain.args
+        if kind == "choice":
+            if not any((p.key, v) in children for v in a):
+                return hp.choice(label, list(a))
+            return hp.choice(label, [{_BRANCH: v, **group(children.get((p.key, v), []), f"{label}={v}/")}
+                                     for v in a])
+        if kind == "uniform":
+            return hp.uniform(label, a[0], a[1])
+        if kind == "quniform":
+            return hp.quniform(label, a[0], a[1], a[2])
+        if kind == "loguniform":
+            return hp.loguniform(label, np.log(a[0]), np.log(a[1]))
+        if kind == "qloguniform":
+            return hp.qloguniform(label, np.log(a[0]), np.log(a[1]), a[2])
+        if kind == "normal":
+            return hp.normal(label, a[0], a[1])
+        if kind == "randint":
+            return hp.uniformint(label, a[0], a[1] - 1)
+        if kind == "qrandint":
+            return hp.quniform(label, a[0], a[1], a[2])
+        if kind == "lograndint":
+            return hp.qloguniform(label, np.log(a[0]), np.log(a[1] - 1), 1)
+        raise AssertionError(f"validation lets no {kind} reach HyperOpt")
+
+    def group(params, prefix: str) -> dict:
+        return {p.key: node(p, prefix + p.key) for p in params}
+
+    return group(roots, "")
+
+
+def flatten_config(config: dict, space: Space) -> dict:
+    """A trial's config as flat ``{dotted key: value}`` of active parameters only.
+
+    HyperOpt hands back conditional branches as nested dicts; integer domains come back
+    as floats from ``quniform``/``qloguniform``.
+    """
+    flat: dict = {}
+
+    def walk(d: dict) -> None:
+        for key, value in d.items():
+            if isinstance(value, dict) and _BRANCH in value:
+                flat[key] = value[_BRANCH]
+                walk({k: v for k, v in value.items() if k != _BRANCH})
+            else:
+                flat[key] = value
+
+    walk(config)
+    for key, value in flat.items():
+        p = space.by_key.get(key)
+        if p is not None and p.domain.integer and isinstance(value, float):
+            flat[key] = int(round(value))
+    return space.prune({k: v for k, v in flat.items() if k in space.by_key})
+
+
+def build_searcher(spec):
+    """``(search_alg, param_space)`` for ``tune.Tuner`` as the spec asks, seeded from the spec."""
+    search = spec.data["search"]
+    space = spec.space
+    key = searcher_key(search["algorithm"], search["sampler"])
+    seed = _seed(spec)
+    metric, mode = search["metric"], search["mode"]
+    if not space or (key in ("grid", "random") and not space.is_conditional):
+        # An empty space runs num_samples copies of the fixed config, whatever the algorithm.
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed), space.to_tune()
+    if key.startswith("optuna") or key == "random":
+        from ray.tune.search.optuna import OptunaSearch
+
+        sampler = _optuna_sampler("random" if key == "random" else search["sampler"], seed)
+        if space.is_conditional:
+            return OptunaSearch(space=OptunaDefineByRun(space), metric=metric, mode=mode, sampler=sampler), {}
+        return OptunaSearch(metric=metric, mode=mode, sampler=sampler), space.to_tune()
+    assert key == "hyperopt", key
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    if space.is_conditional:
+        return HyperOptSearch(space=hyperopt_space(space), metric=metric, mode=mode, random_state_seed=seed), {}
+    return HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed), space.to_tune()

@@ -548,7 +548,9 @@ def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
         rule("search.metric search.mode", ("search", "mode"),
              f"{search['metric']} is better when {'higher' if direction == 'max' else 'lower'} "
              f"(got mode={search['mode']})", f"set search.mode: {direction}")
-    if search["algorithm"] != "optuna" and ck.given(("search", "sampler")):
+    # The default sampler (tpe) left in a spec whose algorithm is switched is harmless;
+    # any other sampler outside optuna would silently do nothing.
+    if ck.given(("search", "sampler")) and search["algorithm"] != "optuna" and search["sampler"] != "tpe":
         rule("search.algorithm", ("search", "sampler"), f"only optuna uses a sampler (got algorithm={search['algorithm']})",
              "remove search.sampler or set search.algorithm: optuna")
     for key, users in SCHEDULER_KEYS.items():

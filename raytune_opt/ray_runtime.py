@@ -1,0 +1,57 @@
+"""Starting or joining Ray.
+
+Without an address we start an embedded local Ray bound to loopback, with the dashboard on
+(Train V2's placement-group cleaner uses the state API: with it off, stopped trials leaked
+placement groups and later trials hung) and the auth mode set explicitly.
+"""
+
+from __future__ import annotations
+
+import os
+
+from raytune_opt.errors import UsageError
+
+
+def resolve_address(address: str | None) -> str | None:
+    """The cluster to join: ``--address``, else ``$RAY_ADDRESS`` (set by ``ray job submit``)."""
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def start(address: str | None, num_cpus: int | None = None) -> bool:
+    """Start an embedded local Ray (address None) or join ``address``; True if embedded.
+
+    Raises:
+        UsageError: the cluster cannot be reached.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address is None:
+        # A token for a loopback-only cluster would only get in the way of later
+        # `ray start` runs on this machine (~/.ray/auth_token turns auth on for them).
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                 _node_ip_address="127.0.0.1", num_cpus=num_cpus or os.cpu_count(),
+                 log_to_driver=False, configure_logging=True, logging_level="ERROR")
+        return True
+    os.environ.setdefault("RAY_AUTH_MODE", "token" if _token_available() else "disabled")
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UsageError(f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]}); "
+                         "check the address (e.g. 127.0.0.1:6379 or ray://host:10001) and that the cluster runs") from None
+    return False
+
+
+def _token_available() -> bool:
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return True
+    return os.path.exists(os.path.expanduser("~/.ray/auth_token"))
+
+
+def stop(embedded: bool) -> None:
+    import ray
+
+    if embedded and ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,128 @@
+"""A finished sweep's results: results.csv, best.json, per-trial histories, a leaderboard.
+
+Every file is written atomically. Rows describe trials in our terms (flat active config,
+best and last metrics, why the trial stopped), not Ray's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raytune_opt import _atomic
+from raytune_opt.spec.schema import METRICS
+
+METRIC_COLUMNS = ("val_accuracy", "val_f1", "val_precision", "val_recall", "val_loss", "train_loss")
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    status: str  # ok | stopped | diverged | error
+    stop_reason: str
+    config: dict
+    epochs: int
+    seconds: float
+    train_seconds: float
+    best: dict = field(default_factory=dict)  # metrics of the best epoch
+    last: dict = field(default_factory=dict)
+    checkpoint: str | None = None  # directory holding best.pt / last.pt
+    error: str | None = None
+    history: list = field(default_factory=list)
+
+    @property
+    def successful(self) -> bool:
+        return self.status in ("ok", "stopped") and bool(self.best)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def best_epoch(history: list[dict], metric: str, mode: str) -> dict:
+    """The epoch row with the best finite ``metric`` (the earliest on ties)."""
+    rows = [r for r in history if _finite(r.get(metric))]
+    if not rows:
+        return {}
+    sign = 1 if mode == "max" else -1
+    return max(rows, key=lambda r: (sign * r[metric], -r.get("epoch", 0)))
+
+
+def select_best(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None:
+    """The best successful trial; ties go to fewer epochs."""
+    ok = [r for r in rows if r.successful and _finite(r.best.get(metric))]
+    if not ok:
+        return None
+    sign = 1 if mode == "max" else -1
+    return max(ok, key=lambda r: (sign * r.best[metric], -r.epochs))
+
+
+def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], metric: str, mode: str,
+                  spec_sha256: str) -> TrialRow | None:
+    """Write results.csv, history/<trial>.csv and best.json; return the best row."""
+    out = io.StringIO()
+    cols = (["trial_id", "status", "stop_reason", "epochs", "seconds", "train_seconds"]
+            + [f"best_{m}" for m in METRIC_COLUMNS] + [f"last_{m}" for m in METRIC_COLUMNS]
+            + [f"config.{k}" for k in space_keys] + ["config", "checkpoint", "error"])
+    w = csv.DictWriter(out, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        rec = {"trial_id": r.trial_id, "status": r.status, "stop_reason": r.stop_reason, "epochs": r.epochs,
+               "seconds": round(r.seconds, 3), "train_seconds": round(r.train_seconds, 3),
+               "config": json.dumps(r.config, sort_keys=True), "checkpoint": r.checkpoint or "",
+               "error": (r.error or "").splitlines()[-1][:300] if r.error else ""}
+        for m in METRIC_COLUMNS:
+            rec[f"best_{m}"] = r.best.get(m, "")
+            rec[f"last_{m}"] = r.last.get(m, "")
+        for k in space_keys:
+            rec[f"config.{k}"] = r.config.get(k, "")
+        w.writerow(rec)
+    _atomic.write_text(exp_dir / "results.csv", out.getvalue())
+    for r in rows:
+        if r.history:
+            hist_cols = sorted({k for h in r.history for k in h})
+            buf = io.StringIO()
+            hw = csv.DictWriter(buf, fieldnames=hist_cols)
+            hw.writeheader()
+            hw.writerows(r.history)
+            _atomic.write_text(exp_dir / "history" / f"{r.trial_id}.csv", buf.getvalue())
+    best = select_best(rows, metric, mode)
+    if best is not None:
+        _atomic.write_json(exp_dir / "best.json", {
+            "trial_id": best.trial_id, "metric": metric, "mode": mode, "value": best.best[metric],
+            "config": best.config, "metrics": best.best, "epochs": best.epochs,
+            "checkpoint": str(Path(best.checkpoint) / "best.pt") if best.checkpoint else None,
+            "spec_sha256": spec_sha256,
+        })
+    return best
+
+
+def leaderboard(rows: list[TrialRow], metric: str, mode: str, top: int = 10) -> str:
+    """A compact table of the best trials, then a count of the others by status."""
+    sign = -1 if mode == "max" else 1
+    ranked = sorted((r for r in rows if r.successful), key=lambda r: (sign * r.best.get(metric, 0), r.epochs))
+    lines = [f"{'rank':>4}  {'trial':<10} {metric:>12} {'epochs':>6} {'status':<8} config"]
+    for i, r in enumerate(ranked[:top], 1):
+        cfg = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(r.config.items()))
+        lines.append(f"{i:>4}  {r.trial_id:<10} {r.best[metric]:>12.4f} {r.epochs:>6} {r.status:<8} {cfg}")
+    others = [r for r in rows if not r.successful]
+    for r in others:
+        lines.append(f"{'-':>4}  {r.trial_id:<10} {'-':>12} {r.epochs:>6} {r.status:<8} {r.stop_reason}")
+    counts = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    lines.append("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    return "\n".join(lines)
+
+
+def _short(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+assert set(METRIC_COLUMNS) == set(METRICS), "results columns must cover the recipe's metrics"

@@ -1,0 +1,196 @@
+"""One trial: the Tune function trainable.
+
+With one worker the recipe's loop runs inside the Tune trial itself (a 2-worker
+TorchTrainer costs ~20 s of start-up here before its first epoch, and ASHA lives on cheap
+trials). With several, the trial builds a Ray Train ``TorchTrainer`` whose workers run the
+same loop under DDP, and ``TuneReportCallback`` forwards rank 0's metrics and checkpoint
+path to Tune (the Train V2 pattern: ``tune.Tuner(TorchTrainer)`` no longer works).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from raytune_opt import searchers
+from raytune_opt.recipe.session import Session
+from raytune_opt.space import Space, apply
+
+CHECKPOINT_FILE = "last.pt"
+
+
+def _stage(checkpoint_dir: str) -> str:
+    """Hard-link a checkpoint directory's files into a fresh directory for Ray to persist.
+
+    Ray may delete a reported directory after uploading it; the loop keeps writing best/last
+    into its own directory, so Ray gets links (no copy) in a directory of its own.
+    """
+    staged = tempfile.mkdtemp(prefix="raytune_opt_report_")
+    for f in Path(checkpoint_dir).iterdir():
+        if f.is_file() and not f.name.startswith("."):
+            try:
+                os.link(f, Path(staged) / f.name)
+            except OSError:  # another filesystem
+                shutil.copy2(f, Path(staged) / f.name)
+    return staged
+
+
+class TuneSession(Session):
+    """The loop inside a Tune trial (one worker): reports go to ``ray.tune.report``."""
+
+    def __init__(self, device: str, num_threads: int | None):
+        import torch
+
+        self.device = torch.device(device)
+        self.num_threads = num_threads
+        self._root = tempfile.mkdtemp(prefix="raytune_opt_trial_")
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        from ray import tune
+
+        checkpoint = tune.Checkpoint.from_directory(_stage(checkpoint_dir)) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    def checkpoint_root(self) -> str:
+        return self._root
+
+
+class TrainSession(Session):
+    """The loop on one Ray Train worker: DDP model, sharded loaders, ``ray.train.report``."""
+
+    def __init__(self, num_threads: int | None):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank = ctx.get_world_rank()
+        self.world_size = ctx.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self.num_threads = num_threads
+        self._root = tempfile.mkdtemp(prefix=f"raytune_opt_rank{self.rank}_")
+        self._model = None
+
+    def prepare_model(self, model):
+        import ray.train.torch
+
+        self._model = ray.train.torch.prepare_model(model)
+        return self._model
+
+    def prepare_loader(self, loader):
+        import ray.train.torch
+
+        return ray.train.torch.prepare_data_loader(loader)
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        import ray.train
+
+        if metrics.get("stop_reason") and self.world_size > 1 and self._model is not None:
+            # The last report says whether the DDP replicas stayed identical.
+            metrics = {**metrics, "rank_param_max_diff": _rank_param_max_diff(self._model)}
+        checkpoint = None
+        if checkpoint_dir and self.is_rank_zero:
+            checkpoint = ray.train.Checkpoint.from_directory(_stage(checkpoint_dir))
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    def checkpoint_root(self) -> str:
+        return self._root
+
+
+def _rank_param_max_diff(model) -> float:
+    """Largest difference of any parameter between ranks (0.0 when DDP kept them in sync)."""
+    import torch
+    import torch.distributed as dist
+
+    vec = torch.nn.utils.parameters_to_vector([p.detach() for p in model.parameters()]).float()
+    hi, lo = vec.clone(), vec.clone()
+    dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+    dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+    return float((hi - lo).abs().max())
+
+
+def _threads(cfg: dict) -> int:
+    return max(1, int(cfg["resources"]["cpus_per_worker"]))
+
+
+def _device(cfg: dict) -> str:
+    import torch
+
+    return "cuda" if cfg["resources"]["gpus_per_worker"] > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _train_worker(loop_config: dict) -> None:
+    """``train_loop_per_worker`` of the TorchTrainer: the same loop, one DDP rank."""
+    import ray.train
+
+    from raytune_opt.recipe.loop import train
+
+    cfg = loop_config["cfg"]
+    resume = loop_config["resume_from"]
+    restored = ray.train.get_checkpoint()  # set when Train restarts a failed worker group
+    if restored is not None:
+        resume = os.path.join(restored.to_directory(), CHECKPOINT_FILE)
+    train(cfg, TrainSession(_threads(cfg)), spec_sha256=loop_config["spec_sha256"], resume_from=resume)
+
+
+def make_trainable(base: dict, space: Space, spec_sha256: str, storage_path: str,
+                   force: dict | None = None) -> Callable[[dict], None]:
+    """The Tune function trainable for a sweep.
+
+    Args:
+        base: the resolved spec (every setting at its fixed value).
+        space: the search space; a trial's config holds its active parameters.
+        spec_sha256: stored in every checkpoint.
+        storage_path: the sweep's storage root (Train runs of multi-worker trials go there).
+        force: dotted settings applied after the trial's config (dry runs).
+    """
+    base = {k: v for k, v in base.items() if k != "space"}
+
+    def run_trial(config: dict) -> None:
+        from ray import tune
+
+        from raytune_opt.recipe.loop import train
+
+        flat = searchers.flatten_config(config, space)
+        cfg = apply(apply(base, flat), force or {})
+        resume = None
+        restored = tune.get_checkpoint()  # PBT exploit, or a resumed sweep
+        if restored is not None:
+            resume = os.path.join(restored.to_directory(), CHECKPOINT_FILE)
+        if cfg["resources"]["num_workers"] == 1:
+            session = TuneSession(_device(cfg), _threads(cfg))
+            train(cfg, session, spec_sha256=spec_sha256, resume_from=resume)
+            return
+        _fit_torch_trainer(cfg, spec_sha256, resume, storage_path, tune.get_context().get_trial_id())
+
+    return run_trial
+
+
+def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, storage_path: str, trial_id: str) -> None:
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    res = cfg["resources"]
+    use_gpu = res["gpus_per_worker"] > 0
+    per_worker = {"CPU": res["cpus_per_worker"]}
+    if use_gpu:
+        per_worker["GPU"] = res["gpus_per_worker"]
+    trainer = TorchTrainer(
+        train_loop_per_worker=_train_worker,
+        train_loop_config={"cfg": cfg, "spec_sha256": spec_sha256, "resume_from": resume},
+        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=res["num_workers"], use_gpu=use_gpu,
+                                               resources_per_worker=per_worker),
+        run_config=ray.train.RunConfig(
+            name=f"train-{trial_id}",  # named after the trial so it can be restored
+            storage_path=os.path.join(storage_path, "train"),
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            # Train V2 retries worker-group start-up forever by default: a broken trial hangs.
+            failure_config=ray.train.FailureConfig(max_failures=2, controller_failure_limit=2),
+        ),
+    )
+    trainer.fit()

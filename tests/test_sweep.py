@@ -1,0 +1,127 @@
+"""Real sweeps on a real embedded local Ray (marked slow: seconds to tens of seconds each)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from raytune_opt.cli import main
+from raytune_opt.spec import load_spec
+from raytune_opt.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "search_spaces" / "digits_cnn.yaml"
+CONDITIONAL = ROOT / "search_spaces" / "digits_conditional.yaml"
+SMALL = ["train.epochs=4", "train.limit_batches=6", "scheduler.grace_period=1", "scheduler.reduction_factor=2",
+         "promote.enabled=false", "name=s"]
+
+pytestmark = pytest.mark.slow
+
+
+def _rows(exp_dir: Path) -> list[dict]:
+    with open(exp_dir / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("algorithm", [
+    ["search.algorithm=random", "search.num_samples=6"],
+    ["search.algorithm=optuna", "search.sampler=tpe", "search.num_samples=6"],
+    ["search.algorithm=hyperopt", "search.num_samples=6"],
+    ["search.algorithm=grid", "search.num_samples=1",
+     "space={train.optimizer.lr: {grid: [0.001, 0.003, 0.01]}, model.width: {grid: [16, 32]}}"],
+], ids=lambda a: a[0].split("=")[1])
+def test_every_searcher_runs_a_small_sweep_with_asha(local_ray, tmp_path, algorithm):
+    spec = load_spec(DIGITS, SMALL + algorithm)
+    outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
+    rows = _rows(outcome.exp_dir)
+    assert outcome.exit_code == 0
+    assert len(rows) == 6
+    assert all(r["status"] in ("ok", "stopped") for r in rows), rows
+    best = json.loads((outcome.exp_dir / "best.json").read_text())
+    assert Path(best["checkpoint"]).is_file()
+    assert best["value"] == max(float(r["best_val_accuracy"]) for r in rows)
+    assert (outcome.exp_dir / "history" / f"{best['trial_id']}.csv").is_file()
+    if "grid" in algorithm[0]:
+        points = {(float(r["config.train.optimizer.lr"]), int(r["config.model.width"])) for r in rows}
+        assert len(points) == 6  # the full product, each point once
+
+
+def test_asha_stops_some_trials_early(local_ray, tmp_path):
+    spec = load_spec(DIGITS, SMALL + ["search.algorithm=random", "search.num_samples=8", "train.epochs=6",
+                                      "space.train.optimizer.lr={loguniform: [1.0e-5, 3.0e-2]}"])
+    outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
+    rows = _rows(outcome.exp_dir)
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    assert stopped, rows
+    assert all(int(r["epochs"]) < 6 and r["stop_reason"].startswith("stopped by asha") for r in stopped)
+    assert any(int(r["epochs"]) == 6 for r in rows)
+
+
+def test_conditional_parameters_never_reach_results(local_ray, tmp_path):
+    spec = load_spec(CONDITIONAL, ["train.epochs=2", "train.limit_batches=4", "search.num_samples=6",
+                                   "scheduler.grace_period=1", "promote.enabled=false"])
+    outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
+    rows = _rows(outcome.exp_dir)
+    assert len(rows) == 6
+    for r in rows:
+        config = json.loads(r["config"])
+        opt = config["train.optimizer.name"]
+        assert ("train.optimizer.momentum" in config) == (opt == "sgd")
+        assert ("train.optimizer.beta1" in config) == (opt in ("adam", "adamw"))
+        assert ("model.dropout" in config) == (config["model.name"] == "mlp")
+        assert (r["config.train.optimizer.momentum"] != "") == (opt == "sgd")
+    best = json.loads((outcome.exp_dir / "best.json").read_text())
+    assert ("train.optimizer.momentum" in best["config"]) == (best["config"]["train.optimizer.name"] == "sgd")
+
+
+def test_a_diverging_trial_is_recorded_and_the_sweep_exits_0(local_ray, tmp_path, capsys):
+    rc = main(["run", str(DIGITS), *SMALL[:2], "promote.enabled=false", "name=s", "search.algorithm=grid",
+               "search.num_samples=1", "train.epochs=2", "scheduler={name: fifo}", "train.optimizer.name=sgd",
+               "train.lr_schedule.name=constant", "train.lr_schedule.warmup_epochs=0",
+               "space={train.optimizer.lr: {grid: [0.01, 1.0e+12]}}", "--storage", str(tmp_path)])
+    assert rc == 0
+    rows = {float(r["config.train.optimizer.lr"]): r for r in _rows(tmp_path / "s")}
+    assert rows[1e12]["status"] == "diverged" and rows[1e12]["stop_reason"].startswith("diverged: non-finite loss")
+    assert rows[0.01]["status"] == "ok"
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_same_seed_samples_the_same_configs(local_ray, tmp_path):
+    def configs(name: str, seed: int) -> list[str]:
+        spec = load_spec(DIGITS, SMALL[:2] + ["promote.enabled=false", "search.num_samples=4", "train.epochs=1",
+                                              "scheduler={name: fifo}", f"search.seed={seed}", f"name={name}"])
+        outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
+        return sorted(r["config"] for r in _rows(outcome.exp_dir))
+
+    first, second, other = configs("a", 3), configs("b", 3), configs("c", 4)
+    assert first == second
+    assert first != other
+
+
+def test_two_worker_ddp_trial_keeps_ranks_identical(local_ray, tmp_path):
+    spec = load_spec(DIGITS, SMALL[:2] + ["promote.enabled=false", "name=s", "search.num_samples=1",
+                                          "scheduler={name: fifo}", "train.epochs=2", "resources.num_workers=2",
+                                          "resources.max_concurrent_trials=1", "space={}"])
+    outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
+    (row,) = outcome.rows
+    assert row.status == "ok", row.error
+    assert row.epochs == 2
+    assert row.history[-1].get("stop_reason") == "completed"
+    assert row.checkpoint and (Path(row.checkpoint) / "best.pt").is_file()
+    diff = [h for h in row.history if "rank_param_max_diff" in h]
+    assert diff and diff[-1]["rank_param_max_diff"] == 0.0
+
+
+@pytest.mark.parametrize("path", [DIGITS, CONDITIONAL], ids=lambda p: p.name)
+def test_shipped_digits_specs_pass_a_dry_run(local_ray, tmp_path, path, capsys):
+    rc = main(["run", str(path), "--dry-run", "--storage", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    rows = _rows(next(tmp_path.iterdir()))
+    spec = load_spec(path)
+    assert len(rows) == spec.data["search"]["num_samples"]
+    assert all(r["status"] == "ok" and int(r["epochs"]) == 1 for r in rows)
