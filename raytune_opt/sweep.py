@@ -118,6 +118,8 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 scheduler=schedulers.build_scheduler(spec), num_samples=search["num_samples"],
                 max_concurrent_trials=spec.data["resources"]["max_concurrent_trials"],
                 trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+                # A fresh actor per trial re-imports torch and Ray (~3 s here); ASHA lives on cheap trials.
+                reuse_actors=True,
             ),
             run_config=tune.RunConfig(
                 name=spec.name, storage_path=str(exp_dir.parent), verbose=verbose,

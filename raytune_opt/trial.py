@@ -51,8 +51,15 @@ class TuneSession(Session):
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         from ray import tune
 
-        checkpoint = tune.Checkpoint.from_directory(_stage(checkpoint_dir)) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        staged = _stage(checkpoint_dir) if checkpoint_dir else None
+        try:  # Tune persists the checkpoint to storage before report() returns
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(staged) if staged else None)
+        finally:
+            if staged:
+                shutil.rmtree(staged, ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self._root, ignore_errors=True)
 
     def checkpoint_root(self) -> str:
         return self._root
@@ -90,10 +97,15 @@ class TrainSession(Session):
         if metrics.get("stop_reason") and self.world_size > 1 and self._model is not None:
             # The last report says whether the DDP replicas stayed identical.
             metrics = {**metrics, "rank_param_max_diff": _rank_param_max_diff(self._model)}
-        checkpoint = None
-        if checkpoint_dir and self.is_rank_zero:
-            checkpoint = ray.train.Checkpoint.from_directory(_stage(checkpoint_dir))
-        ray.train.report(metrics, checkpoint=checkpoint)
+        staged = _stage(checkpoint_dir) if checkpoint_dir and self.is_rank_zero else None
+        try:  # uploaded synchronously (Train V2's default upload mode)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staged) if staged else None)
+        finally:
+            if staged:
+                shutil.rmtree(staged, ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self._root, ignore_errors=True)
 
     def checkpoint_root(self) -> str:
         return self._root
@@ -132,7 +144,11 @@ def _train_worker(loop_config: dict) -> None:
     restored = ray.train.get_checkpoint()  # set when Train restarts a failed worker group
     if restored is not None:
         resume = os.path.join(restored.to_directory(), CHECKPOINT_FILE)
-    train(cfg, TrainSession(_threads(cfg)), spec_sha256=loop_config["spec_sha256"], resume_from=resume)
+    session = TrainSession(_threads(cfg))
+    try:
+        train(cfg, session, spec_sha256=loop_config["spec_sha256"], resume_from=resume)
+    finally:
+        session.close()
 
 
 def make_trainable(base: dict, space: Space, spec_sha256: str, storage_path: str,
@@ -161,7 +177,10 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, storage_path: str
             resume = os.path.join(restored.to_directory(), CHECKPOINT_FILE)
         if cfg["resources"]["num_workers"] == 1:
             session = TuneSession(_device(cfg), _threads(cfg))
-            train(cfg, session, spec_sha256=spec_sha256, resume_from=resume)
+            try:
+                train(cfg, session, spec_sha256=spec_sha256, resume_from=resume)
+            finally:
+                session.close()  # actors are reused: leave no per-trial files behind
             return
         _fit_torch_trainer(cfg, spec_sha256, resume, storage_path, tune.get_context().get_trial_id())
 
