@@ -27,6 +27,8 @@ SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
 PROMOTION_TARGETS = ("onnx", "int8", "tensorrt")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Metrics the training recipe reports after every epoch, and the direction that is better.
+# val_loss is always plain cross-entropy (no weights, no smoothing), whatever the training
+# loss, so that it compares across trials that tune the loss.
 METRICS = {
     "val_accuracy": "max", "val_f1": "max", "val_precision": "max", "val_recall": "max",
     "val_loss": "min", "train_loss": "min",
@@ -120,10 +122,12 @@ SPEC = Section("A sweep spec.", {
     "model": Section("The model to train.", {
         "name": Field("str", "small_cnn", "Model: " + " | ".join(MODELS) + " (random init, nothing downloaded).",
                       choices=MODELS),
-        "width": Field("int", 32, "mlp: hidden units; small_cnn: channels of the first conv (doubles per block).",
+        "width": Field("int", 32, "mlp: hidden units; small_cnn: channels of the first conv (doubles per block); "
+                       "unused by torchvision models.",
                        ge=1),
-        "depth": Field("int", 2, "mlp: hidden layers; small_cnn: conv blocks.", ge=1, le=8),
-        "dropout": Field("float", 0.0, "Dropout probability before the classifier.", ge=0, lt=1),
+        "depth": Field("int", 2, "mlp: hidden layers; small_cnn: conv blocks; unused by torchvision models.", ge=1, le=8),
+        "dropout": Field("float", 0.0, "Dropout probability before the classifier (replaces torchvision's built-in "
+                         "dropout of mobilenet/efficientnet).", ge=0, lt=1),
         "cifar_stem": Field("bool", True, "torchvision models: 3x3 stride-1 stem without max-pool, for 32x32 inputs."),
         "squeeze_excitation": Field("bool", False, "resnet*: add a squeeze-and-excitation block to every residual block."),
     }),
@@ -131,7 +135,8 @@ SPEC = Section("A sweep spec.", {
         "epochs": Field("int", 10, "Epochs per trial (the schedulers' time unit).", ge=1),
         "batch_size": Field("int", 64, "Samples per step per worker (the global batch is this x resources.num_workers).",
                             ge=1),
-        "limit_batches": Field("int", None, "Stop each epoch after this many batches (dry runs, smoke tests).",
+        "limit_batches": Field("int", None, "Stop each epoch after this many micro-batches (dry runs, smoke tests); a "
+                               "partial accumulation group still takes an optimizer step.",
                                nullable=True, ge=1),
         "strategy": Field("str", "ddp", "Distributed strategy per trial: ddp | deepspeed.", choices=STRATEGIES),
         "deepspeed": Section("DeepSpeed's own config, passed through (train.strategy: deepspeed only).", open=True),
@@ -147,7 +152,8 @@ SPEC = Section("A sweep spec.", {
         }),
         "lr_schedule": Section("Learning-rate schedule, stepped per optimizer step (plateau: per epoch).", {
             "name": Field("str", "constant", "Schedule: " + " | ".join(LR_SCHEDULES) + ".", choices=LR_SCHEDULES),
-            "warmup_epochs": Field("float", 0.0, "Linear warmup from 0 to lr over this many epochs (any schedule).",
+            "warmup_epochs": Field("float", 0.0, "Linear warmup from 0 to the schedule's starting lr over this many epochs "
+                                   "(onecycle: to its own starting lr, peak/25).",
                                    ge=0),
             "step_size": Field("int", 10, "step: epochs between decays.", ge=1),
             "gamma": Field("float", 0.1, "step: decay factor.", gt=0, le=1),
@@ -158,7 +164,7 @@ SPEC = Section("A sweep spec.", {
         }),
         "loss": Section("The loss.", {
             "name": Field("str", "cross_entropy", "Loss: cross_entropy | focal.", choices=LOSSES),
-            "label_smoothing": Field("float", 0.0, "Label smoothing (cross_entropy).", ge=0, lt=1),
+            "label_smoothing": Field("float", 0.0, "Label smoothing (cross_entropy only).", ge=0, lt=1),
             "class_weights": Field("any", None, "null | balanced (inverse class frequency) | list, one weight per class.",
                                    nullable=True, check=_class_weights_check),
             "focal_gamma": Field("float", 2.0, "focal: focusing parameter gamma.", ge=0),

@@ -595,6 +595,11 @@ def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     if gpus > 1 and not float(gpus).is_integer():
         rule("", ("resources", "gpus_per_worker"), f"above 1 must be a whole number (got {gpus:g})",
              "give a fraction below 1 or an integer")
+    if ck.given(("train", "loss", "label_smoothing")) and train["loss"]["label_smoothing"] > 0 \
+            and "focal" in values_of("train.loss.name") and "cross_entropy" not in values_of("train.loss.name"):
+        rule("train.loss.name", ("train", "loss", "label_smoothing"),
+             f"only cross_entropy smooths labels (got loss {train['loss']['name']})",
+             "remove label_smoothing or use train.loss.name: cross_entropy")
     weights = train["loss"]["class_weights"]
     n_classes = NUM_CLASSES.get(data["dataset"])
     if isinstance(weights, list) and n_classes and len(weights) != n_classes:

@@ -1,0 +1,157 @@
+"""Self-describing checkpoints, written atomically and read with ``weights_only=True``.
+
+A checkpoint is a dict of tensors and plain Python values only (no pickled classes), so
+:func:`load_checkpoint` never needs unsafe unpickling. It carries the model's spec (from
+:func:`raytune_opt.recipe.models.model_spec`) and the recipe, so :func:`load_model`
+rebuilds the network without the sweep's spec file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from raytune_opt.recipe.errors import CheckpointError
+from raytune_opt.recipe.models import build_model_from_spec
+
+__all__ = ["FORMAT", "BEST", "LAST", "CheckpointError", "make_checkpoint", "save_checkpoint",
+           "write_checkpoints", "load_checkpoint", "load_model"]
+
+FORMAT = "raytune-opt/checkpoint/v1"
+BEST = "best.pt"
+LAST = "last.pt"
+_REQUIRED = ("format", "model", "model_state", "epoch")
+
+
+def make_checkpoint(*, model_spec: dict, model_state: dict, optimizer_state: dict | None = None,
+                    scheduler_state: dict | None = None, epoch: int, metrics: dict | None = None,
+                    recipe: dict | None = None, spec_sha256: str = "", extra: dict | None = None) -> dict:
+    """Assemble a checkpoint dict in the v1 format.
+
+    Args:
+        model_spec: :func:`~raytune_opt.recipe.models.model_spec` of the model.
+        model_state: the unwrapped model's ``state_dict()``.
+        optimizer_state: the optimizer's ``state_dict()``.
+        scheduler_state: the schedule's ``state_dict()``.
+        epoch: the last completed epoch (1-based).
+        metrics: the metrics reported for that epoch.
+        recipe: the ``data``, ``model`` and ``train`` sections of the resolved spec.
+        spec_sha256: hash of the sweep's spec, linking the checkpoint to its sweep.
+        extra: more plain values (the loop keeps its early-stopping and RNG state here).
+    """
+    ckpt = {
+        "format": FORMAT,
+        "model": dict(model_spec),
+        "model_state": model_state,
+        "optimizer_state": optimizer_state,
+        "scheduler_state": scheduler_state,
+        "epoch": int(epoch),
+        "metrics": dict(metrics or {}),
+        "recipe": dict(recipe or {}),
+        "spec_sha256": spec_sha256,
+        # TorchVersion is a str subclass that weights_only loading refuses; store a plain str.
+        "torch_version": str(torch.__version__),
+    }
+    if extra:
+        ckpt.update(extra)
+    return ckpt
+
+
+def _serialize(ckpt: dict) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(ckpt, buffer)
+    return buffer.getvalue()
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:
+    """Write ``ckpt`` to ``path`` atomically (temporary file in the same directory, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, _serialize(ckpt))
+    return path
+
+
+def write_checkpoints(ckpt: dict, directory: str | os.PathLike, *, is_best: bool) -> Path:
+    """Write ``last.pt`` in ``directory``, and ``best.pt`` too when ``is_best``; returns the directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    payload = _serialize(ckpt)  # serialize once, write once or twice
+    _atomic_write(directory / LAST, payload)
+    if is_best:
+        _atomic_write(directory / BEST, payload)
+    return directory
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint with ``torch.load(weights_only=True)``.
+
+    Args:
+        path: a ``.pt`` file, or a directory holding ``best.pt`` (else ``last.pt``).
+        map_location: where tensors go.
+
+    Raises:
+        CheckpointError: the file is missing, truncated or corrupt, needs unsafe
+            unpickling, or is not a raytune-opt checkpoint.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / BEST if (path / BEST).is_file() else path / LAST
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file; check the path (a trial's checkpoint "
+                              f"directory holds {BEST} and {LAST})")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"{path}: holds objects that need unsafe unpickling ({_first_line(exc)}); "
+                              f"only raytune-opt checkpoints are loaded") from None
+    except Exception as exc:  # garbage makes the unpickler fail in many ways (KeyError, EOFError...)
+        raise CheckpointError(f"{path}: cannot be read, the file is truncated or corrupt ({_first_line(exc)}); "
+                              f"use another checkpoint (e.g. {LAST} or an earlier trial's)") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or any(k not in ckpt for k in _REQUIRED):
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path}: not a raytune-opt checkpoint (format {found!r}, expected {FORMAT!r}); "
+                              f"point at a checkpoint written by raytune-opt")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the checkpoint's model with its weights, in eval mode.
+
+    Returns:
+        ``(model, ckpt)``: the model and the whole checkpoint dict (metrics, recipe...).
+
+    Raises:
+        CheckpointError: as :func:`load_checkpoint`, or the weights do not fit the model.
+    """
+    ckpt = load_checkpoint(path, map_location)
+    model = build_model_from_spec(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model_state"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit model {ckpt['model'].get('name')!r} "
+                              f"({_first_line(exc)}); the checkpoint is corrupt or from another version") from None
+    return model.to(map_location).eval(), ckpt
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,86 @@
+"""The interface between the training loop and whoever runs it.
+
+The loop (:func:`raytune_opt.recipe.loop.train`) only talks to a :class:`Session`: it asks
+it for the device and the rank, lets it wrap the model and the data loaders (DDP and a
+DistributedSampler under Ray Train; nothing locally), and hands it each epoch's metrics
+and checkpoint directory. :class:`LocalSession` runs one process with no framework.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Callable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+__all__ = ["Session", "LocalSession"]
+
+
+class Session:
+    """What the loop needs from its runner. Subclasses override what differs.
+
+    Attributes:
+        rank: this process's rank in the trial's worker group.
+        world_size: number of ranks training the trial together.
+        device: where the model and batches go.
+        num_threads: if set, the loop calls ``torch.set_num_threads`` with it; None
+            leaves the process's thread settings alone.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    num_threads: int | None = None
+
+    @property
+    def is_rank_zero(self) -> bool:
+        """True on the rank that writes checkpoints."""
+        return self.rank == 0
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        """Wrap the model for distributed training (identity here)."""
+        return model
+
+    def prepare_loader(self, loader: DataLoader) -> DataLoader:
+        """Shard the loader across ranks (identity here)."""
+        return loader
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        """Receive one epoch's metrics and, on rank zero, the checkpoint directory."""
+        raise NotImplementedError
+
+    def checkpoint_root(self) -> str:
+        """A directory this rank may write checkpoints to."""
+        raise NotImplementedError
+
+
+class LocalSession(Session):
+    """A single process: reports go to :attr:`reports` (and ``callback``, if given).
+
+    Args:
+        checkpoint_dir: where checkpoints go; None: a fresh temporary directory, made
+            when first needed.
+        device: the device to train on.
+        callback: called with ``(metrics, checkpoint_dir)`` after each report.
+        num_threads: passed to ``torch.set_num_threads`` by the loop; None: untouched.
+    """
+
+    def __init__(self, checkpoint_dir: str | None = None, device: str | torch.device = "cpu",
+                 callback: Callable[[dict, str | None], None] | None = None, num_threads: int | None = None):
+        self.device = torch.device(device)
+        self.callback = callback
+        self.num_threads = num_threads
+        self._checkpoint_dir = checkpoint_dir
+        self.reports: list[dict] = []
+
+    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+        self.reports.append(dict(metrics))
+        if self.callback is not None:
+            self.callback(metrics, checkpoint_dir)
+
+    def checkpoint_root(self) -> str:
+        if self._checkpoint_dir is None:
+            self._checkpoint_dir = tempfile.mkdtemp(prefix="raytune_opt_ckpt_")
+        return self._checkpoint_dir

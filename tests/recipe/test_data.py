@@ -1,0 +1,154 @@
+"""Loading, caching, splitting and normalizing data; every kind of bad data set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from raytune_opt.errors import RaytuneOptError
+from raytune_opt.recipe import data as data_mod
+from raytune_opt.recipe.data import DataError, cache_root, load_data
+from tests.recipe._datasets import write_cifar10, write_cifar100, write_imagefolder
+
+
+def _cfg(**kw) -> dict:
+    return {"dataset": "digits", "root": None, "download": False, "val_fraction": 0.2, "image_size": None, **kw}
+
+
+def test_digits_shapes_split_and_normalization():
+    d = load_data(_cfg(), seed=0)
+    assert d.x_train.shape[1:] == (1, 8, 8) and d.x_train.dtype == torch.float32
+    assert (d.num_classes, d.in_channels, d.image_size) == (10, 1, 8)
+    assert len(d.y_train) + len(d.y_val) == 1797
+    assert len(d.y_val) == round(1797 * 0.2)
+    # Normalized with the training split's statistics.
+    assert abs(d.x_train.mean().item()) < 1e-4 and abs(d.x_train.std().item() - 1) < 1e-2
+    # Stratified: every class is in the validation split in proportion.
+    counts = torch.bincount(d.y_val, minlength=10)
+    assert counts.min() >= 33 and counts.max() <= 38
+
+
+def test_split_is_deterministic_given_the_seed():
+    a, b = load_data(_cfg(), seed=3), load_data(_cfg(val_fraction=0.2), seed=3)
+    data_mod._MEMO.clear()  # force a fresh split from the node cache
+    c = load_data(_cfg(), seed=3)
+    assert torch.equal(a.y_val, c.y_val) and torch.equal(a.x_train, c.x_train)
+    assert a is b  # the per-process cache
+    other = load_data(_cfg(), seed=4)
+    assert not torch.equal(a.y_val, other.y_val)
+
+
+def test_decoded_once_into_the_node_cache_and_memory_mapped(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAYTUNE_OPT_CACHE", str(tmp_path / "cache"))
+    data_mod._MEMO.clear()
+    root = tmp_path / "c10"
+    write_cifar10(root)
+    load_data(_cfg(dataset="cifar10", root=str(root)), seed=0)
+    [folder] = list(cache_root().iterdir())
+    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "x.npy", "y.npy"]
+    assert np.load(folder / "x.npy", mmap_mode="r").dtype == np.uint8
+    # A second process-level load must not decode again.
+    data_mod._MEMO.clear()
+    monkeypatch.setattr(data_mod, "_decode_cifar", lambda *a: pytest.fail("decoded twice"))
+    assert load_data(_cfg(dataset="cifar10", root=str(root)), seed=0).num_classes == 10
+
+
+def test_cifar10_and_cifar100_in_torchvision_format(tmp_path):
+    write_cifar10(tmp_path / "a")
+    d = load_data(_cfg(dataset="cifar10", root=str(tmp_path / "a")), seed=0)
+    assert d.x_train.shape[1:] == (3, 32, 32) and d.num_classes == 10
+    assert d.class_names[:2] == ("class0", "class1") and len(d.y_train) + len(d.y_val) == 100
+    write_cifar100(tmp_path / "b")
+    d = load_data(_cfg(dataset="cifar100", root=str(tmp_path / "b")), seed=0)
+    assert d.num_classes == 100 and d.class_names[5] == "c5"
+
+
+def test_imagefolder_resized(tmp_path):
+    write_imagefolder(tmp_path / "img", classes=("a", "b", "c"), per_class=4)
+    d = load_data(_cfg(dataset="imagefolder", root=str(tmp_path / "img"), image_size=16), seed=0)
+    assert d.x_train.shape[1:] == (3, 16, 16) and d.class_names == ("a", "b", "c")
+    assert len(d.y_train) + len(d.y_val) == 12
+
+
+def _one_line_error(cfg: dict, *fragments: str) -> str:
+    with pytest.raises(DataError) as info:
+        load_data(cfg, seed=0)
+    message = str(info.value)
+    assert isinstance(info.value, RaytuneOptError)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+def test_missing_root(tmp_path):
+    _one_line_error(_cfg(dataset="cifar10", root=str(tmp_path / "nope")), str(tmp_path / "nope"), "does not exist")
+
+
+def test_root_not_set():
+    _one_line_error(_cfg(dataset="imagefolder"), "data.root is not set")
+
+
+def test_root_is_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    _one_line_error(_cfg(dataset="imagefolder", root=str(tmp_path / "f")), "not a directory")
+
+
+def test_empty_root(tmp_path):
+    _one_line_error(_cfg(dataset="cifar10", root=str(tmp_path)), "is empty")
+    _one_line_error(_cfg(dataset="imagefolder", root=str(tmp_path)), "is empty")
+
+
+def test_cifar_root_in_the_wrong_format(tmp_path):
+    (tmp_path / "something").mkdir()
+    _one_line_error(_cfg(dataset="cifar10", root=str(tmp_path)), "no cifar-10-batches-py/ inside")
+
+
+def test_cifar_missing_batch(tmp_path):
+    folder = write_cifar10(tmp_path)
+    (folder / "data_batch_4").unlink()
+    _one_line_error(_cfg(dataset="cifar10", root=str(tmp_path)), "missing data_batch_4")
+
+
+def test_cifar_truncated_batch(tmp_path):
+    folder = write_cifar10(tmp_path)
+    path = folder / "data_batch_2"
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    _one_line_error(_cfg(dataset="cifar10", root=str(tmp_path)), str(path), "truncated or corrupt")
+
+
+def test_imagefolder_with_one_class(tmp_path):
+    write_imagefolder(tmp_path, classes=("only",))
+    _one_line_error(_cfg(dataset="imagefolder", root=str(tmp_path), image_size=8), "only one class", "only")
+
+
+def test_imagefolder_without_images(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "notes.txt").write_text("x")
+    _one_line_error(_cfg(dataset="imagefolder", root=str(tmp_path)), "no images")
+
+
+def test_imagefolder_with_a_corrupt_image(tmp_path):
+    write_imagefolder(tmp_path)
+    bad = Path(tmp_path / "dog" / "2.png")
+    bad.write_bytes(bad.read_bytes()[:40])
+    _one_line_error(_cfg(dataset="imagefolder", root=str(tmp_path), image_size=8), str(bad), "cannot be decoded")
+
+
+def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path):
+    import os
+    import pickle
+
+    from raytune_opt.recipe.data import DataError, _unpickle
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned > /dev/null",))
+
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(pickle.dumps({b"data": Evil()}))
+    with pytest.raises(DataError, match="refusing to load"):
+        _unpickle(path, "cifar10")

@@ -1,0 +1,83 @@
+"""Every registered model builds, runs forward on small inputs and rebuilds from its spec."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from raytune_opt.recipe.errors import RecipeConfigError
+from raytune_opt.recipe.models import MODELS, build_model, build_model_from_spec, model_spec
+from raytune_opt.spec import schema
+
+def test_registry_matches_the_schema():
+    assert tuple(MODELS) == schema.MODELS
+
+
+@pytest.mark.parametrize("name", schema.MODELS)
+@pytest.mark.parametrize("shape", [(3, 32), (1, 8)], ids=["3x32x32", "1x8x8"])
+def test_forward_gives_one_logit_per_class(name, shape):
+    # Every model works on 1x8x8 too: stride-2 stages reach 1x1 and stay there.
+    channels, size = shape
+    torch.manual_seed(0)
+    model = build_model({"name": name, "width": 8, "depth": 2, "dropout": 0.1}, channels, 7, size)
+    model.train()  # batch-norm in training mode must cope with a batch of 2
+    with torch.no_grad():
+        out = model(torch.randn(2, channels, size, size))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small"])
+def test_imagenet_stem_and_one_channel(name):
+    model = build_model({"name": name, "cifar_stem": False}, 1, 3, 64).eval()
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 3)
+
+
+def test_cifar_stem_keeps_resolution():
+    model = build_model({"name": "resnet18", "cifar_stem": True}, 3, 10, 32)
+    assert model.conv1.stride == (1, 1) and isinstance(model.maxpool, nn.Identity)
+    mobile = build_model({"name": "mobilenet_v3_small", "cifar_stem": True}, 3, 10, 32)
+    assert mobile.features[0][0].stride == (1, 1)
+
+
+def test_squeeze_excitation_adds_one_block_per_residual_block():
+    from torchvision.ops import SqueezeExcitation
+
+    plain = build_model({"name": "resnet18"}, 3, 10, 32)
+    se = build_model({"name": "resnet18", "squeeze_excitation": True}, 3, 10, 32)
+    assert sum(isinstance(m, SqueezeExcitation) for m in plain.modules()) == 0
+    assert sum(isinstance(m, SqueezeExcitation) for m in se.modules()) == 8
+    assert se(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "resnet18", "resnet50"])
+def test_every_relu_module_is_called_once(name):
+    # pt2e quantization annotates modules by use: a ReLU shared by two places breaks it.
+    model = build_model({"name": name, "squeeze_excitation": True}, 3, 10, 32).eval()
+    calls: dict[int, int] = {}
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            m.register_forward_hook(lambda mod, i, o: calls.__setitem__(id(mod), calls.get(id(mod), 0) + 1))
+    model(torch.randn(1, 3, 32, 32))
+    assert calls and set(calls.values()) == {1}
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
+def test_spec_rebuilds_the_same_architecture(name):
+    spec = model_spec({"name": name, "width": 8, "depth": 3, "squeeze_excitation": True}, 3, 5, 32)
+    assert all(isinstance(v, (str, int, float, bool)) for v in spec.values())
+    original = build_model({"name": name, "width": 8, "depth": 3, "squeeze_excitation": True}, 3, 5, 32)
+    rebuilt = build_model_from_spec(spec)
+    a, b = original.state_dict(), rebuilt.state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+
+
+def test_small_cnn_depth_and_width():
+    model = build_model({"name": "small_cnn", "width": 4, "depth": 3}, 1, 10, 8)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 16]
+
+
+def test_unknown_model():
+    with pytest.raises(RecipeConfigError, match="not a model"):
+        build_model({"name": "vgg"}, 3, 10, 32)
