@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,11 @@ DRY_RUN_FORCE = {
     "resources.gpus_per_worker": 0.0,
     "data.loader_workers": 0,
 }
+
+
+RUN_META = "raytune_opt_run.json"  # marks an experiment directory; read by resume
+RUN_INPUT = "spec.input.yaml"  # the spec file as given, re-validated on resume
+RUN_FORMAT = "raytune-opt/experiment/v1"
 
 
 @dataclass
@@ -55,7 +61,7 @@ def dry_run_spec(spec: Spec) -> Spec:
         data["train"]["precision"] = "fp32"
     data["scheduler"]["name"] = "fifo"
     data["resources"]["max_concurrent_trials"] = None
-    return Spec(data, spec.space, spec.source)
+    return Spec(data, spec.space, spec.source, spec.overrides)
 
 
 def check_data(spec: Spec) -> None:
@@ -81,6 +87,14 @@ def _trial_resources(spec: Spec) -> dict:
     return {"cpu": 0, "memory": 1}
 
 
+def _trainable(spec: Spec, exp_dir: Path, dry_run: bool):
+    from ray import tune
+
+    trainable = trial.make_trainable(spec.data, spec.space, spec.sha256(), str(exp_dir),
+                                     force=DRY_RUN_FORCE if dry_run else None)
+    return tune.with_resources(trainable, _trial_resources(spec))
+
+
 def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = None,
               dry_run: bool = False, verbose: int = 1) -> SweepOutcome:
     """Run the sweep the spec describes and write its results.
@@ -91,6 +105,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     """
     from ray import tune
 
+    source_text = Path(spec.source).read_text()
     if dry_run:
         spec = dry_run_spec(spec)
     exp_dir = experiment_dir(spec, storage)
@@ -101,23 +116,25 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     if address is None:
         check_data(spec)
     exp_dir.mkdir(parents=True, exist_ok=True)
+    # What `resume` needs to rebuild exactly this sweep: the input spec, overrides, mode.
+    _atomic.write_text(exp_dir / RUN_INPUT, source_text)
+    _atomic.write_json(exp_dir / RUN_META, {"format": RUN_FORMAT, "spec_source": spec.source,
+                                            "overrides": list(spec.overrides), "dry_run": dry_run,
+                                            "spec_sha256": spec.sha256()})
     _atomic.write_text(exp_dir / "spec.yaml", spec.to_yaml())
 
-    search, sched = spec.data["search"], spec.data["scheduler"]
+    search = spec.data["search"]
     search_alg, param_space = searchers.build_searcher(spec)
-    trainable = trial.make_trainable(spec.data, spec.space, spec.sha256(), str(exp_dir.parent),
-                                     force=DRY_RUN_FORCE if dry_run else None)
     embedded = ray_runtime.start(address)
-    started = time.monotonic()
     try:
         tuner = tune.Tuner(
-            tune.with_resources(trainable, _trial_resources(spec)),
+            _trainable(spec, exp_dir, dry_run),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=search["metric"], mode=search["mode"], search_alg=search_alg,
                 scheduler=schedulers.build_scheduler(spec), num_samples=search["num_samples"],
                 max_concurrent_trials=spec.data["resources"]["max_concurrent_trials"],
-                trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
+                trial_dirname_creator=_trial_dirname,
                 # A fresh actor per trial re-imports torch and Ray (~3 s here); ASHA lives on cheap trials.
                 reuse_actors=True,
             ),
@@ -127,11 +144,96 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-        grid = tuner.fit()
-        wall = time.monotonic() - started
-        rows = collect_rows(grid, spec)
+        return _fit_and_record(tuner, spec, exp_dir)
     finally:
         ray_runtime.stop(embedded)
+
+
+def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_errored: bool = False) -> SweepOutcome:
+    """Continue an interrupted sweep: finished trials stay, unfinished ones continue from
+    their last checkpoint, errored ones are resumed (or restarted), and the searcher's state
+    comes back so no config is proposed twice.
+
+    Raises:
+        UsageError: the directory is not a raytune-opt experiment or its Tune state is unusable.
+    """
+    from ray import tune
+
+    from raytune_opt.spec import load_spec
+
+    exp_dir = Path(exp_dir).expanduser().resolve()
+    meta = _read_meta(exp_dir)
+    spec = load_spec(exp_dir / RUN_INPUT, meta["overrides"])
+    dry_run = bool(meta["dry_run"])
+    if dry_run:
+        spec = dry_run_spec(spec)
+    if spec.sha256() != meta["spec_sha256"]:
+        raise UsageError(f"{exp_dir}: the recorded spec no longer resolves to the same settings (another "
+                         "raytune-opt version?); start a new sweep with 'raytune-opt run'")
+    if not tune.Tuner.can_restore(str(exp_dir)):
+        raise UsageError(f"{exp_dir}: Ray Tune's experiment state is missing (tuner.pkl / experiment_state-*.json); "
+                         "the sweep cannot be resumed — results.csv and trial_*/ still hold what finished")
+    address = ray_runtime.resolve_address(address)
+    embedded = ray_runtime.start(address)
+    try:
+        try:
+            # Tune's experiment state can name a checkpoint that num_to_keep=1 has deleted since
+            # (it is saved every few seconds, checkpoints every epoch): restoring it fails with
+            # "does not exist on storage anymore". So unfinished and errored trials are
+            # *restarted* and continue from their own ckpt/last.pt (trial._resume_point).
+            if restart_errored:
+                for err in exp_dir.glob("trial_*/error.txt"):
+                    shutil.rmtree(err.parent / trial.CKPT_DIR, ignore_errors=True)
+            restart = tune.ResumeConfig.ResumeType.RESTART
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, exp_dir, dry_run),
+                                       _resume_config=tune.ResumeConfig(unfinished=restart, errored=restart))
+        except (EOFError, OSError, ValueError, RuntimeError) as exc:  # truncated state (ray#58179)
+            raise UsageError(f"{exp_dir}: Ray Tune's experiment state cannot be read ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); results.csv and trial_*/ "
+                             "still hold what finished") from None
+        return _fit_and_record(tuner, spec, exp_dir)
+    finally:
+        ray_runtime.stop(embedded)
+
+
+def _read_meta(exp_dir: Path) -> dict:
+    import json
+
+    meta_path = exp_dir / RUN_META
+    if not exp_dir.is_dir():
+        raise UsageError(f"{exp_dir}: not a directory; pass the experiment directory (STORAGE/NAME)")
+    if not meta_path.is_file() or not (exp_dir / RUN_INPUT).is_file():
+        raise UsageError(f"{exp_dir}: not a raytune-opt experiment (no {RUN_META}); pass the directory "
+                         "'raytune-opt run' printed (STORAGE/NAME)")
+    try:
+        meta = json.loads(meta_path.read_text())
+        assert isinstance(meta, dict)
+        fmt = meta.get("format")
+        meta["overrides"], meta["dry_run"], meta["spec_sha256"]
+    except (ValueError, KeyError, AssertionError):
+        raise UsageError(f"{meta_path}: unreadable or truncated; the experiment cannot be resumed") from None
+    if fmt != RUN_FORMAT:
+        raise UsageError(f"{meta_path}: written by another raytune-opt version (format {fmt!r}, "
+                         f"this one reads {RUN_FORMAT!r}); start a new sweep")
+    return meta
+
+
+def _trial_dirname(t) -> str:
+    """``trial_<n>``: the n-th trial the searcher proposed (Tune's experiment tag starts with n).
+
+    Stable across a resume: Tune gives a restarted trial a new id but the same tag, so the
+    restarted trial finds its own ``ckpt/last.pt`` in the same directory.
+    """
+    index = str(t.experiment_tag).split("_", 1)[0]
+    return f"trial_{index}" if index.isdigit() else f"trial_{t.trial_id}"
+
+
+def _fit_and_record(tuner, spec: Spec, exp_dir: Path) -> SweepOutcome:
+    started = time.monotonic()
+    grid = tuner.fit()
+    wall = time.monotonic() - started
+    rows = collect_rows(grid, spec)
+    search = spec.data["search"]
     best = results.write_results(exp_dir, rows, [p.key for p in spec.space.params], search["metric"],
                                  search["mode"], spec.sha256())
     return SweepOutcome(exp_dir, rows, best, wall)

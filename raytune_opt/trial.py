@@ -10,6 +10,7 @@ path to Tune (the Train V2 pattern: ``tune.Tuner(TorchTrainer)`` no longer works
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ from raytune_opt.recipe.session import Session
 from raytune_opt.space import Space, apply
 
 CHECKPOINT_FILE = "last.pt"
+CKPT_DIR = "ckpt"  # inside the trial directory: the trial's own best.pt / last.pt
 
 
 def _stage(checkpoint_dir: str) -> str:
@@ -39,14 +41,18 @@ def _stage(checkpoint_dir: str) -> str:
 
 
 class TuneSession(Session):
-    """The loop inside a Tune trial (one worker): reports go to ``ray.tune.report``."""
+    """The loop inside a Tune trial (one worker): reports go to ``ray.tune.report``.
 
-    def __init__(self, device: str, num_threads: int | None):
+    Checkpoints are written to ``root`` (the trial's own ``ckpt/`` directory) and also
+    reported to Tune, which keeps one copy (``checkpoint_NNNNNN/``) for PBT and the results.
+    """
+
+    def __init__(self, device: str, num_threads: int | None, root: str):
         import torch
 
         self.device = torch.device(device)
         self.num_threads = num_threads
-        self._root = tempfile.mkdtemp(prefix="raytune_opt_trial_")
+        self._root = root
 
     def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
         from ray import tune
@@ -59,7 +65,7 @@ class TuneSession(Session):
                 shutil.rmtree(staged, ignore_errors=True)
 
     def close(self) -> None:
-        shutil.rmtree(self._root, ignore_errors=True)
+        pass  # the checkpoint directory is the trial's own: it must outlive the process
 
     def checkpoint_root(self) -> str:
         return self._root
@@ -68,7 +74,7 @@ class TuneSession(Session):
 class TrainSession(Session):
     """The loop on one Ray Train worker: DDP model, sharded loaders, ``ray.train.report``."""
 
-    def __init__(self, num_threads: int | None):
+    def __init__(self, num_threads: int | None, root: str | None = None):
         import ray.train
         import ray.train.torch
 
@@ -77,7 +83,9 @@ class TrainSession(Session):
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.num_threads = num_threads
-        self._root = tempfile.mkdtemp(prefix=f"raytune_opt_rank{self.rank}_")
+        # Rank 0 writes into the trial's checkpoint directory (shared storage on clusters).
+        self._temporary = root is None or self.rank != 0
+        self._root = tempfile.mkdtemp(prefix=f"raytune_opt_rank{self.rank}_") if self._temporary else root
         self._model = None
 
     def prepare_model(self, model):
@@ -105,7 +113,8 @@ class TrainSession(Session):
                 shutil.rmtree(staged, ignore_errors=True)
 
     def close(self) -> None:
-        shutil.rmtree(self._root, ignore_errors=True)
+        if self._temporary:
+            shutil.rmtree(self._root, ignore_errors=True)
 
     def checkpoint_root(self) -> str:
         return self._root
@@ -144,14 +153,14 @@ def _train_worker(loop_config: dict) -> None:
     restored = ray.train.get_checkpoint()  # set when Train restarts a failed worker group
     if restored is not None:
         resume = os.path.join(restored.to_directory(), CHECKPOINT_FILE)
-    session = TrainSession(_threads(cfg))
+    session = TrainSession(_threads(cfg), loop_config["checkpoint_root"])
     try:
         train(cfg, session, spec_sha256=loop_config["spec_sha256"], resume_from=resume)
     finally:
         session.close()
 
 
-def make_trainable(base: dict, space: Space, spec_sha256: str, storage_path: str,
+def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
                    force: dict | None = None) -> Callable[[dict], None]:
     """The Tune function trainable for a sweep.
 
@@ -159,7 +168,7 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, storage_path: str
         base: the resolved spec (every setting at its fixed value).
         space: the search space; a trial's config holds its active parameters.
         spec_sha256: stored in every checkpoint.
-        storage_path: the sweep's storage root (Train runs of multi-worker trials go there).
+        exp_dir: the experiment directory (trial checkpoints and Train runs go there).
         force: dotted settings applied after the trial's config (dry runs).
     """
     base = {k: v for k, v in base.items() if k != "space"}
@@ -171,23 +180,45 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, storage_path: str
 
         flat = searchers.flatten_config(config, space)
         cfg = apply(apply(base, flat), force or {})
-        resume = None
-        restored = tune.get_checkpoint()  # PBT exploit, or a resumed sweep
-        if restored is not None:
-            resume = os.path.join(restored.to_directory(), CHECKPOINT_FILE)
+        # The trial's directory in the experiment (storage), not its local working directory
+        # (which lives in Ray's session temp dir and is gone after a restart).
+        ckpt_dir = own_checkpoint_dir(os.path.join(exp_dir, os.path.basename(tune.get_context().get_trial_dir())))
+        os.makedirs(ckpt_dir, exist_ok=True)
+        resume = _resume_point(tune.get_checkpoint(), ckpt_dir)
         if cfg["resources"]["num_workers"] == 1:
-            session = TuneSession(_device(cfg), _threads(cfg))
-            try:
-                train(cfg, session, spec_sha256=spec_sha256, resume_from=resume)
-            finally:
-                session.close()  # actors are reused: leave no per-trial files behind
+            train(cfg, TuneSession(_device(cfg), _threads(cfg), ckpt_dir), spec_sha256=spec_sha256,
+                  resume_from=resume)
             return
-        _fit_torch_trainer(cfg, spec_sha256, resume, storage_path, tune.get_context().get_trial_id())
+        _fit_torch_trainer(cfg, spec_sha256, resume, exp_dir, tune.get_context().get_trial_id(), ckpt_dir)
 
     return run_trial
 
 
-def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, storage_path: str, trial_id: str) -> None:
+def own_checkpoint_dir(trial_dir: str) -> str:
+    """``<experiment>/trial_<n>/ckpt``: the n-th proposed trial's own checkpoints.
+
+    Trial directories are named ``trial_<n>`` (sweep._trial_dirname). A trial that a resume
+    restarts gets a new Tune id and Tune makes its directory unique (``trial_<n>_1a2b``), so
+    the checkpoint directory is derived from ``n`` alone: the restarted trial finds the
+    checkpoints its first run wrote.
+    """
+    path = Path(trial_dir)
+    m = re.fullmatch(r"(trial_\d+)(?:_[0-9a-z]+)?", path.name)
+    return str(path.parent / (m.group(1) if m else path.name) / CKPT_DIR)
+
+
+def _resume_point(tune_checkpoint, ckpt_dir: str) -> str | None:
+    """Where a trial continues from: a checkpoint Tune hands over (PBT exploit) first, else
+    the trial's own last checkpoint (a resumed sweep restarts unfinished trials and they
+    pick up here: Tune's recorded checkpoint may already be deleted, see sweep.resume_sweep)."""
+    if tune_checkpoint is not None:
+        return os.path.join(tune_checkpoint.to_directory(), CHECKPOINT_FILE)
+    own = os.path.join(ckpt_dir, CHECKPOINT_FILE)
+    return own if os.path.isfile(own) else None
+
+
+def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir: str, trial_id: str,
+                       ckpt_dir: str) -> None:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -199,13 +230,14 @@ def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, storage_
         per_worker["GPU"] = res["gpus_per_worker"]
     trainer = TorchTrainer(
         train_loop_per_worker=_train_worker,
-        train_loop_config={"cfg": cfg, "spec_sha256": spec_sha256, "resume_from": resume},
+        train_loop_config={"cfg": cfg, "spec_sha256": spec_sha256, "resume_from": resume,
+                           "checkpoint_root": ckpt_dir},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=res["num_workers"], use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",  # named after the trial so it can be restored
-            storage_path=os.path.join(storage_path, "train"),
+            storage_path=os.path.join(exp_dir, "train"),
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             # Train V2 retries worker-group start-up forever by default: a broken trial hangs.

@@ -240,8 +240,12 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
         last_metrics = metrics
         if stop_reason is not None:
             break
-    if start_epoch > epochs:  # resumed from a finished run: nothing left to do
+    if start_epoch > epochs:  # resumed from a finished run: nothing left to train
+        # Report the finished run's last metrics once more so that a restarted trial (a resumed
+        # sweep) still ends with a result and its checkpoint.
         last_metrics["stop_reason"] = "completed"
+        has_files = tcfg["checkpoint"] and session.is_rank_zero
+        session.report(dict(last_metrics), session.checkpoint_root() if has_files else None)
     return last_metrics
 
 

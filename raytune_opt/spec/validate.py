@@ -44,6 +44,7 @@ class Spec:
     data: dict
     space: Space
     source: str
+    overrides: tuple = ()  # the key=value strings merged on top of the file
 
     @property
     def name(self) -> str:
@@ -676,4 +677,4 @@ def load_spec(path: str | Path, overrides: list[str] | tuple = (), *, local: boo
     if ck.problems:
         raise SpecError(ck.problems)
     resolved["space"] = raw.get("space") or {}
-    return Spec(resolved, space, str(path))
+    return Spec(resolved, space, str(path), tuple(overrides))

@@ -119,6 +119,11 @@ def test_resume_continues_the_epoch_count_and_the_run(tmp_path):
         for key in ("train_loss", "val_loss", "val_accuracy", "lr", "grad_norm"):
             assert a[key] == pytest.approx(b[key], rel=1e-5), key
     assert load_checkpoint(tmp_path / "resumed" / LAST)["epoch"] == 4
+    # Resumed once more, there is nothing left to train: the finished run is reported again.
+    again = LocalSession(str(tmp_path / "resumed"))
+    final = train({**cfg, "train": {**cfg["train"], "epochs": 4}}, again, resume_from=str(tmp_path / "resumed" / LAST))
+    assert [r["epoch"] for r in again.reports] == [4] and final["stop_reason"] == "completed"
+    assert again.reports[0]["val_accuracy"] == pytest.approx(resumed.reports[-1]["val_accuracy"])
 
 
 class _Stop(Exception):

@@ -1,0 +1,36 @@
+"""`raytune-opt run` refusals that happen before Ray starts (fast, no cluster)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from raytune_opt.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_spec_whose_data_is_missing_says_so_before_ray_starts(tmp_path, capsys):
+    missing = tmp_path / "no_such_cifar"
+    rc = main(["run", str(ROOT / "search_spaces" / "cifar10_resnet18.yaml"), f"data.root={missing}",
+               "--dry-run", "--storage", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2
+    assert len(err) == 1 and str(missing) in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_run_refuses_to_overwrite_an_existing_sweep(tmp_path, capsys):
+    exp = tmp_path / "digits_cnn"
+    exp.mkdir()
+    (exp / "results.csv").write_text("trial_id\nkeep-me\n")
+    rc = main(["run", str(ROOT / "search_spaces" / "digits_cnn.yaml"), "--storage", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "already has results" in err and "name=" in err
+    assert (exp / "results.csv").read_text() == "trial_id\nkeep-me\n"
+
+
+def test_local_run_checks_that_a_trial_fits_this_machine(tmp_path, capsys):
+    rc = main(["run", str(ROOT / "search_spaces" / "digits_cnn.yaml"), "resources.num_workers=4096",
+               "--storage", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "resources.cpus_per_worker" in err and "this machine has" in err
