@@ -34,3 +34,10 @@ def test_local_run_checks_that_a_trial_fits_this_machine(tmp_path, capsys):
                "--storage", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "resources.cpus_per_worker" in err and "this machine has" in err
+
+
+def test_deepspeed_strategy_is_refused_until_it_is_implemented(tmp_path, capsys):
+    rc = main(["run", str(ROOT / "search_spaces" / "digits_cnn.yaml"), "train.strategy=deepspeed",
+               "--storage", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "train.strategy: deepspeed" in err

@@ -125,3 +125,19 @@ def test_shipped_digits_specs_pass_a_dry_run(local_ray, tmp_path, path, capsys):
     spec = load_spec(path)
     assert len(rows) == spec.data["search"]["num_samples"]
     assert all(r["status"] == "ok" and int(r["epochs"]) == 1 for r in rows)
+
+
+def test_a_trial_whose_code_raises_is_errored_and_the_sweep_goes_on(local_ray, tmp_path):
+    # SGD refuses Nesterov with momentum 0 when the optimizer is built, inside the trial.
+    spec = load_spec(DIGITS, SMALL[:2] + ["promote.enabled=false", "name=s", "search={algorithm: grid, num_samples: 1}",
+                                          "scheduler={name: fifo}", "train.epochs=2",
+                                          "train.optimizer={name: sgd, lr: 0.05, nesterov: true}",
+                                          "space={train.optimizer.momentum: {grid: [0.0, 0.9]}}"])
+    outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
+    rows = {float(r["config.train.optimizer.momentum"]): r for r in _rows(outcome.exp_dir)}
+    assert rows[0.0]["status"] == "error" and "nesterov needs momentum" in rows[0.0]["error"]
+    assert rows[0.9]["status"] == "ok"
+    assert outcome.exit_code == 0
+    errored = [p for p in outcome.exp_dir.glob("trial_*/error.txt")]
+    text = errored[0].read_text()
+    assert len(errored) == 1 and "nesterov needs momentum" in text and "File \"" in text  # the traceback is kept
