@@ -124,13 +124,17 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     address = ray_runtime.resolve_address(address)
     if address is None:
         check_data(spec)
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    # What `resume` needs to rebuild exactly this sweep: the input spec, overrides, mode.
-    _atomic.write_text(exp_dir / RUN_INPUT, source_text)
-    _atomic.write_json(exp_dir / RUN_META, {"format": RUN_FORMAT, "spec_source": spec.source,
-                                            "overrides": list(spec.overrides), "dry_run": dry_run,
-                                            "spec_sha256": spec.sha256()})
-    _atomic.write_text(exp_dir / "spec.yaml", spec.to_yaml())
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        # What `resume` needs to rebuild exactly this sweep: the input spec, overrides, mode.
+        _atomic.write_text(exp_dir / RUN_INPUT, source_text)
+        _atomic.write_json(exp_dir / RUN_META, {"format": RUN_FORMAT, "spec_source": spec.source,
+                                                "overrides": list(spec.overrides), "dry_run": dry_run,
+                                                "spec_sha256": spec.sha256()})
+        _atomic.write_text(exp_dir / "spec.yaml", spec.to_yaml())
+    except OSError as exc:
+        raise UsageError(f"storage.path {exp_dir.parent}: cannot write the experiment there ({exc.strerror or exc}); "
+                         "pass --storage DIR with a writable directory") from None
 
     search = spec.data["search"]
     search_alg, param_space = searchers.build_searcher(spec)
@@ -243,8 +247,13 @@ def _fit_and_record(tuner, spec: Spec, exp_dir: Path) -> SweepOutcome:
     wall = time.monotonic() - started
     rows = collect_rows(grid, spec)
     search = spec.data["search"]
-    best = results.write_results(exp_dir, rows, [p.key for p in spec.space.params], search["metric"],
-                                 search["mode"], spec.sha256())
+    try:  # atomic: a full or read-only disk leaves no half-written results.csv / best.json
+        best = results.write_results(exp_dir, rows, [p.key for p in spec.space.params], search["metric"],
+                                     search["mode"], spec.sha256())
+    except OSError as exc:
+        raise UsageError(f"{exp_dir}: cannot write results.csv / best.json ({exc.strerror or exc}); the trials "
+                         f"and their checkpoints are kept: free the disk, then 'raytune-opt resume {exp_dir}' "
+                         "writes them") from None
     return SweepOutcome(exp_dir, rows, best, wall)
 
 

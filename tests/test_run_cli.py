@@ -41,3 +41,13 @@ def test_deepspeed_strategy_is_refused_until_it_is_implemented(tmp_path, capsys)
                "--storage", str(tmp_path)])
     err = capsys.readouterr().err
     assert rc == 2 and "train.strategy: deepspeed" in err
+
+
+def test_unwritable_storage_is_a_clear_error(tmp_path, capsys):
+    a_file = tmp_path / "not_a_dir"
+    a_file.write_text("x")
+    for storage in (a_file, "/proc/raytune_opt_cannot_write_here"):
+        rc = main(["run", str(ROOT / "search_spaces" / "digits_cnn.yaml"), "--storage", str(storage)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "cannot write the experiment" in err[0], err
+    assert a_file.read_text() == "x"
