@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="every trial for a few batches on local Ray, one worker")
     r.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     r.add_argument("--storage", help="results directory; overrides storage.path")
+
+    pr = sub.add_parser("promote", help="export, quantize and build engines for an experiment's best trial")
+    pr.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME)")
+    pr.add_argument("--targets", help="comma-separated subset of onnx,int8,tensorrt (default: the spec's "
+                                      "promote.targets)")
+    pr.add_argument("--address", help="Ray cluster to build TensorRT engines on (default: $RAY_ADDRESS, else this "
+                                      "machine if it has a GPU)")
     return parser
 
 
@@ -90,12 +97,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     b = outcome.best
     print(f"best: trial {b.trial_id} {search['metric']}={b.best[search['metric']]:.4f} "
           f"(epoch {b.best.get('epoch')}), checkpoint {b.checkpoint}")
-    if spec.data["promote"]["enabled"]:
-        print("promotion: not run — ONNX/INT8/TensorRT promotion is not implemented yet (issue #5)")
-    return outcome.exit_code
+    if not spec.data["promote"]["enabled"]:
+        return outcome.exit_code
+    print()
+    return max(outcome.exit_code, _promote(outcome.exp_dir, None, args.address))
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run}
+def cmd_promote(args: argparse.Namespace) -> int:
+    return _promote(args.experiment, args.targets, args.address)
+
+
+def _promote(exp_dir, targets, address) -> int:
+    """Promote, print the artifact table; 1 when an artifact failed (its manifest is written)."""
+    from raytune_opt.promote import promote, table
+
+    manifest = promote(exp_dir, targets, address, log=lambda line: print(line, flush=True))
+    print()
+    print(table(manifest))
+    print(f"manifest: {manifest['experiment']}/promotion/manifest.json")
+    if manifest["status"] == "failed":
+        failed = ", ".join(a["name"] for a in manifest["artifacts"] if a["status"] == "failed")
+        print(f"raytune-opt: promotion failed ({failed}); see the reasons above and in the manifest", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "promote": cmd_promote}
 
 
 def main(argv: list[str] | None = None) -> int:

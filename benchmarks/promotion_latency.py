@@ -1,0 +1,253 @@
+"""Inference throughput of the promoted artifacts: fp32 PyTorch, fp32 ONNX Runtime, INT8 ONNX Runtime.
+
+Run:  .venv/bin/python benchmarks/promotion_latency.py [--rounds 7] [--threads 2] [--experiment DIR]
+
+Two models, side by side at batch 1 and 64:
+
+- digits: the promoted small_cnn of an experiment (``--experiment DIR``, promoted first if
+  needed), or one trained here in a few seconds and promoted with ``raytune_opt.promote``;
+  accuracy on its validation set too.
+- resnet18: ResNet-18 with the CIFAR stem (3x32x32, 10 classes), random init, exported and
+  quantized the way promotion does it (calibrated on 16 random batches of 64); speed only.
+
+Variants: ``torch_fp32``, ``ort_fp32``, ``ort_int8`` (QDQ U8/S8, per-channel: promotion's
+``int8`` artifact), ``ort_int8_s8s8`` (the TensorRT-ready symmetric QDQ, timed on ORT's CPU
+kernels for information), and TensorRT FP16/INT8 where a CUDA GPU and TensorRT exist.
+ORT and torch get the same intra-op threads (2: this machine has 2 cores). Each variant
+is warmed up, then the variants take turns over several rounds (so load drift from other
+jobs on the machine hits all of them alike); a round times ~0.25 s of back-to-back calls
+and keeps their median. Reported: throughput (samples/s) median, min, max and stdev over
+rounds, latency p50 over rounds, and the ratio ort_int8 / ort_fp32 as the median of the
+per-round ratios. Written to benchmarks/out/promotion_latency.json with machine and versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from raytune_opt.promote import export, manifest, measure, quantize, tensorrt  # noqa: E402
+
+BATCHES = (1, 64)
+ROUND_S = 0.25
+
+
+# ---- the models --------------------------------------------------------------------------------
+
+def digits_experiment(workdir: Path) -> Path:
+    """Train small_cnn on digits (no Ray) into a minimal experiment directory, as tests do."""
+    from raytune_opt import _atomic, results
+    from raytune_opt.recipe.loop import train
+    from raytune_opt.recipe.session import LocalSession
+    from raytune_opt.spec import load_spec
+
+    spec = load_spec(ROOT / "search_spaces" / "digits_cnn.yaml", ["name=bench", "train.epochs=8"])
+    exp = workdir / "bench"
+    ckpt_dir = exp / "trial_bench0001" / "checkpoint_000007"
+    session = LocalSession(checkpoint_dir=str(ckpt_dir))
+    train(spec.data, session, spec_sha256=spec.sha256())
+    metric, mode = spec.data["search"]["metric"], spec.data["search"]["mode"]
+    row = results.TrialRow(trial_id="bench0001", status="ok", stop_reason="completed", config={},
+                           epochs=len(session.reports), seconds=0.0, train_seconds=0.0,
+                           best=results.best_epoch(session.reports, metric, mode), last=session.reports[-1],
+                           checkpoint=str(ckpt_dir), history=session.reports)
+    _atomic.write_text(exp / "spec.yaml", spec.to_yaml())
+    results.write_results(exp, [row], [p.key for p in spec.space.params], metric, mode, spec.sha256())
+    return exp
+
+
+def digits_variants(exp: Path, threads: int) -> tuple[dict, dict, np.ndarray, np.ndarray, dict]:
+    """Runners for the promoted digits model, its validation data, and its manifest."""
+    from raytune_opt.promote import promote
+    from raytune_opt.recipe.checkpoint import load_model
+    from raytune_opt.recipe.data import load_data
+
+    man_path = exp / "promotion" / "manifest.json"
+    man = json.loads(man_path.read_text()) if man_path.is_file() else {}
+    names = {a["name"]: a for a in man.get("artifacts", [])}
+    if not all(names.get(n, {}).get("path") for n in ("onnx", "int8", "int8-tensorrt-qdq")):
+        man = promote(exp, targets="onnx,int8")
+        names = {a["name"]: a for a in man["artifacts"]}
+    model, ckpt = load_model(man["source"]["checkpoint"])
+    import yaml
+
+    seed = yaml.safe_load((exp / "spec.yaml").read_text())["seed"]
+    data = load_data(ckpt["recipe"]["data"], int(seed))
+    files = {n: exp / "promotion" / names[n]["path"] for n in ("onnx", "int8", "int8-tensorrt-qdq")}
+    return (_runners(model, files["onnx"], files["int8"], files["int8-tensorrt-qdq"], threads), files,
+            data.x_val.numpy(), data.y_val.numpy(), man)
+
+
+def resnet18_variants(workdir: Path, threads: int) -> tuple[dict, dict, np.ndarray]:
+    from raytune_opt.recipe.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"name": "resnet18", "cifar_stem": True}, 3, 10, 32).eval()
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((256, 3, 32, 32)).astype(np.float32)
+    files = {"onnx": workdir / "resnet18.onnx", "int8": workdir / "resnet18.int8.onnx",
+             "int8-tensorrt-qdq": workdir / "resnet18.int8.qdq-s8s8.onnx"}
+    export.export_onnx(model, torch.from_numpy(x[:2]), files["onnx"])
+    calib = [rng.standard_normal((64, 3, 32, 32)).astype(np.float32) for _ in range(16)]
+    pre = workdir / "resnet18.pre.onnx"
+    quantize.preprocess(files["onnx"], pre)
+    t = time.perf_counter()
+    quantize.quantize(pre, files["int8"], calib, "minmax", "cpu")
+    quantize_s = time.perf_counter() - t
+    quantize.quantize(pre, files["int8-tensorrt-qdq"], calib, "minmax", "tensorrt")
+    print(f"resnet18: exported and quantized (minmax, 16x64 calibration) in {quantize_s:.1f} s", flush=True)
+    return _runners(model, files["onnx"], files["int8"], files["int8-tensorrt-qdq"], threads), files, x
+
+
+def _runners(model, onnx_path, int8_path, s8s8_path, threads: int) -> dict:
+    return {
+        "torch_fp32": measure.torch_runner(model),
+        "ort_fp32": measure.ort_runner(measure.ort_session(onnx_path, threads)),
+        "ort_int8": measure.ort_runner(measure.ort_session(int8_path, threads)),
+        "ort_int8_s8s8": measure.ort_runner(measure.ort_session(s8s8_path, threads)),
+    }
+
+
+# ---- measuring ---------------------------------------------------------------------------------
+
+def _round(run, xb: np.ndarray, iters: int) -> float:
+    """Median latency (ms) of ``iters`` back-to-back calls."""
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        run(xb)
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def bench(runners: dict, x: np.ndarray, rounds: int) -> dict:
+    out = {}
+    for batch in BATCHES:
+        xb = measure.batch_of(x, batch)
+        iters = {}
+        for name, run in runners.items():  # warm-up, and how many calls fill a round
+            for _ in range(5):
+                run(xb)
+            start = time.perf_counter()
+            run(xb)
+            iters[name] = int(min(500, max(3, ROUND_S / max(time.perf_counter() - start, 1e-6))))
+        lat = {name: [] for name in runners}
+        for _ in range(rounds):
+            for name, run in runners.items():
+                lat[name].append(_round(run, xb, iters[name]))
+        per = {}
+        for name, ms in lat.items():
+            sps = [batch / (m / 1e3) for m in ms]
+            per[name] = {"samples_per_s": _summary(sps), "latency_p50_ms": statistics.median(ms),
+                         "calls_per_round": iters[name]}
+        ratios = [f / i for f, i in zip(lat["ort_fp32"], lat["ort_int8"])]  # throughput int8 / fp32
+        per["ratio_ort_int8_over_ort_fp32"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                               "max": max(ratios)}
+        ratios = [t / f for t, f in zip(lat["torch_fp32"], lat["ort_fp32"])]
+        per["ratio_ort_fp32_over_torch_fp32"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                                 "max": max(ratios)}
+        out[f"batch_{batch}"] = per
+    return out
+
+
+def _summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "stdev": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def accuracies(runners: dict, x: np.ndarray, y: np.ndarray) -> dict:
+    return {name: measure.accuracy(measure.predict(run, x), y) for name, run in runners.items()}
+
+
+def tensorrt_results(files: dict, x: np.ndarray, y: np.ndarray | None) -> dict:
+    """TensorRT FP16/INT8 engines where a CUDA GPU and TensorRT exist, else why not."""
+    if not torch.cuda.is_available():
+        return {"skipped": "no CUDA GPU on this machine"}
+    if not tensorrt.is_available("tensorrt"):
+        return {"skipped": "TensorRT is not installed (pip install 'raytune-opt[tensorrt]')"}
+    yv = y if y is not None else np.zeros(len(x), np.int64)
+    res = tensorrt.build_and_measure(files["onnx"].read_bytes(), files["int8-tensorrt-qdq"].read_bytes(), x, yv)
+    for eng in res["engines"].values():
+        eng.pop("plan", None)
+        if y is None:
+            eng.pop("accuracy", None)
+        for key, lat in (eng.get("latency_ms") or {}).items():
+            b = int(key.split("_")[1])
+            lat["samples_per_s_at_p50"] = b / (lat["p50_ms"] / 1e3)
+    return res
+
+
+# ---- main --------------------------------------------------------------------------------------
+
+def _print(model: str, res: dict, acc: dict | None) -> None:
+    print(f"\n{model}: samples/s median (min..max) over rounds" + ("; accuracy" if acc else ""))
+    for batch in BATCHES:
+        per = res[f"batch_{batch}"]
+        for name in ("torch_fp32", "ort_fp32", "ort_int8", "ort_int8_s8s8"):
+            s = per[name]["samples_per_s"]
+            line = f"  b{batch:<3} {name:<14} {s['median']:>12,.0f} ({s['min']:,.0f}..{s['max']:,.0f})"
+            if acc:
+                line += f"  acc {acc[name]:.4f}"
+            print(line)
+        r = per["ratio_ort_int8_over_ort_fp32"]
+        print(f"  b{batch:<3} ort_int8 / ort_fp32 throughput: {r['median']:.2f}x ({r['min']:.2f}..{r['max']:.2f})")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7, help="rounds in which every variant is timed once")
+    parser.add_argument("--threads", type=int, default=measure.ORT_THREADS,
+                        help="intra-op threads for ORT and torch (default 2: this machine's cores)")
+    parser.add_argument("--experiment", type=Path, help="a promoted (or promotable) digits experiment directory; "
+                                                        "default: train one here")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "promotion_latency.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load_start = os.getloadavg()  # other jobs on a shared machine: the numbers say how much there was
+    created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    result = {"benchmark": "promotion_latency", "created": created,
+              "what": "inference samples/s at batch 1 and 64 on the CPU; int8 = ORT static QDQ, U8 activations, "
+                      "S8 per-channel weights; s8s8 = the TensorRT-ready symmetric QDQ, on ORT's CPU kernels",
+              "rounds": args.rounds, "threads": args.threads, "round_seconds": ROUND_S, "models": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        exp = args.experiment or digits_experiment(tmp)
+        runners, files, x, y, man = digits_variants(exp, args.threads)
+        acc = accuracies(runners, x, y)
+        res = bench(runners, x, args.rounds)
+        result["models"]["digits_small_cnn"] = {
+            "input": [1, 8, 8], "source_trial": man["source"]["trial_id"], "experiment": str(exp) if args.experiment
+            else "trained by this benchmark (digits_cnn.yaml defaults, 8 epochs)", "accuracy": acc,
+            "val_samples": int(len(y)), "size_bytes": {n: p.stat().st_size for n, p in files.items()},
+            "throughput": res, "tensorrt": tensorrt_results(files, x, y)}
+        _print("digits small_cnn", res, acc)
+        runners, files, x = resnet18_variants(tmp, args.threads)
+        res = bench(runners, x, args.rounds)
+        result["models"]["resnet18_cifar_stem"] = {
+            "input": [3, 32, 32], "weights": "random init (speed only)",
+            "size_bytes": {n: p.stat().st_size for n, p in files.items()}, "throughput": res,
+            "tensorrt": tensorrt_results(files, x, None)}
+        _print("resnet18 (cifar stem, random init)", res, None)
+    result["machine"] = {**manifest.machine(), "torch_threads": torch.get_num_threads(),
+                         "load_average_1_5_15_min_at_start": load_start, "load_average_1_5_15_min_at_end": os.getloadavg()}
+    result["versions"] = manifest.versions()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,21 @@
+"""Promotion's user-facing errors, rooted in :class:`~raytune_opt.errors.RaytuneOptError`.
+
+The CLI prints them as one line and exits 2. A model that fails its parity check is not
+one of them: that is an artifact marked ``failed`` in the manifest (exit 1).
+"""
+
+from __future__ import annotations
+
+from raytune_opt.errors import RaytuneOptError
+
+
+class PromotionError(RaytuneOptError):
+    """A promotion that cannot start: bad experiment directory, bad target, missing best trial."""
+
+
+class NotAnExperimentError(PromotionError):
+    """The directory is not one that ``raytune-opt run`` wrote."""
+
+
+class NoSuccessfulTrialError(PromotionError):
+    """The experiment has no best trial with a readable checkpoint."""

@@ -1,0 +1,169 @@
+"""``promotion/manifest.json``: what was promoted, from where, and how each artifact did.
+
+The manifest is written atomically. Each artifact records its file (path relative to the
+promotion directory, sha256, size), accuracy on the validation set (a fraction) and its
+difference to fp32 PyTorch (percentage points), latency p50/p95 at batch 1 and 64, and a
+status: ``ok``, ``rejected`` (failed the accuracy gate; the file is kept), ``skipped`` or
+``failed`` (with the reason).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+from importlib import metadata
+from pathlib import Path
+
+from raytune_opt import _atomic, __version__
+from raytune_opt.promote.select import Source, sha256_file
+
+FORMAT = "raytune-opt/promotion/v1"
+FILENAME = "manifest.json"
+STATUSES = ("ok", "rejected", "skipped", "failed")
+
+
+def artifact(name: str, status: str, *, path: str | Path | None = None, root: Path | None = None,
+             reason: str = "", accuracy: float | None = None, fp32_accuracy: float | None = None,
+             latency_ms: dict | None = None, runtime: str = "", **extra) -> dict:
+    """One artifact's record; ``path`` is hashed and stored relative to ``root`` when inside it."""
+    assert status in STATUSES, status
+    rec: dict = {"name": name, "status": status, "reason": reason, "built": _now(), "path": None, "sha256": None,
+                 "size_bytes": None}
+    if path is not None:
+        path = Path(path)
+        rec["path"] = str(path.relative_to(root)) if root is not None and path.is_relative_to(root) else str(path)
+        rec["sha256"], rec["size_bytes"] = sha256_file(path), path.stat().st_size
+    rec["accuracy"] = accuracy
+    rec["delta_points"] = (None if accuracy is None or fp32_accuracy is None
+                           else round((accuracy - fp32_accuracy) * 100.0, 4))
+    rec["latency_ms"] = latency_ms
+    rec["runtime"] = runtime
+    rec.update(extra)
+    return rec
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def versions(tensorrt: str | None = None) -> dict:
+    """Versions of everything that shaped the artifacts; ``tensorrt`` is None when not used."""
+    out = {"python": platform.python_version(), "raytune_opt": __version__}
+    for dist in ("torch", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    out["tensorrt"] = tensorrt
+    return out
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+
+
+def build(source: Source, *, targets: list[str], artifacts: list[dict], inputs: dict, settings: dict,
+          tensorrt_version: str | None) -> dict:
+    """The whole manifest; ``status`` is ``failed`` when any artifact failed, else ``ok``."""
+    return {
+        "format": FORMAT,
+        "created": _now(),
+        "status": "failed" if any(a["status"] == "failed" for a in artifacts) else "ok",
+        "experiment": str(source.exp_dir),
+        "source": {
+            "trial_id": source.trial_id, "metric": source.metric, "mode": source.mode, "value": source.value,
+            "epochs": source.epochs, "config": source.config, "checkpoint": str(source.checkpoint),
+            "checkpoint_sha256": source.checkpoint_sha256, "spec_sha256": source.spec_sha256,
+        },
+        "targets": targets,
+        "settings": settings,
+        "input": inputs,
+        "versions": versions(tensorrt_version),
+        "machine": machine(),
+        "artifacts": artifacts,
+    }
+
+
+def previous_artifacts(promotion_dir: Path, source: Source) -> list[dict]:
+    """Artifacts of an earlier promotion of the same checkpoint whose files are unchanged.
+
+    ``promote --targets tensorrt`` on a GPU node adds the engines to what a CPU run built
+    before, instead of forgetting it.
+    """
+    path = promotion_dir / FILENAME
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    if old.get("format") != FORMAT or old.get("source", {}).get("checkpoint_sha256") != source.checkpoint_sha256:
+        return []
+    kept = []
+    for rec in old.get("artifacts", []):
+        file = promotion_dir / rec["path"] if rec.get("path") else None
+        if file is not None and not (file.is_file() and sha256_file(file) == rec.get("sha256")):
+            continue
+        kept.append(rec)
+    return kept
+
+
+def merge(old: list[dict], new: list[dict]) -> list[dict]:
+    """``new`` records replace ``old`` ones by name.
+
+    Engines replace an earlier TensorRT skip line; a skip does not erase engines an earlier
+    run built on a GPU node (they stay, with their own ``built`` time).
+    """
+    engines = {"tensorrt-fp16", "tensorrt-int8"}
+    names = {a["name"] for a in new}
+    if names & engines:
+        names.add("tensorrt")
+    elif "tensorrt" in names and any(a["name"] in engines for a in old):
+        new = [a for a in new if a["name"] != "tensorrt"]
+    merged = [a for a in old if a["name"] not in names] + new
+    order = {n: i for i, n in enumerate(ARTIFACT_ORDER)}
+    return sorted(merged, key=lambda a: order.get(a["name"], len(order)))
+
+
+ARTIFACT_ORDER = ("pytorch", "onnx", "int8", "int8-tensorrt-qdq", "tensorrt", "tensorrt-fp16", "tensorrt-int8")
+
+
+def write(promotion_dir: Path, manifest: dict) -> Path:
+    path = promotion_dir / FILENAME
+    _atomic.write_json(path, manifest)
+    return path
+
+
+def table(manifest: dict) -> str:
+    """One row per artifact: name, status, accuracy, Δ vs fp32, p50 at batch 1 and 64, size."""
+    lines = [f"{'artifact':<18} {'status':<9} {'accuracy':>8} {'Δ vs fp32':>9} {'p50@1 ms':>9} {'p50@64 ms':>9} "
+             f"{'size':>9}"]
+    for a in manifest["artifacts"]:
+        lat = a.get("latency_ms") or {}
+        lines.append(
+            f"{a['name']:<18} {a['status']:<9} {_pct(a.get('accuracy')):>8} {_pts(a.get('delta_points')):>9} "
+            f"{_ms(lat.get('batch_1')):>9} {_ms(lat.get('batch_64')):>9} {_size(a.get('size_bytes')):>9}")
+    return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x * 100:.2f}%"
+
+
+def _pts(x) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
+def _ms(rec) -> str:
+    return "-" if not rec else f"{rec['p50_ms']:.3f}"
+
+
+def _size(n) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"

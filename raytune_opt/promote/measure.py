@@ -1,0 +1,113 @@
+"""Accuracy and latency of a model on the CPU: PyTorch or an ONNX Runtime session.
+
+Shared by the promotion pipeline and ``benchmarks/promotion_latency.py`` so both measure
+the same way: warm-up runs first, then the median (p50) and 95th percentile of wall time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+# The promotion machines have 2 cores; more intra-op threads only oversubscribe them.
+ORT_THREADS = 2
+EVAL_BATCH = 256
+LATENCY_BATCHES = (1, 64)
+LATENCY_BUDGET_S = 1.0  # timed seconds per (model, batch size); tests lower it
+
+
+def ort_session(path: str, threads: int = ORT_THREADS):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimization."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only: ORT warns about every unused initializer otherwise
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_runner(session) -> Callable[[np.ndarray], np.ndarray]:
+    """``x -> logits`` for a single-input, single-output session."""
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+def torch_runner(model: torch.nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    """``x -> logits`` for an eval-mode PyTorch model on the CPU."""
+    model.eval()
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return model(torch.from_numpy(x)).numpy()
+
+    return run
+
+
+def predict(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int = EVAL_BATCH) -> np.ndarray:
+    """Logits for every row of ``x``, computed ``batch`` rows at a time."""
+    return np.concatenate([run(np.ascontiguousarray(x[i:i + batch])) for i in range(0, len(x), batch)])
+
+
+def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
+    """Top-1 accuracy as a fraction."""
+    return float((logits.argmax(axis=1) == y).mean())
+
+
+def latency(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int, *, warmup: int = 5,
+            runs: int | None = None, budget_s: float | None = None) -> dict:
+    """Wall-clock latency of ``run`` on ``batch`` rows of ``x`` (repeated when ``x`` is shorter).
+
+    Runs ``warmup`` calls, then ``runs`` timed calls (default: as many as fit in about
+    ``budget_s`` seconds, default :data:`LATENCY_BUDGET_S`, between 10 and 200).
+
+    Returns:
+        ``{"p50_ms", "p95_ms", "runs"}``.
+    """
+    xb = batch_of(x, batch)
+    for _ in range(warmup):
+        run(xb)
+    if runs is None:
+        budget_s = LATENCY_BUDGET_S if budget_s is None else budget_s
+        start = time.perf_counter()
+        run(xb)
+        runs = int(min(200, max(10, budget_s / max(time.perf_counter() - start, 1e-6))))
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        run(xb)
+        times.append((time.perf_counter() - start) * 1e3)
+    return summarize(times)
+
+
+def summarize(times_ms: list[float]) -> dict:
+    t = np.asarray(times_ms, dtype=np.float64)
+    return {"p50_ms": round(float(np.percentile(t, 50)), 4), "p95_ms": round(float(np.percentile(t, 95)), 4),
+            "runs": int(t.size)}
+
+
+def latencies(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, **kwargs) -> dict:
+    """:func:`latency` at every batch size of :data:`LATENCY_BATCHES`, keyed ``"batch_N"``."""
+    return {f"batch_{b}": latency(run, x, b, **kwargs) for b in LATENCY_BATCHES}
+
+
+def batch_of(x: np.ndarray, batch: int) -> np.ndarray:
+    """The first ``batch`` rows of ``x``, cycling through it when it is shorter."""
+    reps = -(-batch // len(x))
+    return np.ascontiguousarray(np.concatenate([x] * reps)[:batch] if reps > 1 else x[:batch])
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run PyTorch with ``n`` intra-op threads inside the block (as ORT gets)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)

@@ -1,0 +1,274 @@
+"""The promotion pipeline: best trial -> ONNX (parity) -> INT8 (gate) -> TensorRT -> manifest.
+
+Each step records an artifact; a step that cannot run (its input failed, no GPU) records
+why instead. Only problems with the experiment itself raise (exit 2); a failed artifact is
+reported in the manifest and makes the manifest's status ``failed`` (exit 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from raytune_opt import _atomic
+from raytune_opt.promote import export, manifest, measure, quantize, tensorrt
+from raytune_opt.promote.errors import PromotionError
+from raytune_opt.promote.select import Source, select_source
+
+TARGETS = ("onnx", "int8", "tensorrt")
+DIRNAME = "promotion"
+_log = logging.getLogger(__name__)
+
+
+def parse_targets(targets) -> list[str]:
+    """Targets in pipeline order, from a list or a comma-separated string.
+
+    Raises:
+        PromotionError: an unknown or empty target list.
+    """
+    items = targets.split(",") if isinstance(targets, str) else list(targets)
+    items = [str(t).strip() for t in items if str(t).strip()]
+    unknown = [t for t in items if t not in TARGETS]
+    if unknown or not items:
+        raise PromotionError(f"targets {','.join(items) or '(none)'}: "
+                             f"{'unknown target ' + ', '.join(unknown) if unknown else 'no target given'}; "
+                             f"use a comma-separated subset of {','.join(TARGETS)}")
+    return [t for t in TARGETS if t in items]
+
+
+def promote(exp_dir: str | Path, targets=None, address: str | None = None, *,
+            log: Callable[[str], None] | None = None) -> dict:
+    """Promote the best trial of the experiment in ``exp_dir`` into ``exp_dir/promotion/``.
+
+    Args:
+        exp_dir: a directory written by ``raytune-opt run`` (``STORAGE/NAME``).
+        targets: a subset of :data:`TARGETS` (list or comma-separated string); None: the
+            spec's ``promote.targets``. ``int8`` and ``tensorrt`` build the ONNX model too.
+        address: a Ray cluster to build TensorRT engines on (default ``$RAY_ADDRESS``, or
+            the Ray this process is connected to; else this machine, if it has a GPU).
+        log: called with one line per step (the CLI passes ``print``).
+
+    Returns:
+        The manifest, as written to ``promotion/manifest.json``.
+
+    Raises:
+        NotAnExperimentError: ``exp_dir`` is not an experiment.
+        NoSuccessfulTrialError: no best trial, or its checkpoint is missing.
+        PromotionError: unknown targets.
+        CheckpointError, DataError: the checkpoint or the data set cannot be read.
+        UsageError: ``address`` cannot be reached.
+    """
+    log = log or (lambda line: None)
+    source = select_source(exp_dir)
+    targets = parse_targets(source.promote_cfg["targets"] if targets is None else targets)
+    # Decided first: joining a cluster that is not there should fail before minutes of work.
+    place = tensorrt.placement(address, str(source.exp_dir)) if "tensorrt" in targets else None
+    try:
+        return _promote(source, targets, place, log)
+    finally:
+        tensorrt.leave(place)
+
+
+def _promote(source: Source, targets: list[str], place: tensorrt.Placement | None,
+             log: Callable[[str], None]) -> dict:
+    from raytune_opt.recipe.checkpoint import load_model
+    from raytune_opt.recipe.data import load_data
+
+    cfg = source.promote_cfg
+    out_dir = source.exp_dir / DIRNAME
+    out_dir.mkdir(exist_ok=True)
+    log(f"promotion: trial {source.trial_id} ({source.metric}={source.value:.4f}) -> {out_dir}; "
+        f"targets {','.join(targets)}")
+    model, ckpt = load_model(source.checkpoint)
+    data = load_data(ckpt["recipe"]["data"], int(source.spec["seed"]))
+    run = _Run(source, cfg, out_dir, data.x_val.numpy(), data.y_val.numpy(), log)
+
+    with measure.torch_threads(measure.ORT_THREADS):
+        ref = run.reference(model)
+        onnx_bytes = run.onnx(model, ref)
+    qdq_bytes = None
+    x_train = data.x_train.numpy()
+    if "int8" in targets:
+        run.int8(x_train, ckpt, flavor="cpu", usable=onnx_bytes is not None)
+    if "int8" in targets or (place is not None and place.where != "skip"):
+        qdq_bytes = run.int8(x_train, ckpt, flavor="tensorrt", usable=onnx_bytes is not None)
+    if place is not None:
+        run.tensorrt(place, onnx_bytes, qdq_bytes)
+
+    old = manifest.previous_artifacts(out_dir, source)
+    result = manifest.build(
+        source, targets=targets, artifacts=manifest.merge(old, run.artifacts), inputs=_inputs(data),
+        settings={"parity_atol": cfg["parity_atol"], "int8": cfg["int8"],
+                  "latency": f"CPU: onnxruntime CPUExecutionProvider and torch, {measure.ORT_THREADS} intra-op "
+                             f"threads, 5 warm-up runs, then p50/p95 of 10-200 runs; TensorRT: CUDA, "
+                             f"device-resident input, synchronized"},
+        tensorrt_version=run.tensorrt_version)
+    manifest.write(out_dir, result)
+    return result
+
+
+class _Run:
+    """One promotion's state: the artifacts so far and what later steps need."""
+
+    def __init__(self, source: Source, cfg: dict, out_dir: Path, x_val: np.ndarray, y_val: np.ndarray,
+                 log: Callable[[str], None]):
+        self.source, self.cfg, self.out_dir, self.log = source, cfg, out_dir, log
+        self.x_val, self.y_val = x_val, y_val
+        self.fp32 = 0.0
+        self.artifacts: list[dict] = []
+        self.tensorrt_version: str | None = None
+
+    def add(self, rec: dict) -> dict:
+        self.artifacts.append(rec)
+        if rec["name"] != "pytorch":
+            detail = rec["reason"] or _summary(rec)
+            self.log(f"{rec['name']}: {rec['status']}{' — ' + detail if detail else ''}")
+        return rec
+
+    def _failed(self, name: str, exc: Exception) -> None:
+        _log.warning("promotion step %s failed", name, exc_info=True)  # the traceback, for a bug report
+        self.add(manifest.artifact(name, "failed", reason=f"{type(exc).__name__}: {_first_line(exc)}"))
+
+    # ---- PyTorch, the fp32 reference ------------------------------------------------------
+    def reference(self, model) -> np.ndarray:
+        """fp32 PyTorch logits on the validation set; records the ``pytorch`` row."""
+        run = measure.torch_runner(model)
+        logits = measure.predict(run, self.x_val)
+        self.fp32 = measure.accuracy(logits, self.y_val)
+        self.add(manifest.artifact("pytorch", "ok", path=self.source.checkpoint, accuracy=self.fp32,
+                                   fp32_accuracy=self.fp32, latency_ms=measure.latencies(run, self.x_val),
+                                   runtime=f"pytorch cpu, {measure.ORT_THREADS} threads"))
+        return logits
+
+    # ---- ONNX ---------------------------------------------------------------------------
+    def onnx(self, model, ref: np.ndarray) -> bytes | None:
+        """Export and check parity; the ONNX bytes, or None when the export failed either way."""
+        import torch
+
+        path = self.out_dir / "model.onnx"
+        try:
+            data = export.export_onnx(model, torch.from_numpy(measure.batch_of(self.x_val, 2)), path)
+            runner = measure.ort_runner(measure.ort_session(path))
+            logits = measure.predict(runner, self.x_val)
+            par = export.parity(ref, logits, float(self.cfg["parity_atol"]))
+            latency = measure.latencies(runner, self.x_val)
+        except Exception as exc:  # an exporter crash is this artifact's failure, not the run's
+            self._failed("onnx", exc)
+            return None
+        self.add(manifest.artifact("onnx", "ok" if par.ok else "failed", path=path, root=self.out_dir,
+                                   reason=par.reason, accuracy=measure.accuracy(logits, self.y_val),
+                                   fp32_accuracy=self.fp32, latency_ms=latency,
+                                   runtime=f"onnxruntime cpu, {measure.ORT_THREADS} threads",
+                                   opset=export.OPSET, parity=par.as_dict()))
+        return data if par.ok else None
+
+    # ---- INT8 ---------------------------------------------------------------------------
+    def int8(self, x_train: np.ndarray, ckpt: dict, *, flavor: str, usable: bool) -> bytes | None:
+        """Quantize (``cpu`` or ``tensorrt`` flavour) behind the gate; the bytes when it passed."""
+        name, filename = (("int8", "model.int8.onnx") if flavor == "cpu"
+                          else ("int8-tensorrt-qdq", "model.int8.qdq-s8s8.onnx"))
+        if not usable:
+            self.add(manifest.artifact(name, "skipped", reason="the ONNX model failed; nothing to quantize"))
+            return None
+        icfg = self.cfg["int8"]
+        batch_size = int(ckpt["recipe"].get("train", {}).get("batch_size") or 64)
+        batches = calibration_batches(x_train, batch_size, int(icfg["calibration_batches"]),
+                                      int(self.source.spec["seed"]))
+        path = self.out_dir / filename
+        try:
+            gate = quantize.quantize_with_gate(
+                self.out_dir / "model.onnx", path, batches, flavor=flavor, first_method=icfg["calibration_method"],
+                x_val=self.x_val, y_val=self.y_val, fp32_accuracy=self.fp32,
+                max_drop_points=float(icfg["max_accuracy_drop"]))
+            # The S8S8 form is TensorRT's input; ORT's CPU kernels run it slowly, so it is not timed here.
+            latency = (measure.latencies(measure.ort_runner(measure.ort_session(path)), self.x_val)
+                       if flavor == "cpu" else None)
+        except Exception as exc:
+            self._failed(name, exc)
+            return None
+        runtime = (f"onnxruntime cpu, {measure.ORT_THREADS} threads" if flavor == "cpu"
+                   else "accuracy: onnxruntime cpu; for TensorRT explicit quantization")
+        self.add(manifest.artifact(
+            name, gate.status, path=path, root=self.out_dir, reason=gate.reason, accuracy=gate.accuracy,
+            fp32_accuracy=self.fp32, latency_ms=latency, runtime=runtime,
+            quantization={"format": "QDQ", "per_channel": True,
+                          "activations": "uint8 asymmetric" if flavor == "cpu" else "int8 symmetric",
+                          "weights": "int8 symmetric", "bias": "int32" if flavor == "cpu" else "float",
+                          "calibration_method": gate.method, "calibration_batches": len(batches),
+                          "calibration_batch_size": int(batches[0].shape[0]),
+                          "attempts": [a.as_dict() for a in gate.attempts]}))
+        return path.read_bytes() if gate.status == "ok" else None
+
+    # ---- TensorRT -------------------------------------------------------------------------
+    def tensorrt(self, place: tensorrt.Placement, onnx_bytes: bytes | None, qdq_bytes: bytes | None) -> None:
+        if place.where == "skip":
+            self.add(manifest.artifact("tensorrt", "skipped", reason=place.reason))
+            return
+        if onnx_bytes is None:
+            self.add(manifest.artifact("tensorrt", "skipped", reason="the ONNX model failed; nothing to build"))
+            return
+        try:
+            res = tensorrt.build(place, onnx_bytes, qdq_bytes, self.x_val, self.y_val)
+        except Exception as exc:
+            self._failed("tensorrt", exc)
+            return
+        if res.get("skipped"):
+            self.add(manifest.artifact("tensorrt", "skipped", reason=res["skipped"]))
+            return
+        self.tensorrt_version = res["tensorrt_version"]
+        max_drop = float(self.cfg["int8"]["max_accuracy_drop"])
+        for name, filename in (("tensorrt-fp16", "model.fp16.engine"), ("tensorrt-int8", "model.int8.engine")):
+            eng = res["engines"].get(name)
+            if eng is None:  # only the INT8 engine can be missing: no QDQ model passed its gate
+                self.add(manifest.artifact(name, "skipped", reason="no TensorRT-ready QDQ model passed the accuracy "
+                                                                   "gate (see int8-tensorrt-qdq)"))
+                continue
+            if eng["status"] != "ok":
+                self.add(manifest.artifact(name, "failed", reason=eng["reason"]))
+                continue
+            path = self.out_dir / filename
+            _atomic.write_bytes(path, eng["plan"])
+            drop = (self.fp32 - eng["accuracy"]) * 100.0
+            status, reason = "ok", ""
+            if drop > max_drop + 1e-9:
+                status = "rejected"
+                reason = (f"accuracy gate: loses {drop:.2f} points vs fp32 > promote.int8.max_accuracy_drop="
+                          f"{max_drop:g}")
+            self.add(manifest.artifact(name, status, path=path, root=self.out_dir, reason=reason,
+                                       accuracy=eng["accuracy"], fp32_accuracy=self.fp32,
+                                       latency_ms=eng["latency_ms"],
+                                       runtime=f"tensorrt {res['tensorrt_version']} on {res['device']}",
+                                       max_batch=tensorrt.MAX_BATCH))
+
+
+def calibration_batches(x_train: np.ndarray, batch_size: int, n: int, seed: int) -> list[np.ndarray]:
+    """The calibration data (a seam for tests that need deliberately bad calibration)."""
+    return quantize.calibration_batches(x_train, batch_size, n, seed)
+
+
+def _inputs(data) -> dict:
+    return {"name": export.INPUT_NAME, "shape": ["batch", data.in_channels, data.image_size, data.image_size],
+            "dtype": "float32", "layout": "NCHW", "output": export.OUTPUT_NAME,
+            "normalize": {"mean": list(data.mean), "std": list(data.std),
+                          "note": "input = (pixels - mean) / std, per channel, in the data set's raw pixel units"},
+            "class_names": list(data.class_names)}
+
+
+def _summary(rec: dict) -> str:
+    parts = []
+    if rec.get("parity"):
+        p = rec["parity"]
+        parts.append(f"parity max |Δ| {p['max_abs_diff']:.2g}, top-1 agreement {p['top1_agreement']:.2%}")
+    if rec.get("quantization"):
+        parts.append(f"{rec['quantization']['calibration_method']} calibration")
+    if rec.get("delta_points") is not None:
+        parts.append(f"Δ {rec['delta_points']:+.2f} points vs fp32")
+    return ", ".join(parts)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,165 @@
+"""INT8 with ONNX Runtime static quantization, behind an accuracy gate.
+
+Two flavours of the same QDQ model, per-channel weights, calibrated on training batches:
+
+- ``cpu``: U8 activations / S8 weights, the form ONNX Runtime's CPU kernels run fastest.
+- ``tensorrt``: symmetric S8 activations and weights, float bias, Relu kept: the explicit
+  quantization TensorRT consumes (it quantizes symmetrically and refuses int32 bias
+  DequantizeLinear nodes, which ONNX Runtime writes by default).
+
+If the quantized model loses more than ``max_accuracy_drop`` points against fp32, the other
+calibration methods are tried; if none passes, the best attempt is kept, marked rejected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from raytune_opt import _atomic
+from raytune_opt.promote import measure
+
+METHODS = ("minmax", "entropy", "percentile")
+FLAVORS = ("cpu", "tensorrt")
+_EPS_POINTS = 1e-9  # accuracy deltas are differences of fractions: forgive float rounding only
+
+
+@dataclass
+class Attempt:
+    method: str
+    accuracy: float
+    delta_points: float  # INT8 minus fp32 accuracy, in percentage points
+    passed: bool
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "accuracy": self.accuracy, "delta_points": self.delta_points,
+                "passed": self.passed}
+
+
+@dataclass
+class GateResult:
+    """What the accuracy gate decided, with every calibration method it tried."""
+
+    status: str  # ok | rejected
+    method: str  # the kept model's calibration method
+    accuracy: float
+    delta_points: float
+    reason: str = ""
+    attempts: list[Attempt] = field(default_factory=list)
+
+
+def calibration_batches(x_train: np.ndarray, batch_size: int, n: int, seed: int) -> list[np.ndarray]:
+    """``n`` full training batches of ``batch_size`` rows, in a seeded random order.
+
+    Only full batches: the histogram calibrators (entropy, percentile) stack every batch's
+    activations and need equal shapes. Fewer come back when the training set is too small.
+    """
+    batch_size = max(1, min(int(batch_size), len(x_train)))
+    order = np.random.default_rng(seed).permutation(len(x_train))
+    n = max(1, min(int(n), len(x_train) // batch_size))
+    return [np.ascontiguousarray(x_train[order[i * batch_size:(i + 1) * batch_size]]) for i in range(n)]
+
+
+def _reader(batches: list[np.ndarray], input_name: str):
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class BatchReader(CalibrationDataReader):
+        """Feeds the calibration batches once, in order; ``rewind`` starts over."""
+
+        def __init__(self):
+            self._i = 0
+
+        def get_next(self):
+            if self._i >= len(batches):
+                return None
+            self._i += 1
+            return {input_name: batches[self._i - 1]}
+
+        def rewind(self):
+            self._i = 0
+
+    return BatchReader()
+
+
+def preprocess(fp32_path: str | Path, out_path: str | Path) -> None:
+    """ORT's ``quant_pre_process``: shape inference and standard-ONNX graph cleanup before calibration."""
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(fp32_path), str(out_path))
+
+
+def quantize(model_path: str | Path, out_path: str | Path, batches: list[np.ndarray], method: str,
+             flavor: str) -> None:
+    """Statically quantize ``model_path`` (QDQ, per-channel weights) into ``out_path``.
+
+    Raises:
+        ValueError: unknown ``method`` or ``flavor`` (our bug: both come from the schema).
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    if method not in METHODS or flavor not in FLAVORS:
+        raise ValueError(f"quantize: method must be one of {METHODS} and flavor one of {FLAVORS}, "
+                         f"but got {method=} {flavor=}")
+    calibrate = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+                 "percentile": CalibrationMethod.Percentile}[method]
+    if flavor == "cpu":
+        activation, extra = QuantType.QUInt8, {}
+    else:
+        activation = QuantType.QInt8
+        extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False}
+    import onnx
+
+    input_name = onnx.load(str(model_path), load_external_data=False).graph.input[0].name
+    # The histogram calibrators print progress with print(); ORT logs advice at WARNING.
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(str(model_path), str(out_path), _reader(batches, input_name),
+                            quant_format=QuantFormat.QDQ, per_channel=True, activation_type=activation,
+                            weight_type=QuantType.QInt8, calibrate_method=calibrate, extra_options=extra)
+    finally:
+        logging.getLogger().setLevel(quiet)
+
+
+def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, batches: list[np.ndarray], *, flavor: str,
+                       first_method: str, x_val: np.ndarray, y_val: np.ndarray, fp32_accuracy: float,
+                       max_drop_points: float) -> GateResult:
+    """Quantize, evaluate on the validation set, and try other methods until one passes the gate.
+
+    ``first_method`` is tried first, then the others in :data:`METHODS` order. The model
+    kept at ``out_path`` (written atomically) is the first that passes, else the most
+    accurate attempt, marked rejected.
+    """
+    order = [first_method] + [m for m in METHODS if m != first_method]
+    attempts: list[Attempt] = []
+    best: tuple[Attempt, bytes] | None = None
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = Path(tmp) / "preprocessed.onnx"
+        preprocess(fp32_path, pre)
+        for method in order:
+            candidate = Path(tmp) / f"{method}.onnx"
+            quantize(pre, candidate, batches, method, flavor)
+            acc = measure.accuracy(measure.predict(measure.ort_runner(measure.ort_session(candidate)), x_val), y_val)
+            delta = (acc - fp32_accuracy) * 100.0
+            attempt = Attempt(method, acc, delta, passed=-delta <= max_drop_points + _EPS_POINTS)
+            attempts.append(attempt)
+            if best is None or attempt.accuracy > best[0].accuracy or attempt.passed:
+                best = (attempt, candidate.read_bytes())
+            if attempt.passed:
+                break
+    assert best is not None
+    kept, data = best
+    _atomic.write_bytes(out_path, data)
+    if kept.passed:
+        return GateResult("ok", kept.method, kept.accuracy, kept.delta_points, attempts=attempts)
+    tried = ", ".join(f"{a.method} {a.delta_points:+.2f}" for a in attempts)
+    reason = (f"accuracy gate: INT8 loses more than promote.int8.max_accuracy_drop={max_drop_points:g} points vs "
+              f"fp32 with every calibration method ({tried}); kept {kept.method}")
+    return GateResult("rejected", kept.method, kept.accuracy, kept.delta_points, reason=reason, attempts=attempts)

@@ -1,0 +1,159 @@
+"""Which trial to promote: the experiment's best trial, checked against its own files.
+
+``best.json`` records the sweep's choice (:func:`raytune_opt.results.select_best`: the spec's
+metric and mode, ties to fewer epochs). Before anything is exported we check that it agrees
+with the spec and with ``results.csv``, and that its checkpoint is there and belongs to it.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from raytune_opt import results
+from raytune_opt.promote.errors import NoSuccessfulTrialError, NotAnExperimentError
+
+_RERUN = "run the sweep again ('raytune-opt run SPEC') or pass another experiment directory"
+
+
+@dataclass(frozen=True)
+class Source:
+    """The trial being promoted and the experiment it comes from."""
+
+    exp_dir: Path
+    spec: dict  # the resolved spec the sweep ran (spec.yaml)
+    trial_id: str
+    metric: str
+    mode: str
+    value: float
+    epochs: int
+    config: dict
+    checkpoint: Path  # best.pt of the trial
+    checkpoint_sha256: str
+    spec_sha256: str
+
+    @property
+    def promote_cfg(self) -> dict:
+        return self.spec["promote"]
+
+
+def select_source(exp_dir: str | Path) -> Source:
+    """Find and check the best trial of the experiment in ``exp_dir``.
+
+    Raises:
+        NotAnExperimentError: ``exp_dir`` is missing or holds no ``spec.yaml``.
+        NoSuccessfulTrialError: no ``best.json``, or it disagrees with the spec or
+            ``results.csv``, or its checkpoint is missing or from another sweep.
+    """
+    exp_dir = Path(exp_dir).expanduser().resolve()
+    spec_path = exp_dir / "spec.yaml"
+    if not exp_dir.is_dir() or not spec_path.is_file():
+        what = "does not exist" if not exp_dir.exists() else "holds no spec.yaml"
+        raise NotAnExperimentError(
+            f"{exp_dir}: not a raytune-opt experiment ({what}); pass the directory 'raytune-opt run' wrote, "
+            f"STORAGE/NAME (e.g. ./results/sweep)")
+    spec = yaml.safe_load(spec_path.read_text())
+    if not isinstance(spec, dict) or not isinstance(spec.get("search"), dict) or "promote" not in spec:
+        raise NotAnExperimentError(f"{spec_path}: not a resolved raytune-opt spec (no search/promote sections); "
+                                   f"pass the directory 'raytune-opt run' wrote")
+    metric, mode = spec["search"]["metric"], spec["search"]["mode"]
+
+    best_path = exp_dir / "best.json"
+    if not best_path.is_file():
+        raise NoSuccessfulTrialError(f"{exp_dir}: no successful trial to promote (no best.json; "
+                                     f"{_trial_summary(exp_dir)}); {_RERUN}")
+    best = json.loads(best_path.read_text())
+    if (best.get("metric"), best.get("mode")) != (metric, mode):
+        raise NoSuccessfulTrialError(
+            f"{best_path}: selected by {best.get('metric')} ({best.get('mode')}) but the spec optimizes "
+            f"{metric} ({mode}); the files do not belong together, {_RERUN}")
+    expected = _best_in_results(exp_dir, metric, mode)
+    if expected is not None and expected != best.get("trial_id"):
+        raise NoSuccessfulTrialError(
+            f"{best_path}: names trial {best.get('trial_id')} but results.csv's best by {metric} ({mode}) is trial "
+            f"{expected}; the files disagree, {_RERUN}")
+
+    checkpoint = _locate_checkpoint(exp_dir, best)
+    from raytune_opt.recipe.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)  # CheckpointError (exit 2) when unreadable
+    spec_sha = best.get("spec_sha256") or ""
+    if spec_sha and ckpt.get("spec_sha256") and ckpt["spec_sha256"] != spec_sha:
+        raise NoSuccessfulTrialError(
+            f"{checkpoint}: written by another sweep (spec sha256 {ckpt['spec_sha256'][:12]}, best.json has "
+            f"{spec_sha[:12]}); {_RERUN}")
+    return Source(exp_dir=exp_dir, spec=spec, trial_id=str(best["trial_id"]), metric=metric, mode=mode,
+                  value=float(best["value"]), epochs=int(best.get("epochs") or 0),
+                  config=dict(best.get("config") or {}), checkpoint=checkpoint, checkpoint_sha256=sha256_file(checkpoint), spec_sha256=spec_sha)
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _locate_checkpoint(exp_dir: Path, best: dict) -> Path:
+    """best.json's checkpoint, or the same file under ``exp_dir`` when the experiment was moved."""
+    recorded = best.get("checkpoint")
+    if not recorded:
+        raise NoSuccessfulTrialError(f"{exp_dir / 'best.json'}: trial {best.get('trial_id')} has no checkpoint "
+                                     f"(was train.checkpoint false?); promotion needs one, {_RERUN}")
+    path = Path(recorded)
+    if path.is_file():
+        return path
+    # trial_<id>/checkpoint_NNNNNN/best.pt: the last three parts survive copying the experiment elsewhere.
+    moved = exp_dir.joinpath(*path.parts[-3:])
+    if moved.is_file():
+        return moved
+    raise NoSuccessfulTrialError(f"{exp_dir}: the best trial's checkpoint {recorded} is missing (also looked for "
+                                 f"{moved}); restore it or {_RERUN}")
+
+
+def _read_rows(exp_dir: Path, metric: str) -> list[results.TrialRow] | None:
+    path = exp_dir / "results.csv"
+    if not path.is_file():
+        return None
+    rows = []
+    with open(path, newline="") as f:
+        for rec in csv.DictReader(f):
+            value = _float(rec.get(f"best_{metric}"))
+            rows.append(results.TrialRow(
+                trial_id=rec.get("trial_id", ""), status=rec.get("status", ""), stop_reason=rec.get("stop_reason", ""),
+                config={}, epochs=int(_float(rec.get("epochs")) or 0), seconds=0.0, train_seconds=0.0,
+                best={metric: value} if value is not None else {}, checkpoint=rec.get("checkpoint") or None))
+    return rows
+
+
+def _best_in_results(exp_dir: Path, metric: str, mode: str) -> str | None:
+    rows = _read_rows(exp_dir, metric)
+    best = results.select_best(rows, metric, mode) if rows else None
+    return best.trial_id if best is not None else None
+
+
+def _trial_summary(exp_dir: Path) -> str:
+    rows = _read_rows(exp_dir, "val_accuracy")
+    if rows is None:
+        return "no results.csv either: the sweep did not finish"
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    if not counts:
+        return "results.csv lists no trials"
+    return "results.csv: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + "; see its error column"
+
+
+def _float(text) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None

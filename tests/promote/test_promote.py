@@ -1,0 +1,164 @@
+"""Promotion end to end on a small trained digits experiment (no Ray, no GPU)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from raytune_opt.cli import main
+from raytune_opt.promote import measure, pipeline, promote
+from raytune_opt.promote.select import sha256_file
+from tests.promote.conftest import TRIAL, set_promote
+
+MANIFEST_KEYS = {"format", "created", "status", "experiment", "source", "targets", "settings", "input", "versions",
+                 "machine", "artifacts"}
+ARTIFACT_KEYS = {"name", "status", "reason", "built", "path", "sha256", "size_bytes", "accuracy", "delta_points",
+                 "latency_ms", "runtime"}
+
+
+def _by_name(manifest: dict) -> dict:
+    return {a["name"]: a for a in manifest["artifacts"]}
+
+
+def _file(exp, rec):
+    return exp / "promotion" / rec["path"]
+
+
+def test_promote_builds_onnx_and_int8_within_gates_and_skips_tensorrt_without_gpu(experiment, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a GPU machine
+    monkeypatch.setitem(sys.modules, "ray", None)  # no Ray in this process, even after the slow tests started one
+    assert main(["promote", str(experiment)]) == 0
+    out = capsys.readouterr().out
+    manifest = json.loads((experiment / "promotion" / "manifest.json").read_text())
+
+    # The manifest says where the model comes from and how it was built.
+    assert set(manifest) == MANIFEST_KEYS and manifest["status"] == "ok"
+    assert manifest["source"]["trial_id"] == TRIAL
+    best = json.loads((experiment / "best.json").read_text())
+    assert manifest["source"]["checkpoint"] == best["checkpoint"]
+    assert manifest["source"]["spec_sha256"] == best["spec_sha256"]
+    assert manifest["source"]["config"] == {"model.width": 16}
+    versions = manifest["versions"]
+    assert versions["tensorrt"] is None and all(versions[k] for k in ("torch", "onnx", "onnxruntime", "raytune_opt"))
+    assert manifest["targets"] == ["onnx", "int8", "tensorrt"]
+
+    arts = _by_name(manifest)
+    assert list(arts) == ["pytorch", "onnx", "int8", "int8-tensorrt-qdq", "tensorrt"]
+    for rec in manifest["artifacts"]:
+        assert ARTIFACT_KEYS <= set(rec)
+        if rec["path"] is not None:  # every file is on disk as recorded
+            path = _file(experiment, rec)
+            assert sha256_file(path) == rec["sha256"] and path.stat().st_size == rec["size_bytes"]
+
+    fp32 = arts["pytorch"]["accuracy"]
+    assert fp32 == pytest.approx(best["value"])  # the checkpoint scores what the sweep reported
+    onnx_rec = arts["onnx"]
+    assert onnx_rec["status"] == "ok" and onnx_rec["delta_points"] == 0.0
+    par = onnx_rec["parity"]
+    assert par["max_abs_diff"] <= par["atol"] == 1e-4 and par["top1_agreement"] == 1.0 and par["samples"] == 359
+    for name in ("int8", "int8-tensorrt-qdq"):
+        rec = arts[name]
+        assert rec["status"] == "ok" and -rec["delta_points"] <= 1.0, rec
+        assert rec["quantization"]["attempts"][0]["method"] == "minmax"
+    for name in ("pytorch", "onnx", "int8"):
+        lat = arts[name]["latency_ms"]
+        assert set(lat) == {"batch_1", "batch_64"} and all(v["p50_ms"] > 0 for v in lat.values())
+
+    # TensorRT: one line, in the output and in the manifest.
+    skip = arts["tensorrt"]
+    assert skip["status"] == "skipped" and "no CUDA GPU" in skip["reason"]
+    assert f"raytune-opt promote {experiment} --targets tensorrt" in skip["reason"]
+    assert out.count("tensorrt: skipped") == 1 and skip["reason"] in out
+    # The table: one row per artifact.
+    table = out[out.index("artifact "):].splitlines()
+    assert [line.split()[0] for line in table[1:6]] == list(arts)
+
+
+def test_exported_onnx_has_a_dynamic_batch_axis_and_export_is_deterministic(experiment):
+    from raytune_opt.promote.export import export_onnx
+    from raytune_opt.recipe.checkpoint import load_model
+
+    manifest = promote(experiment, targets="onnx")
+    path = _file(experiment, _by_name(manifest)["onnx"])
+    dim = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0]
+    assert dim.dim_param and not dim.dim_value
+    session = measure.ort_session(path)
+    x = np.random.default_rng(0).standard_normal((64, 1, 8, 8)).astype(np.float32)
+    for batch in (1, 7, 64):
+        assert session.run(None, {"input": x[:batch]})[0].shape == (batch, 10)
+    model, _ = load_model(manifest["source"]["checkpoint"])
+    import torch
+
+    again = export_onnx(model, torch.from_numpy(x[:3]), experiment / "again.onnx")
+    assert again == path.read_bytes()  # same weights, same bytes (even from another example batch)
+
+
+def test_tensorrt_ready_qdq_is_symmetric_int8_with_float_bias_and_runs_in_ort(experiment):
+    manifest = promote(experiment, targets="onnx,int8")
+    rec = _by_name(manifest)["int8-tensorrt-qdq"]
+    model = onnx.load(str(_file(experiment, rec)))
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = model.graph.node
+    qdq = [n for n in nodes if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq, "no Q/DQ nodes"
+    for n in qdq:
+        zero_point = inits[n.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), n.name  # symmetric S8
+    dq_inputs = [inits[n.input[0]] for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert all(w.dtype == np.int8 for w in dq_inputs)  # no int32 bias: TensorRT refuses it
+    weight_dq = [n for n in nodes if n.op_type == "DequantizeLinear" and n.input[0] in inits]
+    assert weight_dq and all(inits[n.input[1]].size > 1 for n in weight_dq)  # per-channel scales
+    logits = measure.predict(measure.ort_runner(measure.ort_session(_file(experiment, rec))),
+                             np.zeros((5, 1, 8, 8), np.float32))
+    assert logits.shape == (5, 10) and np.isfinite(logits).all()
+
+
+def test_gate_rejects_a_broken_calibration_after_trying_every_method(experiment, monkeypatch, capsys):
+    # Calibrating on zeros collapses every activation range: INT8 cannot be accurate.
+    monkeypatch.setattr(pipeline, "calibration_batches",
+                        lambda x, bs, n, seed: [np.zeros((bs, *x.shape[1:]), np.float32)] * 2)
+    set_promote(experiment, int8_calibration_method="entropy")
+    assert main(["promote", str(experiment), "--targets", "onnx,int8"]) == 0  # a rejection is not an error
+    arts = _by_name(json.loads((experiment / "promotion" / "manifest.json").read_text()))
+    for name in ("int8", "int8-tensorrt-qdq"):
+        rec = arts[name]
+        assert rec["status"] == "rejected" and "max_accuracy_drop=1" in rec["reason"]
+        attempts = rec["quantization"]["attempts"]
+        assert [a["method"] for a in attempts] == ["entropy", "minmax", "percentile"]
+        assert not any(a["passed"] for a in attempts) and all(a["delta_points"] < -1 for a in attempts)
+        kept = max(attempts, key=lambda a: a["accuracy"])
+        assert rec["accuracy"] == kept["accuracy"] and _file(experiment, rec).is_file()  # kept, marked rejected
+    assert "int8: rejected — accuracy gate" in capsys.readouterr().out
+
+
+def test_failed_parity_is_an_error_after_the_manifest_is_written(experiment, capsys):
+    set_promote(experiment, parity_atol=1e-12)
+    assert main(["promote", str(experiment), "--targets", "onnx,int8"]) == 1
+    err = capsys.readouterr().err
+    manifest = json.loads((experiment / "promotion" / "manifest.json").read_text())
+    arts = _by_name(manifest)
+    assert manifest["status"] == "failed" and arts["onnx"]["status"] == "failed"
+    assert "parity failed: max |ONNX - PyTorch| logit difference" in arts["onnx"]["reason"]
+    assert arts["int8"]["status"] == "skipped" and not (experiment / "promotion" / "model.int8.onnx").exists()
+    assert "promotion failed (onnx)" in err and "Traceback" not in err
+
+
+def test_targets_onnx_alone_builds_only_onnx(experiment):
+    manifest = promote(experiment, targets=["onnx"])
+    assert [a["name"] for a in manifest["artifacts"]] == ["pytorch", "onnx"]
+    assert sorted(p.name for p in (experiment / "promotion").iterdir()) == ["manifest.json", "model.onnx"]
+
+
+def test_a_later_promotion_keeps_the_unchanged_artifacts_of_the_same_checkpoint(experiment):
+    first = _by_name(promote(experiment, targets="onnx,int8"))
+    second = _by_name(promote(experiment, targets="onnx"))  # e.g. later, '--targets tensorrt' on a GPU node
+    assert list(second) == ["pytorch", "onnx", "int8", "int8-tensorrt-qdq"]
+    assert second["int8"] == first["int8"] and second["onnx"]["sha256"] == first["onnx"]["sha256"]
+    _file(experiment, first["int8"]).write_bytes(b"tampered")
+    assert "int8" not in _by_name(promote(experiment, targets="onnx"))  # a changed file is not vouched for
