@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raytune_opt import _atomic
 from raytune_opt.recipe.errors import DataError
 
 __all__ = ["Data", "DataError", "load_data", "cache_root"]
@@ -114,36 +115,16 @@ def _cached(kind: str, root: str, files: list[Path], decode):
         x, y, class_names = decode()
         assert x.dtype == np.uint8 and x.ndim == 4 and len(x) == len(y), (x.dtype, x.shape, y.shape)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_save_npy(folder / "x.npy", x)
-        _atomic_save_npy(folder / "y.npy", y.astype(np.int64))
+        with _atomic.open_atomic(folder / "x.npy") as f:
+            np.save(f, np.ascontiguousarray(x))
+        with _atomic.open_atomic(folder / "y.npy") as f:
+            np.save(f, y.astype(np.int64))
         # meta.json is written last: its presence means the arrays beside it are complete.
-        _atomic_write(meta_path, json.dumps({"class_names": list(class_names), "source": root, "kind": kind}).encode())
+        _atomic.write_bytes(meta_path, json.dumps({"class_names": list(class_names), "source": root, "kind": kind}).encode())
     meta = json.loads(meta_path.read_text())
     x = np.load(folder / "x.npy", mmap_mode="r")
     y = np.load(folder / "y.npy")
     return x, y, tuple(meta["class_names"])
-
-
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npy")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, np.ascontiguousarray(array))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _decode_digits():
