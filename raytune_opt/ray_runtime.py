@@ -27,21 +27,32 @@ def start(address: str | None, num_cpus: int | None = None) -> bool:
 
     if ray.is_initialized():
         return False
+    set_auth_mode(embedded=address is None)
     if address is None:
-        # A token for a loopback-only cluster would only get in the way of later
-        # `ray start` runs on this machine (~/.ray/auth_token turns auth on for them).
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
                  _node_ip_address="127.0.0.1", num_cpus=num_cpus or os.cpu_count(),
                  log_to_driver=False, configure_logging=True, logging_level="ERROR")
         return True
-    os.environ.setdefault("RAY_AUTH_MODE", "token" if _token_available() else "disabled")
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]}); "
                          "check the address (e.g. 127.0.0.1:6379 or ray://host:10001) and that the cluster runs") from None
     return False
+
+
+def set_auth_mode(embedded: bool) -> str:
+    """Set ``RAY_AUTH_MODE`` explicitly unless the user did (Ray 2.60 turns token auth on by
+    default for clusters that ``ray.init`` starts, and clients fail with InvalidAuthToken when
+    the modes differ).
+
+    An embedded loopback-only cluster runs without a token: creating one would write
+    ~/.ray/auth_token, which then turns auth on for every later ``ray start`` here. A client of
+    a cluster uses a token when one is available, where Ray's own CLI looks for it.
+    """
+    if "RAY_AUTH_MODE" not in os.environ:
+        os.environ["RAY_AUTH_MODE"] = "disabled" if embedded or not _token_available() else "token"
+    return os.environ["RAY_AUTH_MODE"]
 
 
 def _token_available() -> bool:

@@ -1,0 +1,85 @@
+"""Submitting sweeps to a real Ray head node on loopback (marked cluster)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from raytune_opt import jobs
+from raytune_opt.errors import UsageError
+from tests.cluster.conftest import VENV_BIN, HeadNode
+
+ROOT = Path(__file__).resolve().parents[2]
+SMALL = ["search.num_samples=2", "train.epochs=2", "train.limit_batches=5", "scheduler={name: fifo}",
+         "promote.enabled=false"]
+
+pytestmark = pytest.mark.cluster
+
+
+def _rows(exp: Path) -> list[dict]:
+    with open(exp / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_submit_follow_runs_the_sweep_on_the_cluster(head_node, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.chdir(ROOT)
+    rc = jobs.submit("search_spaces/digits_cnn.yaml", SMALL + ["name=submitted"], head_node.address,
+                     storage=str(tmp_path), follow=True)
+    out = capsys.readouterr().out
+    assert rc == 0, out[-3000:]
+    assert "submitted job" in out and "succeeded" in out
+    rows = _rows(tmp_path / "submitted")
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert json.loads((tmp_path / "submitted" / "best.json").read_text())["checkpoint"]
+
+
+def test_plain_ray_job_submit_works_too(head_node, tmp_path):
+    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", head_node.address, "--working-dir", str(ROOT),
+           "--", "raytune-opt", "run", "search_spaces/digits_cnn.yaml", *SMALL, "name=plain", "--storage", str(tmp_path)]
+    proc = subprocess.run(cmd, env=head_node.env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(_rows(tmp_path / "plain")) == 2
+
+
+def test_a_failing_job_gives_a_non_zero_exit(head_node, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.chdir(ROOT)
+    # The data directory exists on this machine's submitter side check? No: the job fails on the cluster.
+    rc = jobs.submit("search_spaces/cifar10_resnet18.yaml", ["data.root=/nonexistent/cifar", "--dry-run"][:1],
+                     head_node.address, storage=str(tmp_path), dry_run=True)
+    assert rc == 1
+    assert "failed" in capsys.readouterr().out
+
+
+def test_a_job_without_the_token_is_refused_by_a_token_cluster(tmp_path, monkeypatch):
+    token = "raytune-opt-test-token-0123456789abcdef"
+    node = HeadNode(extra_env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}, num_cpus=1)
+    try:
+        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+        monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+        monkeypatch.chdir(ROOT)
+        with pytest.raises(UsageError, match="did not take the job"):
+            jobs.submit("search_spaces/digits_cnn.yaml", SMALL, node.address, storage=str(tmp_path), no_wait=True)
+        # With the token, the same cluster takes it.
+        monkeypatch.setenv("RAY_AUTH_MODE", "token")
+        monkeypatch.setenv("RAY_AUTH_TOKEN", token)
+        assert jobs.submit("search_spaces/digits_cnn.yaml", SMALL, node.address, storage=str(tmp_path),
+                           no_wait=True) == 0
+    finally:
+        node.stop()
+
+
+def test_bad_addresses_are_refused_before_anything_is_sent(tmp_path, capsys):
+    for address in ("127.0.0.1:6379", "ray://127.0.0.1:10001", "http://"):
+        with pytest.raises(UsageError, match="not a Ray dashboard URL"):
+            jobs.check_address(address)
+    jobs.check_address("http://10.1.2.3:8265")
+    assert "plain http to a non-loopback host" in capsys.readouterr().err
+    jobs.check_address("http://127.0.0.1:8265")
+    assert capsys.readouterr().err == ""
