@@ -46,6 +46,23 @@ def build_parser() -> argparse.ArgumentParser:
                                       "promote.targets)")
     pr.add_argument("--address", help="Ray cluster to build TensorRT engines on (default: $RAY_ADDRESS, else this "
                                       "machine if it has a GPU)")
+
+    rs = sub.add_parser("resume", help="continue an interrupted sweep, then promote its best trial")
+    rs.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME)")
+    rs.add_argument("--restart-errored", action="store_true",
+                    help="start errored trials from scratch (default: continue them from their last checkpoint)")
+    rs.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
+
+    sb = sub.add_parser("submit", help="run a sweep on a Ray cluster as a Ray job")
+    _add_spec_args(sb)
+    sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
+    sb.add_argument("--storage", help="results directory on the cluster (shared by its nodes)")
+    sb.add_argument("--working-dir", default=".", help="uploaded with the job (default: .); the spec path is "
+                                                       "relative to it")
+    sb.add_argument("--dry-run", action="store_true", help="submit a dry run")
+    wait = sb.add_mutually_exclusive_group()
+    wait.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    wait.add_argument("--no-wait", action="store_true", help="return once the job is submitted")
     return parser
 
 
@@ -78,7 +95,7 @@ def space_summary(spec) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from raytune_opt import ray_runtime, results
+    from raytune_opt import ray_runtime
     from raytune_opt.spec import load_spec
     from raytune_opt.sweep import run_sweep
 
@@ -87,6 +104,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     mode = "dry run" if args.dry_run else "sweep"
     print(f"raytune-opt: {mode} '{spec.name}' from {args.spec} (spec sha256 {spec.sha256()[:12]})", flush=True)
     outcome = run_sweep(spec, address=args.address, storage=args.storage, dry_run=args.dry_run)
+    return _finish(outcome, spec, args.address)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from raytune_opt.sweep import resume_sweep
+
+    print(f"raytune-opt: resuming {args.experiment}", flush=True)
+    outcome = resume_sweep(args.experiment, address=args.address, restart_errored=args.restart_errored)
+    return _finish(outcome, outcome.spec, args.address)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from raytune_opt import jobs
+    from raytune_opt.spec import load_spec
+
+    load_spec(args.spec, args.overrides)  # a bad spec fails here, not minutes later on the cluster
+    return jobs.submit(args.spec, args.overrides, args.address, storage=args.storage, follow=args.follow,
+                       no_wait=args.no_wait, working_dir=args.working_dir, dry_run=args.dry_run)
+
+
+def _finish(outcome, spec, address) -> int:
+    """The leaderboard, the best trial and, unless turned off, promotion."""
+    from raytune_opt import results
+
     search = spec.data["search"]
     print()
     print(results.leaderboard(outcome.rows, search["metric"], search["mode"]))
@@ -100,7 +141,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not spec.data["promote"]["enabled"]:
         return outcome.exit_code
     print()
-    return max(outcome.exit_code, _promote(outcome.exp_dir, None, args.address))
+    return max(outcome.exit_code, _promote(outcome.exp_dir, None, address))
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -122,7 +163,8 @@ def _promote(exp_dir, targets, address) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "run": cmd_run, "promote": cmd_promote}
+COMMANDS = {"validate": cmd_validate, "run": cmd_run, "promote": cmd_promote, "resume": cmd_resume,
+            "submit": cmd_submit}
 
 
 def main(argv: list[str] | None = None) -> int:

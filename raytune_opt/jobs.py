@@ -22,6 +22,7 @@ WORKING_DIR_EXCLUDES = [".git", ".venv", "venv", "results", "**/__pycache__", "*
                         "benchmarks/out", "*.pt", "*.onnx", "*.engine"]
 WORKING_DIR_LIMIT = 100 * 1024 * 1024
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+AGENT_WAIT_S = 60
 
 
 def check_address(address: str) -> str:
@@ -103,12 +104,21 @@ def submit(spec: str, overrides: list[str], address: str, *, storage: str | None
 
     try:
         client = JobSubmissionClient(address)
-        job_id = client.submit_job(
-            entrypoint=entrypoint(spec, overrides, storage, dry_run),
-            runtime_env={"working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES,
-                         "env_vars": {"PYTHONUNBUFFERED": "1"}},
-            metadata={"raytune_opt_spec": spec},
-        )
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                job_id = client.submit_job(
+                    entrypoint=entrypoint(spec, overrides, storage, dry_run),
+                    runtime_env={"working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES,
+                                 "env_vars": {"PYTHONUNBUFFERED": "1"}},
+                    metadata={"raytune_opt_spec": spec},
+                )
+                break
+            except RuntimeError as exc:
+                # Right after `ray start` the dashboard answers before its job agent is up.
+                if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
     except Exception as exc:  # the SDK raises ConnectionError, RuntimeError, or auth errors
         raise UsageError(f"--address {address}: the cluster did not take the job ({_one_line(exc)}); check the "
                          "address, that the cluster runs, and RAY_AUTH_MODE / your token (~/.ray/auth_token)") from None

@@ -22,6 +22,7 @@ DRY_RUN_FORCE = {
     "train.epochs": 1,
     "train.limit_batches": 3,
     "resources.num_workers": 1,
+    "resources.cpus_per_worker": 1.0,
     "resources.gpus_per_worker": 0.0,
     "data.loader_workers": 0,
 }
@@ -38,6 +39,7 @@ class SweepOutcome:
     rows: list
     best: results.TrialRow | None
     wall_seconds: float
+    spec: Spec | None = None
 
     @property
     def exit_code(self) -> int:
@@ -87,14 +89,6 @@ def _trial_resources(spec: Spec) -> dict:
     return {"cpu": 0, "memory": 1}
 
 
-def _refuse_unimplemented(spec: Spec) -> None:
-    """Settings the spec accepts but `run` cannot honour yet fail loudly, never silently."""
-    p = spec.space.by_key.get("train.strategy")
-    if spec.data["train"]["strategy"] == "deepspeed" or (p is not None and "deepspeed" in p.domain.args):
-        raise UsageError("train.strategy: deepspeed trials are not implemented yet (got deepspeed); "
-                         "use train.strategy: ddp until DeepSpeed support lands")
-
-
 def _trainable(spec: Spec, exp_dir: Path, dry_run: bool):
     from ray import tune
 
@@ -113,7 +107,6 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     """
     from ray import tune
 
-    _refuse_unimplemented(spec)
     source_text = Path(spec.source).read_text()
     if dry_run:
         spec = dry_run_spec(spec)
@@ -122,7 +115,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
         raise UsageError(f"{exp_dir}: a sweep named '{spec.name}' already has results there; pass name=NEW_NAME "
                          "or --storage OTHER_DIR (or 'raytune-opt resume' it)")
     address = ray_runtime.resolve_address(address)
-    if address is None:
+    if address is None or dry_run:  # on a cluster the data may live only on the worker nodes
         check_data(spec)
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -254,7 +247,7 @@ def _fit_and_record(tuner, spec: Spec, exp_dir: Path) -> SweepOutcome:
         raise UsageError(f"{exp_dir}: cannot write results.csv / best.json ({exc.strerror or exc}); the trials "
                          f"and their checkpoints are kept: free the disk, then 'raytune-opt resume {exp_dir}' "
                          "writes them") from None
-    return SweepOutcome(exp_dir, rows, best, wall)
+    return SweepOutcome(exp_dir, rows, best, wall, spec)
 
 
 def collect_rows(grid, spec: Spec) -> list[results.TrialRow]:

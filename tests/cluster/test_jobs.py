@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from raytune_opt import jobs
+from raytune_opt.cli import main
 from raytune_opt.errors import UsageError
 from tests.cluster.conftest import VENV_BIN, HeadNode
 
@@ -29,11 +31,12 @@ def _rows(exp: Path) -> list[dict]:
 def test_submit_follow_runs_the_sweep_on_the_cluster(head_node, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.chdir(ROOT)
-    rc = jobs.submit("search_spaces/digits_cnn.yaml", SMALL + ["name=submitted"], head_node.address,
-                     storage=str(tmp_path), follow=True)
+    rc = main(["submit", "search_spaces/digits_cnn.yaml", *SMALL, "name=submitted", "--storage", str(tmp_path),
+               "--address", head_node.address, "--follow"])
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
     assert "submitted job" in out and "succeeded" in out
+    assert "trials: 2 ok" in out  # the job's own output, streamed here
     rows = _rows(tmp_path / "submitted")
     assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
     assert json.loads((tmp_path / "submitted" / "best.json").read_text())["checkpoint"]
@@ -50,27 +53,31 @@ def test_plain_ray_job_submit_works_too(head_node, tmp_path):
 def test_a_failing_job_gives_a_non_zero_exit(head_node, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.chdir(ROOT)
-    # The data directory exists on this machine's submitter side check? No: the job fails on the cluster.
-    rc = jobs.submit("search_spaces/cifar10_resnet18.yaml", ["data.root=/nonexistent/cifar", "--dry-run"][:1],
-                     head_node.address, storage=str(tmp_path), dry_run=True)
+    # Valid here, but the data is not on the cluster: the job fails there, and so do we.
+    rc = main(["submit", "search_spaces/cifar10_resnet18.yaml", "data.root=/nonexistent/cifar", "--dry-run",
+               "--storage", str(tmp_path), "--address", head_node.address])
     assert rc == 1
     assert "failed" in capsys.readouterr().out
 
 
-def test_a_job_without_the_token_is_refused_by_a_token_cluster(tmp_path, monkeypatch):
+def test_a_job_without_the_token_is_refused_by_a_token_cluster(tmp_path):
     token = "raytune-opt-test-token-0123456789abcdef"
     node = HeadNode(extra_env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}, num_cpus=1)
+    # Ray's client reads the auth mode once per process: each attempt is a fresh CLI process.
+    base = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    cmd = [str(VENV_BIN / "raytune-opt"), "submit", "search_spaces/digits_cnn.yaml", *SMALL,
+           "--storage", str(tmp_path), "--address", node.address, "--no-wait"]
     try:
-        monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-        monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
-        monkeypatch.chdir(ROOT)
-        with pytest.raises(UsageError, match="did not take the job"):
-            jobs.submit("search_spaces/digits_cnn.yaml", SMALL, node.address, storage=str(tmp_path), no_wait=True)
-        # With the token, the same cluster takes it.
-        monkeypatch.setenv("RAY_AUTH_MODE", "token")
-        monkeypatch.setenv("RAY_AUTH_TOKEN", token)
-        assert jobs.submit("search_spaces/digits_cnn.yaml", SMALL, node.address, storage=str(tmp_path),
-                           no_wait=True) == 0
+        refused = subprocess.run(cmd, env={**base, "RAY_AUTH_MODE": "disabled"}, capture_output=True, text=True,
+                                 timeout=120, cwd=ROOT)
+        assert refused.returncode == 2, refused.stderr
+        assert "did not take the job" in refused.stderr and "Traceback" not in refused.stderr
+        accepted = subprocess.run(cmd, env={**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token},
+                                  capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert accepted.returncode == 0, accepted.stderr
+        assert "submitted job" in accepted.stdout
+        for proc in (refused, accepted):  # the token is never printed
+            assert token not in proc.stdout + proc.stderr
     finally:
         node.stop()
 
