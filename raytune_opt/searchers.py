@@ -227,7 +227,9 @@ def build_searcher(spec):
         # An empty space runs num_samples copies of the fixed config, whatever the algorithm.
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=seed), space.to_tune()
+        # Tune applies max_concurrent_trials only to Searchers; a generator takes it itself.
+        limit = spec.data["resources"]["max_concurrent_trials"] or 0
+        return BasicVariantGenerator(random_state=seed, max_concurrent=limit), space.to_tune()
     if key.startswith("optuna") or key == "random":
         from ray.tune.search.optuna import OptunaSearch
 

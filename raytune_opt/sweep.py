@@ -89,14 +89,6 @@ def _trial_resources(spec: Spec) -> dict:
     return {"cpu": 0, "memory": 1}
 
 
-def _refuse_unimplemented(spec: Spec) -> None:
-    """Settings the spec accepts but `run` cannot honour yet fail loudly, never silently."""
-    p = spec.space.by_key.get("train.strategy")
-    if spec.data["train"]["strategy"] == "deepspeed" or (p is not None and "deepspeed" in p.domain.args):
-        raise UsageError("train.strategy: deepspeed trials are not implemented yet (got deepspeed); "
-                         "use train.strategy: ddp until DeepSpeed support lands")
-
-
 def _trainable(spec: Spec, exp_dir: Path, dry_run: bool):
     from ray import tune
 
@@ -115,7 +107,6 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     """
     from ray import tune
 
-    _refuse_unimplemented(spec)
     source_text = Path(spec.source).read_text()
     if dry_run:
         spec = dry_run_spec(spec)

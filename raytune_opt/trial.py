@@ -3,8 +3,13 @@
 With one worker the recipe's loop runs inside the Tune trial itself (a 2-worker
 TorchTrainer costs ~20 s of start-up here before its first epoch, and ASHA lives on cheap
 trials). With several, the trial builds a Ray Train ``TorchTrainer`` whose workers run the
-same loop under DDP, and ``TuneReportCallback`` forwards rank 0's metrics and checkpoint
-path to Tune (the Train V2 pattern: ``tune.Tuner(TorchTrainer)`` no longer works).
+same loop under DDP or DeepSpeed, and ``TuneReportCallback`` forwards rank 0's metrics and
+checkpoint path to Tune (the Train V2 pattern: ``tune.Tuner(TorchTrainer)`` no longer works).
+
+Under DeepSpeed every rank reports its own ZeRO shard files with the checkpoint; Train V2
+syncs one checkpoint directory name across the ranks and each rank uploads into it
+(``ray/train/v2/_internal/execution/context.py``), so the persisted checkpoint holds every
+rank's shard, not only rank 0's (ray-project/ray#33369).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 from raytune_opt import searchers
 from raytune_opt.recipe.session import Session
@@ -24,20 +29,26 @@ CHECKPOINT_FILE = "last.pt"
 CKPT_DIR = "ckpt"  # inside the trial directory: the trial's own best.pt / last.pt
 
 
-def _stage(checkpoint_dir: str) -> str:
-    """Hard-link a checkpoint directory's files into a fresh directory for Ray to persist.
+def _stage(checkpoint_dir: str, top_level: bool = True, shards: Sequence[str] = ()) -> str:
+    """Hard-link a checkpoint's files into a fresh directory for Ray to persist.
 
     Ray may delete a reported directory after uploading it; the loop keeps writing best/last
     into its own directory, so Ray gets links (no copy) in a directory of its own.
+
+    Args:
+        checkpoint_dir: the rank's checkpoint directory.
+        top_level: stage its top-level files (``best.pt``, ``last.pt``: rank zero's).
+        shards: paths under it that this rank wrote as its shard (kept at the same relative path).
     """
-    staged = tempfile.mkdtemp(prefix="raytune_opt_report_")
-    for f in Path(checkpoint_dir).iterdir():
-        if f.is_file() and not f.name.startswith("."):
-            try:
-                os.link(f, Path(staged) / f.name)
-            except OSError:  # another filesystem
-                shutil.copy2(f, Path(staged) / f.name)
-    return staged
+    root, staged = Path(checkpoint_dir), Path(tempfile.mkdtemp(prefix="raytune_opt_report_"))
+    names = [f.name for f in root.iterdir() if f.is_file() and not f.name.startswith(".")] if top_level else []
+    for rel in [*names, *shards]:
+        (staged / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(root / rel, staged / rel)
+        except OSError:  # another filesystem
+            shutil.copy2(root / rel, staged / rel)
+    return str(staged)
 
 
 class TuneSession(Session):
@@ -54,10 +65,10 @@ class TuneSession(Session):
         self.num_threads = num_threads
         self._root = root
 
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+    def report(self, metrics: dict, checkpoint_dir: str | None, shards: Sequence[str] = ()) -> None:
         from ray import tune
 
-        staged = _stage(checkpoint_dir) if checkpoint_dir else None
+        staged = _stage(checkpoint_dir, True, shards) if checkpoint_dir else None
         try:  # Tune persists the checkpoint to storage before report() returns
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(staged) if staged else None)
         finally:
@@ -72,9 +83,16 @@ class TuneSession(Session):
 
 
 class TrainSession(Session):
-    """The loop on one Ray Train worker: DDP model, sharded loaders, ``ray.train.report``."""
+    """The loop on one Ray Train worker: DDP model, sharded loaders, ``ray.train.report``.
 
-    def __init__(self, num_threads: int | None, root: str | None = None):
+    Args:
+        num_threads: torch threads for the loop.
+        root: the trial's checkpoint directory (on storage every node reaches).
+        shared_checkpoints: every rank writes its shard into ``root`` (DeepSpeed ZeRO);
+            otherwise only rank 0 writes there and the others get a temporary directory.
+    """
+
+    def __init__(self, num_threads: int | None, root: str | None = None, shared_checkpoints: bool = False):
         import ray.train
         import ray.train.torch
 
@@ -83,8 +101,9 @@ class TrainSession(Session):
         self.world_size = ctx.get_world_size()
         self.device = ray.train.torch.get_device()
         self.num_threads = num_threads
-        # Rank 0 writes into the trial's checkpoint directory (shared storage on clusters).
-        self._temporary = root is None or self.rank != 0
+        # Rank 0 writes into the trial's checkpoint directory (shared storage on clusters), and
+        # so does every rank when each saves its own shard.
+        self._temporary = root is None or (self.rank != 0 and not shared_checkpoints)
         self._root = tempfile.mkdtemp(prefix=f"raytune_opt_rank{self.rank}_") if self._temporary else root
         self._model = None
 
@@ -99,13 +118,16 @@ class TrainSession(Session):
 
         return ray.train.torch.prepare_data_loader(loader)
 
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+    def report(self, metrics: dict, checkpoint_dir: str | None, shards: Sequence[str] = ()) -> None:
         import ray.train
 
         if metrics.get("stop_reason") and self.world_size > 1 and self._model is not None:
             # The last report says whether the DDP replicas stayed identical.
             metrics = {**metrics, "rank_param_max_diff": _rank_param_max_diff(self._model)}
-        staged = _stage(checkpoint_dir) if checkpoint_dir and self.is_rank_zero else None
+        # Rank 0 reports best.pt/last.pt (and its shard); every other rank its own shard only.
+        # Train V2 merges the ranks' files into one checkpoint directory.
+        has_files = checkpoint_dir and (self.is_rank_zero or shards)
+        staged = _stage(checkpoint_dir, self.is_rank_zero, shards) if has_files else None
         try:  # uploaded synchronously (Train V2's default upload mode)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staged) if staged else None)
         finally:
@@ -147,13 +169,15 @@ def _train_worker(loop_config: dict) -> None:
     import ray.train
 
     from raytune_opt.recipe.loop import train
+    from raytune_opt.strategies import strategy_class
 
     cfg = loop_config["cfg"]
     resume = loop_config["resume_from"]
     restored = ray.train.get_checkpoint()  # set when Train restarts a failed worker group
     if restored is not None:
         resume = os.path.join(restored.to_directory(), CHECKPOINT_FILE)
-    session = TrainSession(_threads(cfg), loop_config["checkpoint_root"])
+    shared = strategy_class(cfg["train"]["strategy"]).sharded_checkpoints
+    session = TrainSession(_threads(cfg), loop_config["checkpoint_root"], shared_checkpoints=shared)
     try:
         train(cfg, session, spec_sha256=loop_config["spec_sha256"], resume_from=resume)
     finally:
@@ -189,6 +213,13 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
             train(cfg, TuneSession(_device(cfg), _threads(cfg), ckpt_dir), spec_sha256=spec_sha256,
                   resume_from=resume)
             return
+        # Tune reuses this actor for the next trial once it has the last result, and waits only
+        # TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) for this function to return. TorchTrainer.fit()
+        # takes longer to shut its workers down; the reuse then fails, the actor is killed with the
+        # trainer's controller, and the workers' placement group (all the CPUs here) is freed only
+        # by Train's cleaner a minute later: the next trial's workers time out. Read per reuse, in
+        # this process.
+        os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
         _fit_torch_trainer(cfg, spec_sha256, resume, exp_dir, tune.get_context().get_trial_id(), ckpt_dir)
 
     return run_trial

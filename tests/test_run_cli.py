@@ -36,11 +36,16 @@ def test_local_run_checks_that_a_trial_fits_this_machine(tmp_path, capsys):
     assert rc == 2 and "resources.cpus_per_worker" in err and "this machine has" in err
 
 
-def test_deepspeed_strategy_is_refused_until_it_is_implemented(tmp_path, capsys):
+def test_a_deepspeed_run_without_the_extra_is_refused_at_validation(tmp_path, capsys, monkeypatch):
+    from raytune_opt import _imports
+
+    real = _imports.is_available
+    monkeypatch.setattr(_imports, "is_available", lambda module: module != "deepspeed" and real(module))
     rc = main(["run", str(ROOT / "search_spaces" / "digits_cnn.yaml"), "train.strategy=deepspeed",
-               "--storage", str(tmp_path)])
-    err = capsys.readouterr().err
-    assert rc == 2 and "train.strategy: deepspeed" in err
+               "--storage", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "pip install 'raytune-opt[deepspeed]'" in err[0]
+    assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
 def test_unwritable_storage_is_a_clear_error(tmp_path, capsys):

@@ -1,9 +1,12 @@
 """The training loop: one function, read top to bottom, for every case.
 
 :func:`train` runs one trial: local or one rank of a distributed group, fresh or resumed,
-fp32/bf16/fp16. Everything that differs between runners is behind the
-:class:`~raytune_opt.recipe.session.Session`; everything that differs between recipes is
-in the spec dict. Per epoch it reports (see :data:`METRIC_KEYS`) through the session.
+fp32/bf16/fp16, DDP or DeepSpeed ZeRO. Everything that differs between runners is behind
+the :class:`~raytune_opt.recipe.session.Session`; everything that differs between
+distributed strategies (wrapping, backward, optimizer step, precision, what a checkpoint
+holds) is behind the :class:`~raytune_opt.strategies.Strategy`; everything that differs
+between recipes is in the spec dict. Per epoch it reports (see :data:`METRIC_KEYS`)
+through the session.
 
 The hot path avoids host syncs: the loss is accumulated as a tensor, and the check for a
 non-finite loss reads the device once per :func:`_check_every` micro-batches (every batch
@@ -12,7 +15,6 @@ on a single CPU process, where reading a value costs nothing).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import random
@@ -23,18 +25,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data._utils.collate import default_collate
 
 from raytune_opt.recipe.augment import Augmenter
 from raytune_opt.recipe.checkpoint import load_checkpoint, make_checkpoint, write_checkpoints
 from raytune_opt.recipe.data import load_data
-from raytune_opt.recipe.errors import RecipeConfigError
 from raytune_opt.recipe.losses import build_loss
 from raytune_opt.recipe.models import build_model, model_spec
 from raytune_opt.recipe.optim import build_optimizer, build_scheduler
 from raytune_opt.recipe.session import Session
+from raytune_opt.strategies import build_strategy
 
 __all__ = ["train", "METRIC_KEYS", "classification_metrics"]
 
@@ -50,6 +51,7 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
         cfg: the resolved spec (``seed``, ``data``, ``model``, ``train``, ``search``); keys
             left out take the schema's defaults.
         session: the runner: device, rank, model/loader wrapping, reporting, checkpoints.
+            The distributed strategy is ``train.strategy`` (ddp: the session's wrapping).
         spec_sha256: hash of the sweep's spec, stored in checkpoints.
         resume_from: a checkpoint file or directory to continue from (model, optimizer,
             schedule, epoch count, early-stopping state).
@@ -69,15 +71,24 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
         CheckpointError: ``resume_from`` is not a readable checkpoint.
         RecipeConfigError: a setting that cannot work here (fp16 on CPU, class weights of
             the wrong length...).
+        MissingDependencyError: train.strategy is deepspeed and DeepSpeed is not installed.
     """
     cfg = _with_defaults(cfg)
+    strategy = build_strategy(session, cfg["train"])
+    try:
+        return _train(cfg, session, strategy, spec_sha256, resume_from)
+    finally:
+        strategy.close()
+
+
+def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from: str | None) -> dict:
     tcfg, seed = cfg["train"], int(cfg["seed"])
     metric, mode = cfg["search"]["metric"], cfg["search"]["mode"]
     device, rank, world_size = session.device, session.rank, session.world_size
     if session.num_threads:
         torch.set_num_threads(session.num_threads)
-    autocast, scaler = _precision(tcfg["precision"], device)
-    accum, clip = int(tcfg["grad_accum_steps"]), tcfg["grad_clip_norm"]
+    autocast = strategy.autocast()
+    accum = int(tcfg["grad_accum_steps"])
     epochs, limit = int(tcfg["epochs"]), tcfg["limit_batches"]
 
     # Data, model, loss, augmentation. The model is initialised from the same seed on
@@ -102,19 +113,16 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
     better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
     patience, min_delta = tcfg["early_stopping"]["patience"], float(tcfg["early_stopping"]["min_delta"])
     best, bad_epochs, start_epoch, last_metrics = None, 0, 1, {}
-    if resume_from is not None:
-        ckpt = load_checkpoint(resume_from, map_location=device)
-        model.load_state_dict(ckpt["model_state"])
-        if ckpt.get("optimizer_state") is not None:
-            optimizer.load_state_dict(ckpt["optimizer_state"])
+    ckpt = load_checkpoint(resume_from, map_location=device) if resume_from is not None else None
+    # Wraps the model (DDP / a DeepSpeed engine) and restores its weights and optimizer state.
+    model = strategy.setup(model, optimizer, resume=ckpt, resume_path=resume_from)
+    if ckpt is not None:
         if ckpt.get("scheduler_state") is not None:
             schedule.load_state_dict(ckpt["scheduler_state"])
         start_epoch = int(ckpt["epoch"]) + 1
         loop_state = ckpt.get("loop_state") or {}
         best, bad_epochs = loop_state.get("best"), int(loop_state.get("bad_epochs", 0))
         last_metrics = dict(ckpt.get("metrics") or {})
-    model = session.prepare_model(model)
-    params = [p for p in model.parameters() if p.requires_grad]
     check_every = _check_every(device, world_size)
     recipe = {key: copy.deepcopy(cfg[key]) for key in ("data", "model", "train")}
 
@@ -129,7 +137,6 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
         model.train()
         loss_sum = torch.zeros((), device=device, dtype=torch.float64)  # sum of per-sample losses
         norm_sum = torch.zeros((), device=device, dtype=torch.float64)
-        norm_skipped = torch.zeros((), device=device, dtype=torch.float64)  # fp16 steps the scaler skipped
         steps, samples, diverged_at = 0, 0, None
         recent: list[torch.Tensor] = []  # losses since the last check, to name the step that diverged
         for i, (x, y) in enumerate(_batches(train_loader)):
@@ -139,34 +146,17 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
             if augment.active:
                 x, y = augment(x, y)
             boundary = (i + 1) % accum == 0 or i + 1 == batches_per_epoch
-            # DDP: skip the gradient all-reduce on micro-batches that only accumulate.
-            sync = contextlib.nullcontext() if boundary or not hasattr(model, "no_sync") else model.no_sync()
-            with sync:
+            with strategy.sync_context(boundary):  # DDP: no gradient all-reduce inside a group
                 with autocast():
                     loss = loss_fn(model(x), y)
-                scaled = loss / accum if accum > 1 else loss
-                (scaler.scale(scaled) if scaler is not None else scaled).backward()
+                strategy.backward(loss)
             loss = loss.detach()
             loss_sum.add_(loss, alpha=x.shape[0])
             recent.append(loss)
             samples += x.shape[0]
             if boundary:
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                norm = get_total_norm([p.grad for p in params if p.grad is not None])
-                if clip is not None:
-                    clip_grads_with_norm_(params, float(clip), norm)
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                    skipped = ~torch.isfinite(norm)  # these do not count in the mean grad norm
-                    norm_skipped += skipped
-                    norm = torch.where(skipped, 0.0, norm)
-                else:
-                    optimizer.step()
-                norm_sum += norm
+                norm_sum += strategy.step()  # clip, step, zero the gradients; the norm before clipping
                 steps += 1
-                optimizer.zero_grad(set_to_none=True)
                 schedule.step_batch()
             if len(recent) >= check_every or i + 1 == batches_per_epoch:
                 # A non-finite loss makes the running sum non-finite: one read checks them all.
@@ -189,11 +179,13 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
             return metrics
 
         # ---- validate ------------------------------------------------------------------
+        strategy.before_validation()
         val_loss_sum, confusion = _evaluate(model, val_loader, autocast, device, data.num_classes)
 
         # ---- metrics, averaged over ranks ----------------------------------------------
         totals = torch.stack([loss_sum, torch.tensor(float(samples), dtype=torch.float64, device=device),
-                              norm_sum, steps - norm_skipped, val_loss_sum.double()])
+                              norm_sum, torch.tensor(steps - strategy.pop_skipped_steps(), dtype=torch.float64,
+                                                     device=device), val_loss_sum.double()])
         times = torch.tensor([train_s], dtype=torch.float64, device=device)
         if world_size > 1 and dist.is_available() and dist.is_initialized():
             dist.all_reduce(totals)
@@ -227,16 +219,24 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
         elif epoch == epochs:
             stop_reason = "completed"
         metrics["stop_reason"] = stop_reason
-        checkpoint_dir = None
-        if tcfg["checkpoint"] and session.is_rank_zero:
+        checkpoint_dir, shards = None, ()
+        if tcfg["checkpoint"]:
             metrics["epoch_s"] = time.perf_counter() - epoch_start  # provisional, for the file
-            ckpt = make_checkpoint(
-                model_spec=spec, model_state=_unwrap(model).state_dict(), optimizer_state=optimizer.state_dict(),
-                scheduler_state=schedule.state_dict(), epoch=epoch, metrics=metrics, recipe=recipe,
-                spec_sha256=spec_sha256, extra={"loop_state": {"best": best, "bad_epochs": bad_epochs}})
-            checkpoint_dir = str(write_checkpoints(ckpt, session.checkpoint_root(), is_best=is_best))
+            root = session.checkpoint_root()
+            # Shards first (every rank; DeepSpeed only), then the consolidated checkpoint that
+            # names them: a crash in between leaves last.pt pointing at complete shards.
+            shards = strategy.save_shards(root, epoch)
+            model_state = strategy.model_state_dict()  # full fp32 weights on rank zero; a collective
+            if session.is_rank_zero:
+                ckpt = make_checkpoint(
+                    model_spec=spec, model_state=model_state, optimizer_state=strategy.optimizer_state_dict(),
+                    scheduler_state=schedule.state_dict(), epoch=epoch, metrics=metrics, recipe=recipe,
+                    spec_sha256=spec_sha256,
+                    extra={"loop_state": {"best": best, "bad_epochs": bad_epochs}, **strategy.checkpoint_extra(epoch)})
+                write_checkpoints(ckpt, root, is_best=is_best)
+            checkpoint_dir = str(root) if session.is_rank_zero or shards else None
         metrics["epoch_s"] = time.perf_counter() - epoch_start
-        session.report(metrics, checkpoint_dir)
+        session.report(metrics, checkpoint_dir, shards)
         last_metrics = metrics
         if stop_reason is not None:
             break
@@ -245,7 +245,8 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
         # sweep) still ends with a result and its checkpoint.
         last_metrics["stop_reason"] = "completed"
         has_files = tcfg["checkpoint"] and session.is_rank_zero
-        session.report(dict(last_metrics), session.checkpoint_root() if has_files else None)
+        session.report(dict(last_metrics), session.checkpoint_root() if has_files else None,
+                       _last_shards(session, ckpt) if tcfg["checkpoint"] else ())
     return last_metrics
 
 
@@ -264,20 +265,6 @@ def _with_defaults(cfg: dict) -> dict:
         return given
 
     return merge(schema.defaults(), cfg)
-
-
-def _precision(precision: str, device: torch.device):
-    """An autocast context factory and a GradScaler (fp16 only) for ``precision``."""
-    if precision == "fp32":
-        return contextlib.nullcontext, None
-    if precision == "bf16":
-        return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)), None
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise RecipeConfigError(f"train.precision fp16 needs a CUDA GPU but the trial runs on {device}; "
-                                    f"use bf16 (or fp32), or give the trial a GPU")
-        return (lambda: torch.autocast("cuda", dtype=torch.float16)), torch.amp.GradScaler("cuda")
-    raise RecipeConfigError(f"train.precision {precision!r} is not a precision; use fp32, bf16 or fp16")
 
 
 def _seed_all(seed: int) -> None:
@@ -371,8 +358,14 @@ def _set_loader_epoch(loader: DataLoader, epoch: int, epoch_seed: int) -> None:
         sampler.generator.manual_seed(epoch_seed)
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "module", model)  # DDP (and friends) keep the real model here
+def _last_shards(session: Session, ckpt: dict | None) -> list[str]:
+    """This rank's shard files of a finished run's last checkpoint (re-reported on resume)."""
+    zero = (ckpt or {}).get("zero")
+    if not zero:
+        return []
+    from raytune_opt.strategies.deepspeed import shard_paths
+
+    return shard_paths(session.checkpoint_root(), zero["tag"], session.rank)
 
 
 @torch.no_grad()

@@ -3,13 +3,15 @@
 The loop (:func:`raytune_opt.recipe.loop.train`) only talks to a :class:`Session`: it asks
 it for the device and the rank, lets it wrap the model and the data loaders (DDP and a
 DistributedSampler under Ray Train; nothing locally), and hands it each epoch's metrics
-and checkpoint directory. :class:`LocalSession` runs one process with no framework.
+and checkpoint directory. :class:`LocalSession` runs one process with no framework. What
+differs between distributed strategies (DDP, DeepSpeed) is not here but in
+:mod:`raytune_opt.strategies`.
 """
 
 from __future__ import annotations
 
 import tempfile
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -47,12 +49,22 @@ class Session:
         """Shard the loader across ranks (identity here)."""
         return loader
 
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
-        """Receive one epoch's metrics and, on rank zero, the checkpoint directory."""
+    def report(self, metrics: dict, checkpoint_dir: str | None, shards: Sequence[str] = ()) -> None:
+        """Receive one epoch's metrics and the checkpoint directory.
+
+        Args:
+            metrics: the epoch's metrics (the same on every rank).
+            checkpoint_dir: on rank zero, the directory whose top-level files (``best.pt``,
+                ``last.pt``) are the checkpoint; on other ranks None, unless ``shards``.
+            shards: paths under ``checkpoint_dir`` this rank wrote as its shard of a sharded
+                checkpoint (DeepSpeed ZeRO); a session that persists checkpoints persists
+                every rank's shards with them.
+        """
         raise NotImplementedError
 
     def checkpoint_root(self) -> str:
-        """A directory this rank may write checkpoints to."""
+        """A directory this rank may write checkpoints to (under a strategy with sharded
+        checkpoints, the same directory on every rank)."""
         raise NotImplementedError
 
 
@@ -75,7 +87,7 @@ class LocalSession(Session):
         self._checkpoint_dir = checkpoint_dir
         self.reports: list[dict] = []
 
-    def report(self, metrics: dict, checkpoint_dir: str | None) -> None:
+    def report(self, metrics: dict, checkpoint_dir: str | None, shards: Sequence[str] = ()) -> None:
         self.reports.append(dict(metrics))
         if self.callback is not None:
             self.callback(metrics, checkpoint_dir)

@@ -37,7 +37,7 @@ class DDPSession(Session):
         return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
                           collate_fn=loader.collate_fn)
 
-    def report(self, metrics, checkpoint_dir):
+    def report(self, metrics, checkpoint_dir, shards=()):
         self.reports.append({**metrics, "checkpoint_dir": checkpoint_dir})
 
     def checkpoint_root(self):

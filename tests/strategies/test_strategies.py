@@ -1,0 +1,114 @@
+"""The strategy interface and DeepSpeed's config rules (fast: no training, no Ray)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from raytune_opt import _imports
+from raytune_opt.cli import main
+from raytune_opt.strategies import NAMES, Strategy, strategy_class
+from raytune_opt.strategies import deepspeed as ds
+
+ROOT = Path(__file__).resolve().parents[2]
+DS_SPEC = ROOT / "search_spaces" / "digits_deepspeed.yaml"
+HAS_DEEPSPEED = _imports.is_available("deepspeed")
+needs_deepspeed = pytest.mark.skipif(not HAS_DEEPSPEED, reason="needs the deepspeed extra")
+
+# What every strategy must implement (the rest has defaults in Strategy).
+ABSTRACT = ("setup", "sync_context", "backward", "step", "model_state_dict")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_strategy_implements_the_interface(name):
+    cls = strategy_class(name)
+    assert issubclass(cls, Strategy) and cls.name == name
+    for method in ABSTRACT:
+        assert getattr(cls, method) is not getattr(Strategy, method), f"{cls.__name__} lacks {method}"
+        assert inspect.signature(getattr(cls, method)) == inspect.signature(getattr(Strategy, method)), method
+
+
+def test_the_recipe_owns_its_keys_and_the_rest_passes_through():
+    train = {"batch_size": 16, "grad_accum_steps": 4, "grad_clip_norm": 2.0, "precision": "bf16",
+             "deepspeed": {"zero_optimization": {"stage": 3, "overlap_comm": True}, "steps_per_print": 5}}
+    cfg = ds.build_config(train)
+    assert cfg["zero_optimization"] == {"stage": 3, "overlap_comm": True} and cfg["steps_per_print"] == 5
+    assert (cfg["train_micro_batch_size_per_gpu"], cfg["gradient_accumulation_steps"], cfg["gradient_clipping"]) \
+        == (16, 4, 2.0)
+    assert cfg["bf16"] == {"enabled": True} and cfg["fp16"] == {"enabled": False}
+    assert "optimizer" not in cfg and "scheduler" not in cfg  # ours: the client optimizer, our schedule
+    assert "gradient_clipping" not in ds.build_config({**train, "grad_clip_norm": None})
+    with pytest.raises(ValueError, match="train.deepspeed.optimizer is set by train.optimizer"):
+        ds.build_config({**train, "deepspeed": {"optimizer": {"type": "Adam"}}})
+
+
+def _spec(tmp_path, body: str) -> str:
+    path = tmp_path / "spec.yaml"
+    path.write_text(body)
+    return str(path)
+
+
+@pytest.mark.parametrize("key, value, ours", [
+    ("train_micro_batch_size_per_gpu", "8", "train.batch_size"),
+    ("optimizer", "{type: Adam, params: {lr: 0.001}}", "train.optimizer"),
+    ("scheduler", "{type: WarmupLR}", "train.lr_schedule"),
+    ("bf16", "{enabled: true}", "train.precision"),
+    ("gradient_clipping", "1.0", "train.grad_clip_norm"),
+])
+def test_a_key_the_recipe_owns_is_a_validation_error_naming_both(tmp_path, capsys, key, value, ours):
+    spec = _spec(tmp_path, f"train:\n  strategy: deepspeed\n  deepspeed:\n    {key}: {value}\n")
+    assert main(["validate", spec]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert f"spec.yaml:4:5: train.deepspeed.{key}:" in line and ours in line
+
+
+def test_searching_a_key_the_recipe_owns_is_a_validation_error(tmp_path, capsys):
+    spec = _spec(tmp_path, "train:\n  strategy: deepspeed\nspace:\n"
+                           "  train.deepspeed.fp16.loss_scale: {choice: [0, 128]}\n")
+    assert main(["validate", spec]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "space.train.deepspeed.fp16.loss_scale:" in line and "train.precision" in line
+
+
+@needs_deepspeed
+def test_deepspeeds_own_classes_check_the_config_and_every_searched_option(tmp_path, capsys):
+    spec = _spec(tmp_path, "train:\n  strategy: deepspeed\n  deepspeed:\n    zero_optimization: {stage: 7}\n")
+    assert main(["validate", spec]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "train.deepspeed.zero_optimization.stage:" in line and "(got 7)" in line
+    spec = _spec(tmp_path, "train:\n  strategy: deepspeed\nspace:\n"
+                           "  train.deepspeed.zero_optimization.stage: {choice: [1, 2, 5]}\n"
+                           "  train.deepspeed.zero_optimization.overlap_comm: {choice: [true, false]}\n")
+    assert main(["validate", spec]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "space.train.deepspeed.zero_optimization.stage:" in line and "option 5" in line
+
+
+def test_fp16_without_a_gpu_is_a_validation_error_under_deepspeed(capsys):
+    assert main(["validate", str(DS_SPEC), "train.precision=fp16"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "train.precision: fp16 needs a GPU" in line
+
+
+@pytest.fixture
+def without_deepspeed(monkeypatch):
+    real = _imports.is_available
+    monkeypatch.setattr(_imports, "is_available", lambda module: module != "deepspeed" and real(module))
+
+
+def test_a_deepspeed_spec_without_the_extra_fails_validation_with_the_install_command(without_deepspeed, capsys):
+    assert main(["validate", str(DS_SPEC)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "train.strategy:" in lines[0] and "pip install 'raytune-opt[deepspeed]'" in lines[0]
+
+
+def test_searching_the_strategy_needs_the_extra_too(without_deepspeed, tmp_path, capsys):
+    spec = _spec(tmp_path, "space:\n  train.strategy: {choice: [ddp, deepspeed]}\n")
+    assert main(["validate", spec]) == 2
+    assert "pip install 'raytune-opt[deepspeed]'" in capsys.readouterr().err
+
+
+def test_a_ddp_spec_does_not_need_the_extra(without_deepspeed, capsys):
+    assert main(["validate", str(ROOT / "search_spaces" / "digits_cnn.yaml"), "--quiet"]) == 0
