@@ -7,6 +7,7 @@ directory; inside the job ``RAY_ADDRESS`` is set, so ``run`` joins the cluster.
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import shlex
 import sys
@@ -64,7 +65,9 @@ def working_dir_size(root: Path, excludes: list[str]) -> int:
         if path.is_file():
             total += path.stat().st_size
 
-    _dir_travel(root, [_get_excludes(root, excludes)], add, include_gitignore=True)
+    quiet = logging.getLogger("raytune_opt.working_dir")  # Ray logs every ignore file at INFO
+    quiet.setLevel(logging.WARNING)
+    _dir_travel(root, [_get_excludes(root, excludes)], add, include_gitignore=True, logger=quiet)
     return total
 
 

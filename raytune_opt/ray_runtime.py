@@ -33,12 +33,31 @@ def start(address: str | None, num_cpus: int | None = None) -> bool:
                  _node_ip_address="127.0.0.1", num_cpus=num_cpus or os.cpu_count(),
                  log_to_driver=False, configure_logging=True, logging_level="ERROR")
         return True
+    _probe(address)
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]}); "
                          "check the address (e.g. 127.0.0.1:6379 or ray://host:10001) and that the cluster runs") from None
     return False
+
+
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not minutes, when a HOST:PORT cluster address does not answer
+    (``ray.init`` retries an unreachable GCS for a long time)."""
+    import socket
+
+    if "://" in address or address == "auto" or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not port.isdigit():
+        raise UsageError(f"--address {address}: not HOST:PORT; write e.g. 127.0.0.1:6379 (the head's GCS port)")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise UsageError(f"--address {address}: cannot join the Ray cluster (nothing answers there: "
+                         f"{exc.strerror or exc}); check the address (the head's GCS port, 6379 by default) "
+                         "and that the cluster runs") from None
 
 
 def set_auth_mode(embedded: bool) -> str:
