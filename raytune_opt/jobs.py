@@ -23,7 +23,7 @@ WORKING_DIR_EXCLUDES = [".git", ".venv", "venv", "results", "**/__pycache__", "*
                         "benchmarks/out", "*.pt", "*.onnx", "*.engine"]
 WORKING_DIR_LIMIT = 100 * 1024 * 1024
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
-AGENT_WAIT_S = 60
+AGENT_WAIT_S = 180  # seconds; on a busy 2-core machine the job agent took over a minute
 
 
 def check_address(address: str) -> str:

@@ -11,29 +11,14 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from raytune_opt.errors import UsageError
 from raytune_opt.sweep import resume_sweep
+from tests._procs import kill_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "search_spaces" / "digits_cnn.yaml"
-
-
-def _kill_tree(pid: int) -> None:
-    """SIGKILL a process and every descendant, by PID (Ray's own processes included)."""
-    try:
-        parent = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    procs = [parent] + parent.children(recursive=True)
-    for p in procs:
-        try:
-            p.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=30)
 
 
 @pytest.mark.slow
@@ -58,7 +43,7 @@ def test_sigkill_of_the_driver_then_resume_loses_and_duplicates_nothing(local_ra
             pytest.fail("the sweep never checkpointed two trials")
         time.sleep(1)  # let Tune save its experiment state once more
     finally:
-        _kill_tree(proc.pid)
+        kill_tree(proc.pid, signal.SIGKILL)  # a crash, not a shutdown
         log.close()
     # Trials with checkpoints but not finished when the driver died: {trial dir: epochs done}.
     interrupted = {}

@@ -4,7 +4,6 @@ stopped by PID (never `ray stop`, which would stop every Ray process on the mach
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,8 +12,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-import psutil
 import pytest
+
+from tests._procs import kill_tree
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -23,27 +23,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def kill_tree(pid: int, first: int = signal.SIGTERM) -> None:
-    """Signal a process and all its descendants by PID; SIGKILL what is left after 20 s."""
-    try:
-        parent = psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return
-    procs = [parent] + parent.children(recursive=True)
-    for p in procs:
-        try:
-            p.send_signal(first)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=20)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=10)
 
 
 class HeadNode:
@@ -58,7 +37,12 @@ class HeadNode:
             [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={self.port}",
              f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
              "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={self.temp_dir}",
-             "--include-dashboard=true", "--disable-usage-stats"],
+             "--include-dashboard=true", "--disable-usage-stats",
+             # Fixed default ports (52365 for the job agent's HTTP server) collide between two
+             # nodes on one machine: the second agent then cannot bind and job submission
+             # answers "No available agent". Every node gets its own.
+             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+             f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.gcs = f"127.0.0.1:{self.port}"

@@ -1,0 +1,28 @@
+"""Stopping the processes a test started, by PID (never `ray stop`)."""
+
+from __future__ import annotations
+
+import signal
+
+import psutil
+
+
+def kill_tree(pid: int, first: int = signal.SIGTERM) -> None:
+    """Signal a process and all its descendants by PID; SIGKILL what is left after 20 s."""
+    try:
+        parent = psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return
+    procs = [parent] + parent.children(recursive=True)
+    for p in procs:
+        try:
+            p.send_signal(first)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=20)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=10)
