@@ -11,12 +11,12 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from raytune_opt import _atomic
 from raytune_opt.recipe.errors import CheckpointError
 from raytune_opt.recipe.models import build_model_from_spec
 
@@ -69,24 +69,11 @@ def _serialize(ckpt: dict) -> bytes:
     return buffer.getvalue()
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> Path:
     """Write ``ckpt`` to ``path`` atomically (temporary file in the same directory, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, _serialize(ckpt))
+    _atomic.write_bytes(path, _serialize(ckpt))
     return path
 
 
@@ -95,9 +82,9 @@ def write_checkpoints(ckpt: dict, directory: str | os.PathLike, *, is_best: bool
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     payload = _serialize(ckpt)  # serialize once, write once or twice
-    _atomic_write(directory / LAST, payload)
+    _atomic.write_bytes(directory / LAST, payload)
     if is_best:
-        _atomic_write(directory / BEST, payload)
+        _atomic.write_bytes(directory / BEST, payload)
     return directory
 
 
