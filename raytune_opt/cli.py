@@ -38,10 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(r)
     r.add_argument("--dry-run", action="store_true", help="every trial for a few batches on local Ray, one worker")
     r.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
-    r.add_argument("--storage", help="results directory; overrides storage.path")
+    r.add_argument("--storage", help="results directory or s3://BUCKET/PREFIX; overrides storage.path")
 
     pr = sub.add_parser("promote", help="export, quantize and build engines for an experiment's best trial")
-    pr.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME)")
+    pr.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME), or s3://BUCKET/PREFIX/NAME")
+    pr.add_argument("--endpoint-url", help="S3-compatible endpoint of an s3:// experiment (default: "
+                                           "$AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, else AWS)")
     pr.add_argument("--targets", help="comma-separated subset of onnx,int8,tensorrt (default: the spec's "
                                       "promote.targets)")
     pr.add_argument("--address", help="Ray cluster to build TensorRT engines on (default: $RAY_ADDRESS, else this "
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("submit", help="run a sweep on a Ray cluster as a Ray job")
     _add_spec_args(sb)
     sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
-    sb.add_argument("--storage", help="results directory on the cluster (shared by its nodes)")
+    sb.add_argument("--storage", help="results on the cluster: a directory shared by its nodes, or s3://BUCKET/PREFIX")
     sb.add_argument("--working-dir", default=".", help="uploaded with the job (default: .); the spec path is "
                                                        "relative to it")
     sb.add_argument("--dry-run", action="store_true", help="submit a dry run")
@@ -131,7 +133,7 @@ def _finish(outcome, spec, address) -> int:
     search = spec.data["search"]
     print()
     print(results.leaderboard(outcome.rows, search["metric"], search["mode"]))
-    print(f"results: {outcome.exp_dir} (results.csv, best.json, history/) in {outcome.wall_seconds:.0f} s")
+    print(f"results: {outcome.where} (results.csv, best.json, history/) in {outcome.wall_seconds:.0f} s")
     if outcome.best is None:
         print("raytune-opt: no trial succeeded; see the error column of results.csv", file=sys.stderr)
         return 1
@@ -141,21 +143,23 @@ def _finish(outcome, spec, address) -> int:
     if not spec.data["promote"]["enabled"]:
         return outcome.exit_code
     print()
-    return max(outcome.exit_code, _promote(outcome.exp_dir, None, address))
+    return max(outcome.exit_code, _promote(outcome.where, None, address, spec.data["storage"]["endpoint_url"]))
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    return _promote(args.experiment, args.targets, args.address)
+    return _promote(args.experiment, args.targets, args.address, args.endpoint_url)
 
 
-def _promote(exp_dir, targets, address) -> int:
+def _promote(exp_dir, targets, address, endpoint_url=None) -> int:
     """Promote, print the artifact table; 1 when an artifact failed (its manifest is written)."""
     from raytune_opt.promote import promote, table
 
-    manifest = promote(exp_dir, targets, address, log=lambda line: print(line, flush=True))
+    manifest = promote(exp_dir, targets, address, log=lambda line: print(line, flush=True),
+                       endpoint_url=endpoint_url)
     print()
     print(table(manifest))
-    print(f"manifest: {manifest['experiment']}/promotion/manifest.json")
+    where = str(exp_dir).rstrip("/") if str(exp_dir).startswith("s3://") else manifest["experiment"]
+    print(f"manifest: {where}/promotion/manifest.json")
     if manifest["status"] == "failed":
         failed = ", ".join(a["name"] for a in manifest["artifacts"] if a["status"] == "failed")
         print(f"raytune-opt: promotion failed ({failed}); see the reasons above and in the manifest", file=sys.stderr)

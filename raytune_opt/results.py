@@ -33,6 +33,7 @@ class TrialRow:
     checkpoint: str | None = None  # directory holding best.pt / last.pt
     error: str | None = None
     history: list = field(default_factory=list)
+    node_id: str = ""  # the Ray node that ran the trial (rank 0's, for several workers)
 
     @property
     def successful(self) -> bool:
@@ -67,13 +68,13 @@ def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], me
     out = io.StringIO()
     cols = (["trial_id", "status", "stop_reason", "epochs", "seconds", "train_seconds"]
             + [f"best_{m}" for m in METRIC_COLUMNS] + [f"last_{m}" for m in METRIC_COLUMNS]
-            + [f"config.{k}" for k in space_keys] + ["config", "checkpoint", "error"])
+            + [f"config.{k}" for k in space_keys] + ["config", "checkpoint", "node_id", "error"])
     w = csv.DictWriter(out, fieldnames=cols)
     w.writeheader()
     for r in rows:
         rec = {"trial_id": r.trial_id, "status": r.status, "stop_reason": r.stop_reason, "epochs": r.epochs,
                "seconds": round(r.seconds, 3), "train_seconds": round(r.train_seconds, 3),
-               "config": json.dumps(r.config, sort_keys=True), "checkpoint": r.checkpoint or "",
+               "config": json.dumps(r.config, sort_keys=True), "checkpoint": r.checkpoint or "", "node_id": r.node_id,
                "error": (r.error or "").splitlines()[-1][:300] if r.error else ""}
         for m in METRIC_COLUMNS:
             rec[f"best_{m}"] = r.best.get(m, "")
@@ -95,7 +96,7 @@ def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], me
         _atomic.write_json(exp_dir / "best.json", {
             "trial_id": best.trial_id, "metric": metric, "mode": mode, "value": best.best[metric],
             "config": best.config, "metrics": best.best, "epochs": best.epochs,
-            "checkpoint": str(Path(best.checkpoint) / "best.pt") if best.checkpoint else None,
+            "checkpoint": f"{best.checkpoint.rstrip('/')}/best.pt" if best.checkpoint else None,
             "spec_sha256": spec_sha256,
         })
     return best

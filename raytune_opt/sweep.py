@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raytune_opt import _atomic, ray_runtime, results, schedulers, searchers, trial
+from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
 from raytune_opt.errors import UsageError
 from raytune_opt.spec import Spec
 
@@ -35,23 +36,31 @@ RUN_FORMAT = "raytune-opt/experiment/v1"
 
 @dataclass
 class SweepOutcome:
-    exp_dir: Path
+    exp_dir: Path  # the experiment's local directory (an S3 experiment's local mirror)
     rows: list
     best: results.TrialRow | None
     wall_seconds: float
     spec: Spec | None = None
+    uri: str = ""  # where it lives: exp_dir, or s3://bucket/prefix/NAME
+
+    @property
+    def where(self) -> str:
+        return self.uri or str(self.exp_dir)
 
     @property
     def exit_code(self) -> int:
         return 0 if any(r.successful for r in self.rows) else 1
 
 
-def experiment_dir(spec: Spec, storage: str | None) -> Path:
-    root = storage or spec.data["storage"]["path"]
-    if root.startswith("s3://"):
-        raise UsageError(f"storage.path {root}: S3 storage is not supported yet (it lands with the cluster "
-                         "issue); use a local or shared-mount path")
-    return Path(root).expanduser().resolve() / spec.name
+def experiment_location(spec: Spec, storage_root: str | None) -> stores.Location:
+    """Where the sweep's experiment goes: ``--storage`` or ``storage.path``, then the name."""
+    return stores.locate(storage_root or spec.data["storage"]["path"], spec.name,
+                          spec.data["storage"]["endpoint_url"])
+
+
+def experiment_dir(spec: Spec, storage_root: str | None) -> Path:
+    """The experiment's local directory (the local mirror of an S3 experiment)."""
+    return experiment_location(spec, storage_root).local
 
 
 def dry_run_spec(spec: Spec) -> Spec:
@@ -89,11 +98,13 @@ def _trial_resources(spec: Spec) -> dict:
     return {"cpu": 0, "memory": 1}
 
 
-def _trainable(spec: Spec, exp_dir: Path, dry_run: bool):
+def _trainable(spec: Spec, loc: stores.Location, dry_run: bool):
     from ray import tune
 
-    trainable = trial.make_trainable(spec.data, spec.space, spec.sha256(), str(exp_dir),
-                                     force=DRY_RUN_FORCE if dry_run else None)
+    trainable = trial.make_trainable(spec.data, spec.space, spec.sha256(), loc.fs_path,
+                                     force=DRY_RUN_FORCE if dry_run else None,
+                                     endpoint_url=loc.endpoint_url if loc.remote else None,
+                                     remote=loc.remote)
     return tune.with_resources(trainable, _trial_resources(spec))
 
 
@@ -110,31 +121,28 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     source_text = Path(spec.source).read_text()
     if dry_run:
         spec = dry_run_spec(spec)
-    exp_dir = experiment_dir(spec, storage)
-    if (exp_dir / "results.csv").exists() or (exp_dir / "spec.yaml").exists():
-        raise UsageError(f"{exp_dir}: a sweep named '{spec.name}' already has results there; pass name=NEW_NAME "
+    loc = experiment_location(spec, storage)
+    exp_dir = loc.local
+    loc.check_writable()
+    if loc.exists("results.csv") or loc.exists("spec.yaml"):
+        raise UsageError(f"{loc.uri}: a sweep named '{spec.name}' already has results there; pass name=NEW_NAME "
                          "or --storage OTHER_DIR (or 'raytune-opt resume' it)")
     address = ray_runtime.resolve_address(address)
     if address is None or dry_run:  # on a cluster the data may live only on the worker nodes
         check_data(spec)
-    try:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        # What `resume` needs to rebuild exactly this sweep: the input spec, overrides, mode.
-        _atomic.write_text(exp_dir / RUN_INPUT, source_text)
-        _atomic.write_json(exp_dir / RUN_META, {"format": RUN_FORMAT, "spec_source": spec.source,
-                                                "overrides": list(spec.overrides), "dry_run": dry_run,
-                                                "spec_sha256": spec.sha256()})
-        _atomic.write_text(exp_dir / "spec.yaml", spec.to_yaml())
-    except OSError as exc:
-        raise UsageError(f"storage.path {exp_dir.parent}: cannot write the experiment there ({exc.strerror or exc}); "
-                         "pass --storage DIR with a writable directory") from None
-
     search = spec.data["search"]
     search_alg, param_space = searchers.build_searcher(spec)
+    if address is None:  # a bad storage path fails before Ray starts
+        _write_inputs(loc, spec, source_text, dry_run)
     embedded = ray_runtime.start(address)
     try:
+        if address is not None:
+            if not loc.remote:  # before anything is written there
+                # Checkpoints of trials on a node that does not see the directory would be lost.
+                stores.check_shared(exp_dir.parent)
+            _write_inputs(loc, spec, source_text, dry_run)
         tuner = tune.Tuner(
-            _trainable(spec, exp_dir, dry_run),
+            _trainable(spec, loc, dry_run),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=search["metric"], mode=search["mode"], search_alg=search_alg,
@@ -145,14 +153,33 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 reuse_actors=True,
             ),
             run_config=tune.RunConfig(
-                name=spec.name, storage_path=str(exp_dir.parent), verbose=verbose,
+                name=spec.name, verbose=verbose, **loc.tune_storage(),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
-        return _fit_and_record(tuner, spec, exp_dir)
+        return _fit_and_record(tuner, spec, loc)
     finally:
         ray_runtime.stop(embedded)
+
+
+def _write_inputs(loc: stores.Location, spec: Spec, source_text: str, dry_run: bool) -> None:
+    """The experiment's first files: what ``resume`` needs to rebuild exactly this sweep."""
+    exp_dir = loc.local
+    if loc.remote and exp_dir.exists():  # a stale mirror of an earlier experiment of that name
+        shutil.rmtree(exp_dir)
+    try:
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        _atomic.write_text(exp_dir / RUN_INPUT, source_text)
+        _atomic.write_json(exp_dir / RUN_META, {"format": RUN_FORMAT, "spec_source": spec.source,
+                                                "overrides": list(spec.overrides), "dry_run": dry_run,
+                                                "spec_sha256": spec.sha256(), "storage": loc.uri,
+                                                "endpoint_url": loc.endpoint_url})
+        _atomic.write_text(exp_dir / "spec.yaml", spec.to_yaml())
+    except OSError as exc:
+        raise UsageError(f"storage.path {exp_dir.parent}: cannot write the experiment there ({exc.strerror or exc}); "
+                         "pass --storage DIR with a writable directory") from None
+    loc.publish(RUN_INPUT, RUN_META, "spec.yaml")
 
 
 def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_errored: bool = False) -> SweepOutcome:
@@ -169,6 +196,9 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
 
     exp_dir = Path(exp_dir).expanduser().resolve()
     meta = _read_meta(exp_dir)
+    if stores.is_remote(meta.get("storage")):
+        raise UsageError(f"{exp_dir}: a local mirror of the S3 experiment {meta['storage']}; resuming an S3 "
+                         "experiment is not supported yet: start a new sweep (name=NEW_NAME)")
     spec = load_spec(exp_dir / RUN_INPUT, meta["overrides"])
     dry_run = bool(meta["dry_run"])
     if dry_run:
@@ -191,13 +221,14 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
                 for err in exp_dir.glob("trial_*/error.txt"):
                     shutil.rmtree(err.parent / trial.CKPT_DIR, ignore_errors=True)
             restart = tune.ResumeConfig.ResumeType.RESTART
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, exp_dir, dry_run),
+            tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, stores.from_uri(str(exp_dir)),
+                                                                          dry_run),
                                        _resume_config=tune.ResumeConfig(unfinished=restart, errored=restart))
         except (EOFError, OSError, ValueError, RuntimeError) as exc:  # truncated state (ray#58179)
             raise UsageError(f"{exp_dir}: Ray Tune's experiment state cannot be read ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); results.csv and trial_*/ "
                              "still hold what finished") from None
-        return _fit_and_record(tuner, spec, exp_dir)
+        return _fit_and_record(tuner, spec, stores.from_uri(str(exp_dir)))
     finally:
         ray_runtime.stop(embedded)
 
@@ -234,11 +265,12 @@ def _trial_dirname(t) -> str:
     return f"trial_{index}" if index.isdigit() else f"trial_{t.trial_id}"
 
 
-def _fit_and_record(tuner, spec: Spec, exp_dir: Path) -> SweepOutcome:
+def _fit_and_record(tuner, spec: Spec, loc: stores.Location) -> SweepOutcome:
+    exp_dir = loc.local
     started = time.monotonic()
     grid = tuner.fit()
     wall = time.monotonic() - started
-    rows = collect_rows(grid, spec)
+    rows = collect_rows(grid, spec, remote=loc.remote)
     search = spec.data["search"]
     try:  # atomic: a full or read-only disk leaves no half-written results.csv / best.json
         best = results.write_results(exp_dir, rows, [p.key for p in spec.space.params], search["metric"],
@@ -247,10 +279,11 @@ def _fit_and_record(tuner, spec: Spec, exp_dir: Path) -> SweepOutcome:
         raise UsageError(f"{exp_dir}: cannot write results.csv / best.json ({exc.strerror or exc}); the trials "
                          f"and their checkpoints are kept: free the disk, then 'raytune-opt resume {exp_dir}' "
                          "writes them") from None
-    return SweepOutcome(exp_dir, rows, best, wall, spec)
+    loc.publish("results.csv", "history", "best.json")
+    return SweepOutcome(exp_dir, rows, best, wall, spec, uri=loc.uri)
 
 
-def collect_rows(grid, spec: Spec) -> list[results.TrialRow]:
+def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRow]:
     """One row per trial of a Tune ResultGrid, in our terms."""
     metric, mode = spec.data["search"]["metric"], spec.data["search"]["mode"]
     planned = spec.data["train"]["epochs"]
@@ -279,12 +312,15 @@ def collect_rows(grid, spec: Spec) -> list[results.TrialRow]:
         else:
             status, reason = "ok", reason or "completed"
         ckpt = m.get("checkpoint_path") or (res.checkpoint.path if res.checkpoint else None)
+        if ckpt and remote and not stores.is_remote(ckpt):  # Ray's paths on S3 are bucket/key
+            ckpt = stores.S3 + ckpt
         rows.append(results.TrialRow(
             trial_id=trial_id, status=status, stop_reason=reason,
             config=searchers.flatten_config(res.config or {}, spec.space), epochs=epochs,
             seconds=float(m.get("time_total_s", 0.0) or 0.0),
             train_seconds=float(sum(h.get("epoch_s", 0.0) or 0.0 for h in history)),
             best=best, last=last, checkpoint=ckpt, error=str(res.error) if res.error else None, history=history,
+            node_id=str(m.get("node_id") or ""),
         ))
     return sorted(rows, key=lambda r: r.trial_id)
 

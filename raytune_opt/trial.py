@@ -69,6 +69,7 @@ class TuneSession(Session):
         from ray import tune
 
         staged = _stage(checkpoint_dir, True, shards) if checkpoint_dir else None
+        metrics = {**metrics, "node_id": _node_id()}
         try:  # Tune persists the checkpoint to storage before report() returns
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(staged) if staged else None)
         finally:
@@ -126,6 +127,7 @@ class TrainSession(Session):
             metrics = {**metrics, "rank_param_max_diff": _rank_param_max_diff(self._model)}
         # Rank 0 reports best.pt/last.pt (and its shard); every other rank its own shard only.
         # Train V2 merges the ranks' files into one checkpoint directory.
+        metrics = {**metrics, "node_id": _node_id()}
         has_files = checkpoint_dir and (self.is_rank_zero or shards)
         staged = _stage(checkpoint_dir, self.is_rank_zero, shards) if has_files else None
         try:  # uploaded synchronously (Train V2's default upload mode)
@@ -140,6 +142,13 @@ class TrainSession(Session):
 
     def checkpoint_root(self) -> str:
         return self._root
+
+
+def _node_id() -> str:
+    """The Ray node this process runs on (recorded in results.csv: where did each trial run?)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
 
 
 def _rank_param_max_diff(model) -> float:
@@ -185,15 +194,20 @@ def _train_worker(loop_config: dict) -> None:
 
 
 def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
-                   force: dict | None = None) -> Callable[[dict], None]:
+                   force: dict | None = None, *, remote: bool = False,
+                   endpoint_url: str | None = None) -> Callable[[dict], None]:
     """The Tune function trainable for a sweep.
 
     Args:
         base: the resolved spec (every setting at its fixed value).
         space: the search space; a trial's config holds its active parameters.
         spec_sha256: stored in every checkpoint.
-        exp_dir: the experiment directory (trial checkpoints and Train runs go there).
+        exp_dir: the experiment directory (trial checkpoints and Train runs go there); on S3
+            its ``bucket/prefix/NAME`` path.
         force: dotted settings applied after the trial's config (dry runs).
+        remote: the experiment is on S3: a trial keeps its own checkpoints in a local
+            temporary directory and Ray uploads what it reports to the bucket.
+        endpoint_url: the S3 endpoint (None: AWS).
     """
     base = {k: v for k, v in base.items() if k != "space"}
 
@@ -204,15 +218,27 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
 
         flat = searchers.flatten_config(config, space)
         cfg = apply(apply(base, flat), force or {})
-        # The trial's directory in the experiment (storage), not its local working directory
-        # (which lives in Ray's session temp dir and is gone after a restart).
-        ckpt_dir = own_checkpoint_dir(os.path.join(exp_dir, os.path.basename(tune.get_context().get_trial_dir())))
-        os.makedirs(ckpt_dir, exist_ok=True)
+        if remote:  # S3: Ray uploads the reported checkpoints; the trial's files are scratch
+            ckpt_dir = tempfile.mkdtemp(prefix="raytune_opt_ckpt_")
+        else:
+            # The trial's directory in the experiment (storage), not its local working directory
+            # (which lives in Ray's session temp dir and is gone after a restart).
+            ckpt_dir = own_checkpoint_dir(os.path.join(exp_dir, os.path.basename(tune.get_context().get_trial_dir())))
+            os.makedirs(ckpt_dir, exist_ok=True)
         resume = _resume_point(tune.get_checkpoint(), ckpt_dir)
-        if cfg["resources"]["num_workers"] == 1:
-            train(cfg, TuneSession(_device(cfg), _threads(cfg), ckpt_dir), spec_sha256=spec_sha256,
-                  resume_from=resume)
-            return
+        try:
+            if cfg["resources"]["num_workers"] == 1:
+                train(cfg, TuneSession(_device(cfg), _threads(cfg), ckpt_dir), spec_sha256=spec_sha256,
+                      resume_from=resume)
+                return
+            _fit_torch_trainer_in_tune(cfg, resume, ckpt_dir)
+        finally:
+            if remote:
+                shutil.rmtree(ckpt_dir, ignore_errors=True)
+
+    def _fit_torch_trainer_in_tune(cfg: dict, resume: str | None, ckpt_dir: str) -> None:
+        from ray import tune
+
         # Tune reuses this actor for the next trial once it has the last result, and waits only
         # TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) for this function to return. TorchTrainer.fit()
         # takes longer to shut its workers down; the reuse then fails, the actor is killed with the
@@ -220,7 +246,8 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
         # by Train's cleaner a minute later: the next trial's workers time out. Read per reuse, in
         # this process.
         os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
-        _fit_torch_trainer(cfg, spec_sha256, resume, exp_dir, tune.get_context().get_trial_id(), ckpt_dir)
+        _fit_torch_trainer(cfg, spec_sha256, resume, exp_dir, tune.get_context().get_trial_id(),
+                           None if remote else ckpt_dir, endpoint_url if remote else None, remote)
 
     return run_trial
 
@@ -249,7 +276,16 @@ def _resume_point(tune_checkpoint, ckpt_dir: str) -> str | None:
 
 
 def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir: str, trial_id: str,
-                       ckpt_dir: str) -> None:
+                       ckpt_dir: str | None, endpoint_url: str | None = None, remote: bool = False) -> None:
+    """Run the trial's TorchTrainer.
+
+    Args:
+        ckpt_dir: where rank 0 keeps best.pt/last.pt (and every rank its shard); None: each
+            rank a temporary directory (S3 storage: ranks may sit on nodes without the driver's disk).
+        remote: ``exp_dir`` is a ``bucket/prefix/NAME`` path on S3 at ``endpoint_url``.
+    """
+    from raytune_opt.storage import s3_filesystem
+
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -268,7 +304,8 @@ def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir:
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
             name=f"train-{trial_id}",  # named after the trial so it can be restored
-            storage_path=os.path.join(exp_dir, "train"),
+            storage_path=f"{exp_dir}/train",
+            storage_filesystem=s3_filesystem(endpoint_url) if remote else None,
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             # Train V2 retries worker-group start-up forever by default: a broken trial hangs.

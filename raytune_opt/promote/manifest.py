@@ -75,7 +75,7 @@ def build(source: Source, *, targets: list[str], artifacts: list[dict], inputs: 
         "experiment": str(source.exp_dir),
         "source": {
             "trial_id": source.trial_id, "metric": source.metric, "mode": source.mode, "value": source.value,
-            "epochs": source.epochs, "config": source.config, "checkpoint": str(source.checkpoint),
+            "epochs": source.epochs, "config": source.config, "checkpoint": source.checkpoint_origin or str(source.checkpoint),
             "checkpoint_sha256": source.checkpoint_sha256, "spec_sha256": source.spec_sha256,
         },
         "targets": targets,

@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from raytune_opt import _atomic
+from raytune_opt import _atomic, storage
 from raytune_opt.promote import export, manifest, measure, quantize, tensorrt
 from raytune_opt.promote.errors import PromotionError
 from raytune_opt.promote.select import Source, select_source
@@ -40,16 +40,20 @@ def parse_targets(targets) -> list[str]:
 
 
 def promote(exp_dir: str | Path, targets=None, address: str | None = None, *,
-            log: Callable[[str], None] | None = None) -> dict:
+            log: Callable[[str], None] | None = None, endpoint_url: str | None = None) -> dict:
     """Promote the best trial of the experiment in ``exp_dir`` into ``exp_dir/promotion/``.
 
     Args:
-        exp_dir: a directory written by ``raytune-opt run`` (``STORAGE/NAME``).
+        exp_dir: a directory written by ``raytune-opt run`` (``STORAGE/NAME``), or an
+            experiment on S3 (``s3://bucket/prefix/NAME``); its best checkpoint is read from
+            wherever best.json says it is.
         targets: a subset of :data:`TARGETS` (list or comma-separated string); None: the
             spec's ``promote.targets``. ``int8`` and ``tensorrt`` build the ONNX model too.
         address: a Ray cluster to build TensorRT engines on (default ``$RAY_ADDRESS``, or
             the Ray this process is connected to; else this machine, if it has a GPU).
         log: called with one line per step (the CLI passes ``print``).
+        endpoint_url: the S3 endpoint of an ``s3://`` experiment (default
+            ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``, else AWS).
 
     Returns:
         The manifest, as written to ``promotion/manifest.json``.
@@ -62,14 +66,19 @@ def promote(exp_dir: str | Path, targets=None, address: str | None = None, *,
         UsageError: ``address`` cannot be reached.
     """
     log = log or (lambda line: None)
-    source = select_source(exp_dir)
+    # An S3 experiment is promoted in its local mirror; the promotion is uploaded beside it.
+    loc = storage.from_uri(str(exp_dir), endpoint_url)
+    loc.fetch("spec.yaml", "best.json", "results.csv", f"{DIRNAME}/{manifest.FILENAME}")
+    source = select_source(loc.local)
     targets = parse_targets(source.promote_cfg["targets"] if targets is None else targets)
     # Decided first: joining a cluster that is not there should fail before minutes of work.
-    place = tensorrt.placement(address, str(source.exp_dir)) if "tensorrt" in targets else None
+    place = tensorrt.placement(address, loc.uri) if "tensorrt" in targets else None
     try:
-        return _promote(source, targets, place, log)
+        result = _promote(source, targets, place, log)
     finally:
         tensorrt.leave(place)
+    loc.publish(DIRNAME)
+    return result
 
 
 def _promote(source: Source, targets: list[str], place: tensorrt.Placement | None,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from raytune_opt import results
+from raytune_opt import results, storage
 from raytune_opt.promote.errors import NoSuccessfulTrialError, NotAnExperimentError
 
 _RERUN = "run the sweep again ('raytune-opt run SPEC') or pass another experiment directory"
@@ -37,6 +37,7 @@ class Source:
     checkpoint: Path  # best.pt of the trial
     checkpoint_sha256: str
     spec_sha256: str
+    checkpoint_origin: str = ""  # where best.json says it is (an s3:// URI for S3 experiments)
 
     @property
     def promote_cfg(self) -> dict:
@@ -79,7 +80,7 @@ def select_source(exp_dir: str | Path) -> Source:
             f"{best_path}: names trial {best.get('trial_id')} but results.csv's best by {metric} ({mode}) is trial "
             f"{expected}; the files disagree, {_RERUN}")
 
-    checkpoint = _locate_checkpoint(exp_dir, best)
+    checkpoint = _locate_checkpoint(exp_dir, best, (spec.get("storage") or {}).get("endpoint_url"))
     from raytune_opt.recipe.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)  # CheckpointError (exit 2) when unreadable
@@ -90,7 +91,9 @@ def select_source(exp_dir: str | Path) -> Source:
             f"{spec_sha[:12]}); {_RERUN}")
     return Source(exp_dir=exp_dir, spec=spec, trial_id=str(best["trial_id"]), metric=metric, mode=mode,
                   value=float(best["value"]), epochs=int(best.get("epochs") or 0),
-                  config=dict(best.get("config") or {}), checkpoint=checkpoint, checkpoint_sha256=sha256_file(checkpoint), spec_sha256=spec_sha)
+                  config=dict(best.get("config") or {}), checkpoint=checkpoint,
+                  checkpoint_sha256=sha256_file(checkpoint), spec_sha256=spec_sha,
+                  checkpoint_origin=str(best["checkpoint"]) if storage.is_remote(best["checkpoint"]) else "")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -101,12 +104,20 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _locate_checkpoint(exp_dir: Path, best: dict) -> Path:
-    """best.json's checkpoint, or the same file under ``exp_dir`` when the experiment was moved."""
+def _locate_checkpoint(exp_dir: Path, best: dict, endpoint_url: str | None = None) -> Path:
+    """best.json's checkpoint, or the same file under ``exp_dir`` when the experiment was moved.
+
+    A checkpoint on S3 (``s3://...``) is downloaded into ``exp_dir/.checkpoints/`` first.
+    """
     recorded = best.get("checkpoint")
     if not recorded:
         raise NoSuccessfulTrialError(f"{exp_dir / 'best.json'}: trial {best.get('trial_id')} has no checkpoint "
                                      f"(was train.checkpoint false?); promotion needs one, {_RERUN}")
+    if storage.is_remote(recorded):
+        local = exp_dir.joinpath(".checkpoints", *recorded.split("/")[-3:])
+        if not local.is_file():
+            storage.download(recorded, local, endpoint_url or storage.endpoint_from_env())
+        return local
     path = Path(recorded)
     if path.is_file():
         return path

@@ -84,6 +84,25 @@ def _name_check(value: Any) -> str | None:
     return None
 
 
+def _storage_path_check(value: Any) -> str | None:
+    if value.startswith("s3://"):
+        if not value[len("s3://"):].split("/", 1)[0]:
+            return "names no bucket; write s3://BUCKET/PREFIX"
+        return None
+    if "://" in value:
+        return (f"scheme '{value.split('://', 1)[0]}' is not supported; use a local or mounted directory, "
+                "or s3://BUCKET/PREFIX")
+    return None
+
+
+def _endpoint_check(value: Any) -> str | None:
+    import re
+
+    if value is not None and not re.fullmatch(r"https?://[^/\s:]+(:\d{1,5})?/?", value):
+        return "must be http(s)://HOST[:PORT], e.g. http://127.0.0.1:9000"
+    return None
+
+
 def _class_weights_check(value: Any) -> str | None:
     if value is None or value == "balanced":
         return None
@@ -235,8 +254,11 @@ SPEC = Section("A sweep spec.", {
         }),
     }),
     "storage": Section("Where results and checkpoints go.", {
-        "path": Field("str", "./results", "Local or shared directory, or s3://bucket/prefix.", tunable=False),
-        "endpoint_url": Field("str", None, "S3-compatible endpoint (e.g. http://127.0.0.1:9000); null: AWS.",
+        "path": Field("str", "./results", "Local directory, a directory mounted on every node, or "
+                      "s3://bucket/prefix (several nodes need one of the last two).", check=_storage_path_check,
+                      tunable=False),
+        "endpoint_url": Field("str", None, "S3-compatible endpoint (e.g. http://127.0.0.1:9000); null: "
+                              "$AWS_ENDPOINT_URL_S3 / $AWS_ENDPOINT_URL, else AWS.", check=_endpoint_check,
                               nullable=True, tunable=False),
     }),
 })

@@ -1,0 +1,263 @@
+"""Where an experiment lives: a local or mounted directory, or ``s3://bucket/prefix``.
+
+Ray Tune and Ray Train write trial results and checkpoints through a ``pyarrow`` filesystem
+(``RunConfig(storage_path, storage_filesystem)``); we hand them the same S3 filesystem, built
+once from ``storage.endpoint_url`` (S3-compatible servers: MinIO, Ceph, moto). Credentials come
+from the usual AWS chain on every node (``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY``, a
+profile, an instance role): we never put them in a spec or a log.
+
+The files the driver itself writes (``spec.yaml``, ``results.csv``, ``best.json``, the
+promotion) are written atomically into a local mirror and then uploaded, so the bucket holds the
+whole experiment and a reader never sees half a file (an S3 PUT is all-or-nothing).
+
+A local path on a cluster of several nodes must be visible from every node (NFS, EFS, a
+shared mount): :func:`check_shared` asks each node to read a marker the driver wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from raytune_opt.errors import UsageError
+
+S3 = "s3://"
+_CACHE_ENV = "RAYTUNE_OPT_CACHE"  # where S3 experiments are mirrored (default ~/.cache/raytune-opt)
+
+
+def is_remote(uri: str | os.PathLike | None) -> bool:
+    return str(uri or "").startswith(S3)
+
+
+def endpoint_from_env() -> str | None:
+    """The S3 endpoint AWS's own tools use: ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``."""
+    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_filesystem(endpoint_url: str | None):
+    """A pyarrow S3 filesystem for AWS (endpoint None) or an S3-compatible server."""
+    from pyarrow import fs
+
+    kwargs = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
+    if endpoint_url:
+        m = re.fullmatch(r"(https?)://([^/]+)/?", endpoint_url)
+        assert m, f"endpoint_url {endpoint_url!r} passed validation but is not scheme://host[:port]"
+        kwargs.update(scheme=m.group(1), endpoint_override=m.group(2))
+    return fs.S3FileSystem(**kwargs)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    assert uri.startswith(S3), uri
+    bucket, _, key = uri[len(S3):].partition("/")
+    return bucket, key.strip("/")
+
+
+def _s3_error(what: str, exc: OSError, endpoint_url: str | None) -> UsageError:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = endpoint_url or "AWS"
+    if "ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
+        fix = "set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or a profile / instance role) on every node"
+    elif "NETWORK_CONNECTION" in text or "curlCode" in text or "Couldn't connect" in text:
+        fix = "check storage.endpoint_url and that the S3 server runs"
+    else:
+        fix = "check the bucket, the credentials and storage.endpoint_url"
+    return UsageError(f"storage.path {what}: S3 at {where} refused ({text}); {fix}")
+
+
+@dataclass(frozen=True)
+class Location:
+    """One experiment's place.
+
+    Attributes:
+        uri: what users see: ``/abs/results/NAME`` or ``s3://bucket/prefix/NAME``.
+        local: the driver's directory for it: the experiment itself, or its local mirror.
+        endpoint_url: the S3 endpoint (None: AWS, or a local experiment).
+    """
+
+    uri: str
+    local: Path
+    endpoint_url: str | None = None
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.uri)
+
+    @property
+    def fs_path(self) -> str:
+        """The path Ray and pyarrow use: ``bucket/prefix/NAME`` (S3) or the local directory."""
+        return self.uri[len(S3):] if self.remote else str(self.local)
+
+    def filesystem(self):
+        """The pyarrow filesystem for Ray's ``storage_filesystem`` (None: local, Ray's default)."""
+        return s3_filesystem(self.endpoint_url) if self.remote else None
+
+    def tune_storage(self) -> dict:
+        """``RunConfig`` keyword arguments for the experiment's parent directory."""
+        parent = self.fs_path.rsplit("/", 1)[0] if self.remote else str(self.local.parent)
+        return {"storage_path": parent, "storage_filesystem": self.filesystem()}
+
+    def exists(self, rel: str) -> bool:
+        if not self.remote:
+            return (self.local / rel).exists()
+        from pyarrow import fs
+
+        try:
+            return self.filesystem().get_file_info(f"{self.fs_path}/{rel}").type != fs.FileType.NotFound
+        except OSError as exc:
+            raise _s3_error(self.uri, exc, self.endpoint_url) from None
+
+    def check_writable(self) -> None:
+        """S3: the bucket exists and takes a write (before Ray starts and minutes are spent).
+
+        Raises:
+            UsageError: no such bucket, no credentials, endpoint unreachable.
+        """
+        if not self.remote:
+            return
+        from pyarrow import fs
+
+        bucket, _ = split_s3(self.uri)
+        s3 = self.filesystem()
+        try:
+            if s3.get_file_info(bucket).type == fs.FileType.NotFound:
+                raise UsageError(f"storage.path {self.uri}: bucket '{bucket}' does not exist at "
+                                 f"{self.endpoint_url or 'AWS'}; create it first (aws s3 mb s3://{bucket}) or use "
+                                 "another bucket")
+            probe = f"{self.fs_path}/.raytune_opt_write_probe"
+            with s3.open_output_stream(probe) as out:
+                out.write(b"ok")
+            s3.delete_file(probe)
+        except OSError as exc:
+            raise _s3_error(self.uri, exc, self.endpoint_url) from None
+
+    def publish(self, *rels: str) -> None:
+        """Upload files or directories (relative to ``local``) to the bucket; no-op when local."""
+        if not self.remote:
+            return
+        from pyarrow import fs
+
+        s3 = self.filesystem()
+        local_fs = fs.LocalFileSystem()
+        try:
+            for rel in rels:
+                if (self.local / rel).exists():  # a file, or a directory copied recursively
+                    fs.copy_files(str(self.local / rel), f"{self.fs_path}/{rel}", source_filesystem=local_fs,
+                                  destination_filesystem=s3)
+        except OSError as exc:
+            raise _s3_error(self.uri, exc, self.endpoint_url) from None
+
+    def fetch(self, *rels: str) -> None:
+        """Download files (relative to the experiment) into ``local``; missing ones are skipped."""
+        if not self.remote:
+            return
+        for rel in rels:
+            if self.exists(rel):
+                download(f"{self.uri}/{rel}", self.local / rel, self.endpoint_url)
+
+
+def mirror_dir(uri: str) -> Path:
+    """The local mirror of an S3 experiment: ``$RAYTUNE_OPT_CACHE/s3/BUCKET/KEY``."""
+    bucket, key = split_s3(uri)
+    root = Path(os.environ.get(_CACHE_ENV) or Path.home() / ".cache" / "raytune-opt").expanduser()
+    return root.resolve() / "s3" / bucket / key
+
+
+def locate(root: str, name: str, endpoint_url: str | None = None) -> Location:
+    """The experiment ``name`` under ``storage.path`` (or ``--storage``) ``root``."""
+    if is_remote(root):
+        bucket, key = split_s3(root)
+        if not bucket:
+            raise UsageError(f"storage.path {root}: names no bucket; write s3://BUCKET/PREFIX")
+        uri = f"{S3}{bucket}/{key + '/' if key else ''}{name}"
+        return Location(uri, mirror_dir(uri), endpoint_url or endpoint_from_env())
+    if "://" in root:
+        raise UsageError(f"storage.path {root}: scheme '{root.split('://')[0]}' is not supported; use a local or "
+                         "mounted directory, or s3://bucket/prefix")
+    local = Path(root).expanduser().resolve() / name
+    return Location(str(local), local)
+
+
+def from_uri(uri: str, endpoint_url: str | None = None) -> Location:
+    """An existing experiment given as a directory or ``s3://bucket/prefix/NAME``."""
+    if is_remote(uri):
+        uri = uri.rstrip("/")
+        bucket, key = split_s3(uri)
+        if not bucket or not key:
+            raise UsageError(f"{uri}: not an experiment URI; write s3://BUCKET/PREFIX/NAME (what 'raytune-opt run' "
+                             "printed)")
+        return Location(uri, mirror_dir(uri), endpoint_url or endpoint_from_env())
+    local = Path(uri).expanduser().resolve()
+    return Location(str(local), local)
+
+
+def download(uri: str, dest: Path, endpoint_url: str | None) -> Path:
+    """Copy the S3 object or prefix ``uri`` to ``dest`` (atomically for a single file)."""
+    from pyarrow import fs
+
+    from raytune_opt import _atomic
+
+    s3 = s3_filesystem(endpoint_url)
+    path = uri[len(S3):]
+    try:
+        info = s3.get_file_info(path)
+        if info.type == fs.FileType.NotFound:
+            raise UsageError(f"{uri}: not found at {endpoint_url or 'AWS'}; check the URI (and storage.endpoint_url)")
+        if info.type == fs.FileType.Directory:
+            dest.mkdir(parents=True, exist_ok=True)
+            fs.copy_files(path, str(dest), source_filesystem=s3, destination_filesystem=fs.LocalFileSystem())
+            return dest
+        with s3.open_input_stream(path) as src:
+            _atomic.write_bytes(dest, src.read())
+        return dest
+    except OSError as exc:
+        raise _s3_error(uri, exc, endpoint_url) from None
+
+
+def _sees_marker(path: str, token: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.read() == token
+    except OSError:
+        return False
+
+
+def check_shared(directory: Path, timeout: float = 60.0) -> None:
+    """On a cluster of several nodes, check that every node sees ``directory`` (it is shared).
+
+    Ray itself cannot tell: each node would create the path on its own disk, and the
+    checkpoints of trials placed there would be invisible to the driver and to promotion.
+
+    Raises:
+        UsageError: a live node does not see a marker file the driver wrote there.
+    """
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    if len(nodes) < 2:
+        return
+    token = uuid.uuid4().hex
+    marker = directory / f".raytune_opt_shared_{token[:12]}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        marker.write_text(token)
+    except OSError as exc:
+        raise UsageError(f"storage.path {directory}: cannot write there ({exc.strerror or exc}); pass --storage "
+                         "with a writable directory shared by every node, or s3://bucket/prefix") from None
+    try:
+        probe = ray.remote(num_cpus=0, max_retries=0)(_sees_marker)
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+                .remote(str(marker), token) for n in nodes]
+        seen = ray.get(refs, timeout=timeout)
+    finally:
+        marker.unlink(missing_ok=True)
+    blind = [n for n, ok in zip(nodes, seen) if not ok]
+    if blind:
+        which = ", ".join(f"{n['NodeManagerAddress']} ({n['NodeID'][:8]})" for n in blind)
+        raise UsageError(f"storage.path {directory}: not shared by the cluster's {len(nodes)} nodes ({which} cannot "
+                         "see it); use s3://bucket/prefix (storage.endpoint_url for S3-compatible servers) or a "
+                         "directory mounted on every node")
