@@ -150,7 +150,11 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 max_concurrent_trials=spec.data["resources"]["max_concurrent_trials"],
                 trial_dirname_creator=_trial_dirname,
                 # A fresh actor per trial re-imports torch and Ray (~3 s here); ASHA lives on cheap trials.
-                reuse_actors=True,
+                # Not with several workers: a reused actor must first see its trial's function return,
+                # and a TorchTrainer.fit() that a scheduler stopped never returns (nothing stops its
+                # Train run); the next trial then fails ("Could not re-use actor") and the sweep hangs.
+                # A trial actor that is not reused is terminated, and its Train run with it.
+                reuse_actors=spec.data["resources"]["num_workers"] == 1,
             ),
             run_config=tune.RunConfig(
                 name=spec.name, verbose=verbose, **loc.tune_storage(),

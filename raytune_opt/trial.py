@@ -231,23 +231,11 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
                 train(cfg, TuneSession(_device(cfg), _threads(cfg), ckpt_dir), spec_sha256=spec_sha256,
                       resume_from=resume)
                 return
-            _fit_torch_trainer_in_tune(cfg, resume, ckpt_dir)
+            _fit_torch_trainer(cfg, spec_sha256, resume, exp_dir, tune.get_context().get_trial_id(),
+                               None if remote else ckpt_dir, endpoint_url if remote else None, remote)
         finally:
             if remote:
                 shutil.rmtree(ckpt_dir, ignore_errors=True)
-
-    def _fit_torch_trainer_in_tune(cfg: dict, resume: str | None, ckpt_dir: str) -> None:
-        from ray import tune
-
-        # Tune reuses this actor for the next trial once it has the last result, and waits only
-        # TUNE_FUNCTION_THREAD_TIMEOUT_S (default 2 s) for this function to return. TorchTrainer.fit()
-        # takes longer to shut its workers down; the reuse then fails, the actor is killed with the
-        # trainer's controller, and the workers' placement group (all the CPUs here) is freed only
-        # by Train's cleaner a minute later: the next trial's workers time out. Read per reuse, in
-        # this process.
-        os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "120")
-        _fit_torch_trainer(cfg, spec_sha256, resume, exp_dir, tune.get_context().get_trial_id(),
-                           None if remote else ckpt_dir, endpoint_url if remote else None, remote)
 
     return run_trial
 
