@@ -61,7 +61,7 @@ def test_asha_stopped_two_worker_trials_leave_no_placement_groups_or_actors(loca
     grid = ", ".join(f"{lr:.6e}" for lr in _lrs(N))
     spec = load_spec(DIGITS, [
         "search={algorithm: grid, num_samples: 1}", f"space={{train.optimizer.lr: {{grid: [{grid}]}}}}",
-        "scheduler={name: asha, grace_period: 1, reduction_factor: 2}",
+        "scheduler={name: asha, grace_period: 1, reduction_factor: 3}",  # stops below the 67th percentile
         "train.epochs=3", "train.limit_batches=4", "train.lr_schedule.warmup_epochs=0",
         # One trial at a time: every stopped trial then has a successor waiting for its actor (with
         # reuse, Tune handed it over and the successor failed after 120 s: see sweep.run_sweep).
