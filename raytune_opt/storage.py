@@ -16,6 +16,7 @@ shared mount): :func:`check_shared` asks each node to read a marker the driver w
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import uuid
@@ -30,6 +31,16 @@ _CACHE_ENV = "RAYTUNE_OPT_CACHE"  # where S3 experiments are mirrored (default ~
 
 def is_remote(uri: str | os.PathLike | None) -> bool:
     return str(uri or "").startswith(S3)
+
+
+def root_problem(root: str) -> str | None:
+    """What is wrong with a storage root (``storage.path`` or ``--storage``), or None."""
+    if is_remote(root):
+        return None if split_s3(root)[0] else "names no bucket; write s3://BUCKET/PREFIX"
+    if "://" in root:
+        return (f"scheme '{root.split('://', 1)[0]}' is not supported; use a local or mounted directory, "
+                "or s3://BUCKET/PREFIX")
+    return None
 
 
 def endpoint_from_env() -> str | None:
@@ -91,9 +102,13 @@ class Location:
         """The path Ray and pyarrow use: ``bucket/prefix/NAME`` (S3) or the local directory."""
         return self.uri[len(S3):] if self.remote else str(self.local)
 
+    @functools.cached_property
+    def _s3(self):
+        return s3_filesystem(self.endpoint_url)
+
     def filesystem(self):
         """The pyarrow filesystem for Ray's ``storage_filesystem`` (None: local, Ray's default)."""
-        return s3_filesystem(self.endpoint_url) if self.remote else None
+        return self._s3 if self.remote else None
 
     def tune_storage(self) -> dict:
         """``RunConfig`` keyword arguments for the experiment's parent directory."""
@@ -168,15 +183,13 @@ def mirror_dir(uri: str) -> Path:
 
 def locate(root: str, name: str, endpoint_url: str | None = None) -> Location:
     """The experiment ``name`` under ``storage.path`` (or ``--storage``) ``root``."""
+    problem = root_problem(root)  # the spec's value passed validation; --storage did not
+    if problem:
+        raise UsageError(f"storage.path {root}: {problem}")
     if is_remote(root):
         bucket, key = split_s3(root)
-        if not bucket:
-            raise UsageError(f"storage.path {root}: names no bucket; write s3://BUCKET/PREFIX")
         uri = f"{S3}{bucket}/{key + '/' if key else ''}{name}"
         return Location(uri, mirror_dir(uri), endpoint_url or endpoint_from_env())
-    if "://" in root:
-        raise UsageError(f"storage.path {root}: scheme '{root.split('://')[0]}' is not supported; use a local or "
-                         "mounted directory, or s3://bucket/prefix")
     local = Path(root).expanduser().resolve() / name
     return Location(str(local), local)
 

@@ -58,11 +58,6 @@ def experiment_location(spec: Spec, storage_root: str | None) -> stores.Location
                           spec.data["storage"]["endpoint_url"])
 
 
-def experiment_dir(spec: Spec, storage_root: str | None) -> Path:
-    """The experiment's local directory (the local mirror of an S3 experiment)."""
-    return experiment_location(spec, storage_root).local
-
-
 def dry_run_spec(spec: Spec) -> Spec:
     """The spec as --dry-run runs it: every setting in DRY_RUN_FORCE, FIFO scheduling."""
     from raytune_opt.space import apply
@@ -103,8 +98,7 @@ def _trainable(spec: Spec, loc: stores.Location, dry_run: bool):
 
     trainable = trial.make_trainable(spec.data, spec.space, spec.sha256(), loc.fs_path,
                                      force=DRY_RUN_FORCE if dry_run else None,
-                                     endpoint_url=loc.endpoint_url if loc.remote else None,
-                                     remote=loc.remote)
+                                     endpoint_url=loc.endpoint_url, remote=loc.remote)
     return tune.with_resources(trainable, _trial_resources(spec))
 
 

@@ -232,7 +232,7 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
                       resume_from=resume)
                 return
             _fit_torch_trainer(cfg, spec_sha256, resume, exp_dir, tune.get_context().get_trial_id(),
-                               None if remote else ckpt_dir, endpoint_url if remote else None, remote)
+                               None if remote else ckpt_dir, endpoint_url, remote)
         finally:
             if remote:
                 shutil.rmtree(ckpt_dir, ignore_errors=True)

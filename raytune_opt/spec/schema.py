@@ -85,14 +85,9 @@ def _name_check(value: Any) -> str | None:
 
 
 def _storage_path_check(value: Any) -> str | None:
-    if value.startswith("s3://"):
-        if not value[len("s3://"):].split("/", 1)[0]:
-            return "names no bucket; write s3://BUCKET/PREFIX"
-        return None
-    if "://" in value:
-        return (f"scheme '{value.split('://', 1)[0]}' is not supported; use a local or mounted directory, "
-                "or s3://BUCKET/PREFIX")
-    return None
+    from raytune_opt.storage import root_problem
+
+    return root_problem(value)
 
 
 def _endpoint_check(value: Any) -> str | None:
