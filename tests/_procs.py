@@ -1,10 +1,18 @@
-"""Stopping the processes a test started, by PID (never `ray stop`)."""
+"""Processes a test starts: a free loopback port for them, and stopping them by PID (never `ray stop`)."""
 
 from __future__ import annotations
 
 import signal
+import socket
 
 import psutil
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def kill_tree(pid: int, first: int = signal.SIGTERM) -> None:

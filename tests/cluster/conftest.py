@@ -4,7 +4,6 @@ stopped by PID (never `ray stop`, which would stop every Ray process on the mach
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -14,15 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests._procs import kill_tree
+from tests._procs import free_port, kill_tree
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _node_ports() -> list[str]:

@@ -59,16 +59,21 @@ def _env(head: HeadNode, s3: S3Server, tmp_path) -> dict:
     return {**head.env, **s3.creds, "RAYTUNE_OPT_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
 
 
+def _s3_sweep(head: HeadNode, s3: S3Server, tmp_path, name: str, *overrides: str) -> subprocess.CompletedProcess:
+    """``raytune-opt run`` of the digits spec on the cluster, into s3://BUCKET/exp/NAME."""
+    return _cli(["run", SPEC, f"name={name}", f"storage.path=s3://{s3.bucket}/exp",
+                 f"storage.endpoint_url={s3.endpoint}", "train.epochs=2", *overrides, "--address", head.gcs],
+                _env(head, s3, tmp_path))
+
+
 def _object(s3: S3Server, key: str) -> bytes:
     return s3.client().get_object(Bucket=s3.bucket, Key=key)["Body"].read()
 
 
 def test_sweep_on_two_nodes_with_s3_storage_and_promotion_from_the_bucket(cluster, s3, tmp_path):
     head, worker, _ = cluster
-    proc = _cli(["run", SPEC, "name=two-nodes", f"storage.path=s3://{s3.bucket}/exp",
-                 f"storage.endpoint_url={s3.endpoint}", "search.num_samples=4",
-                 "train.epochs=2", "resources.max_concurrent_trials=2", "promote.targets=[onnx,int8]", "--address", head.gcs],
-                _env(head, s3, tmp_path))
+    proc = _s3_sweep(head, s3, tmp_path, "two-nodes", "search.num_samples=4", "resources.max_concurrent_trials=2",
+                     "promote.targets=[onnx,int8]")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "results: s3://sweeps/exp/two-nodes" in proc.stdout
 
@@ -101,10 +106,8 @@ def test_sweep_on_two_nodes_with_s3_storage_and_promotion_from_the_bucket(cluste
 
 def test_two_worker_trial_with_a_rank_on_each_node_checkpoints_to_s3(cluster, s3, tmp_path):
     head, worker, _ = cluster
-    proc = _cli(["run", SPEC, "name=ddp-two-nodes", f"storage.path=s3://{s3.bucket}/exp",
-                 f"storage.endpoint_url={s3.endpoint}", "search.num_samples=1",
-                 "train.epochs=2", "resources.num_workers=2", "promote.enabled=false", "--address", head.gcs],
-                _env(head, s3, tmp_path))
+    proc = _s3_sweep(head, s3, tmp_path, "ddp-two-nodes", "search.num_samples=1", "resources.num_workers=2",
+                     "promote.enabled=false")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = list(csv.DictReader(io.StringIO(_object(s3, "exp/ddp-two-nodes/results.csv").decode())))
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["epochs"] == "2", rows

@@ -2,52 +2,22 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from raytune_opt.recipe.loop import train
-from raytune_opt.recipe.session import Session
+from tests._procs import free_port
+from tests._spawn import SpawnSession
 
 WORLD = 2
-
-
-class DDPSession(Session):
-    """What Ray Train's session does, in miniature: DDP and a DistributedSampler."""
-
-    def __init__(self, rank: int, world_size: int, checkpoint_dir: str):
-        self.rank, self.world_size = rank, world_size
-        self.device = torch.device("cpu")
-        self.num_threads = 1
-        self.reports: list[dict] = []
-        self._dir = checkpoint_dir
-
-    def prepare_model(self, model):
-        self.model = DistributedDataParallel(model)  # kept, so the test can compare parameters
-        return self.model
-
-    def prepare_loader(self, loader):
-        sampler = DistributedSampler(loader.dataset, num_replicas=self.world_size, rank=self.rank,
-                                     shuffle=isinstance(loader.sampler, RandomSampler), seed=0)
-        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                          collate_fn=loader.collate_fn)
-
-    def report(self, metrics, checkpoint_dir, shards=()):
-        self.reports.append({**metrics, "checkpoint_dir": checkpoint_dir})
-
-    def checkpoint_root(self):
-        return self._dir
 
 
 def _worker(rank: int, port: int, out_dir: str, cfg: dict) -> None:
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
-        session = DDPSession(rank, WORLD, out_dir)
+        session = SpawnSession(rank, WORLD, out_dir)
         train(cfg, session)
         params = {k: v.detach().clone() for k, v in session.model.module.named_parameters()}
         torch.save({"reports": session.reports, "params": params}, f"{out_dir}/rank{rank}.pt")
@@ -55,18 +25,12 @@ def _worker(rank: int, port: int, out_dir: str, cfg: dict) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_ranks_end_identical(tmp_path):
     cfg = {"seed": 0, "data": {"dataset": "digits"}, "model": {"name": "small_cnn", "width": 8, "dropout": 0.2},
            "train": {"epochs": 2, "limit_batches": 6, "grad_accum_steps": 2, "checkpoint": True,
                      "augment": {"hflip": 0.5}}}
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path), cfg), nprocs=WORLD, join=True)
+    mp.spawn(_worker, args=(free_port(), str(tmp_path), cfg), nprocs=WORLD, join=True)
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD))
     # Every rank reports the same numbers (averaged with all_reduce), except wall-clock ones.
     for a, b in zip(rank0["reports"], rank1["reports"]):

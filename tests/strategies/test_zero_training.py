@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from raytune_opt.recipe.checkpoint import load_model
 from raytune_opt.recipe.data import load_data
 from raytune_opt.recipe.loop import classification_metrics, train
-from raytune_opt.recipe.session import Session
+from tests._procs import free_port
+from tests._spawn import SpawnSession
 
 pytestmark = pytest.mark.slow
 
@@ -44,32 +42,6 @@ def _cfg(strategy: str, deepspeed: dict, epochs: int = EPOCHS) -> dict:
                       "optimizer": {"name": "adamw", "lr": 3e-3}, "strategy": strategy, "deepspeed": deepspeed}}
 
 
-class SpawnSession(Session):
-    """What Ray Train's session does, in miniature: DDP, a DistributedSampler, reports kept."""
-
-    def __init__(self, rank: int, world_size: int, checkpoint_dir: str):
-        self.rank, self.world_size = rank, world_size
-        self.device = torch.device("cpu")
-        self.num_threads = 1
-        self.reports: list[dict] = []
-        self._dir = checkpoint_dir
-
-    def prepare_model(self, model):
-        return DistributedDataParallel(model) if self.world_size > 1 else model
-
-    def prepare_loader(self, loader):
-        sampler = DistributedSampler(loader.dataset, num_replicas=self.world_size, rank=self.rank,
-                                     shuffle=isinstance(loader.sampler, RandomSampler), seed=0)
-        return DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
-                          collate_fn=loader.collate_fn)
-
-    def report(self, metrics, checkpoint_dir, shards=()):
-        self.reports.append({**metrics, "checkpoint_dir": checkpoint_dir, "shards": list(shards)})
-
-    def checkpoint_root(self):
-        return self._dir
-
-
 def _worker(rank: int, world: int, port: int, out: str, jobs: list) -> None:
     os.environ.update(LOCAL_RANK=str(rank), RANK=str(rank), WORLD_SIZE=str(world))  # as Ray Train sets them
     log_file = logging.FileHandler(f"{out}/rank{rank}.log")
@@ -86,14 +58,8 @@ def _worker(rank: int, world: int, port: int, out: str, jobs: list) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _spawn(world: int, out: Path, jobs: list) -> None:
-    mp.spawn(_worker, args=(world, _free_port(), str(out), jobs), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, free_port(), str(out), jobs), nprocs=world, join=True)
 
 
 def _val_accuracy(model) -> float:
