@@ -6,6 +6,10 @@ uses the epoch number the recipe reports (:data:`TIME_ATTR`) as its time unit.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import os
+import random
 from typing import Callable
 
 from raytune_opt.spec import Spec
@@ -23,13 +27,13 @@ def _max_t(spec: Spec) -> int:
     return max(p.domain.args) if p.domain.categorical else int(p.domain.args[1])
 
 
-def _fifo(spec: Spec):
+def _fifo(spec: Spec, where: dict):
     from ray.tune.schedulers import FIFOScheduler
 
     return FIFOScheduler()
 
 
-def _asha(spec: Spec):
+def _asha(spec: Spec, where: dict):
     from ray.tune.schedulers import ASHAScheduler
 
     s = spec.data["scheduler"]
@@ -37,14 +41,14 @@ def _asha(spec: Spec):
                          reduction_factor=s["reduction_factor"], brackets=s["brackets"])
 
 
-def _hyperband(spec: Spec):
+def _hyperband(spec: Spec, where: dict):
     from ray.tune.schedulers import HyperBandScheduler
 
     s = spec.data["scheduler"]
     return HyperBandScheduler(time_attr=TIME_ATTR, max_t=_max_t(spec), reduction_factor=s["reduction_factor"])
 
 
-def _median(spec: Spec):
+def _median(spec: Spec, where: dict):
     from ray.tune.schedulers import MedianStoppingRule
 
     s = spec.data["scheduler"]
@@ -52,27 +56,156 @@ def _median(spec: Spec):
                               min_samples_required=s["min_samples_required"])
 
 
-def _pbt(spec: Spec):
-    from ray.tune.schedulers import PopulationBasedTraining
-
+def _pbt(spec: Spec, where: dict):
     s = spec.data["scheduler"]
     seed = spec.data["search"]["seed"] if spec.data["search"]["seed"] is not None else spec.data["seed"]
-    import random
-
-    # PBT draws its perturbations from the global `random` module.
-    random.seed(seed)
-    return PopulationBasedTraining(
+    return _checkpointed_pbt_class()(
+        snapshots=f"{where['exp_dir']}/{PBT_SNAPSHOTS}", endpoint_url=where.get("endpoint_url"),
+        remote=where.get("remote", False), seed=seed,
         time_attr=TIME_ATTR, perturbation_interval=s["perturbation_interval"],
         quantile_fraction=s["quantile_fraction"],
-        hyperparam_mutations={p.key: p.domain.to_tune() for p in spec.space.params},
+        hyperparam_mutations={p.key: p.domain.to_tune() for p in spec.space.params if pbt_mutable(p.key)},
     )
 
 
-SCHEDULERS: dict[str, Callable[[Spec], object]] = {
+# What PBT may change in the middle of a trial, which goes on from another trial's weights,
+# optimizer and schedule state: not the model's shape, the data, the run's length, the
+# optimizer's or the schedule's kind. Other searched keys are sampled once and, on an exploit,
+# inherited from the donor with its weights (Ray's PBT copies the donor's whole config).
+_PBT_MUTABLE_PREFIXES = ("train.optimizer.", "train.lr_schedule.", "train.loss.", "train.augment.")
+_PBT_FIXED = {"train.optimizer.name", "train.lr_schedule.name", "train.loss.name"}
+_PBT_MUTABLE = {"train.batch_size", "train.grad_clip_norm", "train.grad_accum_steps", "model.dropout"}
+
+
+def pbt_mutable(key: str) -> bool:
+    """Whether PBT may perturb searched key ``key`` while a trial trains."""
+    return key in _PBT_MUTABLE or (key.startswith(_PBT_MUTABLE_PREFIXES) and key not in _PBT_FIXED)
+
+
+PBT_SNAPSHOTS = "pbt_snapshots"  # in the experiment: donors' last.pt, one directory per snapshot
+
+
+@contextlib.contextmanager
+def _seeded_global_random(seed: int):
+    """Run Ray's PBT explore step, which draws from the global ``random`` and ``numpy.random``,
+    from our own seed, then put both global generators back as they were."""
+    import numpy as np
+
+    saved, saved_np = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    try:
+        yield
+    finally:
+        random.setstate(saved)
+        np.random.set_state(saved_np)
+
+
+@functools.cache
+def _checkpointed_pbt_class():
+    from ray.tune import Checkpoint
+    from ray.tune.schedulers import PopulationBasedTraining
+
+    class CheckpointedPBT(PopulationBasedTraining):
+        """Ray's PBT, exploiting snapshots of the donor's own ``last.pt``.
+
+        Ray's PBT remembers the checkpoint a top trial had when it was judged, and hands it to
+        a bottom trial later; by then Tune's retention (one checkpoint per trial) may have
+        deleted it ("does not exist on storage anymore"), and trials of several workers
+        report no Tune checkpoint at all. Our trials keep their own ``ckpt/last.pt``
+        (replaced atomically every epoch), so when a trial is judged a top trial its
+        ``last.pt`` is snapshotted (a hard link; on S3 a server-side copy) into
+        ``pbt_snapshots/``; an exploit hands that snapshot over, and the bottom trial adopts
+        it (``trial._resume_point``). A snapshot is deleted once no trial can still ask for it.
+        Donors are drawn from our own seeded generator, not the driver's global ``random``.
+        """
+
+        def __init__(self, *, snapshots: str, remote: bool, endpoint_url: str | None, seed: int, **kwargs):
+            super().__init__(**kwargs)
+            self._snapshots, self._remote, self._endpoint_url = snapshots, remote, endpoint_url
+            self._rng = random.Random(seed)
+            self._made: set[str] = set()
+            self._count = 0
+            self.perturbations: list[dict] = []  # (time, trial, donor): what the scheduler did
+
+        def _fs(self):
+            from pyarrow import fs
+
+            from raytune_opt.storage import s3_filesystem
+
+            return s3_filesystem(self._endpoint_url) if self._remote else fs.LocalFileSystem()
+
+        def _snapshot(self, trial):
+            from pyarrow import fs
+
+            from raytune_opt.trial import CHECKPOINT_FILE, own_checkpoint_dir
+
+            src = f"{own_checkpoint_dir(trial.path)}/{CHECKPOINT_FILE}"
+            self._count += 1
+            dest = f"{self._snapshots}/{trial.trial_id}-{TIME_ATTR}{self._trial_state[trial].last_train_time}-{self._count}"
+            filesystem = self._fs()
+            try:
+                if self._remote:
+                    filesystem.create_dir(dest)
+                    filesystem.copy_file(src, f"{dest}/{CHECKPOINT_FILE}")
+                else:
+                    os.makedirs(dest, exist_ok=True)
+                    os.link(src, f"{dest}/{CHECKPOINT_FILE}")  # last.pt is replaced, never rewritten
+            except (FileNotFoundError, OSError) as exc:
+                if isinstance(exc, FileNotFoundError) or filesystem.get_file_info(src).type == fs.FileType.NotFound:
+                    return None  # no epoch checkpointed yet (or train.checkpoint: false)
+                raise
+            self._made.add(dest)
+            return Checkpoint(dest, filesystem if self._remote else None)
+
+        def _checkpoint_or_exploit(self, trial, tune_controller, upper_quantile, lower_quantile):
+            state = self._trial_state[trial]
+            if trial in upper_quantile:
+                state.last_checkpoint = self._snapshot(trial)
+                self._num_checkpoints += 1
+            else:
+                state.last_checkpoint = None  # not a top trial
+            if trial in lower_quantile:
+                donor = self._rng.choice(upper_quantile)
+                if self._trial_state[donor].last_checkpoint is None:
+                    return  # the donor has no checkpoint to give yet: explore nothing this time
+                self.perturbations.append({TIME_ATTR: state.last_train_time, "trial": trial.trial_id,
+                                           "donor": donor.trial_id})
+                self._exploit(tune_controller, trial, donor)
+            self._collect_garbage()
+
+        def _get_new_config(self, trial, trial_to_clone):
+            with _seeded_global_random(self._rng.getrandbits(63)):
+                return super()._get_new_config(trial, trial_to_clone)
+
+        def _collect_garbage(self) -> None:
+            """Delete snapshots nobody can ask for: no top trial holds it, no trial restores from it."""
+            live = {st.last_checkpoint.path for st in self._trial_state.values()
+                    if isinstance(st.last_checkpoint, Checkpoint)}
+            live |= {t.checkpoint.path for t in self._trial_state if t.checkpoint is not None}
+            for dest in self._made - live:
+                try:
+                    self._fs().delete_dir(dest)
+                except (FileNotFoundError, OSError):
+                    pass  # already gone; a leftover snapshot only costs disk
+                self._made.discard(dest)
+
+    CheckpointedPBT.__module__ = __name__
+    return CheckpointedPBT
+
+
+SCHEDULERS: dict[str, Callable[[Spec, dict], object]] = {
     "fifo": _fifo, "asha": _asha, "hyperband": _hyperband, "median": _median, "pbt": _pbt,
 }
 
 
-def build_scheduler(spec: Spec):
-    """The Ray Tune scheduler the spec names (metric and mode come from TuneConfig)."""
-    return SCHEDULERS[spec.data["scheduler"]["name"]](spec)
+def build_scheduler(spec: Spec, where: dict | None = None):
+    """The Ray Tune scheduler the spec names (metric and mode come from TuneConfig).
+
+    Args:
+        where: the experiment's storage, for schedulers that keep files there (PBT's
+            snapshots): ``{"exp_dir": fs path, "remote": bool, "endpoint_url": str | None}``.
+    """
+    name = spec.data["scheduler"]["name"]
+    assert where is not None or name != "pbt", "PBT keeps snapshots in the experiment: pass where"
+    return SCHEDULERS[name](spec, where or {})

@@ -216,36 +216,6 @@ def flatten_config(config: dict, space: Space) -> dict:
     return space.prune({k: v for k, v in flat.items() if k in space.by_key})
 
 
-def _variant_generator_class():
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    class VariantGenerator(BasicVariantGenerator):
-        """Ray's BasicVariantGenerator, minus a resume hang.
-
-        Its saved state includes the ids of the trials that were running; after a resume
-        those trials come back under new ids, the old ones never complete, and with
-        ``max_concurrent`` set the generator waits for them forever. A restored generator
-        forgets them.
-        """
-
-        def set_state(self, state):
-            super().set_state(state)
-            self._live_trials = set()
-
-    VariantGenerator.__module__, VariantGenerator.__qualname__ = __name__, "_VariantGenerator"
-    return VariantGenerator
-
-
-def __getattr__(name: str):
-    # Lazily defined (Ray is imported only when a sweep is built) yet importable by name,
-    # so that Tune can pickle the generator into the experiment state and restore it.
-    if name == "_VariantGenerator":
-        cls = _variant_generator_class()
-        globals()[name] = cls
-        return cls
-    raise AttributeError(name)
-
-
 def build_searcher(spec):
     """``(search_alg, param_space)`` for ``tune.Tuner`` as the spec asks, seeded from the spec."""
     search = spec.data["search"]
@@ -257,7 +227,9 @@ def build_searcher(spec):
         # An empty space runs num_samples copies of the fixed config, whatever the algorithm.
         # Tune applies max_concurrent_trials only to Searchers; a generator takes it itself.
         limit = spec.data["resources"]["max_concurrent_trials"] or 0
-        return __getattr__("_VariantGenerator")(random_state=seed, max_concurrent=limit), space.to_tune()
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=seed, max_concurrent=limit), space.to_tune()
     if key.startswith("optuna") or key == "random":
         from ray.tune.search.optuna import OptunaSearch
 

@@ -93,6 +93,11 @@ def _trial_resources(spec: Spec) -> dict:
     return {"cpu": 0, "memory": 1}
 
 
+def _scheduler(spec: Spec, loc: stores.Location):
+    return schedulers.build_scheduler(spec, {"exp_dir": loc.fs_path, "remote": loc.remote,
+                                             "endpoint_url": loc.endpoint_url})
+
+
 def _trainable(spec: Spec, loc: stores.Location, dry_run: bool):
     from ray import tune
 
@@ -140,7 +145,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=search["metric"], mode=search["mode"], search_alg=search_alg,
-                scheduler=schedulers.build_scheduler(spec), num_samples=search["num_samples"],
+                scheduler=_scheduler(spec, loc), num_samples=search["num_samples"],
                 max_concurrent_trials=spec.data["resources"]["max_concurrent_trials"],
                 trial_dirname_creator=_trial_dirname,
                 # A fresh actor per trial re-imports torch and Ray (~3 s here); ASHA lives on cheap trials.
@@ -211,17 +216,18 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
     embedded = ray_runtime.start(address)
     try:
         try:
-            # Tune's experiment state can name a checkpoint that num_to_keep=1 has deleted since
-            # (it is saved every few seconds, checkpoints every epoch): restoring it fails with
-            # "does not exist on storage anymore". So unfinished and errored trials are
-            # *restarted* and continue from their own ckpt/last.pt (trial._resume_point).
+            # Trials keep the same Tune ids (RESUME), so the restored searcher and its
+            # concurrency limit know every trial that comes back. Tune holds no checkpoint
+            # of ours that could have been deleted since its state was saved: an unfinished
+            # or errored trial starts its function again and continues from its own
+            # ckpt/last.pt (trial._resume_point).
             if restart_errored:
                 for err in exp_dir.glob("trial_*/error.txt"):
                     shutil.rmtree(err.parent / trial.CKPT_DIR, ignore_errors=True)
-            restart = tune.ResumeConfig.ResumeType.RESTART
+            again = tune.ResumeConfig.ResumeType.RESUME
             tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, stores.from_uri(str(exp_dir)),
                                                                           dry_run),
-                                       _resume_config=tune.ResumeConfig(unfinished=restart, errored=restart))
+                                       _resume_config=tune.ResumeConfig(unfinished=again, errored=again))
         except (EOFError, OSError, ValueError, RuntimeError) as exc:  # truncated state (ray#58179)
             raise UsageError(f"{exp_dir}: Ray Tune's experiment state cannot be read ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); results.csv and trial_*/ "
@@ -288,12 +294,15 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
     rows = []
     for res in grid:
         m = res.metrics or {}
-        trial_id = m.get("trial_id") or Path(res.path).name.removeprefix("trial_")
         history = []
         df = res.metrics_dataframe
+        # The trial's own id from its own results: after a PBT exploit, Tune's metrics of an
+        # errored trial can be the donor's last result.
+        ids = df["trial_id"].dropna() if df is not None and "trial_id" in df else ()
+        trial_id = (ids.iloc[-1] if len(ids) else None) or m.get("trial_id") or Path(res.path).name
         if df is not None and len(df):
             keep = [c for c in df.columns if c in _HISTORY_KEYS]
-            history = [{k: _plain(v) for k, v in rec.items()} for rec in df[keep].to_dict("records")]
+            history = [_history_row(rec, spec) for rec in df[keep].to_dict("records")]
         best = results.best_epoch(history, metric, mode)
         last = history[-1] if history else {}
         reason = m.get("stop_reason") or ""
@@ -309,12 +318,15 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
             status, reason = "stopped", f"stopped by {spec.data['scheduler']['name']} at epoch {epochs}"
         else:
             status, reason = "ok", reason or "completed"
-        ckpt = m.get("checkpoint_path") or (res.checkpoint.path if res.checkpoint else None)
+        ckpt = m.get(trial.TRIAL_CHECKPOINT) or m.get("checkpoint_path") or (res.checkpoint.path if res.checkpoint
+                                                                             else None)
         if ckpt and remote and not stores.is_remote(ckpt):  # Ray's paths on S3 are bucket/key
             ckpt = stores.S3 + ckpt
+        config = searchers.flatten_config(res.config or {}, spec.space)
+        if best and any(k.startswith("config.") for k in best):  # PBT: the config of the best epoch
+            config = {k.removeprefix("config."): v for k, v in best.items() if k.startswith("config.")}
         rows.append(results.TrialRow(
-            trial_id=trial_id, status=status, stop_reason=reason,
-            config=searchers.flatten_config(res.config or {}, spec.space), epochs=epochs,
+            trial_id=trial_id, status=status, stop_reason=reason, config=config, epochs=epochs,
             seconds=float(m.get("time_total_s", 0.0) or 0.0),
             train_seconds=float(sum(h.get("epoch_s", 0.0) or 0.0 for h in history)),
             best=best, last=last, checkpoint=ckpt, error=str(res.error) if res.error else None, history=history,
@@ -324,7 +336,19 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
 
 
 _HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
-                 "grad_norm", "lr", "samples_per_s", "epoch_s", "stop_reason", "rank_param_max_diff"}
+                 "grad_norm", "lr", "samples_per_s", "epoch_s", "stop_reason", "rank_param_max_diff",
+                 trial.TRIAL_CONFIG}
+
+
+def _history_row(rec: dict, spec: Spec) -> dict:
+    """One epoch of a trial's history; a PBT epoch's config becomes ``config.<key>`` columns."""
+    import json
+
+    row = {k: _plain(v) for k, v in rec.items() if k != trial.TRIAL_CONFIG}
+    config = rec.get(trial.TRIAL_CONFIG)
+    if isinstance(config, str) and config:
+        row.update({f"config.{k}": v for k, v in json.loads(config).items() if k in spec.space.by_key})
+    return row
 
 
 def _plain(v):

@@ -14,6 +14,7 @@ rank's shard, not only rank 0's (ray-project/ray#33369).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -27,6 +28,9 @@ from raytune_opt.space import Space, apply
 
 CHECKPOINT_FILE = "last.pt"
 CKPT_DIR = "ckpt"  # inside the trial directory: the trial's own best.pt / last.pt
+TRIAL_CONFIG = "trial_config"  # reported key under PBT: the config (JSON) this epoch trained with
+TRIAL_CHECKPOINT = "trial_checkpoint"  # reported key: the trial's own checkpoint directory (a URI)
+ADOPTED = "adopted_from.txt"  # in ckpt/: the PBT donor snapshot last.pt was last taken from
 
 
 def _stage(checkpoint_dir: str, top_level: bool = True, shards: Sequence[str] = ()) -> str:
@@ -54,27 +58,28 @@ def _stage(checkpoint_dir: str, top_level: bool = True, shards: Sequence[str] = 
 class TuneSession(Session):
     """The loop inside a Tune trial (one worker): reports go to ``ray.tune.report``.
 
-    Checkpoints are written to ``root`` (the trial's own ``ckpt/`` directory) and also
-    reported to Tune, which keeps one copy (``checkpoint_NNNNNN/``) for PBT and the results.
+    Checkpoints are written to ``root`` (the trial's own ``ckpt/`` directory) and are *not*
+    handed to Tune: Tune keeps one checkpoint per trial and its experiment state can name one
+    that has been deleted since, which then breaks a resume. The trial's own directory is
+    the one place a trial continues from (a resumed sweep, a PBT exploit: see
+    :func:`_resume_point`); each report names it as ``trial_checkpoint``.
     """
 
-    def __init__(self, device: str, num_threads: int | None, root: str):
+    def __init__(self, device: str, num_threads: int | None, root: str, store: "OwnStore", extra: dict | None = None):
         import torch
 
         self.device = torch.device(device)
         self.num_threads = num_threads
         self._root = root
+        self._store = store
+        self._extra = extra or {}  # reported with every epoch (PBT: the trial's current config)
 
     def report(self, metrics: dict, checkpoint_dir: str | None, shards: Sequence[str] = ()) -> None:
         from ray import tune
 
-        staged = _stage(checkpoint_dir, True, shards) if checkpoint_dir else None
-        metrics = {**metrics, "node_id": _node_id()}
-        try:  # Tune persists the checkpoint to storage before report() returns
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(staged) if staged else None)
-        finally:
-            if staged:
-                shutil.rmtree(staged, ignore_errors=True)
+        if checkpoint_dir:
+            self._store.push(checkpoint_dir)
+        tune.report({**metrics, **self._extra, "node_id": _node_id(), TRIAL_CHECKPOINT: self._store.uri})
 
     def close(self) -> None:
         pass  # the checkpoint directory is the trial's own: it must outlive the process
@@ -93,7 +98,8 @@ class TrainSession(Session):
             otherwise only rank 0 writes there and the others get a temporary directory.
     """
 
-    def __init__(self, num_threads: int | None, root: str | None = None, shared_checkpoints: bool = False):
+    def __init__(self, num_threads: int | None, root: str | None = None, shared_checkpoints: bool = False,
+                 store: "OwnStore | None" = None, extra: dict | None = None):
         import ray.train
         import ray.train.torch
 
@@ -107,6 +113,8 @@ class TrainSession(Session):
         self._temporary = root is None or (self.rank != 0 and not shared_checkpoints)
         self._root = tempfile.mkdtemp(prefix=f"raytune_opt_rank{self.rank}_") if self._temporary else root
         self._model = None
+        self._store = store  # rank 0 keeps the trial's own best.pt / last.pt there (S3: uploads)
+        self._extra = extra or {}
 
     def prepare_model(self, model):
         import ray.train.torch
@@ -127,7 +135,11 @@ class TrainSession(Session):
             metrics = {**metrics, "rank_param_max_diff": _rank_param_max_diff(self._model)}
         # Rank 0 reports best.pt/last.pt (and its shard); every other rank its own shard only.
         # Train V2 merges the ranks' files into one checkpoint directory.
-        metrics = {**metrics, "node_id": _node_id()}
+        metrics = {**metrics, **self._extra, "node_id": _node_id()}
+        if self._store is not None and self.is_rank_zero:
+            if checkpoint_dir:
+                self._store.push(checkpoint_dir)
+            metrics[TRIAL_CHECKPOINT] = self._store.uri
         has_files = checkpoint_dir and (self.is_rank_zero or shards)
         staged = _stage(checkpoint_dir, self.is_rank_zero, shards) if has_files else None
         try:  # uploaded synchronously (Train V2's default upload mode)
@@ -173,6 +185,58 @@ def _device(cfg: dict) -> str:
     return "cuda" if cfg["resources"]["gpus_per_worker"] > 0 and torch.cuda.is_available() else "cpu"
 
 
+class OwnStore:
+    """A trial's own checkpoint directory on the experiment's storage: ``<experiment>/trial_<n>/ckpt``.
+
+    Local (or mounted) storage: the loop writes there directly. S3: the loop writes into a
+    scratch directory and every report uploads what changed (``best.pt`` / ``last.pt``; one PUT
+    each, so a reader never sees half a file); :meth:`pull` brings them back for a resume.
+    Picklable: a multi-worker trial hands it to its rank 0.
+    """
+
+    def __init__(self, fs_dir: str, remote: bool = False, endpoint_url: str | None = None):
+        self.fs_dir = fs_dir  # local directory, or bucket/prefix/NAME/trial_<n>/ckpt
+        self.remote = remote
+        self.endpoint_url = endpoint_url
+        self._sent: dict[str, float] = {}
+
+    @property
+    def uri(self) -> str:
+        from raytune_opt.storage import S3
+
+        return S3 + self.fs_dir if self.remote else self.fs_dir
+
+    def _fs(self):
+        from raytune_opt.storage import s3_filesystem
+
+        return s3_filesystem(self.endpoint_url)
+
+    def pull(self, scratch: str) -> None:
+        """S3: download the trial's own files into ``scratch`` (nothing there yet: nothing to do)."""
+        if not self.remote:
+            return
+        from pyarrow import fs
+
+        s3 = self._fs()
+        for info in s3.get_file_info(fs.FileSelector(self.fs_dir, allow_not_found=True)):
+            if info.type == fs.FileType.File:
+                fs.copy_files(info.path, os.path.join(scratch, info.base_name), source_filesystem=s3,
+                              destination_filesystem=fs.LocalFileSystem())
+
+    def push(self, local_dir: str) -> None:
+        """S3: upload the top-level files of ``local_dir`` that changed since the last push."""
+        if not self.remote:
+            return
+        from pyarrow import fs
+
+        s3 = self._fs()
+        for f in Path(local_dir).iterdir():
+            if f.is_file() and not f.name.startswith(".") and self._sent.get(f.name) != f.stat().st_mtime:
+                fs.copy_files(str(f), f"{self.fs_dir}/{f.name}", source_filesystem=fs.LocalFileSystem(),
+                              destination_filesystem=s3)
+                self._sent[f.name] = f.stat().st_mtime
+
+
 def _train_worker(loop_config: dict) -> None:
     """``train_loop_per_worker`` of the TorchTrainer: the same loop, one DDP rank."""
     import ray.train
@@ -186,7 +250,8 @@ def _train_worker(loop_config: dict) -> None:
     if restored is not None:
         resume = os.path.join(restored.to_directory(), CHECKPOINT_FILE)
     shared = strategy_class(cfg["train"]["strategy"]).sharded_checkpoints
-    session = TrainSession(_threads(cfg), loop_config["checkpoint_root"], shared_checkpoints=shared)
+    session = TrainSession(_threads(cfg), loop_config["checkpoint_root"], shared_checkpoints=shared,
+                           store=loop_config["store"], extra=loop_config["extra"])
     try:
         train(cfg, session, spec_sha256=loop_config["spec_sha256"], resume_from=resume)
     finally:
@@ -205,8 +270,8 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
         exp_dir: the experiment directory (trial checkpoints and Train runs go there); on S3
             its ``bucket/prefix/NAME`` path.
         force: dotted settings applied after the trial's config (dry runs).
-        remote: the experiment is on S3: a trial keeps its own checkpoints in a local
-            temporary directory and Ray uploads what it reports to the bucket.
+        remote: the experiment is on S3: a trial keeps its checkpoints in a local scratch
+            directory and uploads them to its own directory in the bucket.
         endpoint_url: the S3 endpoint (None: AWS).
     """
     base = {k: v for k, v in base.items() if k != "space"}
@@ -218,21 +283,23 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
 
         flat = searchers.flatten_config(config, space)
         cfg = apply(apply(base, flat), force or {})
-        if remote:  # S3: Ray uploads the reported checkpoints; the trial's files are scratch
-            ckpt_dir = tempfile.mkdtemp(prefix="raytune_opt_ckpt_")
-        else:
-            # The trial's directory in the experiment (storage), not its local working directory
-            # (which lives in Ray's session temp dir and is gone after a restart).
-            ckpt_dir = own_checkpoint_dir(os.path.join(exp_dir, os.path.basename(tune.get_context().get_trial_dir())))
-            os.makedirs(ckpt_dir, exist_ok=True)
-        resume = _resume_point(tune.get_checkpoint(), ckpt_dir)
+        # The trial's directory in the experiment (storage), not its local working directory
+        # (which lives in Ray's session temp dir and is gone after a restart).
+        store = OwnStore(own_checkpoint_dir(f"{exp_dir}/{os.path.basename(tune.get_context().get_trial_dir())}"),
+                         remote, endpoint_url)
+        ckpt_dir = tempfile.mkdtemp(prefix="raytune_opt_ckpt_") if remote else store.fs_dir
+        os.makedirs(ckpt_dir, exist_ok=True)
         try:
+            store.pull(ckpt_dir)
+            resume = _resume_point(tune.get_checkpoint(), ckpt_dir, store)
+            # PBT changes a trial's config as it goes: every epoch says which config it trained with.
+            extra = {TRIAL_CONFIG: json.dumps(flat, sort_keys=True)} if base["scheduler"]["name"] == "pbt" else {}
             if cfg["resources"]["num_workers"] == 1:
-                train(cfg, TuneSession(_device(cfg), _threads(cfg), ckpt_dir), spec_sha256=spec_sha256,
+                train(cfg, TuneSession(_device(cfg), _threads(cfg), ckpt_dir, store, extra), spec_sha256=spec_sha256,
                       resume_from=resume)
                 return
             _fit_torch_trainer(cfg, spec_sha256, resume, exp_dir, tune.get_context().get_trial_id(),
-                               None if remote else ckpt_dir, endpoint_url, remote)
+                               None if remote else ckpt_dir, endpoint_url, remote, store, extra)
         finally:
             if remote:
                 shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -243,28 +310,54 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
 def own_checkpoint_dir(trial_dir: str) -> str:
     """``<experiment>/trial_<n>/ckpt``: the n-th proposed trial's own checkpoints.
 
-    Trial directories are named ``trial_<n>`` (sweep._trial_dirname). A trial that a resume
-    restarts gets a new Tune id and Tune makes its directory unique (``trial_<n>_1a2b``), so
-    the checkpoint directory is derived from ``n`` alone: the restarted trial finds the
-    checkpoints its first run wrote.
+    Trial directories are named ``trial_<n>`` (sweep._trial_dirname); should Tune ever make
+    one unique (``trial_<n>_1a2b``), the checkpoint directory is still derived from ``n``.
     """
-    path = Path(trial_dir)
-    m = re.fullmatch(r"(trial_\d+)(?:_[0-9a-z]+)?", path.name)
-    return str(path.parent / (m.group(1) if m else path.name) / CKPT_DIR)
+    parent, _, name = trial_dir.rstrip("/").rpartition("/")
+    m = re.fullmatch(r"(trial_\d+)(?:_[0-9a-z]+)?", name)
+    return f"{parent}/{m.group(1) if m else name}/{CKPT_DIR}"
 
 
-def _resume_point(tune_checkpoint, ckpt_dir: str) -> str | None:
-    """Where a trial continues from: a checkpoint Tune hands over (PBT exploit) first, else
-    the trial's own last checkpoint (a resumed sweep restarts unfinished trials and they
-    pick up here: Tune's recorded checkpoint may already be deleted, see sweep.resume_sweep)."""
-    if tune_checkpoint is not None:
-        return os.path.join(tune_checkpoint.to_directory(), CHECKPOINT_FILE)
+def _resume_point(handed_over, ckpt_dir: str, store: OwnStore) -> str | None:
+    """Where a trial continues from: its own ``last.pt``, if it has one.
+
+    ``handed_over`` is the checkpoint Tune gives the trial. Our trials report none to Tune,
+    so it is set only by a PBT exploit (:class:`raytune_opt.schedulers.CheckpointedPBT`): a
+    snapshot of the donor's ``last.pt``. The first time the trial sees a snapshot it *adopts*
+    it: the donor's weights, optimizer, schedule and epoch become its own ``last.pt``, keeping
+    its own best value (its ``best.pt`` stays the best of what *it* reported) — and notes the
+    snapshot in ``adopted_from.txt``, so a resumed sweep that hands the same snapshot over
+    again continues from the trial's newer ``last.pt`` instead.
+    """
     own = os.path.join(ckpt_dir, CHECKPOINT_FILE)
+    if handed_over is not None:
+        marker = os.path.join(ckpt_dir, ADOPTED)
+        seen = Path(marker).read_text().strip() if os.path.isfile(marker) else None
+        if seen != handed_over.path:
+            _adopt(os.path.join(handed_over.to_directory(), CHECKPOINT_FILE), own)
+            _atomic_write(marker, handed_over.path)
+            store.push(ckpt_dir)
     return own if os.path.isfile(own) else None
 
 
+def _adopt(donor_last: str, own_last: str) -> None:
+    from raytune_opt.recipe.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(donor_last)
+    mine = load_checkpoint(own_last) if os.path.isfile(own_last) else {}
+    ckpt["loop_state"] = {"best": (mine.get("loop_state") or {}).get("best"), "bad_epochs": 0}
+    save_checkpoint(ckpt, own_last)
+
+
+def _atomic_write(path: str, text: str) -> None:
+    from raytune_opt import _atomic
+
+    _atomic.write_text(Path(path), text)
+
+
 def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir: str, trial_id: str,
-                       ckpt_dir: str | None, endpoint_url: str | None = None, remote: bool = False) -> None:
+                       ckpt_dir: str | None, endpoint_url: str | None = None, remote: bool = False,
+                       store: OwnStore | None = None, extra: dict | None = None) -> None:
     """Run the trial's TorchTrainer.
 
     Args:
@@ -286,7 +379,7 @@ def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir:
     trainer = TorchTrainer(
         train_loop_per_worker=_train_worker,
         train_loop_config={"cfg": cfg, "spec_sha256": spec_sha256, "resume_from": resume,
-                           "checkpoint_root": ckpt_dir},
+                           "checkpoint_root": ckpt_dir, "store": store, "extra": extra or {}},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=res["num_workers"], use_gpu=use_gpu,
                                                resources_per_worker=per_worker),

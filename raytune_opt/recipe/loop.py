@@ -33,7 +33,7 @@ from raytune_opt.recipe.checkpoint import load_checkpoint, make_checkpoint, writ
 from raytune_opt.recipe.data import load_data
 from raytune_opt.recipe.losses import build_loss
 from raytune_opt.recipe.models import build_model, model_spec
-from raytune_opt.recipe.optim import build_optimizer, build_scheduler
+from raytune_opt.recipe.optim import build_optimizer, build_scheduler, hyperparameters, reapply_hyperparameters
 from raytune_opt.recipe.session import Session
 from raytune_opt.strategies import build_strategy
 
@@ -107,6 +107,7 @@ def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
     steps_per_epoch = math.ceil(batches_per_epoch / accum)
 
     optimizer = build_optimizer(model.parameters(), tcfg["optimizer"])
+    configured = hyperparameters(optimizer)  # before the schedule scales the lr
     schedule = build_scheduler(optimizer, tcfg["lr_schedule"], steps_per_epoch, epochs)
 
     # Early stopping and the best checkpoint both follow the sweep's metric.
@@ -123,6 +124,10 @@ def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
         loop_state = ckpt.get("loop_state") or {}
         best, bad_epochs = loop_state.get("best"), int(loop_state.get("bad_epochs", 0))
         last_metrics = dict(ckpt.get("metrics") or {})
+        # The optimizer and schedule states carry the lr, momentum... they were saved with. A
+        # PBT trial that adopted another trial's checkpoint trains on with its own, perturbed
+        # values (for a plain resume they are the same).
+        reapply_hyperparameters(optimizer, schedule, configured)
     check_every = _check_every(device, world_size)
     recipe = {key: copy.deepcopy(cfg[key]) for key in ("data", "model", "train")}
 

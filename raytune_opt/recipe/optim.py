@@ -185,6 +185,20 @@ class LRSchedule:
         self._apply()
 
 
+def hyperparameters(optimizer: torch.optim.Optimizer) -> list[dict]:
+    """Each parameter group's settings (lr, weight decay, momentum...), without its parameters."""
+    return [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+
+
+def reapply_hyperparameters(optimizer: torch.optim.Optimizer, schedule: "LRSchedule", configured: list[dict]) -> None:
+    """Put ``configured`` (:func:`hyperparameters` of a freshly built optimizer) back after a
+    restored state overwrote them, keeping the restored schedule position."""
+    for group, values in zip(optimizer.param_groups, configured):
+        group.update(values)
+    schedule.peaks = [values["lr"] for values in configured]
+    schedule._apply()
+
+
 def _cos_anneal(start: float, end: float, fraction: float) -> float:
     return end + (start - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, fraction))))
 

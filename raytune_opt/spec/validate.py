@@ -578,6 +578,12 @@ def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
         if space.is_conditional:
             rule("space", ("scheduler", "name"), "pbt cannot mutate a conditional space (got conditional parameters)",
                  "remove the conditions or use asha")
+        from raytune_opt.schedulers import pbt_mutable
+
+        if space and not any(pbt_mutable(p.key) for p in space.params):
+            rule("space", ("scheduler", "name"), "pbt can perturb none of the searched keys (got "
+                 f"{', '.join(p.key for p in space.params)}: they change the model, the data or the run)",
+                 "search an optimizer, loss, augmentation or schedule setting, train.batch_size or model.dropout")
         if not train["checkpoint"]:
             rule("train.checkpoint", ("train", "checkpoint"), "pbt copies checkpoints between trials (got false)",
                  "set it to true")
