@@ -539,7 +539,7 @@ def test_rayjob_entrypoint_runs_a_spec_inside_the_image():
 def test_rayjob_says_how_long_the_cluster_outlives_the_sweep():
     job = _rayjob()["spec"]
     assert job["shutdownAfterJobFinishes"] is True
-    header = "".join(line for line in (CLUSTER / "kuberay-rayjob.yaml").read_text().splitlines(True)
-                     if line.startswith("#"))
-    said = re.findall(r"deletes the\s+#?\s*cluster (\d+) minutes after the sweep ends", header)
+    header = " ".join(line.lstrip("#").strip() for line in (CLUSTER / "kuberay-rayjob.yaml").read_text().splitlines()
+                      if line.startswith("#"))
+    said = re.findall(r"deletes the cluster (\d+) minutes after the sweep ends", header)
     assert said == [str(job["ttlSecondsAfterFinished"] // 60)], (said, job["ttlSecondsAfterFinished"])
