@@ -280,7 +280,7 @@ def auth_problems(doc: dict) -> list[str]:
 def test_token_auth_goes_through_authoptions(kind):
     (doc,) = _kuberay_docs(kind)
     assert auth_problems(doc) == []
-    broken = _set(doc, "spec.rayClusterSpec" if kind == "RayJob" else "spec", copy.deepcopy(_cluster_spec(doc)))
+    broken = copy.deepcopy(doc)
     del _cluster_spec(broken)["authOptions"]
     assert any("authOptions is None" in p for p in auth_problems(broken))
 
@@ -310,6 +310,18 @@ def test_the_token_secret_is_the_one_users_are_told_to_create():
     assert env["RAY_AUTH_MODE"]["value"] == "token"  # the submitter's `ray job submit` needs both
     assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": SECRET, "key": SECRET_KEY}
 
+
+
+def test_the_secret_command_makes_the_key_the_operator_reads(tmp_path):
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl not installed")
+    token = tmp_path / "auth_token"
+    token.write_text("t0k3n")
+    args = CREATE_SECRET.replace("$HOME/.ray/auth_token", str(token)).split()[1:]
+    made = subprocess.run([kubectl, *args, "--dry-run=client", "-o", "yaml"], capture_output=True, text=True, check=True)
+    secret = yaml.safe_load(made.stdout)
+    assert (secret["kind"], secret["metadata"]["name"], set(secret["data"])) == ("Secret", SECRET, {SECRET_KEY})
 
 def volume_problems(doc: dict, claims: dict[str, dict]) -> list[str]:
     """Every claim a pod mounts is shipped, with an access mode that lets all of its pods
@@ -407,8 +419,10 @@ def test_pods_fit_the_node_types_of_the_launcher_config(kind):
                {"limits": {"cpu": "8", "memory": "32Gi"}})
     assert [p for p in fit_problems(fat, launcher) if p.startswith("head pod: asks cpu")]
     assert [p for p in fit_problems(fat, launcher) if p.startswith("head pod: asks memory")]
-    no_sidecar_spec = _set(doc, f"{path}.autoscalerOptions", {})   # the operator's default sidecar still counts
-    assert fit_problems(no_sidecar_spec, launcher) == fit_problems(doc, launcher)
+    # Without autoscalerOptions the operator's default sidecar (0.5 CPU) still counts.
+    full = _set(doc, f"{path}.headGroupSpec.template.spec.containers.0.resources", {"limits": {"cpu": "7.5", "memory": "1Gi"}})
+    del _cluster_spec(full)["autoscalerOptions"]
+    assert [p for p in fit_problems(full, launcher) if p.startswith("head pod: asks cpu 8")]
 
 
 def test_instance_memory_table_covers_the_launcher_node_types():
