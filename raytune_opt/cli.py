@@ -50,7 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
                                       "machine if it has a GPU)")
 
     rs = sub.add_parser("resume", help="continue an interrupted sweep, then promote its best trial")
-    rs.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME)")
+    rs.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME), or s3://BUCKET/PREFIX/NAME")
+    rs.add_argument("--endpoint-url", help="S3-compatible endpoint of an s3:// experiment (default: the one it ran "
+                                           "with, else $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL)")
     rs.add_argument("--restart-errored", action="store_true",
                     help="start errored trials from scratch (default: continue them from their last checkpoint)")
     rs.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
@@ -113,7 +115,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from raytune_opt.sweep import resume_sweep
 
     print(f"raytune-opt: resuming {args.experiment}", flush=True)
-    outcome = resume_sweep(args.experiment, address=args.address, restart_errored=args.restart_errored)
+    outcome = resume_sweep(args.experiment, address=args.address, restart_errored=args.restart_errored,
+                           endpoint_url=args.endpoint_url)
     return _finish(outcome, outcome.spec, args.address)
 
 

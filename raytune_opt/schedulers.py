@@ -42,10 +42,30 @@ def _asha(spec: Spec, where: dict):
 
 
 def _hyperband(spec: Spec, where: dict):
+    s = spec.data["scheduler"]
+    return _resumable_hyperband_class()(time_attr=TIME_ATTR, max_t=_max_t(spec), reduction_factor=s["reduction_factor"])
+
+
+@functools.cache
+def _resumable_hyperband_class():
+    from ray.tune.experiment import Trial
     from ray.tune.schedulers import HyperBandScheduler
 
-    s = spec.data["scheduler"]
-    return HyperBandScheduler(time_attr=TIME_ATTR, max_t=_max_t(spec), reduction_factor=s["reduction_factor"])
+    class ResumableHyperBand(HyperBandScheduler):
+        """Ray's HyperBand, minus a resume hang.
+
+        A resumed sweep adds every trial of the experiment again, finished ones included; a
+        finished trial in a bracket never reports, the bracket never reaches its milestone,
+        and the trials it paused wait forever. Finished trials are not added.
+        """
+
+        def on_trial_add(self, tune_controller, trial):
+            if trial.status in (Trial.TERMINATED, Trial.ERROR):
+                return
+            super().on_trial_add(tune_controller, trial)
+
+    ResumableHyperBand.__module__ = __name__
+    return ResumableHyperBand
 
 
 def _median(spec: Spec, where: dict):

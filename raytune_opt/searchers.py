@@ -7,6 +7,9 @@ express, are written as an Optuna define-by-run function or a HyperOpt nested ``
 
 from __future__ import annotations
 
+import functools
+import os
+import pickle
 from dataclasses import dataclass
 
 from raytune_opt.space import Space
@@ -216,6 +219,45 @@ def flatten_config(config: dict, space: Space) -> dict:
     return space.prune({k: v for k, v in flat.items() if k in space.by_key})
 
 
+@functools.cache
+def _limiter_class():
+    from ray.tune.search import ConcurrencyLimiter
+
+    class ResumableLimiter(ConcurrencyLimiter):
+        """Ray's ConcurrencyLimiter, whose saved state includes its own.
+
+        Ray's saves only the searcher it wraps: after a resume it has forgotten the trials that
+        were running, drops their completions (``trial_id not in self.live_trials``) and the
+        searcher never learns their results. Here one file holds both states.
+        """
+
+        def save(self, checkpoint_path: str) -> None:
+            inner = checkpoint_path + ".inner"
+            self.searcher.save(inner)
+            try:
+                with open(inner, "rb") as f:
+                    state = {"limiter": self.get_state(), "searcher": f.read()}
+            finally:
+                os.unlink(inner)
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(state, f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "rb") as f:
+                state = pickle.load(f)
+            inner = checkpoint_path + ".inner"
+            with open(inner, "wb") as f:
+                f.write(state["searcher"])
+            try:
+                self.searcher.restore(inner)
+            finally:
+                os.unlink(inner)
+            self.set_state(state["limiter"])
+
+    ResumableLimiter.__module__ = __name__
+    return ResumableLimiter
+
+
 def build_searcher(spec):
     """``(search_alg, param_space)`` for ``tune.Tuner`` as the spec asks, seeded from the spec."""
     search = spec.data["search"]
@@ -223,17 +265,27 @@ def build_searcher(spec):
     key = searcher_key(search["algorithm"], search["sampler"])
     seed = _seed(spec)
     metric, mode = search["metric"], search["mode"]
+    limit = spec.data["resources"]["max_concurrent_trials"] or 0
+    searcher, param_space = _searcher(spec, key, seed, metric, mode, limit)
+    from ray.tune.search import Searcher
+
+    if limit and isinstance(searcher, Searcher):  # a generator limits itself
+        searcher = _limiter_class()(searcher, max_concurrent=limit)
+    return searcher, param_space
+
+
+def _searcher(spec, key: str, seed: int, metric: str, mode: str, limit: int):
+    space = spec.space
     if not space or (key in ("grid", "random") and not space.is_conditional):
         # An empty space runs num_samples copies of the fixed config, whatever the algorithm.
-        # Tune applies max_concurrent_trials only to Searchers; a generator takes it itself.
-        limit = spec.data["resources"]["max_concurrent_trials"] or 0
+        # A generator takes the concurrency limit itself.
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         return BasicVariantGenerator(random_state=seed, max_concurrent=limit), space.to_tune()
     if key.startswith("optuna") or key == "random":
         from ray.tune.search.optuna import OptunaSearch
 
-        sampler = _optuna_sampler("random" if key == "random" else search["sampler"], seed)
+        sampler = _optuna_sampler("random" if key == "random" else spec.data["search"]["sampler"], seed)
         if space.is_conditional:
             return OptunaSearch(space=OptunaDefineByRun(space), metric=metric, mode=mode, sampler=sampler), {}
         return OptunaSearch(metric=metric, mode=mode, sampler=sampler), space.to_tune()

@@ -146,7 +146,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
             tune_config=tune.TuneConfig(
                 metric=search["metric"], mode=search["mode"], search_alg=search_alg,
                 scheduler=_scheduler(spec, loc), num_samples=search["num_samples"],
-                max_concurrent_trials=spec.data["resources"]["max_concurrent_trials"],
+                max_concurrent_trials=None,  # build_searcher applies resources.max_concurrent_trials
                 trial_dirname_creator=_trial_dirname,
                 # A fresh actor per trial re-imports torch and Ray (~3 s here); ASHA lives on cheap trials.
                 # Not with several workers: a reused actor must first see its trial's function return,
@@ -185,10 +185,16 @@ def _write_inputs(loc: stores.Location, spec: Spec, source_text: str, dry_run: b
     loc.publish(RUN_INPUT, RUN_META, "spec.yaml")
 
 
-def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_errored: bool = False) -> SweepOutcome:
+def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_errored: bool = False,
+                 endpoint_url: str | None = None) -> SweepOutcome:
     """Continue an interrupted sweep: finished trials stay, unfinished ones continue from
     their last checkpoint, errored ones are resumed (or restarted), and the searcher's state
     comes back so no config is proposed twice.
+
+    Args:
+        exp_dir: the experiment directory, or ``s3://BUCKET/PREFIX/NAME``.
+        endpoint_url: an S3 experiment's endpoint (default: the one it was run with, else
+            ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``).
 
     Raises:
         UsageError: the directory is not a raytune-opt experiment or its Tune state is unusable.
@@ -197,20 +203,18 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
 
     from raytune_opt.spec import load_spec
 
-    exp_dir = Path(exp_dir).expanduser().resolve()
-    meta = _read_meta(exp_dir)
-    if stores.is_remote(meta.get("storage")):
-        raise UsageError(f"{exp_dir}: a local mirror of the S3 experiment {meta['storage']}; resuming an S3 "
-                         "experiment is not supported yet: start a new sweep (name=NEW_NAME)")
-    spec = load_spec(exp_dir / RUN_INPUT, meta["overrides"])
+    loc = _resume_location(str(exp_dir), endpoint_url)
+    meta = _read_meta(loc.local)
+    spec = load_spec(loc.local / RUN_INPUT, meta["overrides"])
     dry_run = bool(meta["dry_run"])
     if dry_run:
         spec = dry_run_spec(spec)
     if spec.sha256() != meta["spec_sha256"]:
-        raise UsageError(f"{exp_dir}: the recorded spec no longer resolves to the same settings (another "
+        raise UsageError(f"{loc.uri}: the recorded spec no longer resolves to the same settings (another "
                          "raytune-opt version?); start a new sweep with 'raytune-opt run'")
-    if not tune.Tuner.can_restore(str(exp_dir)):
-        raise UsageError(f"{exp_dir}: Ray Tune's experiment state is missing (tuner.pkl / experiment_state-*.json); "
+    restore_path = loc.fs_path  # with a custom filesystem Ray takes the path without its scheme
+    if not tune.Tuner.can_restore(restore_path, storage_filesystem=loc.filesystem()):
+        raise UsageError(f"{loc.uri}: Ray Tune's experiment state is missing (tuner.pkl / experiment_state-*.json); "
                          "the sweep cannot be resumed — results.csv and trial_*/ still hold what finished")
     address = ray_runtime.resolve_address(address)
     embedded = ray_runtime.start(address)
@@ -222,19 +226,65 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
             # or errored trial starts its function again and continues from its own
             # ckpt/last.pt (trial._resume_point).
             if restart_errored:
-                for err in exp_dir.glob("trial_*/error.txt"):
-                    shutil.rmtree(err.parent / trial.CKPT_DIR, ignore_errors=True)
+                _forget_errored_checkpoints(loc)
             again = tune.ResumeConfig.ResumeType.RESUME
-            tuner = tune.Tuner.restore(str(exp_dir), trainable=_trainable(spec, stores.from_uri(str(exp_dir)),
-                                                                          dry_run),
+            tuner = tune.Tuner.restore(restore_path, trainable=_trainable(spec, loc, dry_run),
+                                       storage_filesystem=loc.filesystem(),
                                        _resume_config=tune.ResumeConfig(unfinished=again, errored=again))
         except (EOFError, OSError, ValueError, RuntimeError) as exc:  # truncated state (ray#58179)
-            raise UsageError(f"{exp_dir}: Ray Tune's experiment state cannot be read ({type(exc).__name__}: "
+            raise UsageError(f"{loc.uri}: Ray Tune's experiment state cannot be read ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); results.csv and trial_*/ "
                              "still hold what finished") from None
-        return _fit_and_record(tuner, spec, stores.from_uri(str(exp_dir)))
+        return _fit_and_record(tuner, spec, loc)
     finally:
         ray_runtime.stop(embedded)
+
+
+def _resume_location(exp_dir: str, endpoint_url: str | None) -> stores.Location:
+    """The experiment to resume; an S3 one gets a fresh local mirror of the run record."""
+    import json
+
+    if not stores.is_remote(exp_dir):
+        loc = stores.from_uri(exp_dir)
+        if loc.local.is_dir() and (loc.local / RUN_META).is_file():
+            try:
+                recorded = json.loads((loc.local / RUN_META).read_text()).get("storage")
+            except (ValueError, AttributeError):
+                recorded = None  # _read_meta says what is wrong
+            if stores.is_remote(recorded):
+                raise UsageError(f"{loc.local}: a local mirror of the S3 experiment {recorded}; resume the "
+                                 f"experiment itself: raytune-opt resume {recorded}")
+        return loc
+    loc = stores.from_uri(exp_dir, endpoint_url)
+    if not loc.exists(RUN_META):
+        raise UsageError(f"{loc.uri}: not a raytune-opt experiment (no {RUN_META} there); pass the URI "
+                         "'raytune-opt run' printed (s3://BUCKET/PREFIX/NAME)")
+    if loc.local.exists():
+        shutil.rmtree(loc.local)  # the bucket is the truth; a stale mirror must not mix in
+    loc.fetch(RUN_META, RUN_INPUT, "spec.yaml")
+    if endpoint_url is None:
+        try:
+            recorded = json.loads((loc.local / RUN_META).read_text()).get("endpoint_url")
+        except (ValueError, AttributeError):
+            recorded = None
+        if recorded:
+            loc = stores.Location(loc.uri, loc.local, recorded)
+    return loc
+
+
+def _forget_errored_checkpoints(loc: stores.Location) -> None:
+    """--restart-errored: errored trials start from scratch (their own ckpt/ is removed)."""
+    if not loc.remote:
+        for err in loc.local.glob("trial_*/error.txt"):
+            shutil.rmtree(err.parent / trial.CKPT_DIR, ignore_errors=True)
+        return
+    from pyarrow import fs
+
+    s3 = loc.filesystem()
+    for info in s3.get_file_info(fs.FileSelector(loc.fs_path, allow_not_found=True)):
+        if info.type == fs.FileType.Directory and info.base_name.startswith("trial_"):
+            if s3.get_file_info(f"{info.path}/error.txt").type == fs.FileType.File:
+                s3.delete_dir_contents(f"{info.path}/{trial.CKPT_DIR}", missing_dir_ok=True)
 
 
 def _read_meta(exp_dir: Path) -> dict:
@@ -302,7 +352,9 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
         trial_id = (ids.iloc[-1] if len(ids) else None) or m.get("trial_id") or Path(res.path).name
         if df is not None and len(df):
             keep = [c for c in df.columns if c in _HISTORY_KEYS]
-            history = [_history_row(rec, spec) for rec in df[keep].to_dict("records")]
+            history = [_history_row(rec, spec) for rec in df[keep + [c for c in ("replayed",) if c in df]]
+                       .to_dict("records")]
+            history = _without_replays(history)
         best = results.best_epoch(history, metric, mode)
         last = history[-1] if history else {}
         reason = m.get("stop_reason") or ""
@@ -338,6 +390,15 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
 _HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
                  "grad_norm", "lr", "samples_per_s", "epoch_s", "stop_reason", "rank_param_max_diff",
                  trial.TRIAL_CONFIG}
+
+
+def _without_replays(history: list[dict]) -> list[dict]:
+    """Drop the re-report of an epoch a resumed trial had already finished and reported."""
+    seen = {h.get("epoch") for h in history if not h.get("replayed")}
+    out = [h for h in history if not h.get("replayed") or h.get("epoch") not in seen]
+    for h in out:
+        h.pop("replayed", None)
+    return out
 
 
 def _history_row(rec: dict, spec: Spec) -> dict:

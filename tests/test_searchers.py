@@ -19,7 +19,29 @@ def _propose(spec, n: int) -> list[dict]:
     alg, param_space = searchers.build_searcher(spec)
     if param_space:
         alg.set_search_properties(spec.data["search"]["metric"], spec.data["search"]["mode"], param_space)
+    alg = getattr(alg, "searcher", alg)  # proposing n at once: past resources.max_concurrent_trials' limiter
     return [searchers.flatten_config(alg.suggest(f"t{i}"), spec.space) for i in range(n)]
+
+
+def test_the_concurrency_limiter_keeps_its_running_trials_across_save_and_restore(tmp_path):
+    from raytune_opt.spec import load_spec
+
+    spec = load_spec(DIGITS, ["resources.max_concurrent_trials=2"])
+    alg, param_space = searchers.build_searcher(spec)
+    alg.set_search_properties("val_accuracy", "max", param_space)
+    assert alg.suggest("a") and alg.suggest("b") and alg.suggest("c") is None  # two at a time
+    alg.save(str(tmp_path / "state.pkl"))
+    again, _ = searchers.build_searcher(spec)
+    again.set_search_properties("val_accuracy", "max", param_space)
+    again.restore(str(tmp_path / "state.pkl"))
+    assert again.live_trials == {"a", "b"}
+    # A trial that was running when the driver died completes after the resume: the searcher
+    # hears of it (Ray's own limiter forgot "a" and dropped its completion).
+    again.on_trial_result("a", {"val_accuracy": 0.5, "training_iteration": 1, "epoch": 1})
+    again.on_trial_complete("a", {"val_accuracy": 0.5, "training_iteration": 1, "epoch": 1})
+    assert again.live_trials == {"b"}
+    study = again.searcher._ot_study
+    assert [t.value for t in study.trials if t.state.name == "COMPLETE"] == [0.5]
 
 
 CONDITIONAL_SEARCHERS = [["search.algorithm=optuna", "search.sampler=tpe"],

@@ -249,6 +249,7 @@ def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
         # Report the finished run's last metrics once more so that a restarted trial (a resumed
         # sweep) still ends with a result and its checkpoint.
         last_metrics["stop_reason"] = "completed"
+        last_metrics["replayed"] = 1  # not a new epoch: the history keeps the first report of it
         has_files = tcfg["checkpoint"] and session.is_rank_zero
         session.report(dict(last_metrics), session.checkpoint_root() if has_files else None,
                        _last_shards(session, ckpt) if tcfg["checkpoint"] else ())

@@ -1,0 +1,142 @@
+"""Scheduler conformance: every scheduler the schema allows runs a real small sweep.
+
+For each: no trial errors; the scheduler's own decisions show in the results (stopped
+trials with their stop reason, or PBT's config changes in the history); checkpoints,
+best-trial selection and promotion work afterwards. Which searchers each scheduler runs
+with here: ``SCHEDULER_SEARCHERS`` (tests/test_sweep.py runs every searcher under ASHA and
+tests/test_resume.py more pairs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from raytune_opt import schedulers
+from raytune_opt.recipe.checkpoint import load_model
+from raytune_opt.spec import load_spec
+from raytune_opt.spec.schema import SCHEDULERS
+from raytune_opt.sweep import run_sweep
+
+ROOT = Path(__file__).resolve().parents[1]
+DIGITS = ROOT / "search_spaces" / "digits_cnn.yaml"
+# A wide lr range: some trials are hopeless, so a stopping rule has something to stop.
+WIDE = ("space={train.optimizer.lr: {loguniform: [1.0e-5, 3.0e-2]}, model.dropout: {uniform: [0.0, 0.4]}, "
+        "train.optimizer.weight_decay: {loguniform: [1.0e-6, 1.0e-2]}}")
+SCHEDULER_SEARCHERS = {
+    "fifo": ["search.algorithm=hyperopt"],
+    "asha": ["search.algorithm=optuna", "search.sampler=tpe"],
+    "hyperband": ["search.algorithm=random"],
+    "median": ["search.algorithm=optuna", "search.sampler=random"],
+    "pbt": ["search.algorithm=random"],
+}
+SETTINGS = {
+    "fifo": ["scheduler={name: fifo}", "search.num_samples=4", "train.epochs=3"],
+    "asha": ["scheduler={name: asha, grace_period: 1, reduction_factor: 2}", "search.num_samples=8",
+             "train.epochs=4"],
+    "hyperband": ["scheduler={name: hyperband, reduction_factor: 2}", "search.num_samples=8", "train.epochs=4"],
+    "median": ["scheduler={name: median, grace_period: 1, min_samples_required: 2}", "search.num_samples=8",
+               "train.epochs=4"],
+    # The issue's bar: PBT, 8 trials over 8 epochs, no errored trial.
+    "pbt": ["scheduler={name: pbt, perturbation_interval: 2, quantile_fraction: 0.25}", "search.num_samples=8",
+            "train.epochs=8"],
+}
+STOPPERS = {"asha", "hyperband", "median"}
+
+
+def test_the_conformance_test_covers_every_scheduler_of_the_schema():
+    assert set(SCHEDULER_SEARCHERS) == set(SETTINGS) == set(SCHEDULERS) == set(schedulers.SCHEDULERS)
+
+
+def _rows(exp: Path) -> list[dict]:
+    with open(exp / "results.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _history(exp: Path, trial_id: str) -> list[dict]:
+    with open(exp / "history" / f"{trial_id}.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(SETTINGS))
+def test_scheduler_runs_a_real_sweep_then_promotion(local_ray, tmp_path, name):
+    from raytune_opt.promote import promote
+
+    overrides = [*SCHEDULER_SEARCHERS[name], *SETTINGS[name], WIDE, "train.limit_batches=6", "search.seed=3",
+                 "resources.max_concurrent_trials=2", "promote.targets=[onnx]", f"name={name}"]
+    spec = load_spec(DIGITS, overrides)
+    outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
+    exp = outcome.exp_dir
+    rows = _rows(exp)
+    epochs = spec.data["train"]["epochs"]
+    assert len(rows) == spec.data["search"]["num_samples"]
+    assert [r for r in rows if r["status"] not in ("ok", "stopped")] == [], [(r["status"], r["error"]) for r in rows]
+    stopped = [r for r in rows if r["status"] == "stopped"]
+    if name in STOPPERS:  # its decisions: trials stopped early, saying by whom and when
+        assert stopped, [(r["epochs"], r["best_val_accuracy"]) for r in rows]
+        for r in stopped:
+            assert int(r["epochs"]) < epochs and r["stop_reason"] == f"stopped by {name} at epoch {r['epochs']}"
+    else:
+        assert not stopped and all(int(r["epochs"]) == epochs for r in rows), rows
+    if name == "pbt":
+        _assert_pbt_perturbed_and_reported_the_best_epochs_config(exp, rows, spec)
+
+    # Checkpoints, the best trial and promotion afterwards.
+    best = json.loads((exp / "best.json").read_text())
+    top = max(rows, key=lambda r: float(r["best_val_accuracy"]))
+    assert best["trial_id"] == top["trial_id"] and best["value"] == float(top["best_val_accuracy"])
+    model, ckpt = load_model(best["checkpoint"])
+    assert ckpt["metrics"]["val_accuracy"] == best["value"]  # best.pt is the best epoch's
+    manifest = promote(exp, "onnx", None, log=lambda line: None)
+    assert {a["name"]: a["status"] for a in manifest["artifacts"]} == {"onnx": "ok"}
+
+
+def _assert_pbt_perturbed_and_reported_the_best_epochs_config(exp: Path, rows: list[dict], spec) -> None:
+    changed = 0
+    for r in rows:
+        hist = _history(exp, r["trial_id"])
+        configs = [json.dumps({k: h[k] for k in h if k.startswith("config.")}, sort_keys=True) for h in hist]
+        changed += len(set(configs)) > 1
+        # The config reported for the trial is the one its best epoch trained with.
+        best = max(hist, key=lambda h: (float(h["val_accuracy"]), -int(float(h["epoch"]))))
+        reported = json.loads(r["config"])
+        for key in spec.space.by_key:
+            assert float(reported[key]) == pytest.approx(float(best[f"config.{key}"])), (r["trial_id"], key)
+    assert changed, "PBT never exploited a trial"  # its decisions: configs changed mid-run
+    assert (exp / "pbt_global.txt").stat().st_size > 0  # Ray's own log of every exploit
+
+
+def test_pbt_perturbs_only_keys_that_keep_the_model_shape():
+    assert schedulers.pbt_mutable("train.optimizer.lr") and schedulers.pbt_mutable("model.dropout")
+    assert schedulers.pbt_mutable("train.loss.label_smoothing") and schedulers.pbt_mutable("train.batch_size")
+    for key in ("model.width", "model.name", "train.epochs", "data.image_size", "train.optimizer.name",
+                "train.lr_schedule.name"):
+        assert not schedulers.pbt_mutable(key), key
+
+
+def test_pbt_explores_from_its_own_seed_and_leaves_the_global_random_alone():
+    random.seed(123)
+    expected = random.random()
+    random.seed(123)
+    with schedulers._seeded_global_random(7):
+        drawn = random.random()
+    assert random.random() == expected  # the driver's global generator is where it was
+    with schedulers._seeded_global_random(7):
+        assert random.random() == drawn  # the same seed draws the same perturbation
+    spec = load_spec(DIGITS, ["search.algorithm=random", "scheduler={name: pbt}"])
+    state = random.getstate()
+    schedulers.build_scheduler(spec, {"exp_dir": "/tmp/x", "remote": False, "endpoint_url": None})
+    assert random.getstate() == state  # building PBT seeds nothing global
+
+
+def test_a_pbt_space_with_nothing_pbt_may_perturb_is_refused():
+    from raytune_opt.errors import SpecError
+
+    with pytest.raises(SpecError, match="pbt can perturb none of the searched keys"):
+        load_spec(DIGITS, ["search.algorithm=random", "scheduler={name: pbt}",
+                           "space={model.width: {choice: [16, 32]}}"])
