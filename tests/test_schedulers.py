@@ -38,7 +38,8 @@ SETTINGS = {
     "fifo": ["scheduler={name: fifo}", "search.num_samples=4", "train.epochs=3"],
     "asha": ["scheduler={name: asha, grace_period: 1, reduction_factor: 2}", "search.num_samples=8",
              "train.epochs=4"],
-    "hyperband": ["scheduler={name: hyperband, reduction_factor: 2}", "search.num_samples=8", "train.epochs=4"],
+    "hyperband": ["scheduler={name: hyperband, reduction_factor: 2}", "search.num_samples=8", "train.epochs=4",
+                  "resources.max_concurrent_trials=null"],
     "median": ["scheduler={name: median, grace_period: 1, min_samples_required: 2}", "search.num_samples=8",
                "train.epochs=4"],
     # The bar: PBT, 8 trials over 8 epochs, no errored trial.
@@ -67,8 +68,8 @@ def _history(exp: Path, trial_id: str) -> list[dict]:
 def test_scheduler_runs_a_real_sweep_then_promotion(local_ray, tmp_path, name):
     from raytune_opt.promote import promote
 
-    overrides = [*SCHEDULER_SEARCHERS[name], *SETTINGS[name], WIDE, "train.limit_batches=6", "search.seed=3",
-                 "resources.max_concurrent_trials=2", "promote.targets=[onnx]", f"name={name}"]
+    overrides = [*SCHEDULER_SEARCHERS[name], WIDE, "train.limit_batches=6", "search.seed=3",
+                 "resources.max_concurrent_trials=2", *SETTINGS[name], "promote.targets=[onnx]", f"name={name}"]
     spec = load_spec(DIGITS, overrides)
     outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
     exp = outcome.exp_dir
@@ -93,7 +94,8 @@ def test_scheduler_runs_a_real_sweep_then_promotion(local_ray, tmp_path, name):
     model, ckpt = load_model(best["checkpoint"])
     assert ckpt["metrics"]["val_accuracy"] == best["value"]  # best.pt is the best epoch's
     manifest = promote(exp, "onnx", None, log=lambda line: None)
-    assert {a["name"]: a["status"] for a in manifest["artifacts"]} == {"onnx": "ok"}
+    assert {a["name"]: a["status"] for a in manifest["artifacts"]}["onnx"] == "ok"
+    assert manifest["status"] != "failed"
 
 
 def _assert_pbt_perturbed_and_reported_the_best_epochs_config(exp: Path, rows: list[dict], spec) -> None:
@@ -132,6 +134,17 @@ def test_pbt_explores_from_its_own_seed_and_leaves_the_global_random_alone():
     state = random.getstate()
     schedulers.build_scheduler(spec, {"exp_dir": "/tmp/x", "remote": False, "endpoint_url": None})
     assert random.getstate() == state  # building PBT seeds nothing global
+
+
+def test_hyperband_behind_a_concurrency_limit_or_a_sequential_searcher_is_refused():
+    from raytune_opt.errors import SpecError
+
+    with pytest.raises(SpecError) as err:
+        load_spec(DIGITS, ["scheduler={name: hyperband}"])  # optuna, max_concurrent_trials: 2
+    text = str(err.value)
+    assert "a limit of 2 keeps them from filling" in text and "optuna proposes one trial at a time" in text
+    load_spec(DIGITS, ["scheduler={name: hyperband}", "search.algorithm=random",
+                       "resources.max_concurrent_trials=null"])
 
 
 def test_a_pbt_space_with_nothing_pbt_may_perturb_is_refused():

@@ -569,6 +569,8 @@ def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
         rule("train.epochs scheduler.max_t", ("scheduler", "grace_period"),
              f"exceeds the epochs a trial can run (got {sched['grace_period']} > {max_t})",
              "lower scheduler.grace_period")
+    if sched["name"] == "hyperband":
+        _hyperband_checks(ck, search, res, space, rule)
     if sched["name"] == "pbt":
         if search["algorithm"] not in ("random", "grid"):
             rule("search.algorithm", ("scheduler", "name"), "pbt explores by itself and cannot be combined with a "
@@ -619,6 +621,21 @@ def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
             ck.add(("space", pkey), what, fix, at=ck.param_at.get(pkey))
     if "deepspeed" in values_of("train.strategy") and ck.ok("train.strategy", "train.deepspeed"):
         _deepspeed_checks(ck, train, space)
+
+
+def _hyperband_checks(ck: _Checker, search: dict, res: dict, space: Space, rule) -> None:
+    """Ray's HyperBand is synchronous: it pauses a bracket's trials until the whole bracket has
+    been admitted. Behind a concurrency limit, or a searcher that proposes one trial at a time,
+    brackets never fill and it stops nothing (measured: every trial ran to max_t)."""
+    if res["max_concurrent_trials"] is not None:
+        rule("scheduler.name", ("resources", "max_concurrent_trials"),
+             f"hyperband fills its brackets before it halves them; a limit of {res['max_concurrent_trials']} keeps "
+             "them from filling and it stops no trial", "remove it (resources per trial bound concurrency), or use "
+             "scheduler.name: asha")
+    if search["algorithm"] in ("optuna", "hyperopt") or (search["algorithm"] == "random" and space.is_conditional):
+        rule("search.algorithm", ("scheduler", "name"), "hyperband needs its brackets admitted at once, and "
+             f"{search['algorithm']} proposes one trial at a time (it would stop no trial)",
+             "use search.algorithm: random or grid with hyperband, or scheduler.name: asha")
 
 
 DEEPSPEED_DOCS = "see https://www.deepspeed.ai/docs/config-json/"
