@@ -157,6 +157,9 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
             ),
             run_config=tune.RunConfig(
                 name=spec.name, verbose=verbose, **loc.tune_storage(),
+                # On S3, Ray uploads the experiment state at most every sync_period (default 300 s):
+                # a resume would start from a state minutes old.
+                **({"sync_config": tune.SyncConfig(sync_period=10)} if loc.remote else {}),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0),
             ),

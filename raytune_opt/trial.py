@@ -30,6 +30,7 @@ CHECKPOINT_FILE = "last.pt"
 CKPT_DIR = "ckpt"  # inside the trial directory: the trial's own best.pt / last.pt
 TRIAL_CONFIG = "trial_config"  # reported key under PBT: the config (JSON) this epoch trained with
 TRIAL_CHECKPOINT = "trial_checkpoint"  # reported key: the trial's own checkpoint directory (a URI)
+OWNER = "owner.txt"  # in ckpt/: the Tune id of the trial whose checkpoints these are
 ADOPTED = "adopted_from.txt"  # in ckpt/: the PBT donor snapshot last.pt was last taken from
 
 
@@ -223,6 +224,17 @@ class OwnStore:
                 fs.copy_files(info.path, os.path.join(scratch, info.base_name), source_filesystem=s3,
                               destination_filesystem=fs.LocalFileSystem())
 
+    def owner(self) -> str | None:
+        """S3: the trial id in the directory's owner file, None without one."""
+        from pyarrow import fs
+
+        s3 = self._fs()
+        path = f"{self.fs_dir}/{OWNER}"
+        if s3.get_file_info(path).type != fs.FileType.File:
+            return None
+        with s3.open_input_stream(path) as f:
+            return f.read().decode().strip()
+
     def push(self, local_dir: str) -> None:
         """S3: upload the top-level files of ``local_dir`` that changed since the last push."""
         if not self.remote:
@@ -288,9 +300,8 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
         store = OwnStore(own_checkpoint_dir(f"{exp_dir}/{os.path.basename(tune.get_context().get_trial_dir())}"),
                          remote, endpoint_url)
         ckpt_dir = tempfile.mkdtemp(prefix="raytune_opt_ckpt_") if remote else store.fs_dir
-        os.makedirs(ckpt_dir, exist_ok=True)
         try:
-            store.pull(ckpt_dir)
+            _claim(store, ckpt_dir, tune.get_context().get_trial_id())
             resume = _resume_point(tune.get_checkpoint(), ckpt_dir, store)
             # PBT changes a trial's config as it goes: every epoch says which config it trained with.
             extra = {TRIAL_CONFIG: json.dumps(flat, sort_keys=True)} if base["scheduler"]["name"] == "pbt" else {}
@@ -305,6 +316,30 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
                 shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     return run_trial
+
+
+def _claim(store: "OwnStore", ckpt_dir: str, trial_id: str) -> None:
+    """Make ``ckpt_dir`` this trial's: pull what it left there before (a resume), or set aside
+    what another trial left under the same name.
+
+    A driver that dies between proposing trial ``n`` and saving Tune's experiment state comes
+    back without knowing that trial; its searcher proposes a new trial ``n`` (another config,
+    another id) whose directory already holds the forgotten trial's checkpoints. The owner
+    file tells them apart: nobody continues from another config's weights.
+    """
+    if store.remote:
+        if store.owner() in (None, trial_id):
+            store.pull(ckpt_dir)
+    else:
+        owner_file = os.path.join(ckpt_dir, OWNER)
+        owner = Path(owner_file).read_text().strip() if os.path.isfile(owner_file) else None
+        if owner not in (None, trial_id):
+            os.replace(ckpt_dir, f"{ckpt_dir}.{owner}")  # kept, not overwritten
+        elif owner is None and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+            os.replace(ckpt_dir, f"{ckpt_dir}.unowned")
+        os.makedirs(ckpt_dir, exist_ok=True)
+    _atomic_write(os.path.join(ckpt_dir, OWNER), trial_id)
+    store.push(ckpt_dir)
 
 
 def own_checkpoint_dir(trial_dir: str) -> str:

@@ -104,6 +104,60 @@ def test_sweep_on_two_nodes_with_s3_storage_and_promotion_from_the_bucket(cluste
     assert "manifest: s3://sweeps/exp/two-nodes/promotion/manifest.json" in again.stdout
 
 
+def test_an_s3_sweep_killed_mid_way_resumes_from_the_bucket_alone(cluster, s3, tmp_path):
+    import signal
+    import time
+
+    from tests._procs import kill_tree
+
+    head, _, _ = cluster
+    name = "s3-resume"
+    cmd = [str(VENV_BIN / "raytune-opt"), "run", SPEC, f"name={name}", f"storage.path=s3://{s3.bucket}/exp",
+           f"storage.endpoint_url={s3.endpoint}", "search={algorithm: random, num_samples: 4}",
+           "scheduler={name: fifo}", "train.epochs=16", "train.limit_batches=16", "promote.enabled=false",
+           "--address", head.gcs]
+    log = open(tmp_path / "driver.log", "w")
+    proc = subprocess.Popen(cmd, env=_env(head, s3, tmp_path), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    prefix = f"exp/{name}/"
+    try:
+        deadline, seen_at = time.monotonic() + 300, None
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            page = s3.client().list_objects_v2(Bucket=s3.bucket, Prefix=prefix).get("Contents", [])
+            lasts = [o for o in page if o["Key"].endswith("/ckpt/last.pt")]
+            if seen_at is None and len(lasts) >= 2:
+                seen_at = max(o["LastModified"] for o in lasts)
+            states = [o for o in page if "/experiment_state-" in o["Key"]]
+            if seen_at is not None and states and max(o["LastModified"] for o in states) > seen_at:
+                break  # the bucket's experiment state knows the running trials
+            time.sleep(0.5)
+        else:
+            pytest.fail("the sweep never checkpointed two trials and synced its state")
+    finally:
+        kill_tree(proc.pid, signal.SIGKILL)
+        log.close()
+    assert f"{prefix}results.csv" not in set(s3.keys(prefix))
+
+    # Nothing local: a fresh cache; the endpoint comes from the run record in the bucket.
+    env = {**_env(head, s3, tmp_path), "RAYTUNE_OPT_CACHE": str(tmp_path / "fresh")}
+    again = _cli(["resume", f"s3://{s3.bucket}/exp/{name}", "--address", head.gcs], env)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    rows = list(csv.DictReader(io.StringIO(_object(s3, f"{prefix}results.csv").decode())))
+    assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4, rows
+    assert all(r["status"] == "ok" and r["epochs"] == "16" for r in rows), rows
+    for r in rows:
+        hist = list(csv.DictReader(io.StringIO(_object(s3, f"{prefix}history/{r['trial_id']}.csv").decode())))
+        epochs = [int(float(h["epoch"])) for h in hist]
+        assert epochs == sorted(set(epochs)) and epochs[-1] == 16, (r["trial_id"], epochs)
+    # Trials interrupted mid-way went on from their last.pt in the bucket (one result line
+    # per epoch, epoch 1 once), not from scratch.
+    for key in s3.keys(prefix):
+        if key.endswith("/result.json"):
+            lines = [json.loads(x) for x in _object(s3, key).decode().splitlines() if x.strip()]
+            assert [x["epoch"] for x in lines].count(1) == 1, (key, [x["epoch"] for x in lines])
+
+
 def test_two_worker_trial_with_a_rank_on_each_node_checkpoints_to_s3(cluster, s3, tmp_path):
     head, worker, _ = cluster
     proc = _s3_sweep(head, s3, tmp_path, "ddp-two-nodes", "search.num_samples=1", "resources.num_workers=2",
