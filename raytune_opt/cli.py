@@ -51,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     rs = sub.add_parser("resume", help="continue an interrupted sweep, then promote its best trial")
     rs.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME), or s3://BUCKET/PREFIX/NAME")
-    rs.add_argument("--endpoint-url", help="S3-compatible endpoint of an s3:// experiment (default: the one it ran "
-                                           "with, else $AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL)")
+    rs.add_argument("--endpoint-url", help="S3-compatible endpoint of an s3:// experiment (default: "
+                                           "$AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, else AWS)")
     rs.add_argument("--restart-errored", action="store_true",
                     help="start errored trials from scratch (default: continue them from their last checkpoint)")
     rs.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")

@@ -196,8 +196,8 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
 
     Args:
         exp_dir: the experiment directory, or ``s3://BUCKET/PREFIX/NAME``.
-        endpoint_url: an S3 experiment's endpoint (default: the one it was run with, else
-            ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``).
+        endpoint_url: an S3 experiment's endpoint (default: ``$AWS_ENDPOINT_URL_S3`` /
+            ``$AWS_ENDPOINT_URL``, else AWS).
 
     Raises:
         UsageError: the directory is not a raytune-opt experiment or its Tune state is unusable.
@@ -265,13 +265,6 @@ def _resume_location(exp_dir: str, endpoint_url: str | None) -> stores.Location:
     if loc.local.exists():
         shutil.rmtree(loc.local)  # the bucket is the truth; a stale mirror must not mix in
     loc.fetch(RUN_META, RUN_INPUT, "spec.yaml")
-    if endpoint_url is None:
-        try:
-            recorded = json.loads((loc.local / RUN_META).read_text()).get("endpoint_url")
-        except (ValueError, AttributeError):
-            recorded = None
-        if recorded:
-            loc = stores.Location(loc.uri, loc.local, recorded)
     return loc
 
 

