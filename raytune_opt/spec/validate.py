@@ -22,7 +22,7 @@ from raytune_opt.errors import Problem, SpecError
 from raytune_opt.space import CATEGORICAL_KINDS, KINDS, NUMERIC_KINDS, Condition, Domain, Param, Space
 from raytune_opt.spec import schema
 from raytune_opt.spec.schema import Field, Section
-from raytune_opt.spec.yaml_loader import Located, load_yaml_file
+from raytune_opt.spec.yaml_loader import Located, load_value, load_yaml_file
 
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
 # Scheduler keys and the schedulers that read them; setting one for another is a problem.
@@ -218,10 +218,12 @@ def parse_override(text: str) -> tuple[tuple, Any]:
     if not key or any(not part for part in key.split(".")):
         raise SpecError([Problem(where, key, f"not a dotted key (got {key!r})", "write e.g. train.epochs=2")])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_value(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise SpecError([Problem(where, key, f"the value is not valid YAML ({str(exc).splitlines()[0]})",
                                  "quote it, e.g. key='text'")]) from None
+    except ValueError as exc:
+        raise SpecError([Problem(where, key, f"the value is too large ({exc})", "write the value out")]) from None
     if key.startswith("space.") and len(key) > len("space."):
         return ("space", key[len("space."):]), value
     return tuple(key.split(".")), value
