@@ -158,6 +158,9 @@ def _finish(outcome, spec, address) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from raytune_opt import storage
+
+    storage.checked_endpoint(args.endpoint_url, "--endpoint-url")
     return _promote(args.experiment, args.targets, args.address, args.endpoint_url)
 
 

@@ -102,9 +102,6 @@ class Space:
     def is_conditional(self) -> bool:
         return any(p.conditions for p in self.params)
 
-    def kinds(self) -> set[str]:
-        return {p.domain.kind for p in self.params}
-
     def grid_size(self) -> int:
         """Points in the grid (product of the grid dimensions; 1 without any)."""
         return math.prod(len(p.domain.args) for p in self.params if p.domain.kind == "grid")

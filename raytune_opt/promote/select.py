@@ -116,7 +116,7 @@ def _locate_checkpoint(exp_dir: Path, best: dict, endpoint_url: str | None = Non
     if storage.is_remote(recorded):
         local = exp_dir.joinpath(".checkpoints", *recorded.split("/")[-3:])
         if not local.is_file():
-            storage.download(recorded, local, endpoint_url or storage.endpoint_from_env())
+            storage.download(recorded, local, storage.resolve_endpoint(endpoint_url))
         return local
     path = Path(recorded)
     if path.is_file():

@@ -266,7 +266,8 @@ def _space_target(ck: _Checker, key: Any, path: tuple) -> Field | None:
     if isinstance(node, Field) and node.tunable:
         return node
     if isinstance(node, Field):
-        ck.add(path, f"cannot be tuned (got {fmt(key)})", "set it outside space")
+        why = f": {node.fixed_because}" if node.fixed_because else ""
+        ck.add(path, f"cannot be tuned{why} (got {fmt(key)})", f"set {key} outside space")
         return None
     leaves = [".".join(p) for p, f in schema.iter_fields() if p[0] in schema.TUNABLE_SECTIONS and f.tunable]
     hint = did_you_mean(key, leaves)
