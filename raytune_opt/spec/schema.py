@@ -241,6 +241,9 @@ SPEC = Section("A sweep spec.", {
         "targets": Field("list", list(PROMOTION_TARGETS), "Artifacts to build: onnx | int8 | tensorrt.",
                          check=_targets_check, tunable=False),
         "parity_atol": Field("float", 1e-4, "Largest allowed |ONNX - PyTorch| logit difference.", gt=0, tunable=False),
+        "ort_threads": Field("int", None, "Intra-op threads of ONNX Runtime and PyTorch when measuring latency "
+                             "(recorded in the manifest); null: the machine's cores.", nullable=True, ge=1,
+                             tunable=False),
         "int8": Section("INT8 quantization with ONNX Runtime.", {
             "calibration_batches": Field("int", 16, "Training batches used to calibrate.", ge=1, tunable=False),
             "calibration_method": Field("str", "minmax", "minmax | entropy | percentile (others are tried when the "
