@@ -9,8 +9,9 @@ between recipes is in the spec dict. Per epoch it reports (see :data:`METRIC_KEY
 through the session.
 
 The hot path avoids host syncs: the loss is accumulated as a tensor, and the check for a
-non-finite loss reads the device once per :func:`_check_every` micro-batches (every batch
-on a single CPU process, where reading a value costs nothing).
+non-finite loss reads the device once per :data:`CHECK_EVERY` micro-batches, on every device
+and world size (each read waits for the device, and with several ranks for a collective);
+the micro-batch that diverged is still named exactly.
 """
 
 from __future__ import annotations
@@ -39,6 +40,10 @@ from raytune_opt.strategies import build_strategy
 
 __all__ = ["train", "METRIC_KEYS", "classification_metrics"]
 
+# Micro-batches between non-finite checks: even on one CPU process, reading the loss every
+# step cut the digits CNN's throughput from 0.98x to 0.96x of a plain loop
+# (benchmarks/loop_throughput.py).
+CHECK_EVERY = 16
 # Reported after every epoch, plus best_<search.metric> and stop_reason.
 METRIC_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
                "grad_norm", "lr", "samples_per_s", "epoch_s")
@@ -123,7 +128,6 @@ def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
         loop_state = ckpt.get("loop_state") or {}
         best, bad_epochs = loop_state.get("best"), int(loop_state.get("bad_epochs", 0))
         last_metrics = dict(ckpt.get("metrics") or {})
-    check_every = _check_every(device, world_size)
     recipe = {key: copy.deepcopy(cfg[key]) for key in ("data", "model", "train")}
 
     for epoch in range(start_epoch, epochs + 1):
@@ -158,7 +162,7 @@ def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
                 norm_sum += strategy.step()  # clip, step, zero the gradients; the norm before clipping
                 steps += 1
                 schedule.step_batch()
-            if len(recent) >= check_every or i + 1 == batches_per_epoch:
+            if len(recent) >= CHECK_EVERY or i + 1 == batches_per_epoch:
                 # A non-finite loss makes the running sum non-finite: one read checks them all.
                 if _any_nonfinite(loss_sum, world_size):
                     diverged_at = i + 2 - len(recent) + _first_nonfinite(recent)
@@ -276,14 +280,6 @@ def _seed_all(seed: int) -> None:
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     # Distinct, reproducible streams per (seed, epoch, rank), independent of resuming.
     return (seed * 1_000_003 + epoch * 10_007 + rank) % 2**63
-
-
-def _check_every(device: torch.device, world_size: int) -> int:
-    """Micro-batches between non-finite checks. Each read waits for the device (and, with
-    several ranks, for a collective); even on one CPU process reading every step cut the
-    digits CNN's throughput from 0.98x to 0.96x of a plain loop (benchmarks/loop_throughput.py).
-    The diverging step is still named exactly (``recent``)."""
-    return 16
 
 
 def _any_nonfinite(total: torch.Tensor, world_size: int) -> bool:
