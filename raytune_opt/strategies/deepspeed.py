@@ -349,6 +349,10 @@ class DeepSpeedStrategy(Strategy):
                     shutil.rmtree(old, ignore_errors=True)
         return mine
 
+    def resumed_shards(self, directory: str, resumed: dict | None) -> Sequence[str]:
+        zero = (resumed or {}).get("zero")
+        return shard_paths(directory, zero["tag"], self.session.rank) if zero else []
+
     def close(self) -> None:
         import torch.distributed as dist
 
