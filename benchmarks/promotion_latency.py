@@ -209,8 +209,8 @@ def _print(model: str, res: dict, acc: dict | None) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7, help="rounds in which every variant is timed once")
-    parser.add_argument("--threads", type=int, default=measure.ORT_THREADS,
-                        help="intra-op threads for ORT and torch (default 2: this machine's cores)")
+    parser.add_argument("--threads", type=int, default=measure.machine_threads(),
+                        help="intra-op threads for ORT and torch (default: this machine's cores, as promote.ort_threads)")
     parser.add_argument("--experiment", type=Path, help="a promoted (or promotable) digits experiment directory; "
                                                         "default: train one here")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "promotion_latency.json")

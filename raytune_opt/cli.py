@@ -18,10 +18,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
+# Subcommands that read a spec and take key=value overrides on top of it.
+TAKES_OVERRIDES = ("validate", "run", "submit")
+# Why the others refuse them (an experiment runs with the spec it was started with).
+NO_OVERRIDES = {
+    "resume": "a sweep resumes with the spec it started with; start a new one with "
+              "'raytune-opt run SPEC key=value ... name=NEW'",
+    "promote": "promotion reads the experiment's own spec; choose artifacts with --targets",
+}
+
+
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="the sweep spec (YAML), e.g. search_spaces/digits_cnn.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="settings applied on top of the spec, e.g. search.num_samples=4 train.epochs=2")
+                   help="settings applied on top of the spec, anywhere on the line, e.g. search.num_samples=4 "
+                        "train.epochs=2")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +161,9 @@ def _finish(outcome, spec, address) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
+    from raytune_opt import storage
+
+    storage.checked_endpoint(args.endpoint_url, "--endpoint-url")
     return _promote(args.experiment, args.targets, args.address, args.endpoint_url)
 
 
@@ -174,8 +188,35 @@ COMMANDS = {"validate": cmd_validate, "run": cmd_run, "promote": cmd_promote, "r
             "submit": cmd_submit}
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse the command line; ``key=value`` overrides may stand anywhere after the subcommand.
+
+    argparse stops filling a positional list at the first flag (``validate SPEC --quiet
+    name=x`` would leave ``name=x`` over), and ``parse_intermixed_args`` does not support
+    subparsers. So the subcommand's leftovers are sorted here: words that are not flags are
+    overrides, in the order given (a later one wins); flag values (``--storage /x``) were
+    already taken by their flag. A leftover without ``=`` is reported by the override check
+    ("an override must be key=value"), with every other spec problem.
+
+    Raises:
+        SystemExit: 2, with one line, for an unknown flag or an override given to a
+            subcommand that takes none.
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    flags = [a for a in extra if a.startswith("-")]
+    if flags:
+        parser.error(f"unrecognized arguments: {' '.join(flags)}")
+    if extra and args.command in NO_OVERRIDES:
+        parser.error(f"{args.command} takes no key=value overrides (got {' '.join(extra)}); "
+                     f"{NO_OVERRIDES[args.command]}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except RaytuneOptError as err:

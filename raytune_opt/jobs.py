@@ -103,6 +103,7 @@ def submit(spec: str, overrides: list[str], address: str, *, storage: str | None
         raise UsageError(f"{root}: the job's working directory would be {size / 2**20:.0f} MiB, over Ray's 100 MiB "
                          "limit; move data and results out of it or add them to .gitignore-style excludes")
     set_auth_mode(embedded=False)
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     try:
@@ -122,7 +123,10 @@ def submit(spec: str, overrides: list[str], address: str, *, storage: str | None
                 if "No available agent" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(2)
-    except Exception as exc:  # the SDK raises ConnectionError, RuntimeError, or auth errors
+    except (OSError, RuntimeError, ValueError, AuthenticationError) as exc:
+        # What the SDK raises for an unreachable, refusing or token-protected cluster: ConnectionError and
+        # requests' errors (OSErrors), RuntimeError for an HTTP error status, ValueError for an address it
+        # cannot parse, AuthenticationError for a missing token. A TypeError would be our bug.
         raise UsageError(f"--address {address}: the cluster did not take the job ({_one_line(exc)}); check the "
                          "address, that the cluster runs, and RAY_AUTH_MODE / your token (~/.ray/auth_token)") from None
     print(f"raytune-opt: submitted job {job_id} to {address}", flush=True)

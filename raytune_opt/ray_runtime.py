@@ -11,6 +11,8 @@ import os
 
 from raytune_opt.errors import UsageError
 
+AUTH_MODES = ("disabled", "token")  # what Ray 2.60 knows (ray._raylet.AuthenticationMode)
+
 
 def resolve_address(address: str | None) -> str | None:
     """The cluster to join: ``--address``, else ``$RAY_ADDRESS`` (set by ``ray job submit``)."""
@@ -37,9 +39,14 @@ def start(address: str | None, num_cpus: int | None = None) -> bool:
     try:
         ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UsageError(f"--address {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]}); "
+        raise UsageError(f"{_source(address)} {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]}); "
                          "check the address (e.g. 127.0.0.1:6379 or ray://host:10001) and that the cluster runs") from None
     return False
+
+
+def _source(address: str) -> str:
+    """Where an address came from, for an error message: the flag, or ``$RAY_ADDRESS``."""
+    return "$RAY_ADDRESS" if address == os.environ.get("RAY_ADDRESS") else "--address"
 
 
 def _probe(address: str, timeout: float = 5.0) -> None:
@@ -50,12 +57,13 @@ def _probe(address: str, timeout: float = 5.0) -> None:
     if "://" in address or address == "auto" or ":" not in address:
         return
     host, _, port = address.rpartition(":")
-    if not port.isdigit():
-        raise UsageError(f"--address {address}: not HOST:PORT; write e.g. 127.0.0.1:6379 (the head's GCS port)")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{_source(address)} {address}: not HOST:PORT; write e.g. 127.0.0.1:6379 (the head's GCS "
+                         "port)")
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
-        raise UsageError(f"--address {address}: cannot join the Ray cluster (nothing answers there: "
+        raise UsageError(f"{_source(address)} {address}: cannot join the Ray cluster (nothing answers there: "
                          f"{exc.strerror or exc}); check the address (the head's GCS port, 6379 by default) "
                          "and that the cluster runs") from None
 
@@ -68,9 +76,17 @@ def set_auth_mode(embedded: bool) -> str:
     An embedded loopback-only cluster runs without a token: creating one would write
     ~/.ray/auth_token, which then turns auth on for every later ``ray start`` here. A client of
     a cluster uses a token when one is available, where Ray's own CLI looks for it.
+
+    Raises:
+        UsageError: ``RAY_AUTH_MODE`` is set to something else than Ray's modes (Ray would
+            silently treat a typo such as ``tokne`` as ``disabled``).
     """
-    if "RAY_AUTH_MODE" not in os.environ:
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is None:
         os.environ["RAY_AUTH_MODE"] = "disabled" if embedded or not _token_available() else "token"
+    elif mode not in AUTH_MODES:
+        raise UsageError(f"$RAY_AUTH_MODE {mode!r}: not a Ray auth mode; set it to {' or '.join(AUTH_MODES)}, "
+                         "or unset it to let raytune-opt choose")
     return os.environ["RAY_AUTH_MODE"]
 
 

@@ -16,7 +16,6 @@ config only while their parent holds one of the listed values. Bounds follow Ray
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -102,9 +101,6 @@ class Space:
     def is_conditional(self) -> bool:
         return any(p.conditions for p in self.params)
 
-    def kinds(self) -> set[str]:
-        return {p.domain.kind for p in self.params}
-
     def grid_size(self) -> int:
         """Points in the grid (product of the grid dimensions; 1 without any)."""
         return math.prod(len(p.domain.args) for p in self.params if p.domain.kind == "grid")
@@ -130,12 +126,6 @@ class Space:
         """
         assert not self.is_conditional, "conditional spaces are converted per searcher"
         return {p.key: p.domain.to_tune() for p in self.params}
-
-    def grid_points(self) -> list[dict]:
-        """Every point of an all-grid, unconditional space (what grid search runs)."""
-        assert all(p.domain.kind == "grid" for p in self.params) and not self.is_conditional
-        keys = [p.key for p in self.params]
-        return [dict(zip(keys, combo)) for combo in itertools.product(*(p.domain.args for p in self.params))]
 
     def summary(self) -> list[str]:
         lines = []

@@ -23,10 +23,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from raytune_opt import _cache
 from raytune_opt.errors import UsageError
 
 S3 = "s3://"
-_CACHE_ENV = "RAYTUNE_OPT_CACHE"  # where S3 experiments are mirrored (default ~/.cache/raytune-opt)
+_ENDPOINT = re.compile(r"(https?)://([^/\s:@]+(?::(\d{1,5}))?)/?")
 
 
 def is_remote(uri: str | os.PathLike | None) -> bool:
@@ -43,19 +44,56 @@ def root_problem(root: str) -> str | None:
     return None
 
 
+def endpoint_problem(url: str) -> str | None:
+    """What is wrong with an S3 endpoint URL, or None (``http(s)://HOST[:PORT]``)."""
+    m = _ENDPOINT.fullmatch(url)
+    if not m or (m.group(3) and not 0 < int(m.group(3)) < 65536):
+        return "must be http(s)://HOST[:PORT], e.g. http://127.0.0.1:9000"
+    return None
+
+
 def endpoint_from_env() -> str | None:
-    """The S3 endpoint AWS's own tools use: ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``."""
-    return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+    """The S3 endpoint AWS's own tools use: ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``.
+
+    Raises:
+        UsageError: the variable that is used holds no ``http(s)://HOST[:PORT]``.
+    """
+    for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"):
+        value = os.environ.get(name)
+        if value:
+            return checked_endpoint(value, f"${name}")
+    return None
+
+
+def checked_endpoint(url: str | None, source: str) -> str | None:
+    """``url`` (from ``source``: a flag, a spec key, a variable), checked.
+
+    Raises:
+        UsageError: not ``http(s)://HOST[:PORT]``.
+    """
+    problem = endpoint_problem(url) if url else None
+    if problem:
+        raise UsageError(f"{source} {url!r}: {problem}")
+    return url or None
+
+
+def resolve_endpoint(url: str | None, source: str = "--endpoint-url") -> str | None:
+    """The endpoint to use: ``url`` if given (checked), else the environment's (checked)."""
+    return checked_endpoint(url, source) if url else endpoint_from_env()
 
 
 def s3_filesystem(endpoint_url: str | None):
-    """A pyarrow S3 filesystem for AWS (endpoint None) or an S3-compatible server."""
+    """A pyarrow S3 filesystem for AWS (endpoint None) or an S3-compatible server.
+
+    Raises:
+        UsageError: ``endpoint_url`` is not ``http(s)://HOST[:PORT]``.
+    """
     from pyarrow import fs
 
     kwargs = {"region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"}
     if endpoint_url:
-        m = re.fullmatch(r"(https?)://([^/]+)/?", endpoint_url)
-        assert m, f"endpoint_url {endpoint_url!r} passed validation but is not scheme://host[:port]"
+        checked_endpoint(endpoint_url, "storage.endpoint_url")
+        m = _ENDPOINT.fullmatch(endpoint_url)
         kwargs.update(scheme=m.group(1), endpoint_override=m.group(2))
     return fs.S3FileSystem(**kwargs)
 
@@ -175,10 +213,13 @@ class Location:
 
 
 def mirror_dir(uri: str) -> Path:
-    """The local mirror of an S3 experiment: ``$RAYTUNE_OPT_CACHE/s3/BUCKET/KEY``."""
+    """The local mirror of an S3 experiment: ``s3/BUCKET/KEY`` under raytune-opt's cache root.
+
+    Raises:
+        UsageError: the cache cannot be created (see :func:`raytune_opt._cache.cache_dir`).
+    """
     bucket, key = split_s3(uri)
-    root = Path(os.environ.get(_CACHE_ENV) or Path.home() / ".cache" / "raytune-opt").expanduser()
-    return root.resolve() / "s3" / bucket / key
+    return _cache.cache_dir("s3") / bucket / key
 
 
 def locate(root: str, name: str, endpoint_url: str | None = None) -> Location:
@@ -189,7 +230,7 @@ def locate(root: str, name: str, endpoint_url: str | None = None) -> Location:
     if is_remote(root):
         bucket, key = split_s3(root)
         uri = f"{S3}{bucket}/{key + '/' if key else ''}{name}"
-        return Location(uri, mirror_dir(uri), endpoint_url or endpoint_from_env())
+        return Location(uri, mirror_dir(uri), resolve_endpoint(endpoint_url, "storage.endpoint_url"))
     local = Path(root).expanduser().resolve() / name
     return Location(str(local), local)
 
@@ -202,7 +243,7 @@ def from_uri(uri: str, endpoint_url: str | None = None) -> Location:
         if not bucket or not key:
             raise UsageError(f"{uri}: not an experiment URI; write s3://BUCKET/PREFIX/NAME (what 'raytune-opt run' "
                              "printed)")
-        return Location(uri, mirror_dir(uri), endpoint_url or endpoint_from_env())
+        return Location(uri, mirror_dir(uri), resolve_endpoint(endpoint_url))
     local = Path(uri).expanduser().resolve()
     return Location(str(local), local)
 

@@ -294,10 +294,11 @@ def _read_meta(exp_dir: Path) -> dict:
                          "'raytune-opt run' printed (STORAGE/NAME)")
     try:
         meta = json.loads(meta_path.read_text())
-        assert isinstance(meta, dict)
+        if not isinstance(meta, dict):
+            raise ValueError("not a mapping")
         fmt = meta.get("format")
         meta["overrides"], meta["dry_run"], meta["spec_sha256"]
-    except (ValueError, KeyError, AssertionError):
+    except (ValueError, KeyError):
         raise UsageError(f"{meta_path}: unreadable or truncated; the experiment cannot be resumed") from None
     if fmt != RUN_FORMAT:
         raise UsageError(f"{meta_path}: written by another raytune-opt version (format {fmt!r}, "

@@ -95,6 +95,9 @@ def _setup(kind: str, tmp: Path) -> Path:
             "trial_id": "t1", "metric": "val_accuracy", "mode": "max", "value": 0.9, "config": {}, "metrics": {},
             "epochs": 3, "checkpoint": str(exp / "trial_1" / "ckpt" / "best.pt"), "spec_sha256": spec.sha256()}))
         return exp
+    if kind == "huge_spec":
+        (tmp / "huge.yaml").write_bytes(b"# padding\n" * 200_000)
+        return tmp / "huge.yaml"
     raise AssertionError(kind)
 
 
@@ -115,6 +118,11 @@ CASES = [
     ("override-unknown-key", None, ["validate", DIGITS, "train.epoch=3"], "did you mean 'epochs'"),
     ("override-bad-yaml", None, ["validate", DIGITS, "train.epochs=[1,"], "not valid YAML"),
     ("override-wrong-type", None, ["run", DIGITS, "train.epochs=many"], "must be an integer"),
+    ("override-after-a-flag-checked", None, ["validate", DIGITS, "--quiet", "train.epochs=many"],
+     "must be an integer"),
+    ("stray-word-after-a-flag", None, ["run", DIGITS, "--dry-run", "train.epochs"], "must be key=value"),
+    ("resume-with-override", None, ["resume", "{t}", "name=x"], "resume takes no key=value overrides"),
+    ("promote-with-override", None, ["promote", "{t}", "name=x"], "promote takes no key=value overrides"),
     ("override-empty-key", None, ["validate", DIGITS, "=3"], "not a dotted key"),
     ("override-bad-domain", None, ["validate", DIGITS, "space.model.dropout={uniform: [0.5, 0.1]}"],
      "low must be below high"),
@@ -144,6 +152,12 @@ CASES = [
     ("resume-truncated-record", "truncated_run_record", ["resume", "{p}"], "unreadable or truncated"),
     ("resume-other-version", "other_version", ["resume", "{p}"], "another raytune-opt version"),
     ("resume-no-tune-state", "no_tune_state", ["resume", "{p}"], "experiment state is missing"),
+    # file contents the YAML reader refuses, and endpoints (storage.py once asserted on them)
+    ("spec-too-large", "huge_spec", ["validate", "{p}"], "too large for a spec"),
+    ("promote-endpoint-not-a-url", None, ["promote", "s3://bucket/x", "--endpoint-url", "notaurl"],
+     "--endpoint-url 'notaurl': must be http(s)://HOST[:PORT]"),
+    ("promote-endpoint-bad-port", None, ["promote", "s3://bucket/x", "--endpoint-url", "http://h:99999"],
+     "must be http(s)://HOST[:PORT]"),
     # cluster addresses
     ("submit-gcs-address", None, ["submit", DIGITS, "--address", "127.0.0.1:6379"], "not a Ray dashboard URL"),
     ("submit-ray-client-address", None, ["submit", DIGITS, "--address", "ray://127.0.0.1:10001"],

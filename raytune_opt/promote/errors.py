@@ -19,3 +19,8 @@ class NotAnExperimentError(PromotionError):
 
 class NoSuccessfulTrialError(PromotionError):
     """The experiment has no best trial with a readable checkpoint."""
+
+
+class ArtifactError(PromotionError):
+    """One artifact could not be built (a TensorRT task timed out or was lost); it is recorded
+    as ``failed`` in the manifest with this message, and the other artifacts are kept."""

@@ -7,25 +7,45 @@ the same way: warm-up runs first, then the median (p50) and 95th percentile of w
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Callable
 
 import numpy as np
 import torch
 
-# The promotion machines have 2 cores; more intra-op threads only oversubscribe them.
-ORT_THREADS = 2
 EVAL_BATCH = 256
 LATENCY_BATCHES = (1, 64)
 LATENCY_BUDGET_S = 1.0  # timed seconds per (model, batch size); tests lower it
 
 
-def ort_session(path: str, threads: int = ORT_THREADS):
-    """An ONNX Runtime CPU session with ``threads`` intra-op threads and full graph optimization."""
+def machine_threads() -> int:
+    """The cores this process may run on (its CPU affinity; a container's limit shows there)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def threads_for(setting: int | None) -> int:
+    """Intra-op threads for ``promote.ort_threads``: the setting, or (null) the machine's cores."""
+    return int(setting) if setting else machine_threads()
+
+
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions ONNX Runtime raises for a model it cannot load or run (they derive from Exception only)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
+
+
+def ort_session(path: str, threads: int | None = None):
+    """An ONNX Runtime CPU session with ``threads`` intra-op threads (None: the machine's cores)
+    and full graph optimization."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
+    options.intra_op_num_threads = threads or machine_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT warns about every unused initializer otherwise

@@ -8,6 +8,7 @@ reported in the manifest and makes the manifest's status ``failed`` (exit 1).
 from __future__ import annotations
 
 import logging
+import traceback
 from pathlib import Path
 from typing import Callable
 
@@ -15,7 +16,7 @@ import numpy as np
 
 from raytune_opt import _atomic, storage
 from raytune_opt.promote import export, manifest, measure, quantize, tensorrt
-from raytune_opt.promote.errors import PromotionError
+from raytune_opt.promote.errors import ArtifactError, PromotionError
 from raytune_opt.promote.select import Source, select_source
 
 TARGETS = ("onnx", "int8", "tensorrt")
@@ -93,9 +94,10 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
         f"targets {','.join(targets)}")
     model, ckpt = load_model(source.checkpoint)
     data = load_data(ckpt["recipe"]["data"], int(source.spec["seed"]))
-    run = _Run(source, cfg, out_dir, data.x_val.numpy(), data.y_val.numpy(), log)
+    threads = measure.threads_for(cfg.get("ort_threads"))  # experiments of older versions have no such key
+    run = _Run(source, cfg, out_dir, data.x_val.numpy(), data.y_val.numpy(), log, threads)
 
-    with measure.torch_threads(measure.ORT_THREADS):
+    with measure.torch_threads(threads):
         ref = run.reference(model)
         onnx_bytes = run.onnx(model, ref)
     qdq_bytes = None
@@ -110,8 +112,8 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     old = manifest.previous_artifacts(out_dir, source)
     result = manifest.build(
         source, targets=targets, artifacts=manifest.merge(old, run.artifacts), inputs=_inputs(data),
-        settings={"parity_atol": cfg["parity_atol"], "int8": cfg["int8"],
-                  "latency": f"CPU: onnxruntime CPUExecutionProvider and torch, {measure.ORT_THREADS} intra-op "
+        settings={"parity_atol": cfg["parity_atol"], "int8": cfg["int8"], "ort_threads": threads,
+                  "latency": f"CPU: onnxruntime CPUExecutionProvider and torch, {threads} intra-op "
                              f"threads, 5 warm-up runs, then p50/p95 of 10-200 runs; TensorRT: CUDA, "
                              f"device-resident input, synchronized"},
         tensorrt_version=run.tensorrt_version)
@@ -123,8 +125,9 @@ class _Run:
     """One promotion's state: the artifacts so far and what later steps need."""
 
     def __init__(self, source: Source, cfg: dict, out_dir: Path, x_val: np.ndarray, y_val: np.ndarray,
-                 log: Callable[[str], None]):
+                 log: Callable[[str], None], threads: int):
         self.source, self.cfg, self.out_dir, self.log = source, cfg, out_dir, log
+        self.threads = threads  # intra-op threads of ONNX Runtime and torch
         self.x_val, self.y_val = x_val, y_val
         self.fp32 = 0.0
         self.artifacts: list[dict] = []
@@ -138,8 +141,10 @@ class _Run:
         return rec
 
     def _failed(self, name: str, exc: Exception) -> None:
-        _log.warning("promotion step %s failed", name, exc_info=True)  # the traceback, for a bug report
-        self.add(manifest.artifact(name, "failed", reason=f"{type(exc).__name__}: {_first_line(exc)}"))
+        """Record a step that failed, with the traceback in the manifest (for a bug report)."""
+        _log.warning("promotion step %s failed", name, exc_info=True)
+        self.add(manifest.artifact(name, "failed", reason=f"{type(exc).__name__}: {_first_line(exc)}",
+                                   traceback="".join(traceback.format_exception(exc))))
 
     # ---- PyTorch, the fp32 reference ------------------------------------------------------
     def reference(self, model) -> np.ndarray:
@@ -149,7 +154,7 @@ class _Run:
         self.fp32 = measure.accuracy(logits, self.y_val)
         self.add(manifest.artifact("pytorch", "ok", path=self.source.checkpoint, accuracy=self.fp32,
                                    fp32_accuracy=self.fp32, latency_ms=measure.latencies(run, self.x_val),
-                                   runtime=f"pytorch cpu, {measure.ORT_THREADS} threads"))
+                                   runtime=f"pytorch cpu, {self.threads} threads"))
         return logits
 
     # ---- ONNX ---------------------------------------------------------------------------
@@ -160,17 +165,19 @@ class _Run:
         path = self.out_dir / "model.onnx"
         try:
             data = export.export_onnx(model, torch.from_numpy(measure.batch_of(self.x_val, 2)), path)
-            runner = measure.ort_runner(measure.ort_session(path))
+            runner = measure.ort_runner(measure.ort_session(path, self.threads))
             logits = measure.predict(runner, self.x_val)
             par = export.parity(ref, logits, float(self.cfg["parity_atol"]))
             latency = measure.latencies(runner, self.x_val)
-        except Exception as exc:  # an exporter crash is this artifact's failure, not the run's
+        except (RuntimeError, OSError, MemoryError, *measure.ort_errors()) as exc:
+            # The exporter (torch.onnx's errors are RuntimeErrors) or ONNX Runtime refusing this model is
+            # this artifact's failure, not the run's; a TypeError or KeyError is our bug and propagates.
             self._failed("onnx", exc)
             return None
         self.add(manifest.artifact("onnx", "ok" if par.ok else "failed", path=path, root=self.out_dir,
                                    reason=par.reason, accuracy=measure.accuracy(logits, self.y_val),
                                    fp32_accuracy=self.fp32, latency_ms=latency,
-                                   runtime=f"onnxruntime cpu, {measure.ORT_THREADS} threads",
+                                   runtime=f"onnxruntime cpu, {self.threads} threads",
                                    opset=export.OPSET, parity=par.as_dict()))
         return data if par.ok else None
 
@@ -193,12 +200,13 @@ class _Run:
                 x_val=self.x_val, y_val=self.y_val, fp32_accuracy=self.fp32,
                 max_drop_points=float(icfg["max_accuracy_drop"]))
             # The S8S8 form is TensorRT's input; ORT's CPU kernels run it slowly, so it is not timed here.
-            latency = (measure.latencies(measure.ort_runner(measure.ort_session(path)), self.x_val)
+            latency = (measure.latencies(measure.ort_runner(measure.ort_session(path, self.threads)), self.x_val)
                        if flavor == "cpu" else None)
-        except Exception as exc:
+        except (RuntimeError, OSError, MemoryError, ValueError, *measure.ort_errors()) as exc:
+            # ONNX Runtime's quantizer raises ValueError for operators it cannot quantize.
             self._failed(name, exc)
             return None
-        runtime = (f"onnxruntime cpu, {measure.ORT_THREADS} threads" if flavor == "cpu"
+        runtime = (f"onnxruntime cpu, {self.threads} threads" if flavor == "cpu"
                    else "accuracy: onnxruntime cpu; for TensorRT explicit quantization")
         self.add(manifest.artifact(
             name, gate.status, path=path, root=self.out_dir, reason=gate.reason, accuracy=gate.accuracy,
@@ -221,7 +229,7 @@ class _Run:
             return
         try:
             res = tensorrt.build(place, onnx_bytes, qdq_bytes, self.x_val, self.y_val)
-        except Exception as exc:
+        except ArtifactError as exc:
             self._failed("tensorrt", exc)
             return
         if res.get("skipped"):
@@ -236,7 +244,7 @@ class _Run:
                                                                    "gate (see int8-tensorrt-qdq)"))
                 continue
             if eng["status"] != "ok":
-                self.add(manifest.artifact(name, "failed", reason=eng["reason"]))
+                self.add(manifest.artifact(name, "failed", reason=eng["reason"], traceback=eng.get("traceback", "")))
                 continue
             path = self.out_dir / filename
             _atomic.write_bytes(path, eng["plan"])

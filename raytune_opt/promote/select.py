@@ -59,17 +59,23 @@ def select_source(exp_dir: str | Path) -> Source:
         raise NotAnExperimentError(
             f"{exp_dir}: not a raytune-opt experiment ({what}); pass the directory 'raytune-opt run' wrote, "
             f"STORAGE/NAME (e.g. ./results/sweep)")
-    spec = yaml.safe_load(spec_path.read_text())
-    if not isinstance(spec, dict) or not isinstance(spec.get("search"), dict) or "promote" not in spec:
+    try:
+        spec = yaml.safe_load(spec_path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise NotAnExperimentError(f"{spec_path}: unreadable ({type(exc).__name__}); the experiment's resolved spec "
+                                   f"is damaged, {_RERUN}") from None
+    search = spec.get("search") if isinstance(spec, dict) else None
+    if not isinstance(search, dict) or not isinstance(spec.get("promote"), dict) \
+            or not {"metric", "mode"} <= set(search):
         raise NotAnExperimentError(f"{spec_path}: not a resolved raytune-opt spec (no search/promote sections); "
                                    f"pass the directory 'raytune-opt run' wrote")
-    metric, mode = spec["search"]["metric"], spec["search"]["mode"]
+    metric, mode = search["metric"], search["mode"]
 
     best_path = exp_dir / "best.json"
     if not best_path.is_file():
         raise NoSuccessfulTrialError(f"{exp_dir}: no successful trial to promote (no best.json; "
                                      f"{_trial_summary(exp_dir)}); {_RERUN}")
-    best = json.loads(best_path.read_text())
+    best = _read_best(best_path)
     if (best.get("metric"), best.get("mode")) != (metric, mode):
         raise NoSuccessfulTrialError(
             f"{best_path}: selected by {best.get('metric')} ({best.get('mode')}) but the spec optimizes "
@@ -96,6 +102,22 @@ def select_source(exp_dir: str | Path) -> Source:
                   checkpoint_origin=str(best["checkpoint"]) if storage.is_remote(best["checkpoint"]) else "")
 
 
+def _read_best(path: Path) -> dict:
+    """best.json, checked for what promotion reads from it.
+
+    Raises:
+        NoSuccessfulTrialError: truncated, not JSON, or without a trial id and a numeric value.
+    """
+    try:
+        best = json.loads(path.read_text())
+        ok = isinstance(best, dict) and "trial_id" in best and float(best.get("value")) == float(best.get("value"))
+    except (ValueError, TypeError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        raise NoSuccessfulTrialError(f"{path}: unreadable or truncated (needs trial_id and a numeric value); {_RERUN}")
+    return best
+
+
 def sha256_file(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -116,7 +138,7 @@ def _locate_checkpoint(exp_dir: Path, best: dict, endpoint_url: str | None = Non
     if storage.is_remote(recorded):
         local = exp_dir.joinpath(".checkpoints", *recorded.split("/")[-3:])
         if not local.is_file():
-            storage.download(recorded, local, endpoint_url or storage.endpoint_from_env())
+            storage.download(recorded, local, storage.resolve_endpoint(endpoint_url))
         return local
     path = Path(recorded)
     if path.is_file():

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
 
 from raytune_opt import ray_runtime
 from raytune_opt._imports import is_available, require
+from raytune_opt.promote.errors import ArtifactError
 
 MAX_BATCH = 64
 TASK_TIMEOUT_S = 1800  # building two engines of a ResNet-50 takes minutes, not half an hour
@@ -73,19 +75,31 @@ def placement(address: str | None, exp_dir: str) -> Placement:
 
 def build(place: Placement, onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.ndarray,
           y_val: np.ndarray) -> dict:
-    """Build and measure the engines where ``place`` says; see :func:`build_and_measure`."""
+    """Build and measure the engines where ``place`` says; see :func:`build_and_measure`.
+
+    Raises:
+        ArtifactError: the cluster task timed out, or its worker or node was lost. An
+            exception raised by our own code inside the task is not caught: it is a bug.
+    """
     assert place.where in ("local", "cluster"), place
     if place.where == "local":
         return build_and_measure(onnx_fp32, onnx_qdq, x_val, y_val)
     import ray
+    from ray import exceptions as rex
 
     task = ray.remote(num_gpus=1, max_retries=0)(build_and_measure)
     ref = task.remote(onnx_fp32, onnx_qdq, x_val, y_val)
     try:
         return ray.get(ref, timeout=TASK_TIMEOUT_S)
-    except ray.exceptions.GetTimeoutError:
+    except rex.GetTimeoutError:
         ray.cancel(ref, force=True)
-        raise TimeoutError(f"the TensorRT task did not finish in {TASK_TIMEOUT_S} s (is every GPU busy?)") from None
+        raise ArtifactError(f"the TensorRT task did not finish in {TASK_TIMEOUT_S} s; check that a GPU node is free "
+                            "(ray status), then run 'raytune-opt promote EXPERIMENT --targets tensorrt' "
+                            "again") from None
+    except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.TaskCancelledError,
+            rex.RaySystemError) as exc:
+        raise ArtifactError(f"the TensorRT task was lost ({type(exc).__name__}: {_first_line(exc)}); run "
+                            "'raytune-opt promote EXPERIMENT --targets tensorrt' again") from None
 
 
 def leave(place: Placement | None) -> None:
@@ -123,8 +137,10 @@ def build_and_measure(onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.ndarra
                 "status": "ok", "plan": plan, "accuracy": float((logits.argmax(1) == y_val).mean()),
                 "latency_ms": {f"batch_{b}": runner.latency(x_val, b) for b in (1, MAX_BATCH)},
             }
-        except Exception as exc:  # one engine failing must not lose the other
-            out["engines"][name] = {"status": "failed", "reason": f"{type(exc).__name__}: {_first_line(exc)}"}
+        except (RuntimeError, OSError, MemoryError) as exc:  # TensorRT, CUDA (OOM too) and file errors
+            # One engine failing must not lose the other; a TypeError or KeyError is our bug and propagates.
+            out["engines"][name] = {"status": "failed", "reason": f"{type(exc).__name__}: {_first_line(exc)}",
+                                    "traceback": "".join(traceback.format_exception(exc))}
     return out
 
 

@@ -43,7 +43,8 @@ def make_checkpoint(*, model_spec: dict, model_state: dict, optimizer_state: dic
         metrics: the metrics reported for that epoch.
         recipe: the ``data``, ``model`` and ``train`` sections of the resolved spec.
         spec_sha256: hash of the sweep's spec, linking the checkpoint to its sweep.
-        extra: more plain values (the loop keeps its early-stopping and RNG state here).
+        extra: more plain values (the loop keeps its early-stopping state and the strategy's
+            description of its shards here; no RNG state: every epoch reseeds from seed, epoch and rank).
     """
     ckpt = {
         "format": FORMAT,

@@ -6,25 +6,28 @@ to uint8 ``.npy`` files in a node-local cache directory (written atomically), an
 process memory-maps them: processes on one node share the page cache instead of each
 holding a decoded copy. A per-process dict caches the split, normalized tensors on top.
 
-The cache directory is ``$RAYTUNE_OPT_CACHE`` or ``<tmp>/raytune_opt_cache``; each data set
-gets a sub-directory named by a hash of its kind, its root, the image size and the
-sizes and modification times of its source files, so changed data is decoded again.
+The cache directory is ``data/`` under raytune-opt's cache root (``$RAYTUNE_OPT_CACHE``, see
+:mod:`raytune_opt._cache`); each data set gets a sub-directory named by a hash of its kind,
+its root, the image size and the sizes and modification times of its source files, so
+changed data is decoded again.
+
+The per-process memo keeps only the most recent data set: Tune reuses a trial's actor for
+the next trial, and a sweep that tunes ``data.image_size`` would otherwise keep a float copy
+of the whole data set per size in every actor.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from raytune_opt import _atomic
+from raytune_opt import _atomic, _cache
 from raytune_opt.recipe.errors import DataError
 
 __all__ = ["Data", "DataError", "load_data", "cache_root"]
@@ -51,8 +54,12 @@ class Data:
 
 
 def cache_root() -> Path:
-    """The node-local directory that holds decoded data sets."""
-    return Path(os.environ.get("RAYTUNE_OPT_CACHE") or Path(tempfile.gettempdir()) / "raytune_opt_cache")
+    """The node-local directory that holds decoded data sets (created if missing).
+
+    Raises:
+        UsageError: it cannot be created (``$RAYTUNE_OPT_CACHE`` names a file...).
+    """
+    return _cache.cache_dir("data")
 
 
 def load_data(data_cfg: dict, seed: int) -> Data:
@@ -86,6 +93,7 @@ def load_data(data_cfg: dict, seed: int) -> Data:
     if data is None:
         x, y, class_names = _decoded(dataset, root, image_size, bool(data_cfg.get("download", False)))
         data = _split_and_normalize(x, y, class_names, val_fraction, int(seed), where=root or dataset)
+        _MEMO.clear()  # one data set per process (see the module docstring)
         _MEMO[key] = data
     return data
 

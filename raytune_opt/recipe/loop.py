@@ -9,8 +9,9 @@ between recipes is in the spec dict. Per epoch it reports (see :data:`METRIC_KEY
 through the session.
 
 The hot path avoids host syncs: the loss is accumulated as a tensor, and the check for a
-non-finite loss reads the device once per :func:`_check_every` micro-batches (every batch
-on a single CPU process, where reading a value costs nothing).
+non-finite loss reads the device once per :data:`CHECK_EVERY` micro-batches, on every device
+and world size (each read waits for the device, and with several ranks for a collective);
+the micro-batch that diverged is still named exactly.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ import copy
 import math
 import random
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +41,10 @@ from raytune_opt.strategies import build_strategy
 
 __all__ = ["train", "METRIC_KEYS", "classification_metrics"]
 
+# Micro-batches between non-finite checks: even on one CPU process, reading the loss every
+# step cut the digits CNN's throughput from 0.98x to 0.96x of a plain loop
+# (benchmarks/loop_throughput.py).
+CHECK_EVERY = 16
 # Reported after every epoch, plus best_<search.metric> and stop_reason.
 METRIC_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
                "grad_norm", "lr", "samples_per_s", "epoch_s")
@@ -82,17 +88,76 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
 
 
 def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from: str | None) -> dict:
-    tcfg, seed = cfg["train"], int(cfg["seed"])
-    metric, mode = cfg["search"]["metric"], cfg["search"]["mode"]
-    device, rank, world_size = session.device, session.rank, session.world_size
+    run = _setup(cfg, session, strategy, spec_sha256, resume_from)
+    for epoch in range(run.start_epoch, run.epochs + 1):
+        epoch_start = time.perf_counter()
+        _reseed(run, epoch)
+        sums, diverged_at = _train_epoch(run)
+        train_s = time.perf_counter() - epoch_start
+        if diverged_at is not None:
+            metrics = _diverged_metrics(run, epoch, diverged_at, epoch_start)
+            session.report(metrics, None)
+            return metrics
+        metrics = _validate(run, epoch, sums, train_s)
+        _early_stopping(run, metrics, epoch)
+        checkpoint_dir, shards = _checkpoint(run, metrics, epoch, epoch_start)
+        metrics["epoch_s"] = time.perf_counter() - epoch_start
+        session.report(metrics, checkpoint_dir, shards)
+        run.last_metrics = metrics
+        if metrics["stop_reason"] is not None:
+            break
+    if run.start_epoch > run.epochs:  # resumed from a finished run: nothing left to train
+        _report_finished_run(run)
+    return run.last_metrics
+
+
+@dataclass
+class _Run:
+    """One trial's parts and the state the epochs carry forward (best value, bad epochs)."""
+
+    cfg: dict
+    session: Session
+    strategy: Any
+    spec_sha256: str
+    data: Any
+    spec: dict  # the model's self-description, stored in checkpoints
+    model: torch.nn.Module  # as the strategy wrapped it
+    loss_fn: Any
+    augment: Augmenter
+    train_loader: DataLoader
+    val_loader: DataLoader
+    schedule: Any
+    autocast: Any
+    batches_per_epoch: int
+    epochs: int
+    start_epoch: int = 1
+    best: float | None = None
+    bad_epochs: int = 0
+    last_metrics: dict = field(default_factory=dict)
+    resumed: dict | None = None  # the checkpoint this run continued from
+
+    @property
+    def tcfg(self) -> dict:
+        return self.cfg["train"]
+
+    @property
+    def metric(self) -> str:
+        return self.cfg["search"]["metric"]
+
+    @property
+    def mode(self) -> str:
+        return self.cfg["search"]["mode"]
+
+    def better(self, a: float, b: float) -> bool:
+        return a > b if self.mode == "max" else a < b
+
+
+def _setup(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from: str | None) -> _Run:
+    """Data, model, loss, augmentation, loaders, optimizer and schedule; restored when resuming."""
+    tcfg, seed, device = cfg["train"], int(cfg["seed"]), session.device
     if session.num_threads:
         torch.set_num_threads(session.num_threads)
-    autocast = strategy.autocast()
-    accum = int(tcfg["grad_accum_steps"])
-    epochs, limit = int(tcfg["epochs"]), tcfg["limit_batches"]
-
-    # Data, model, loss, augmentation. The model is initialised from the same seed on
-    # every rank (DDP would broadcast rank 0's weights anyway).
+    # The model is initialised from the same seed on every rank (DDP would broadcast rank 0's weights anyway).
     _seed_all(seed)
     data = load_data(cfg["data"], seed)
     spec = model_spec(cfg["model"], data.in_channels, data.num_classes, data.image_size)
@@ -103,157 +168,169 @@ def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
     train_loader = session.prepare_loader(_loader(data.x_train, data.y_train, tcfg["batch_size"], True, workers,
                                                   device))
     val_loader = session.prepare_loader(_loader(data.x_val, data.y_val, tcfg["batch_size"], False, workers, device))
+    limit = tcfg["limit_batches"]
     batches_per_epoch = len(train_loader) if limit is None else min(len(train_loader), int(limit))
-    steps_per_epoch = math.ceil(batches_per_epoch / accum)
-
+    steps_per_epoch = math.ceil(batches_per_epoch / int(tcfg["grad_accum_steps"]))
     optimizer = build_optimizer(model.parameters(), tcfg["optimizer"])
     configured = hyperparameters(optimizer)  # before the schedule scales the lr
-    schedule = build_scheduler(optimizer, tcfg["lr_schedule"], steps_per_epoch, epochs)
+    schedule = build_scheduler(optimizer, tcfg["lr_schedule"], steps_per_epoch, int(tcfg["epochs"]))
 
-    # Early stopping and the best checkpoint both follow the sweep's metric.
-    better = (lambda a, b: a > b) if mode == "max" else (lambda a, b: a < b)
-    patience, min_delta = tcfg["early_stopping"]["patience"], float(tcfg["early_stopping"]["min_delta"])
-    best, bad_epochs, start_epoch, last_metrics = None, 0, 1, {}
     ckpt = load_checkpoint(resume_from, map_location=device) if resume_from is not None else None
     # Wraps the model (DDP / a DeepSpeed engine) and restores its weights and optimizer state.
     model = strategy.setup(model, optimizer, resume=ckpt, resume_path=resume_from)
+    run = _Run(cfg=cfg, session=session, strategy=strategy, spec_sha256=spec_sha256, data=data, spec=spec,
+               model=model, loss_fn=loss_fn, augment=augment, train_loader=train_loader, val_loader=val_loader,
+               schedule=schedule, autocast=strategy.autocast(), batches_per_epoch=batches_per_epoch,
+               epochs=int(tcfg["epochs"]), resumed=ckpt)
     if ckpt is not None:
         if ckpt.get("scheduler_state") is not None:
             schedule.load_state_dict(ckpt["scheduler_state"])
-        start_epoch = int(ckpt["epoch"]) + 1
+        run.start_epoch = int(ckpt["epoch"]) + 1
         loop_state = ckpt.get("loop_state") or {}
-        best, bad_epochs = loop_state.get("best"), int(loop_state.get("bad_epochs", 0))
-        last_metrics = dict(ckpt.get("metrics") or {})
+        run.best, run.bad_epochs = loop_state.get("best"), int(loop_state.get("bad_epochs", 0))
+        run.last_metrics = dict(ckpt.get("metrics") or {})
         # The optimizer and schedule states carry the lr, momentum... they were saved with. A
         # PBT trial that adopted another trial's checkpoint trains on with its own, perturbed
         # values (for a plain resume they are the same).
         reapply_hyperparameters(optimizer, schedule, configured)
-    check_every = _check_every(device, world_size)
-    recipe = {key: copy.deepcopy(cfg[key]) for key in ("data", "model", "train")}
+    return run
 
-    for epoch in range(start_epoch, epochs + 1):
-        epoch_start = time.perf_counter()
-        epoch_seed = _epoch_seed(seed, epoch, rank)
-        torch.manual_seed(epoch_seed)  # dropout etc.: a resumed run draws what a straight run would
-        augment.reseed(epoch_seed)
-        _set_loader_epoch(train_loader, epoch, epoch_seed)
 
-        # ---- train ---------------------------------------------------------------------
-        model.train()
-        loss_sum = torch.zeros((), device=device, dtype=torch.float64)  # sum of per-sample losses
-        norm_sum = torch.zeros((), device=device, dtype=torch.float64)
-        steps, samples, diverged_at = 0, 0, None
-        recent: list[torch.Tensor] = []  # losses since the last check, to name the step that diverged
-        for i, (x, y) in enumerate(_batches(train_loader)):
-            if i >= batches_per_epoch:
-                break
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if augment.active:
-                x, y = augment(x, y)
-            boundary = (i + 1) % accum == 0 or i + 1 == batches_per_epoch
-            with strategy.sync_context(boundary):  # DDP: no gradient all-reduce inside a group
-                with autocast():
-                    loss = loss_fn(model(x), y)
-                strategy.backward(loss)
-            loss = loss.detach()
-            loss_sum.add_(loss, alpha=x.shape[0])
-            recent.append(loss)
-            samples += x.shape[0]
-            if boundary:
-                norm_sum += strategy.step()  # clip, step, zero the gradients; the norm before clipping
-                steps += 1
-                schedule.step_batch()
-            if len(recent) >= check_every or i + 1 == batches_per_epoch:
-                # A non-finite loss makes the running sum non-finite: one read checks them all.
-                if _any_nonfinite(loss_sum, world_size):
-                    diverged_at = i + 2 - len(recent) + _first_nonfinite(recent)
-                    break
-                recent.clear()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        train_s = time.perf_counter() - epoch_start
+def _reseed(run: _Run, epoch: int) -> None:
+    """Per-epoch seeds (dropout, augmentation, shuffling): a resumed run draws what a straight run would."""
+    epoch_seed = _epoch_seed(int(run.cfg["seed"]), epoch, run.session.rank)
+    torch.manual_seed(epoch_seed)
+    run.augment.reseed(epoch_seed)
+    _set_loader_epoch(run.train_loader, epoch, epoch_seed)
 
-        if diverged_at is not None:
-            nan = float("nan")
-            metrics = {"epoch": epoch, "train_loss": nan, "val_loss": nan, "val_accuracy": nan,
-                       "val_precision": nan, "val_recall": nan, "val_f1": nan, "grad_norm": nan,
-                       "lr": schedule.lr, "samples_per_s": nan, "epoch_s": time.perf_counter() - epoch_start,
-                       f"best_{metric}": best,
-                       "stop_reason": f"diverged: non-finite loss at epoch {epoch} step {diverged_at}"}
-            session.report(metrics, None)
-            return metrics
 
-        # ---- validate ------------------------------------------------------------------
-        strategy.before_validation()
-        val_loss_sum, confusion = _evaluate(model, val_loader, autocast, device, data.num_classes)
-
-        # ---- metrics, averaged over ranks ----------------------------------------------
-        totals = torch.stack([loss_sum, torch.tensor(float(samples), dtype=torch.float64, device=device),
-                              norm_sum, torch.tensor(steps - strategy.pop_skipped_steps(), dtype=torch.float64,
-                                                     device=device), val_loss_sum.double()])
-        times = torch.tensor([train_s], dtype=torch.float64, device=device)
-        if world_size > 1 and dist.is_available() and dist.is_initialized():
-            dist.all_reduce(totals)
-            dist.all_reduce(confusion)
-            dist.all_reduce(times, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
-        loss_total, sample_total, norm_total, norm_n, val_loss_total = totals.tolist()
-        val_scores = classification_metrics(confusion)
-        metrics = {
-            "epoch": epoch,
-            "train_loss": loss_total / max(sample_total, 1),
-            "val_loss": val_loss_total / max(val_scores.pop("support"), 1),
-            **val_scores,
-            "grad_norm": norm_total / norm_n if norm_n else float("nan"),
-            "lr": schedule.lr,
-            "samples_per_s": sample_total / max(times.item(), 1e-9),
-        }
-        schedule.step_epoch(metrics["val_loss"])
-
-        # ---- early stopping, checkpoint, report ----------------------------------------
-        value = metrics[metric]
-        is_best = math.isfinite(value) and (best is None or better(value, best))
-        improved = math.isfinite(value) and (best is None or better(value, best + (min_delta if mode == "max"
-                                                                                   else -min_delta)))
-        bad_epochs = 0 if improved else bad_epochs + 1
-        if is_best:
-            best = value
-        metrics[f"best_{metric}"] = best
-        stop_reason = None
-        if patience is not None and bad_epochs >= patience and epoch < epochs:
-            stop_reason = "early_stopping"
-        elif epoch == epochs:
-            stop_reason = "completed"
-        metrics["stop_reason"] = stop_reason
-        checkpoint_dir, shards = None, ()
-        if tcfg["checkpoint"]:
-            metrics["epoch_s"] = time.perf_counter() - epoch_start  # provisional, for the file
-            root = session.checkpoint_root()
-            # Shards first (every rank; DeepSpeed only), then the consolidated checkpoint that
-            # names them: a crash in between leaves last.pt pointing at complete shards.
-            shards = strategy.save_shards(root, epoch)
-            model_state = strategy.model_state_dict()  # full fp32 weights on rank zero; a collective
-            if session.is_rank_zero:
-                ckpt = make_checkpoint(
-                    model_spec=spec, model_state=model_state, optimizer_state=strategy.optimizer_state_dict(),
-                    scheduler_state=schedule.state_dict(), epoch=epoch, metrics=metrics, recipe=recipe,
-                    spec_sha256=spec_sha256,
-                    extra={"loop_state": {"best": best, "bad_epochs": bad_epochs}, **strategy.checkpoint_extra(epoch)})
-                write_checkpoints(ckpt, root, is_best=is_best)
-            checkpoint_dir = str(root) if session.is_rank_zero or shards else None
-        metrics["epoch_s"] = time.perf_counter() - epoch_start
-        session.report(metrics, checkpoint_dir, shards)
-        last_metrics = metrics
-        if stop_reason is not None:
+def _train_epoch(run: _Run) -> tuple[dict, int | None]:
+    """One epoch of micro-batches: the on-device sums, and the micro-batch (from 1) that diverged, if any."""
+    device, world_size, strategy = run.session.device, run.session.world_size, run.strategy
+    accum, n = int(run.tcfg["grad_accum_steps"]), run.batches_per_epoch
+    run.model.train()
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)  # sum of per-sample losses
+    norm_sum = torch.zeros((), device=device, dtype=torch.float64)
+    steps, samples = 0, 0
+    recent: list[torch.Tensor] = []  # losses since the last check, to name the step that diverged
+    for i, (x, y) in enumerate(_batches(run.train_loader)):
+        if i >= n:
             break
-    if start_epoch > epochs:  # resumed from a finished run: nothing left to train
-        # Report the finished run's last metrics once more so that a restarted trial (a resumed
-        # sweep) still ends with a result and its checkpoint.
-        last_metrics["stop_reason"] = "completed"
-        last_metrics["replayed"] = 1  # not a new epoch: the history keeps the first report of it
-        has_files = tcfg["checkpoint"] and session.is_rank_zero
-        session.report(dict(last_metrics), session.checkpoint_root() if has_files else None,
-                       _last_shards(session, ckpt) if tcfg["checkpoint"] else ())
-    return last_metrics
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if run.augment.active:
+            x, y = run.augment(x, y)
+        boundary = (i + 1) % accum == 0 or i + 1 == n
+        with strategy.sync_context(boundary):  # DDP: no gradient all-reduce inside a group
+            with run.autocast():
+                loss = run.loss_fn(run.model(x), y)
+            strategy.backward(loss)
+        loss = loss.detach()
+        loss_sum.add_(loss, alpha=x.shape[0])
+        recent.append(loss)
+        samples += x.shape[0]
+        if boundary:
+            norm_sum += strategy.step()  # clip, step, zero the gradients; the norm before clipping
+            steps += 1
+            run.schedule.step_batch()
+        if len(recent) >= CHECK_EVERY or i + 1 == n:
+            # A non-finite loss makes the running sum non-finite: one read checks them all.
+            if _any_nonfinite(loss_sum, world_size):
+                return {}, i + 2 - len(recent) + _first_nonfinite(recent)
+            recent.clear()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return {"loss": loss_sum, "samples": samples, "norm": norm_sum, "steps": steps}, None
+
+
+def _diverged_metrics(run: _Run, epoch: int, step: int, epoch_start: float) -> dict:
+    nan = float("nan")
+    return {"epoch": epoch, "train_loss": nan, "val_loss": nan, "val_accuracy": nan, "val_precision": nan,
+            "val_recall": nan, "val_f1": nan, "grad_norm": nan, "lr": run.schedule.lr, "samples_per_s": nan,
+            "epoch_s": time.perf_counter() - epoch_start, f"best_{run.metric}": run.best,
+            "stop_reason": f"diverged: non-finite loss at epoch {epoch} step {step}"}
+
+
+def _validate(run: _Run, epoch: int, sums: dict, train_s: float) -> dict:
+    """Validate, and average the epoch's numbers over ranks (every rank gets the same)."""
+    device, world_size = run.session.device, run.session.world_size
+    run.strategy.before_validation()
+    val_loss_sum, confusion = _evaluate(run.model, run.val_loader, run.autocast, device, run.data.num_classes)
+    f64 = {"dtype": torch.float64, "device": device}
+    totals = torch.stack([sums["loss"], torch.tensor(float(sums["samples"]), **f64), sums["norm"],
+                          torch.tensor(sums["steps"] - run.strategy.pop_skipped_steps(), **f64),
+                          val_loss_sum.double()])
+    times = torch.tensor([train_s], **f64)
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+        dist.all_reduce(confusion)
+        dist.all_reduce(times, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
+    loss_total, sample_total, norm_total, norm_n, val_loss_total = totals.tolist()
+    val_scores = classification_metrics(confusion)
+    metrics = {
+        "epoch": epoch,
+        "train_loss": loss_total / max(sample_total, 1),
+        "val_loss": val_loss_total / max(val_scores.pop("support"), 1),
+        **val_scores,
+        "grad_norm": norm_total / norm_n if norm_n else float("nan"),
+        "lr": run.schedule.lr,
+        "samples_per_s": sample_total / max(times.item(), 1e-9),
+    }
+    run.schedule.step_epoch(metrics["val_loss"])
+    return metrics
+
+
+def _early_stopping(run: _Run, metrics: dict, epoch: int) -> None:
+    """Track the best value of the sweep's metric; set ``best_<metric>`` and ``stop_reason``."""
+    stopping = run.tcfg["early_stopping"]
+    patience, min_delta = stopping["patience"], float(stopping["min_delta"])
+    value = metrics[run.metric]
+    metrics["is_best"] = math.isfinite(value) and (run.best is None or run.better(value, run.best))
+    margin = min_delta if run.mode == "max" else -min_delta
+    improved = math.isfinite(value) and (run.best is None or run.better(value, run.best + margin))
+    run.bad_epochs = 0 if improved else run.bad_epochs + 1
+    if metrics["is_best"]:
+        run.best = value
+    metrics[f"best_{run.metric}"] = run.best
+    stop_reason = None
+    if patience is not None and run.bad_epochs >= patience and epoch < run.epochs:
+        stop_reason = "early_stopping"
+    elif epoch == run.epochs:
+        stop_reason = "completed"
+    metrics["stop_reason"] = stop_reason
+
+
+def _checkpoint(run: _Run, metrics: dict, epoch: int, epoch_start: float) -> tuple[str | None, Sequence[str]]:
+    """Write the epoch's checkpoint (if on); the directory to report and this rank's shard files."""
+    is_best = metrics.pop("is_best")
+    if not run.tcfg["checkpoint"]:
+        return None, ()
+    session, strategy = run.session, run.strategy
+    metrics["epoch_s"] = time.perf_counter() - epoch_start  # provisional, for the file
+    root = session.checkpoint_root()
+    # Shards first (every rank; DeepSpeed only), then the consolidated checkpoint that
+    # names them: a crash in between leaves last.pt pointing at complete shards.
+    shards = strategy.save_shards(root, epoch)
+    model_state = strategy.model_state_dict()  # full fp32 weights on rank zero; a collective
+    if session.is_rank_zero:
+        recipe = {key: copy.deepcopy(run.cfg[key]) for key in ("data", "model", "train")}
+        ckpt = make_checkpoint(
+            model_spec=run.spec, model_state=model_state, optimizer_state=strategy.optimizer_state_dict(),
+            scheduler_state=run.schedule.state_dict(), epoch=epoch, metrics=metrics, recipe=recipe,
+            spec_sha256=run.spec_sha256,
+            extra={"loop_state": {"best": run.best, "bad_epochs": run.bad_epochs}, **strategy.checkpoint_extra(epoch)})
+        write_checkpoints(ckpt, root, is_best=is_best)
+    return (str(root) if session.is_rank_zero or shards else None), shards
+
+
+def _report_finished_run(run: _Run) -> None:
+    """Report a finished run's last metrics once more, so that a restarted trial (a resumed
+    sweep) still ends with a result and its checkpoint."""
+    session = run.session
+    run.last_metrics["stop_reason"] = "completed"
+    run.last_metrics["replayed"] = 1  # not a new epoch: the history keeps the first report of it
+    has_files = run.tcfg["checkpoint"] and session.is_rank_zero
+    shards = run.strategy.resumed_shards(session.checkpoint_root(), run.resumed) if run.tcfg["checkpoint"] else ()
+    session.report(dict(run.last_metrics), session.checkpoint_root() if has_files else None, shards)
 
 
 # --- the parts the loop calls ----------------------------------------------------------------
@@ -282,14 +359,6 @@ def _seed_all(seed: int) -> None:
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
     # Distinct, reproducible streams per (seed, epoch, rank), independent of resuming.
     return (seed * 1_000_003 + epoch * 10_007 + rank) % 2**63
-
-
-def _check_every(device: torch.device, world_size: int) -> int:
-    """Micro-batches between non-finite checks. Each read waits for the device (and, with
-    several ranks, for a collective); even on one CPU process reading every step cut the
-    digits CNN's throughput from 0.98x to 0.96x of a plain loop (benchmarks/loop_throughput.py).
-    The diverging step is still named exactly (``recent``)."""
-    return 16
 
 
 def _any_nonfinite(total: torch.Tensor, world_size: int) -> bool:
@@ -362,16 +431,6 @@ def _set_loader_epoch(loader: DataLoader, epoch: int, epoch_seed: int) -> None:
         sampler.set_epoch(epoch)
     elif getattr(sampler, "generator", None) is not None:
         sampler.generator.manual_seed(epoch_seed)
-
-
-def _last_shards(session: Session, ckpt: dict | None) -> list[str]:
-    """This rank's shard files of a finished run's last checkpoint (re-reported on resume)."""
-    zero = (ckpt or {}).get("zero")
-    if not zero:
-        return []
-    from raytune_opt.strategies.deepspeed import shard_paths
-
-    return shard_paths(session.checkpoint_root(), zero["tag"], session.rank)
 
 
 @torch.no_grad()

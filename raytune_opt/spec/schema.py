@@ -52,7 +52,7 @@ class Field:
     lt: float | None = None
     check: Callable[[Any], str | None] | None = None  # extra rule: returns what is wrong
     tunable: bool = True
-    required: bool = False
+    fixed_because: str = ""  # why a tunable section's key is not tunable, for the space error
 
     def bounds_text(self) -> str:
         parts = []
@@ -91,11 +91,9 @@ def _storage_path_check(value: Any) -> str | None:
 
 
 def _endpoint_check(value: Any) -> str | None:
-    import re
+    from raytune_opt.storage import endpoint_problem
 
-    if value is not None and not re.fullmatch(r"https?://[^/\s:]+(:\d{1,5})?/?", value):
-        return "must be http(s)://HOST[:PORT], e.g. http://127.0.0.1:9000"
-    return None
+    return None if value is None else endpoint_problem(value)
 
 
 def _class_weights_check(value: Any) -> str | None:
@@ -127,8 +125,11 @@ SPEC = Section("A sweep spec.", {
                       "imagefolder: one sub-folder per class). Not used by digits.", nullable=True, tunable=False),
         "download": Field("bool", False, "cifar10/cifar100 only: download into root when missing (needs internet).",
                           tunable=False),
-        "val_fraction": Field("float", 0.2, "Fraction of the training data held out for validation (seeded split).",
-                              gt=0, lt=1),
+        "val_fraction": Field("float", 0.2, "Fraction of the training data held out for validation (seeded split; "
+                              "one split for the whole sweep, so that trials' validation metrics compare).",
+                              gt=0, lt=1, tunable=False,
+                              fixed_because="every trial must be validated on the same held-out samples, or their "
+                                            "validation metrics are not comparable"),
         "image_size": Field("int", None, "imagefolder only: images are resized to this square size (pixels); "
                             "default 224.", nullable=True, ge=8),
         "loader_workers": Field("int", 0, "DataLoader worker processes per train worker.", ge=0),
@@ -240,6 +241,9 @@ SPEC = Section("A sweep spec.", {
         "targets": Field("list", list(PROMOTION_TARGETS), "Artifacts to build: onnx | int8 | tensorrt.",
                          check=_targets_check, tunable=False),
         "parity_atol": Field("float", 1e-4, "Largest allowed |ONNX - PyTorch| logit difference.", gt=0, tunable=False),
+        "ort_threads": Field("int", None, "Intra-op threads of ONNX Runtime and PyTorch when measuring latency "
+                             "(recorded in the manifest); null: the machine's cores.", nullable=True, ge=1,
+                             tunable=False),
         "int8": Section("INT8 quantization with ONNX Runtime.", {
             "calibration_batches": Field("int", 16, "Training batches used to calibrate.", ge=1, tunable=False),
             "calibration_method": Field("str", "minmax", "minmax | entropy | percentile (others are tried when the "

@@ -22,7 +22,7 @@ from raytune_opt.errors import Problem, SpecError
 from raytune_opt.space import CATEGORICAL_KINDS, KINDS, NUMERIC_KINDS, Condition, Domain, Param, Space
 from raytune_opt.spec import schema
 from raytune_opt.spec.schema import Field, Section
-from raytune_opt.spec.yaml_loader import Located, load_yaml_file
+from raytune_opt.spec.yaml_loader import Located, load_value, load_yaml_file
 
 NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
 # Scheduler keys and the schedulers that read them; setting one for another is a problem.
@@ -95,6 +95,12 @@ class _Checker:
         """Record a problem with ``path``, located at ``at`` (default: ``path`` itself)."""
         self.invalid.add(tuple(path))
         self.problems.append(Problem(self.where(at or path), ".".join(str(p) for p in path), message, fix))
+
+    def rule(self, reads: str, path: tuple, message: str, fix: str) -> None:
+        """Record a cross-key problem unless a setting it ``reads`` (space-separated dotted keys)
+        was already reported: a rule over an invalid value would only repeat that problem."""
+        if self.ok(*reads.split()):
+            self.add(path, message, fix)
 
     def given(self, path: tuple) -> bool:
         """Whether the user wrote ``path`` (in the file or an override)."""
@@ -218,10 +224,12 @@ def parse_override(text: str) -> tuple[tuple, Any]:
     if not key or any(not part for part in key.split(".")):
         raise SpecError([Problem(where, key, f"not a dotted key (got {key!r})", "write e.g. train.epochs=2")])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = load_value(raw) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise SpecError([Problem(where, key, f"the value is not valid YAML ({str(exc).splitlines()[0]})",
                                  "quote it, e.g. key='text'")]) from None
+    except ValueError as exc:
+        raise SpecError([Problem(where, key, f"the value is too large ({exc})", "write the value out")]) from None
     if key.startswith("space.") and len(key) > len("space."):
         return ("space", key[len("space."):]), value
     return tuple(key.split(".")), value
@@ -264,7 +272,8 @@ def _space_target(ck: _Checker, key: Any, path: tuple) -> Field | None:
     if isinstance(node, Field) and node.tunable:
         return node
     if isinstance(node, Field):
-        ck.add(path, f"cannot be tuned (got {fmt(key)})", "set it outside space")
+        why = f": {node.fixed_because}" if node.fixed_because else ""
+        ck.add(path, f"cannot be tuned{why} (got {fmt(key)})", f"set {key} outside space")
         return None
     leaves = [".".join(p) for p, f in schema.iter_fields() if p[0] in schema.TUNABLE_SECTIONS and f.tunable]
     hint = did_you_mean(key, leaves)
@@ -515,127 +524,183 @@ def parse_space(ck: _Checker, raw: Any) -> Space:
 
 
 def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
-    data, train, res, search, sched, promote = (d["data"], d["train"], d["resources"], d["search"],
-                                               d["scheduler"], d["promote"])
-    # Values a setting may take during the sweep: its fixed value and every categorical option.
-    def values_of(key: str) -> set:
-        node: Any = d
-        for part in key.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        vals = {node} if not isinstance(node, (dict, list)) else set()
-        p = space.by_key.get(key)
-        if p is not None:
-            vals = set(p.domain.args) if p.domain.categorical else set()
-        return vals
+    """Rules across keys, each skipped when a setting it reads was already reported invalid."""
+    for rules in (_data_rules, _precision_rules, _optimizer_rules, _search_rules, _scheduler_rules, _hyperband_rules,
+                  _pbt_rules,
+                  _promotion_rules, _strategy_rules, _resource_rules, _loss_rules, _searcher_rules):
+        rules(ck, d, space)
 
-    def rule(reads: str, path: tuple, message: str, fix: str) -> None:
-        if ck.ok(*reads.split()):
-            ck.add(path, message, fix)
 
-    if data["dataset"] != "digits" and not data["root"] and not (data["dataset"] != "imagefolder" and data["download"]):
-        if ck.ok("data.dataset", "data.download"):
-            ck.add(("data", "root"), f"required for dataset {data['dataset']} (got null)",
-                   "set data.root to the directory holding the data", at=("data", "dataset"))
-    if "fp16" in values_of("train.precision") and res["gpus_per_worker"] == 0:
-        rule("resources.gpus_per_worker", ("train", "precision"), "fp16 needs a GPU (got resources.gpus_per_worker=0)",
-             "use bf16 on CPU, or give resources.gpus_per_worker > 0")
-    opt = train["optimizer"]
+def _values_of(d: dict, space: Space, key: str) -> set:
+    """Values a setting may take during the sweep: its fixed value, or every option of a categorical domain
+    (empty for a numeric domain)."""
+    node: Any = d
+    for part in key.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    vals = {node} if not isinstance(node, (dict, list)) else set()
+    p = space.by_key.get(key)
+    if p is not None:
+        vals = set(p.domain.args) if p.domain.categorical else set()
+    return vals
+
+
+def _data_rules(ck: _Checker, d: dict, space: Space) -> None:
+    data = d["data"]
+    needs_root = data["dataset"] != "digits" and not (data["dataset"] != "imagefolder" and data["download"])
+    if needs_root and not data["root"] and ck.ok("data.dataset", "data.download"):
+        ck.add(("data", "root"), f"required for dataset {data['dataset']} (got null)",
+               "set data.root to the directory holding the data", at=("data", "dataset"))
+
+
+def _precision_rules(ck: _Checker, d: dict, space: Space) -> None:
+    if "fp16" in _values_of(d, space, "train.precision") and d["resources"]["gpus_per_worker"] == 0:
+        ck.rule("resources.gpus_per_worker", ("train", "precision"),
+                "fp16 needs a GPU (got resources.gpus_per_worker=0)",
+                "use bf16 on CPU, or give resources.gpus_per_worker > 0")
+
+
+def _optimizer_rules(ck: _Checker, d: dict, space: Space) -> None:
+    opt = d["train"]["optimizer"]
     if opt["nesterov"] is True and opt["momentum"] == 0 and "train.optimizer.momentum" not in space.by_key:
-        rule("train.optimizer.momentum", ("train", "optimizer", "nesterov"),
-             "Nesterov momentum needs momentum > 0 (got momentum=0)",
-             "set train.optimizer.momentum > 0 or nesterov: false")
+        ck.rule("train.optimizer.momentum", ("train", "optimizer", "nesterov"),
+                "Nesterov momentum needs momentum > 0 (got momentum=0)",
+                "set train.optimizer.momentum > 0 or nesterov: false")
+
+
+def _search_rules(ck: _Checker, d: dict, space: Space) -> None:
+    search = d["search"]
     direction = schema.METRICS[search["metric"]]
     if search["mode"] != direction:
-        rule("search.metric search.mode", ("search", "mode"),
-             f"{search['metric']} is better when {'higher' if direction == 'max' else 'lower'} "
-             f"(got mode={search['mode']})", f"set search.mode: {direction}")
+        ck.rule("search.metric search.mode", ("search", "mode"),
+                f"{search['metric']} is better when {'higher' if direction == 'max' else 'lower'} "
+                f"(got mode={search['mode']})", f"set search.mode: {direction}")
     # The default sampler (tpe) left in a spec whose algorithm is switched is harmless;
     # any other sampler outside optuna would silently do nothing.
     if ck.given(("search", "sampler")) and search["algorithm"] != "optuna" and search["sampler"] != "tpe":
-        rule("search.algorithm", ("search", "sampler"), f"only optuna uses a sampler (got algorithm={search['algorithm']})",
-             "remove search.sampler or set search.algorithm: optuna")
+        ck.rule("search.algorithm", ("search", "sampler"),
+                f"only optuna uses a sampler (got algorithm={search['algorithm']})",
+                "remove search.sampler or set search.algorithm: optuna")
+
+
+def _max_epochs(d: dict, space: Space) -> int:
+    """The most epochs a trial can run: train.epochs, or the top of its searched domain."""
+    p = space.by_key.get("train.epochs")
+    if p is not None and not p.domain.categorical:
+        return p.domain.args[1]
+    return max(_values_of(d, space, "train.epochs") or {d["train"]["epochs"]})
+
+
+def _scheduler_rules(ck: _Checker, d: dict, space: Space) -> None:
+    sched = d["scheduler"]
     for key, users in SCHEDULER_KEYS.items():
         if ck.given(("scheduler", key)) and sched["name"] not in users:
-            rule("scheduler.name", ("scheduler", key), f"not used by scheduler {sched['name']} (got {fmt(sched[key])})",
-                 f"remove it, or use scheduler.name: {' / '.join(users)}")
-    epochs = max(values_of("train.epochs") or {train["epochs"]})
-    if "train.epochs" in space.by_key and not space.by_key["train.epochs"].domain.categorical:
-        epochs = space.by_key["train.epochs"].domain.args[1]
+            ck.rule("scheduler.name", ("scheduler", key),
+                    f"not used by scheduler {sched['name']} (got {fmt(sched[key])})",
+                    f"remove it, or use scheduler.name: {' / '.join(users)}")
+    epochs = _max_epochs(d, space)
     max_t = sched["max_t"] or epochs
     if sched["max_t"] is not None and sched["max_t"] > epochs:
-        rule("train.epochs", ("scheduler", "max_t"), f"exceeds train.epochs (got {sched['max_t']} > {epochs})",
-             "lower scheduler.max_t or raise train.epochs")
+        ck.rule("train.epochs", ("scheduler", "max_t"), f"exceeds train.epochs (got {sched['max_t']} > {epochs})",
+                "lower scheduler.max_t or raise train.epochs")
     if sched["name"] in ("asha", "median") and sched["grace_period"] > max_t:
-        rule("train.epochs scheduler.max_t", ("scheduler", "grace_period"),
-             f"exceeds the epochs a trial can run (got {sched['grace_period']} > {max_t})",
-             "lower scheduler.grace_period")
-    if sched["name"] == "hyperband":
-        _hyperband_checks(ck, search, res, space, rule)
-    if sched["name"] == "pbt":
-        if search["algorithm"] not in ("random", "grid"):
-            rule("search.algorithm", ("scheduler", "name"), "pbt explores by itself and cannot be combined with a "
-                 f"searcher (got search.algorithm={search['algorithm']})", "set search.algorithm: random")
-        if not space:
-            rule("space", ("scheduler", "name"), "pbt needs a space to mutate (got an empty space)", "add space entries")
-        if space.is_conditional:
-            rule("space", ("scheduler", "name"), "pbt cannot mutate a conditional space (got conditional parameters)",
-                 "remove the conditions or use asha")
-        from raytune_opt.schedulers import pbt_mutable
+        ck.rule("train.epochs scheduler.max_t", ("scheduler", "grace_period"),
+                f"exceeds the epochs a trial can run (got {sched['grace_period']} > {max_t})",
+                "lower scheduler.grace_period")
 
-        if space and not any(pbt_mutable(p.key) for p in space.params):
-            rule("space", ("scheduler", "name"), "pbt can perturb none of the searched keys (got "
-                 f"{', '.join(p.key for p in space.params)}: they change the model, the data or the run)",
-                 "search an optimizer, loss, augmentation or schedule setting, train.batch_size or model.dropout")
-        if not train["checkpoint"]:
-            rule("train.checkpoint", ("train", "checkpoint"), "pbt copies checkpoints between trials (got false)",
-                 "set it to true")
-    if promote["enabled"] and not train["checkpoint"]:
-        rule("promote.enabled", ("train", "checkpoint"), "promotion needs the best trial's checkpoint (got false)",
-             "set train.checkpoint: true or promote.enabled: false")
+
+def _pbt_rules(ck: _Checker, d: dict, space: Space) -> None:
+    if d["scheduler"]["name"] != "pbt":
+        return
+    algorithm = d["search"]["algorithm"]
+    if algorithm not in ("random", "grid"):
+        ck.rule("search.algorithm", ("scheduler", "name"), "pbt explores by itself and cannot be combined with a "
+                f"searcher (got search.algorithm={algorithm})", "set search.algorithm: random")
+    if not space:
+        ck.rule("space", ("scheduler", "name"), "pbt needs a space to mutate (got an empty space)", "add space entries")
+    if space.is_conditional:
+        ck.rule("space", ("scheduler", "name"), "pbt cannot mutate a conditional space (got conditional parameters)",
+                "remove the conditions or use asha")
+    from raytune_opt.schedulers import pbt_mutable
+
+    if space and not any(pbt_mutable(p.key) for p in space.params):
+        ck.rule("space", ("scheduler", "name"), "pbt can perturb none of the searched keys (got "
+                f"{', '.join(p.key for p in space.params)}: they change the model, the data or the run)",
+                "search an optimizer, loss, augmentation or schedule setting, train.batch_size or model.dropout")
+    if not d["train"]["checkpoint"]:
+        ck.rule("train.checkpoint", ("train", "checkpoint"), "pbt copies checkpoints between trials (got false)",
+                "set it to true")
+
+
+def _hyperband_rules(ck: _Checker, d: dict, space: Space) -> None:
+    """Ray's HyperBand is synchronous: it pauses a bracket's trials until the whole bracket has
+    been admitted. Behind a concurrency limit, or a searcher that proposes one trial at a time,
+    brackets never fill and it stops nothing (measured: every trial ran to max_t)."""
+    if d["scheduler"]["name"] != "hyperband":
+        return
+    limit, algorithm = d["resources"]["max_concurrent_trials"], d["search"]["algorithm"]
+    if limit is not None:
+        ck.rule("scheduler.name", ("resources", "max_concurrent_trials"),
+                f"hyperband fills its brackets before it halves them; a limit of {limit} keeps them from filling "
+                "and it stops no trial", "remove it (resources per trial bound concurrency), or use "
+                "scheduler.name: asha")
+    if algorithm in ("optuna", "hyperopt") or (algorithm == "random" and space.is_conditional):
+        ck.rule("search.algorithm", ("scheduler", "name"), "hyperband needs its brackets admitted at once, and "
+                f"{algorithm} proposes one trial at a time (it would stop no trial)",
+                "use search.algorithm: random or grid with hyperband, or scheduler.name: asha")
+
+
+def _promotion_rules(ck: _Checker, d: dict, space: Space) -> None:
+    promote = d["promote"]
+    if promote["enabled"] and not d["train"]["checkpoint"]:
+        ck.rule("promote.enabled", ("train", "checkpoint"), "promotion needs the best trial's checkpoint (got false)",
+                "set train.checkpoint: true or promote.enabled: false")
     for target in ("int8", "tensorrt"):
         if target in promote["targets"] and "onnx" not in promote["targets"]:
-            rule("promote.targets", ("promote", "targets"),
-                 f"{target} is built from the ONNX model (got {fmt(promote['targets'])})", "add onnx to promote.targets")
+            ck.rule("promote.targets", ("promote", "targets"),
+                    f"{target} is built from the ONNX model (got {fmt(promote['targets'])})",
+                    "add onnx to promote.targets")
+
+
+def _strategy_rules(ck: _Checker, d: dict, space: Space) -> None:
+    train = d["train"]
     if train["strategy"] != "deepspeed" and train["deepspeed"] and "train.strategy" not in space.by_key:
-        rule("train.strategy", ("train", "deepspeed"),
-             f"only used with train.strategy: deepspeed (got strategy={train['strategy']})",
-             "remove train.deepspeed or set train.strategy: deepspeed")
-    gpus = res["gpus_per_worker"]
+        ck.rule("train.strategy", ("train", "deepspeed"),
+                f"only used with train.strategy: deepspeed (got strategy={train['strategy']})",
+                "remove train.deepspeed or set train.strategy: deepspeed")
+    if "deepspeed" in _values_of(d, space, "train.strategy") and ck.ok("train.strategy", "train.deepspeed"):
+        _deepspeed_checks(ck, train, space)
+
+
+def _resource_rules(ck: _Checker, d: dict, space: Space) -> None:
+    gpus = d["resources"]["gpus_per_worker"]
     if gpus > 1 and not float(gpus).is_integer():
-        rule("", ("resources", "gpus_per_worker"), f"above 1 must be a whole number (got {gpus:g})",
-             "give a fraction below 1 or an integer")
-    if ck.given(("train", "loss", "label_smoothing")) and train["loss"]["label_smoothing"] > 0 \
-            and "focal" in values_of("train.loss.name") and "cross_entropy" not in values_of("train.loss.name"):
-        rule("train.loss.name", ("train", "loss", "label_smoothing"),
-             f"only cross_entropy smooths labels (got loss {train['loss']['name']})",
-             "remove label_smoothing or use train.loss.name: cross_entropy")
-    weights = train["loss"]["class_weights"]
-    n_classes = NUM_CLASSES.get(data["dataset"])
+        ck.rule("", ("resources", "gpus_per_worker"), f"above 1 must be a whole number (got {gpus:g})",
+                "give a fraction below 1 or an integer")
+
+
+def _loss_rules(ck: _Checker, d: dict, space: Space) -> None:
+    loss = d["train"]["loss"]
+    names = _values_of(d, space, "train.loss.name")
+    if ck.given(("train", "loss", "label_smoothing")) and loss["label_smoothing"] > 0 \
+            and "focal" in names and "cross_entropy" not in names:
+        ck.rule("train.loss.name", ("train", "loss", "label_smoothing"),
+                f"only cross_entropy smooths labels (got loss {loss['name']})",
+                "remove label_smoothing or use train.loss.name: cross_entropy")
+    weights = loss["class_weights"]
+    n_classes = NUM_CLASSES.get(d["data"]["dataset"])
     if isinstance(weights, list) and n_classes and len(weights) != n_classes:
-        rule("data.dataset", ("train", "loss", "class_weights"),
-             f"needs one weight per class: {n_classes} for {data['dataset']} (got {len(weights)})",
-             f"give {n_classes} weights or 'balanced'")
+        ck.rule("data.dataset", ("train", "loss", "class_weights"),
+                f"needs one weight per class: {n_classes} for {d['data']['dataset']} (got {len(weights)})",
+                f"give {n_classes} weights or 'balanced'")
+
+
+def _searcher_rules(ck: _Checker, d: dict, space: Space) -> None:
+    """What the chosen searcher cannot take (grid points with optuna, conditions with gp...)."""
+    search = d["search"]
     if ck.ok("search.algorithm", "search.sampler"):
         key = searchers.searcher_key(search["algorithm"], search["sampler"])
         for pkey, what, fix in searchers.refusals(space, key):
             ck.add(("space", pkey), what, fix, at=ck.param_at.get(pkey))
-    if "deepspeed" in values_of("train.strategy") and ck.ok("train.strategy", "train.deepspeed"):
-        _deepspeed_checks(ck, train, space)
-
-
-def _hyperband_checks(ck: _Checker, search: dict, res: dict, space: Space, rule) -> None:
-    """Ray's HyperBand is synchronous: it pauses a bracket's trials until the whole bracket has
-    been admitted. Behind a concurrency limit, or a searcher that proposes one trial at a time,
-    brackets never fill and it stops nothing (measured: every trial ran to max_t)."""
-    if res["max_concurrent_trials"] is not None:
-        rule("scheduler.name", ("resources", "max_concurrent_trials"),
-             f"hyperband fills its brackets before it halves them; a limit of {res['max_concurrent_trials']} keeps "
-             "them from filling and it stops no trial", "remove it (resources per trial bound concurrency), or use "
-             "scheduler.name: asha")
-    if search["algorithm"] in ("optuna", "hyperopt") or (search["algorithm"] == "random" and space.is_conditional):
-        rule("search.algorithm", ("scheduler", "name"), "hyperband needs its brackets admitted at once, and "
-             f"{search['algorithm']} proposes one trial at a time (it would stop no trial)",
-             "use search.algorithm: random or grid with hyperband, or scheduler.name: asha")
 
 
 DEEPSPEED_DOCS = "see https://www.deepspeed.ai/docs/config-json/"

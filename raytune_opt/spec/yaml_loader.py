@@ -3,6 +3,12 @@
 PyYAML's ``safe_load`` silently keeps the last of two duplicate keys and forgets line
 numbers. We compose the node graph with the safe loader and convert it ourselves, so that
 every key path maps to its ``(line, column)`` and duplicate keys become problems.
+
+A spec is user input, so the loader's cost is bounded: files over :data:`MAX_BYTES` are
+refused unread, and the composed graph's expanded size (aliases counted every time they
+are used, as the conversion would copy them) is measured before anything is copied, so a
+few hundred bytes of nested aliases ("billion laughs") are refused in milliseconds instead
+of expanding into gigabytes.
 """
 
 from __future__ import annotations
@@ -15,6 +21,9 @@ import yaml
 from raytune_opt.errors import Problem, SpecError
 
 KeyPath = tuple  # a path of mapping keys / list indices from the root
+
+MAX_BYTES = 1 << 20  # the shipped specs are a few KiB
+MAX_NODES = 100_000  # expanded YAML nodes; the shipped specs have a few hundred
 
 
 class Located:
@@ -77,27 +86,123 @@ def load_yaml(text: str, source: str) -> tuple[Any, Located, list[Problem]]:
         SpecError: the text is not YAML or holds several documents.
     """
     located = Located(source)
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks every character first
+    except yaml.reader.ReaderError as exc:
+        raise _reader_problem(exc, text, source) from None
     try:
         try:
             node = loader.get_single_node()
         except yaml.composer.ComposerError as exc:
+            if "expected a single document" not in str(exc):
+                raise _yaml_problem(exc, source, f"not valid YAML ({_first_line(exc)})",
+                                    "fix the YAML syntax at that position") from None
             raise _yaml_problem(exc, source, "the file holds more than one YAML document",
                                 "keep one document (remove the extra '---')") from None
+        except yaml.reader.ReaderError as exc:
+            raise _reader_problem(exc, text, source) from None
         except yaml.YAMLError as exc:
             raise _yaml_problem(exc, source, f"not valid YAML ({_first_line(exc)})",
                                 "fix the YAML syntax at that position") from None
+        except RecursionError:
+            raise _too_deep(source) from None
         if node is None:
             return None, located, []
+        _check_size(node, source)
         problems: list[Problem] = []
         try:
             data = _convert(loader, node, (), located, problems)
         except yaml.YAMLError as exc:
             raise _yaml_problem(exc, source, f"not valid YAML ({_first_line(exc)})",
                                 "fix the YAML syntax at that position") from None
+        except RecursionError:
+            raise _too_deep(source) from None
         return data, located, problems
     finally:
         loader.dispose()
+
+
+def expanded_size(node: yaml.Node) -> int:
+    """How many nodes converting ``node`` would produce, each alias counted at every use.
+
+    Linear in the distinct nodes (sizes are memoized by node identity), so it is cheap
+    however large the expansion it measures.
+
+    Raises:
+        ValueError: the graph has a cycle (an anchor used inside itself).
+    """
+    sizes: dict[int, int] = {}
+    visiting: set[int] = set()
+
+    def size(n: yaml.Node) -> int:
+        if id(n) in sizes:
+            return sizes[id(n)]
+        if id(n) in visiting:
+            raise ValueError(f"line {n.start_mark.line + 1}")
+        visiting.add(id(n))
+        total = 1
+        if isinstance(n, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in n.value)
+        elif isinstance(n, yaml.SequenceNode):
+            total += sum(size(item) for item in n.value)
+        visiting.discard(id(n))
+        sizes[id(n)] = total
+        return total
+
+    return size(node)
+
+
+def load_value(text: str) -> Any:
+    """``yaml.safe_load`` of one short value (an override), with the same size bound as a spec.
+
+    Raises:
+        yaml.YAMLError: not YAML.
+        ValueError: recursive, or expands past :data:`MAX_NODES`.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        try:
+            n = expanded_size(node)
+        except RecursionError:
+            raise ValueError("nested too deeply") from None
+        if n > MAX_NODES:
+            raise ValueError(f"expands to {n:,} nodes through aliases, more than {MAX_NODES:,}")
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def _check_size(node: yaml.Node, source: str) -> None:
+    try:
+        n = expanded_size(node)
+    except ValueError as exc:
+        raise SpecError([Problem(f"{source}:1:1", "", f"an anchor is used inside itself ({exc})",
+                                 "a spec cannot be recursive; write the value out")]) from None
+    except RecursionError:
+        raise _too_deep(source) from None
+    if n > MAX_NODES:
+        raise SpecError([Problem(f"{source}:1:1", "", f"expands to {n:,} YAML nodes through anchors and aliases "
+                                 f"(got more than {MAX_NODES:,})", "write the values out, or use fewer nested aliases")])
+
+
+def _too_deep(source: str) -> SpecError:
+    return SpecError([Problem(f"{source}:1:1", "", "nested too deeply to read", "flatten the nesting")])
+
+
+def _reader_problem(exc: yaml.reader.ReaderError, text: str, source: str) -> SpecError:
+    """A character YAML does not allow (NUL, other control characters), with its line and column."""
+    before = text[:exc.position]
+    line = before.count("\n") + 1
+    col = exc.position - (before.rfind("\n") + 1) + 1
+    char = exc.character if isinstance(exc.character, str) else chr(exc.character)
+    return SpecError([Problem(f"{source}:{line}:{col}", "", f"holds a character YAML does not allow "
+                              f"(got {char!r}, U+{ord(char):04X})",
+                              "remove it; YAML takes printable text, tabs and line breaks")])
 
 
 def load_yaml_file(path: str | Path) -> tuple[Any, Located, list[Problem]]:
@@ -108,7 +213,11 @@ def load_yaml_file(path: str | Path) -> tuple[Any, Located, list[Problem]]:
     if p.is_dir():
         raise SpecError([Problem(str(p), "", "is a directory, not a YAML file", "pass the spec file itself")])
     try:
-        raw = p.read_bytes()
+        with p.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)  # a FIFO or /dev/zero has no size to stat
+        if len(raw) > MAX_BYTES:
+            raise SpecError([Problem(f"{p}:1:1", "", f"too large for a spec (got more than {MAX_BYTES:,} bytes)",
+                                     "pass the sweep spec itself; a spec is a few KiB")])
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise SpecError([Problem(f"{p}:1:1", "", "not a UTF-8 text file", "pass a YAML spec")]) from None

@@ -98,5 +98,10 @@ class Strategy:
         paths it wrote, relative to ``directory`` (every rank calls it)."""
         return ()
 
+    def resumed_shards(self, directory: str, resumed: dict | None) -> Sequence[str]:
+        """This rank's shard files of ``resumed`` (a finished run's last checkpoint, loaded),
+        relative to ``directory``, to report again when a resumed trial has nothing left to train."""
+        return ()
+
     def close(self) -> None:
         """Release what :meth:`setup` created (called once, when the loop ends)."""

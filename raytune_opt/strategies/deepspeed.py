@@ -33,6 +33,7 @@ from typing import Any, Callable, ContextManager, Sequence
 import torch
 from torch import nn
 
+from raytune_opt.recipe.errors import RecipeConfigError
 from raytune_opt.strategies.base import Strategy
 
 __all__ = ["DeepSpeedStrategy", "RECIPE_OWNED", "build_config", "conflicts", "check_config", "ZERO_DIR"]
@@ -84,14 +85,15 @@ def build_config(train_cfg: dict) -> dict:
     """DeepSpeed's config for a trial: ``train.deepspeed`` merged with what the recipe owns.
 
     Raises:
-        ValueError: ``train.deepspeed`` sets a key the recipe owns (``validate`` reports
-            this first; see :func:`conflicts`).
+        RecipeConfigError: ``train.deepspeed`` sets a key the recipe owns (``validate``
+            reports this first; see :func:`conflicts`).
     """
     user = copy.deepcopy(train_cfg.get("deepspeed") or {})
     clash = conflicts(user)
     if clash:
         ds_key, ours = clash[0]
-        raise ValueError(f"train.deepspeed.{ds_key} is set by {ours}; remove it from train.deepspeed")
+        raise RecipeConfigError(f"train.deepspeed.{ds_key}: the recipe sets it from {ours} (got "
+                                f"{user[ds_key]!r}); remove train.deepspeed.{ds_key} and set {ours} instead")
     return {**_DEFAULTS, **user, **recipe_config(train_cfg)}
 
 
@@ -193,8 +195,6 @@ class DeepSpeedStrategy(Strategy):
         self.config = build_config(train_cfg)
         precision = train_cfg["precision"]
         if precision == "fp16" and session.device.type != "cuda":
-            from raytune_opt.recipe.errors import RecipeConfigError
-
             raise RecipeConfigError(f"train.precision fp16 needs a CUDA GPU but the trial runs on {session.device}; "
                                     f"use bf16 (or fp32), or give the trial a GPU")
         self._dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
@@ -348,6 +348,10 @@ class DeepSpeedStrategy(Strategy):
                 if old.is_dir() and old.name not in (tag, previous):
                     shutil.rmtree(old, ignore_errors=True)
         return mine
+
+    def resumed_shards(self, directory: str, resumed: dict | None) -> Sequence[str]:
+        zero = (resumed or {}).get("zero")
+        return shard_paths(directory, zero["tag"], self.session.rank) if zero else []
 
     def close(self) -> None:
         import torch.distributed as dist

@@ -55,7 +55,7 @@ def _cli(args: list[str], env: dict, timeout: float = 540) -> subprocess.Complet
 
 
 def _env(head: HeadNode, s3: S3Server, tmp_path) -> dict:
-    # The S3 mirror goes to the test's directory, not ~/.cache.
+    # The S3 mirror (the cache root's s3/) goes to the test's directory, not the machine's cache.
     return {**head.env, **s3.creds, "RAYTUNE_OPT_CACHE": str(tmp_path / "cache"), "PYTHONUNBUFFERED": "1"}
 
 

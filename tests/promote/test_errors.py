@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from raytune_opt.cli import main
 from raytune_opt.promote.export import parity
@@ -83,3 +84,18 @@ def test_parity_allows_top1_flips_only_on_near_ties():
     assert p.ok
     p = parity(ref, flipped_clear, atol=1e-4)
     assert not p.ok and "max |ONNX - PyTorch|" in p.reason
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    (("best.json", '{"trial_id": "aaaa00'), "best.json: unreadable or truncated"),
+    (("best.json", "[1, 2]"), "best.json: unreadable or truncated"),
+    (("best.json", '{"trial_id": "aaaa0001", "value": "high", "metric": "val_accuracy", "mode": "max"}'),
+     "best.json: unreadable or truncated"),
+    (("spec.yaml", "search: {metric: [unclosed\n"), "spec.yaml: unreadable (ParserError)"),
+    (("spec.yaml", "search: {}\npromote: {}\n"), "spec.yaml: not a resolved raytune-opt spec"),
+])
+def test_damaged_experiment_files_are_one_line(experiment, capsys, damage, fragment):
+    name, text = damage
+    (experiment / name).write_text(text)
+    rc, err = _run(capsys, experiment)
+    assert rc == 2 and fragment in _one_line(err)

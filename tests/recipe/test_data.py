@@ -152,3 +152,16 @@ def test_a_cifar_pickle_that_would_run_code_is_refused(tmp_path):
     path.write_bytes(pickle.dumps({b"data": Evil()}))
     with pytest.raises(DataError, match="refusing to load"):
         _unpickle(path, "cifar10")
+
+
+def test_a_process_keeps_one_decoded_data_set_however_many_image_sizes_its_trials_tune(tmp_path):
+    # Tune reuses actors across trials: one per image size would pile up in each of them.
+    write_imagefolder(tmp_path / "img", classes=("a", "b"), per_class=4)
+    data_mod._MEMO.clear()
+    sizes = (8, 12, 16)
+    for size in sizes:
+        d = load_data(_cfg(dataset="imagefolder", root=str(tmp_path / "img"), image_size=size), seed=0)
+        assert d.image_size == size
+        assert len(data_mod._MEMO) == 1
+    again = load_data(_cfg(dataset="imagefolder", root=str(tmp_path / "img"), image_size=16), seed=0)
+    assert again is d  # the most recent one is kept

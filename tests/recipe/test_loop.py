@@ -150,9 +150,13 @@ def test_everything_on_at_once():
                         "mixup_alpha": 0.2, "cutmix_alpha": 1.0},
                lr_schedule={"name": "onecycle", "warmup_epochs": 0.5})
     cfg["search"] = {"metric": "val_loss", "mode": "min"}
-    final = train(cfg, LocalSession())
+    session = LocalSession()
+    final = train(cfg, session)
     assert final["stop_reason"] == "completed" and math.isfinite(final["val_loss"])
-    assert final["best_val_loss"] == final["val_loss"] or final["best_val_loss"] < final["val_loss"]
+    assert [r["epoch"] for r in session.reports] == [1, 2]
+    # The best is the lowest val_loss over the epochs, reported with every epoch so far.
+    assert [r["best_val_loss"] for r in session.reports] == [
+        min(r["val_loss"] for r in session.reports[:n]) for n in (1, 2)]
 
 
 def test_fp16_needs_a_gpu():

@@ -40,7 +40,10 @@ def test_the_recipe_owns_its_keys_and_the_rest_passes_through():
     assert cfg["bf16"] == {"enabled": True} and cfg["fp16"] == {"enabled": False}
     assert "optimizer" not in cfg and "scheduler" not in cfg  # ours: the client optimizer, our schedule
     assert "gradient_clipping" not in ds.build_config({**train, "grad_clip_norm": None})
-    with pytest.raises(ValueError, match="train.deepspeed.optimizer is set by train.optimizer"):
+    from raytune_opt.errors import RaytuneOptError
+
+    with pytest.raises(RaytuneOptError, match=r"^train.deepspeed.optimizer: the recipe sets it from train.optimizer "
+                                              r"\(got \{'type': 'Adam'\}\); remove train.deepspeed.optimizer"):
         ds.build_config({**train, "deepspeed": {"optimizer": {"type": "Adam"}}})
 
 
