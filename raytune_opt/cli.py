@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start errored trials from scratch (default: continue them from their last checkpoint)")
     rs.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
 
+    rp = sub.add_parser("report", help="write an experiment's report.html (also a running or resumed sweep's)")
+    rp.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME), or s3://BUCKET/PREFIX/NAME")
+    rp.add_argument("--out", help="write the page here instead of EXPERIMENT/report.html")
+    rp.add_argument("--open", action="store_true", help="open the page in the default web browser")
+    rp.add_argument("--endpoint-url", help="S3-compatible endpoint of an s3:// experiment")
+
     sb = sub.add_parser("submit", help="run a sweep on a Ray cluster as a Ray job")
     _add_spec_args(sb)
     sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
@@ -117,6 +123,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _finish(outcome, outcome.spec, args.address)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from raytune_opt.report import write_report
+
+    path = write_report(args.experiment, args.out, endpoint_url=args.endpoint_url)
+    print(f"report: {path}")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(path.as_uri()):
+            print(f"raytune-opt: no web browser found here; open {path.as_uri()} yourself", file=sys.stderr)
+    return 0
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from raytune_opt import jobs
     from raytune_opt.spec import load_spec
@@ -133,7 +152,7 @@ def _finish(outcome, spec, address) -> int:
     search = spec.data["search"]
     print()
     print(results.leaderboard(outcome.rows, search["metric"], search["mode"]))
-    print(f"results: {outcome.where} (results.csv, best.json, history/) in {outcome.wall_seconds:.0f} s")
+    print(f"results: {outcome.where} (results.csv, best.json, history/, report.html) in {outcome.wall_seconds:.0f} s")
     if outcome.best is None:
         print("raytune-opt: no trial succeeded; see the error column of results.csv", file=sys.stderr)
         return 1
@@ -143,7 +162,18 @@ def _finish(outcome, spec, address) -> int:
     if not spec.data["promote"]["enabled"]:
         return outcome.exit_code
     print()
-    return max(outcome.exit_code, _promote(outcome.where, None, address, spec.data["storage"]["endpoint_url"]))
+    code = max(outcome.exit_code, _promote(outcome.where, None, address, spec.data["storage"]["endpoint_url"]))
+    _refresh_report(outcome)  # the page the sweep wrote did not have the promotion yet
+    return code
+
+
+def _refresh_report(outcome) -> None:
+    from raytune_opt import storage
+    from raytune_opt.report import after_sweep
+
+    page = after_sweep(storage.from_uri(outcome.where, outcome.spec.data["storage"]["endpoint_url"]))
+    if page is not None:
+        print(f"report: {page}")
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -168,7 +198,7 @@ def _promote(exp_dir, targets, address, endpoint_url=None) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "run": cmd_run, "promote": cmd_promote, "resume": cmd_resume,
-            "submit": cmd_submit}
+            "submit": cmd_submit, "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from raytune_opt import _atomic, ray_runtime, results, schedulers, searchers, trial
+from raytune_opt import _atomic, ray_runtime, report, results, schedulers, searchers, trial
 from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
 from raytune_opt.errors import UsageError
 from raytune_opt.spec import Spec
@@ -154,6 +154,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 name=spec.name, verbose=verbose, **loc.tune_storage(),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=report.callbacks(loc),  # refreshes report.html as trials end
             ),
         )
         return _fit_and_record(tuner, spec, loc)
@@ -278,6 +279,7 @@ def _fit_and_record(tuner, spec: Spec, loc: stores.Location) -> SweepOutcome:
                          f"and their checkpoints are kept: free the disk, then 'raytune-opt resume {exp_dir}' "
                          "writes them") from None
     loc.publish("results.csv", "history", "best.json")
+    report.after_sweep(loc)  # report.html and optuna.journal.log; warns, never fails the sweep
     return SweepOutcome(exp_dir, rows, best, wall, spec, uri=loc.uri)
 
 

@@ -232,7 +232,10 @@ def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
                     model_spec=spec, model_state=model_state, optimizer_state=strategy.optimizer_state_dict(),
                     scheduler_state=schedule.state_dict(), epoch=epoch, metrics=metrics, recipe=recipe,
                     spec_sha256=spec_sha256,
-                    extra={"loop_state": {"best": best, "bad_epochs": bad_epochs}, **strategy.checkpoint_extra(epoch)})
+                    extra={"loop_state": {"best": best, "bad_epochs": bad_epochs},
+                           # true x predicted counts on the validation set: the report's per-class view
+                           "val_confusion": confusion.round().long().tolist(),
+                           **strategy.checkpoint_extra(epoch)})
                 write_checkpoints(ckpt, root, is_best=is_best)
             checkpoint_dir = str(root) if session.is_rank_zero or shards else None
         metrics["epoch_s"] = time.perf_counter() - epoch_start
