@@ -15,7 +15,9 @@ import pytest
 
 from raytune_opt.errors import UsageError
 from raytune_opt.sweep import resume_sweep
+from tests._chromium import BROWSER
 from tests._procs import kill_tree
+from tests.test_report import assert_page_draws
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "search_spaces" / "digits_cnn.yaml"
@@ -79,6 +81,12 @@ def test_sigkill_of_the_driver_then_resume_loses_and_duplicates_nothing(local_ra
                 continued += 1
     assert continued, f"no trial was caught mid-way and continued: {interrupted}"
     json.loads((exp / "best.json").read_text())
+    # The resumed sweep's report lists each trial once (restarted ones under their new id).
+    page = (exp / "report.html").read_text()
+    leaderboard = page[page.index('id="leaderboard"'):page.index('id="history"')]
+    assert leaderboard.count("<tr class=") == n
+    if BROWSER:
+        assert_page_draws(exp / "report.html", expect_none=("promotion",))
 
 
 def test_resume_refuses_a_directory_that_is_not_an_experiment(tmp_path):

@@ -12,6 +12,8 @@ import pytest
 from raytune_opt.cli import main
 from raytune_opt.spec import load_spec
 from raytune_opt.sweep import run_sweep
+from tests._chromium import BROWSER
+from tests.test_report import assert_page_draws
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "search_spaces" / "digits_cnn.yaml"
@@ -76,6 +78,13 @@ def test_conditional_parameters_never_reach_results(local_ray, tmp_path):
         assert (r["config.train.optimizer.momentum"] != "") == (opt == "sgd")
     best = json.loads((outcome.exp_dir / "best.json").read_text())
     assert ("train.optimizer.momentum" in best["config"]) == (best["config"]["train.optimizer.name"] == "sgd")
+    # The sweep wrote its report; a real sweep's page draws every section (promotion is off here).
+    assert (outcome.exp_dir / "optuna.journal.log").is_file()
+    if BROWSER:
+        few = sum(r["status"] == "ok" for r in rows) < 2  # importance needs 2 finished (not stopped) trials
+        check = assert_page_draws(outcome.exp_dir / "report.html",
+                                  expect_none=("promotion", "importance") if few else ("promotion",))
+        assert check["sections"]["best"]["charts"] == 3  # lr, grad_norm, the confusion matrix from best.pt
 
 
 def test_a_diverging_trial_is_recorded_and_the_sweep_exits_0(local_ray, tmp_path, capsys):

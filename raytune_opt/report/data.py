@@ -2,8 +2,9 @@
 
 A finished sweep has ``results.csv`` and ``history/<trial>.csv``. A sweep still running (or a
 resumed one before it ends) has only Ray Tune's per-trial files, ``trial_*/params.json`` and
-``trial_*/progress.csv``; those trials are read from there and shown as ``running`` (or as
-they were last seen), so the page can be refreshed while the sweep goes on.
+``trial_*/progress.csv``; those trials are read from there and shown as ``unfinished`` (or
+ok/diverged/error where their last report says so), so the page can be refreshed while the
+sweep goes on.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ _NUMERIC_HISTORY = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_prec
 @dataclass
 class Trial:
     trial_id: str
-    status: str  # ok | stopped | diverged | error | running
+    status: str  # ok | stopped | diverged | error, or unfinished (running, or its driver died)
     stop_reason: str
     config: dict
     epochs: int
@@ -74,10 +76,11 @@ def load(exp_dir: str | Path) -> Experiment:
     if finished:
         for t in _from_results(exp_dir):
             trials[t.trial_id] = t
+    known = {t.order for t in trials.values()}
     for t in _from_tune_dirs(exp_dir, spec, space):
-        # A resumed sweep's restarted trial has a new id in the same trial_<n>/ directory:
-        # results.csv (when written) already holds it; before that Tune's files are newer.
-        if t.trial_id not in trials:
+        # A trial results.csv already holds (a restarted trial of a resumed sweep included,
+        # under its new id) is not shown twice.
+        if t.trial_id not in trials and t.order not in known:
             trials[t.trial_id] = t
     best = _json(exp_dir / "best.json")
     manifest = _json(exp_dir / "promotion" / "manifest.json")
@@ -117,12 +120,9 @@ def _num(v):
 
 
 def _order(trial_id: str, checkpoint: str = "") -> int:
-    """Tune ids end in the trial's index (``abc12_00007``); the directory is ``trial_<n>``."""
-    for part in (Path(checkpoint).parent.name if checkpoint else "", trial_id):
-        tail = part.rsplit("_", 1)[-1]
-        if tail.isdigit():
-            return int(tail)
-    return 1 << 30
+    """The n of the trial's directory ``trial_<n>`` (or ``trial_<n>_<suffix>`` once restarted)."""
+    m = re.search(r"(?:^|/)trial_(\d+)(?:_[^/]*)?(?:/|$)", checkpoint or "")
+    return int(m.group(1)) if m else 1 << 30
 
 
 def _history(path: Path) -> list[dict]:
@@ -161,11 +161,15 @@ def _from_tune_dirs(exp_dir: Path, spec: dict, space) -> list[Trial]:
     from raytune_opt.searchers import flatten_config
 
     metric, mode = spec["search"]["metric"], spec["search"]["mode"]
-    out = []
-    for d in sorted(exp_dir.glob("trial_*")):
+    latest: dict[int, Path] = {}  # a restarted trial (trial_<n>_<suffix>/) supersedes trial_<n>/
+    for d in exp_dir.glob("trial_*"):
         progress = d / "progress.csv"
-        if not progress.is_file():
-            continue
+        n = _order("", str(d))
+        if progress.is_file() and (n not in latest or progress.stat().st_mtime > (latest[n] / "progress.csv").stat().st_mtime):
+            latest[n] = d
+    out = []
+    for n, d in sorted(latest.items()):
+        progress = d / "progress.csv"
         try:
             params = json.loads((d / "params.json").read_text())
         except (OSError, ValueError):
@@ -184,8 +188,8 @@ def _from_tune_dirs(exp_dir: Path, spec: dict, space) -> list[Trial]:
         best = max(vals, key=lambda h: h[metric] if mode == "max" else -h[metric]) if vals else {}
         reason = raw[-1].get("stop_reason") or ""
         status = ("error" if (d / "error.txt").is_file() else "diverged" if reason.startswith("diverged")
-                  else "ok" if reason in ("completed", "early_stopping") else "running")
+                  else "ok" if reason in ("completed", "early_stopping") else "unfinished")
         out.append(Trial(tid, status, reason, config, int(history[-1]["epoch"]) if history else 0,
                          _num(raw[-1].get("time_total_s")), {k: v for k, v in best.items() if v is not None},
-                         history, _order(tid, str(d / "x")), str(d)))
+                         history, n, str(d)))
     return out

@@ -17,7 +17,7 @@ from raytune_opt.report.data import Experiment, Trial
 TOP_LOSS_TRIALS = 5
 CONTOUR_GRID = 28
 STATUS_COLOUR = {"ok": "#2ca02c", "stopped": "#7f7f7f", "diverged": "#d62728", "error": "#d62728",
-                 "running": "#1f77b4"}
+                 "unfinished": "#1f77b4"}
 
 
 def render(exp: Experiment, importance: dict, best_ckpt: dict | None) -> str:
@@ -75,6 +75,11 @@ def _kind(exp: Experiment, key: str) -> str:
     if d.categorical:
         return "cat"
     return "log" if d.kind in ("loguniform", "qloguniform", "lograndint") else "linear"
+
+
+def _cats(exp: Experiment, key: str) -> list | None:
+    d = exp.space.by_key[key].domain
+    return list(d.args) if d.categorical else None
 
 
 def _value(t: Trial, metric: str):
@@ -147,14 +152,14 @@ def _history(exp: Experiment) -> str:
     if not points:
         return _none(f"no trial has a finite {exp.metric} yet")
     chart = svg.scatter_chart(points, title=f"best {exp.metric} of each trial, and the best so far",
-                              xlabel="trial (in start order)", ylabel=exp.metric,
+                              xlabel="trial (in start order)", ylabel=exp.metric, integer_x=True,
                               lines=[{"x": best_x, "y": best_y, "color": "#d62728", "name": "best so far"}])
     return chart + _status_legend()
 
 
 def _status_legend() -> str:
     items = "".join(f'<span style="color:{c}">●</span> {s} ' for s, c in STATUS_COLOUR.items())
-    return f'<p class="hint">{items}(filled: finished; hollow: stopped, running or failed)</p>'
+    return f'<p class="hint">{items}(filled: finished; hollow: stopped, unfinished or failed)</p>'
 
 
 def _curves(exp: Experiment) -> str:
@@ -173,8 +178,8 @@ def _curves(exp: Experiment) -> str:
     sched = exp.spec["scheduler"]
     note = ""
     if sched["name"] in ("asha", "hyperband"):
-        note = (f" {sched['name']}: grace period {sched.get('grace_period')}, reduction factor "
-                f"{sched.get('reduction_factor')}; its stops fall on the rungs.")
+        note = (f" {sched['name']}: grace period {svg.fmt(sched.get('grace_period'))}, reduction factor "
+                f"{svg.fmt(sched.get('reduction_factor'))}; its stops fall on the rungs.")
     return chart + (f'<p class="hint">Colour: the trial\'s best {exp.metric} (bright = better). ✕: a trial the '
                     f'scheduler stopped there.{escape(note)}</p>')
 
@@ -203,7 +208,8 @@ def _parallel(exp: Experiment) -> str:
     if not keys or not trials:
         return _none("needs a searched key and a trial with a value")
     colours = _value_colours(exp)
-    axes = [{"name": k, "kind": _kind(exp, k), "values": [t.config.get(k) for t in trials]} for k in keys]
+    axes = [{"name": k, "kind": _kind(exp, k), "cats": _cats(exp, k), "values": [t.config.get(k) for t in trials]}
+            for k in keys]
     axes.append({"name": exp.metric, "kind": "linear", "values": [_value(t, exp.metric) for t in trials]})
     lines = [{"color": colours[t.trial_id],
               "title": f"trial {t.trial_id}: " + ", ".join(f"{k.split('.')[-1]}={svg.fmt(t.config[k])}"
@@ -224,7 +230,7 @@ def _slices(exp: Experiment) -> str:
                for t in exp.trials if k in t.config and (v := _value(t, exp.metric)) is not None]
         if pts:
             charts.append(svg.scatter_chart(pts, title=k, xlabel=k, ylabel=exp.metric, x_kind=_kind(exp, k),
-                                            width=360, height=260))
+                                            cats=_cats(exp, k), width=360, height=260))
     if not charts:
         return _none("no trial with a value yet")
     return f'<div class="grid">{"".join(charts)}</div>' + _status_legend()
@@ -246,8 +252,8 @@ def _contour(exp: Experiment, importance: dict) -> str:
     trials = [t for t in exp.trials if kx in t.config and ky in t.config and _value(t, exp.metric) is not None]
     if len(trials) < 2:
         return _none(f"needs two trials with both {kx} and {ky} and a value")
-    sx = svg.Scale([t.config[kx] for t in trials], 0, 1, _kind(exp, kx))
-    sy = svg.Scale([t.config[ky] for t in trials], 1, 0, _kind(exp, ky))
+    sx = svg.Scale([t.config[kx] for t in trials], 0, 1, _kind(exp, kx), cats=_cats(exp, kx))
+    sy = svg.Scale([t.config[ky] for t in trials], 1, 0, _kind(exp, ky), cats=_cats(exp, ky))
     pts = [(sx(t.config[kx]), 1 - sy(t.config[ky]), _value(t, exp.metric)) for t in trials]
     nx = len(sx.cats) if sx.kind == "cat" else CONTOUR_GRID
     ny = len(sy.cats) if sy.kind == "cat" else CONTOUR_GRID

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 JOURNAL = "optuna.journal.log"  # `optuna-dashboard EXPERIMENT/optuna.journal.log`
@@ -68,7 +69,7 @@ def build_study(exp):
             state = TrialState.COMPLETE
         elif t.status == "stopped":
             state, value = TrialState.PRUNED, None
-        elif t.status == "running":
+        elif t.status == "unfinished":
             state, value = TrialState.RUNNING, None
         else:
             state, value = TrialState.FAIL, None
@@ -99,7 +100,9 @@ def importances(study) -> dict[str, dict[str, float] | str]:
                          "count as pruned)")
             continue
         try:
-            out[name] = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
+            with warnings.catch_warnings():  # "few trials in a regime": a small sweep is a small sweep
+                warnings.simplefilter("ignore")
+                out[name] = dict(optuna.importance.get_param_importances(study, evaluator=evaluator))
         except (ValueError, RuntimeError, ZeroDivisionError) as exc:
             out[name] = f"cannot be computed on these trials ({exc})"
         if isinstance(out[name], dict) and not out[name]:

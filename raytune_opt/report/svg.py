@@ -8,6 +8,7 @@ hovering a mark shows its ``<title>``.
 
 from __future__ import annotations
 
+import copy
 import math
 from html import escape
 from typing import Sequence
@@ -39,10 +40,11 @@ def finite(x) -> bool:
 class Scale:
     """Maps data values onto pixels: linear, log or categorical."""
 
-    def __init__(self, values: Sequence, lo_px: float, hi_px: float, kind: str = "linear"):
-        self.kind, self.lo_px, self.hi_px = kind, lo_px, hi_px
-        if kind == "cat":
-            self.cats = list(dict.fromkeys(str(v) for v in values))
+    def __init__(self, values: Sequence, lo_px: float, hi_px: float, kind: str = "linear",
+                 cats: Sequence | None = None, integer: bool = False):
+        self.kind, self.lo_px, self.hi_px, self.integer = kind, lo_px, hi_px, integer
+        if kind == "cat":  # the domain's order where known, then any value not in it
+            self.cats = list(dict.fromkeys([str(c) for c in cats or ()] + [str(v) for v in values if v is not None]))
             return
         vals = [float(v) for v in values if finite(v) and (kind != "log" or v > 0)]
         if not vals:
@@ -55,7 +57,15 @@ class Scale:
         margin = (hi - lo) * 0.04
         self.lo, self.hi = lo - margin, hi + margin
 
+    def onto(self, lo_px: float, hi_px: float) -> "Scale":
+        """The same data range onto other pixels."""
+        out = copy.copy(self)
+        out.lo_px, out.hi_px = lo_px, hi_px
+        return out
+
     def __call__(self, v) -> float | None:
+        if v is None:
+            return None
         if self.kind == "cat":
             n = len(self.cats)
             i = self.cats.index(str(v)) if str(v) in self.cats else None
@@ -73,11 +83,13 @@ class Scale:
             if len(out) >= 2:
                 return out
         step = _nice_step((self.hi - self.lo) / max(n, 1))
+        if self.integer:
+            step = max(1.0, round(step))
         start = math.ceil(self.lo / step) * step
         out, v = [], start
         while v <= self.hi + 1e-12:
             real = 10.0 ** v if self.kind == "log" else v
-            out.append((self.lo_px + (v - self.lo) / (self.hi - self.lo) * (self.hi_px - self.lo_px), fmt(real)))
+            out.append((self.lo_px + (v - self.lo) / (self.hi - self.lo) * (self.hi_px - self.lo_px), fmt(real, 3)))
             v += step
         return out
 
@@ -90,13 +102,15 @@ def _nice_step(raw: float) -> float:
     return 10 * mag
 
 
-def fmt(v) -> str:
+def fmt(v, digits: int = 4) -> str:
     if isinstance(v, float):
         if v == 0:
             return "0"
+        if v.is_integer() and abs(v) < 1e6:
+            return str(int(v))
         if abs(v) >= 1e4 or abs(v) < 1e-3:
-            return f"{v:.2e}"
-        return f"{v:.4g}"
+            return f"{v:.{max(digits - 2, 1)}e}"
+        return f"{v:.{digits}g}"
     return str(v)
 
 
@@ -130,12 +144,12 @@ def _clip(s: str, n: int = 12) -> str:
 
 
 def line_chart(series: list[dict], *, title: str, xlabel: str, ylabel: str, width: int = W, height: int = H,
-               log_y: bool = False, legend: bool = False) -> str:
+               log_y: bool = False, legend: bool = False, integer_x: bool = True) -> str:
     """Lines of ``{"name", "x", "y", "color", "dash"?, "end"?}``; ``end`` marks the last point
     (``"x"``: the trial was stopped there, ``"o"``: an ordinary end)."""
     xs_all = [x for s in series for x in s["x"]]
     ys_all = [y for s in series for y in s["y"]]
-    xs = Scale(xs_all, PAD_L, width - PAD_R)
+    xs = Scale(xs_all, PAD_L, width - PAD_R, integer=integer_x)  # epochs
     ys = Scale(ys_all, height - PAD_B, PAD_T, "log" if log_y else "linear")
     out = _open(width, height, title)
     _axes(out, xs, ys, xlabel, ylabel, width, height)
@@ -177,9 +191,10 @@ def _legend(out: list[str], items: list[tuple], width: int) -> None:
 
 
 def scatter_chart(points: list[dict], *, title: str, xlabel: str, ylabel: str, x_kind: str = "linear",
-                  width: int = W, height: int = H, lines: list[dict] | None = None) -> str:
-    """Points of ``{"x", "y", "color", "title", "hollow"?}``; optional step ``lines`` below them."""
-    xs = Scale([p["x"] for p in points], PAD_L, width - PAD_R, x_kind)
+                  width: int = W, height: int = H, lines: list[dict] | None = None, cats: Sequence | None = None,
+                  integer_x: bool = False) -> str:
+    """Points of ``{"x", "y", "color", "title", "hollow"?}``; optional ``lines`` below them."""
+    xs = Scale([p["x"] for p in points], PAD_L, width - PAD_R, x_kind, cats=cats, integer=integer_x)
     ys = Scale([p["y"] for p in points] + [y for ln in lines or () for y in ln["y"]], height - PAD_B, PAD_T)
     out = _open(width, height, title)
     _axes(out, xs, ys, xlabel, ylabel, width, height)
@@ -215,7 +230,7 @@ def bar_chart(labels: list[str], values: list[float], *, title: str, xlabel: str
                f'{escape(xlabel)}</text>')
     for i, (label, v) in enumerate(zip(labels, values)):
         y = PAD_T + 24 * i + 4
-        out.append(f'<text class="tick" x="{left - 6}" y="{y + 12}" text-anchor="end">{escape(_clip(label, 24))}'
+        out.append(f'<text class="tick" x="{left - 6}" y="{y + 12}" text-anchor="end">{escape(_clip(label, 22))}'
                    f'</text>')
         if not finite(v):
             out.append(f'<text class="tick" x="{left + 4}" y="{y + 12}">n/a</text>')
@@ -236,7 +251,7 @@ def parallel_coordinates(axes: list[dict], lines: list[dict], *, title: str, wid
     n = len(axes)
     x0, x1 = PAD_L, width - PAD_R - 40
     xs = [x0 + (x1 - x0) * i / max(n - 1, 1) for i in range(n)]
-    scales = [Scale(a["values"], height - PAD_B, PAD_T + 12, a["kind"]) for a in axes]
+    scales = [Scale(a["values"], height - PAD_B, PAD_T + 12, a["kind"], cats=a.get("cats")) for a in axes]
     out = _open(width, height, title)
     for j, line in enumerate(lines):
         pts = [(x, s(a["values"][j]) if a["values"][j] is not None else None) for x, s, a in zip(xs, scales, axes)]
@@ -262,7 +277,7 @@ def parallel_coordinates(axes: list[dict], lines: list[dict], *, title: str, wid
             if py is not None:
                 out.append(f'<text class="tick" x="{x + 3:.1f}" y="{py + 3:.1f}">{escape(_clip(label, 9))}</text>')
         out.append(f'<text class="label" x="{x:.1f}" y="{height - PAD_B + 16}" text-anchor="middle">'
-                   f'{escape(_clip(a["name"].split(".")[-1], 16))}<title>{escape(a["name"])}</title></text>')
+                   f'{escape(_clip(".".join(a["name"].split(".")[-2:]), 18))}<title>{escape(a["name"])}</title></text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -293,7 +308,7 @@ def heatmap(z: list[list[float | None]], *, title: str, xlabel: str, ylabel: str
             if annotate and finite(v):
                 light = (v - lo) / span < 0.6
                 out.append(f'<text class="cell" x="{cx + cw / 2:.1f}" y="{cy + ch / 2 + 4:.1f}" text-anchor="middle" '
-                           f'fill="{"#fff" if light else "#000"}">{fmt(v)}</text>')
+                           f'style="fill:{"#fff" if light else "#000"}">{fmt(v)}</text>')
     if x_labels and y_labels:
         for j, lab in enumerate(x_labels):
             out.append(f'<text class="tick" x="{x0 + (j + 0.5) * cw:.1f}" y="{y1 + 14}" text-anchor="middle">'
@@ -305,14 +320,7 @@ def heatmap(z: list[list[float | None]], *, title: str, xlabel: str, ylabel: str
                    f'{escape(xlabel)}</text><text class="label" transform="translate(12 {(y0 + y1) / 2:.0f}) '
                    f'rotate(-90)" text-anchor="middle">{escape(ylabel)}</text>')
     elif x_scale is not None and y_scale is not None:
-        xs = Scale([], x0, x1)
-        xs.kind, xs.lo, xs.hi = x_scale.kind, x_scale.lo, x_scale.hi
-        ys = Scale([], y1, y0)
-        ys.kind, ys.lo, ys.hi = y_scale.kind, y_scale.lo, y_scale.hi
-        if x_scale.kind == "cat":
-            xs.cats = x_scale.cats
-        if y_scale.kind == "cat":
-            ys.cats = y_scale.cats
+        xs, ys = x_scale.onto(x0, x1), y_scale.onto(y1, y0)
         _axes(out, xs, ys, xlabel, ylabel, width - 40, height)
         for p in points or ():
             a, b = xs(p["x"]), ys(p["y"])
