@@ -159,21 +159,26 @@ def _finish(outcome, spec, address) -> int:
     b = outcome.best
     print(f"best: trial {b.trial_id} {search['metric']}={b.best[search['metric']]:.4f} "
           f"(epoch {b.best.get('epoch')}), checkpoint {b.checkpoint}")
-    if not spec.data["promote"]["enabled"]:
-        return outcome.exit_code
-    print()
-    code = max(outcome.exit_code, _promote(outcome.where, None, address, spec.data["storage"]["endpoint_url"]))
-    _refresh_report(outcome)  # the page the sweep wrote did not have the promotion yet
+    code = outcome.exit_code
+    if spec.data["promote"]["enabled"]:
+        print()
+        code = max(code, _promote(outcome.where, None, address, spec.data["storage"]["endpoint_url"]))
+    _after_promotion(outcome)
     return code
 
 
-def _refresh_report(outcome) -> None:
-    from raytune_opt import storage
+def _after_promotion(outcome) -> None:
+    """The report again (the sweep's page did not have the promotion yet), then MLflow's artifacts."""
+    from raytune_opt import storage, tracking
     from raytune_opt.report import after_sweep
 
-    page = after_sweep(storage.from_uri(outcome.where, outcome.spec.data["storage"]["endpoint_url"]))
-    if page is not None:
+    if outcome.spec.data["promote"]["enabled"]:
+        page = after_sweep(storage.from_uri(outcome.where, outcome.spec.data["storage"]["endpoint_url"]))
+    else:
+        page = outcome.exp_dir / "report.html"
+    if page is not None and page.is_file():
         print(f"report: {page}")
+    tracking.log_sweep_artifacts(outcome.exp_dir)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:

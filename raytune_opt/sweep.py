@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from raytune_opt import _atomic, ray_runtime, report, results, schedulers, searchers, trial
+from raytune_opt import _atomic, ray_runtime, report, results, schedulers, searchers, tracking, trial
 from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
 from raytune_opt.errors import UsageError
 from raytune_opt.spec import Spec
@@ -126,6 +126,8 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
         check_data(spec)
     search = spec.data["search"]
     search_alg, param_space = searchers.build_searcher(spec)
+    # Trackers and the report's refresh; an unreachable MLflow fails here, before Ray starts.
+    callbacks = tracking.callbacks(spec, loc) + report.callbacks(loc)
     if address is None:  # a bad storage path fails before Ray starts
         _write_inputs(loc, spec, source_text, dry_run)
     embedded = ray_runtime.start(address)
@@ -154,7 +156,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 name=spec.name, verbose=verbose, **loc.tune_storage(),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=report.callbacks(loc),  # refreshes report.html as trials end
+                callbacks=callbacks,
             ),
         )
         return _fit_and_record(tuner, spec, loc)
