@@ -124,10 +124,10 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     address = ray_runtime.resolve_address(address)
     if address is None or dry_run:  # on a cluster the data may live only on the worker nodes
         check_data(spec)
-    search = spec.data["search"]
-    search_alg, param_space = searchers.build_searcher(spec)
     # Trackers and the report's refresh; an unreachable MLflow fails here, before Ray starts.
     callbacks = tracking.callbacks(spec, loc) + report.callbacks(loc)
+    search = spec.data["search"]
+    search_alg, param_space = searchers.build_searcher(spec)
     if address is None:  # a bad storage path fails before Ray starts
         _write_inputs(loc, spec, source_text, dry_run)
     embedded = ray_runtime.start(address)

@@ -14,6 +14,7 @@ from raytune_opt.spec import load_spec
 from raytune_opt.sweep import run_sweep
 from tests._chromium import BROWSER
 from tests.test_report import assert_page_draws
+from tests.test_tracking import check_sweep_tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "search_spaces" / "digits_cnn.yaml"
@@ -64,11 +65,14 @@ def test_asha_stops_some_trials_early(local_ray, tmp_path):
 
 
 def test_conditional_parameters_never_reach_results(local_ray, tmp_path):
+    mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"  # the same sweep checks its trackers and its report
     spec = load_spec(CONDITIONAL, ["train.epochs=2", "train.limit_batches=4", "search.num_samples=6",
-                                   "scheduler.grace_period=1", "promote.enabled=false"])
+                                   "scheduler.grace_period=1", "promote.enabled=false",
+                                   f"tracking.mlflow.tracking_uri={mlflow_uri}", "tracking.mlflow.experiment=cond"])
     outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
     rows = _rows(outcome.exp_dir)
     assert len(rows) == 6
+    check_sweep_tracking(outcome.exp_dir, mlflow_uri, "cond", [r["trial_id"] for r in rows])
     for r in rows:
         config = json.loads(r["config"])
         opt = config["train.optimizer.name"]

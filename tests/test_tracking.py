@@ -170,8 +170,10 @@ def test_a_tracker_that_fails_mid_sweep_warns_once_and_the_trials_go_on(tmp_path
             cb.on_trial_result(0, [], t, r)
         cb.on_trial_complete(0, [], t)
     cb.on_experiment_end([])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith(f"raytune-opt: warning: MLflow logging to {uri} failed"), err
+    err = capsys.readouterr().err
+    ours = [line for line in err.splitlines() if line.startswith("raytune-opt:")]
+    assert len(ours) == 1 and ours[0].startswith(f"raytune-opt: warning: MLflow logging to {uri} failed"), err
+    assert err.count("Traceback") <= 2  # MLflow's own log of that first failure; no retries after it
 
 
 def check_sweep_tracking(exp_dir: Path, uri: str, experiment: str, trial_ids: list[str]) -> None:

@@ -47,7 +47,7 @@ class MLflowCallback(Callback):
             self._warn(exc)
 
     def _run(self, trial):
-        if self._parent is None:
+        if self._parent is None or self._warn.warned:  # off after its first failure: one warning, no retries
             return None
         run_id = self._runs.get(trial.trial_id)
         if run_id is None:
@@ -95,7 +95,7 @@ class MLflowCallback(Callback):
 
     def on_experiment_end(self, trials, **info):
         try:
-            if self._parent is not None:
+            if self._parent is not None and not self._warn.warned:
                 failed = trials and all(t.status == "ERROR" for t in trials)
                 self._client.set_terminated(self._parent, "FAILED" if failed else "FINISHED")
         except Exception as exc:

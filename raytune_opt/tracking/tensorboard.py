@@ -31,6 +31,8 @@ class TensorBoardCallback(Callback):
         return w
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self._warn.warned:  # off after its first failure
+            return
         try:
             epoch, metrics = epoch_metrics(result)
             if epoch is None:
@@ -49,6 +51,8 @@ class TensorBoardCallback(Callback):
             self._warn(exc)
 
     def _close(self, trial, status: str) -> None:
+        if self._warn.warned:
+            return
         try:
             from torch.utils.tensorboard.summary import hparams
 
