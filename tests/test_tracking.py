@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from raytune_opt.cli import main
+from raytune_opt.errors import UsageError
 from raytune_opt.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,3 +194,63 @@ def check_sweep_tracking(exp_dir: Path, uri: str, experiment: str, trial_ids: li
             n = len(list(csv.DictReader(f)))
         assert len(client.get_metric_history(c.info.run_id, "val_accuracy")) == n
         assert c.info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_a_real_mlflow_server_gets_the_runs_and_its_death_mid_sweep_only_warns(tmp_path, capsys):
+    """``mlflow server`` on loopback, started and stopped by PID (tens of seconds: marked slow)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from raytune_opt.tracking import check_mlflow
+    from raytune_opt.tracking.mlflow import MLflowCallback
+    from tests._procs import free_port, kill_tree
+
+    exe = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    log = open(tmp_path / "server.log", "w")
+    server = subprocess.Popen([exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                               "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
+                               "--default-artifact-root", str(tmp_path / "artifacts")],
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).read()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
+                time.sleep(0.5)
+        check_mlflow(uri, "srv")
+        spec = load_spec(CONDITIONAL)
+        cb = MLflowCallback(uri, "srv", spec, tmp_path)
+        cb.setup()
+        first, epochs = TRIALS[0]
+        cb.on_trial_start(0, [], first)
+        for r in epochs:
+            cb.on_trial_result(0, [], first, r)
+        cb.on_trial_complete(0, [], first)
+        client, parents, children = _mlflow_runs(uri, "srv")
+        assert len(parents) == 1 and len(children) == 1
+        assert len(client.get_metric_history(children[0].info.run_id, "val_accuracy")) == 3
+    finally:
+        kill_tree(server.pid)
+        server.wait(timeout=30)
+        log.close()
+    capsys.readouterr()
+    second, epochs = TRIALS[1]  # the server is gone: the trial goes on, one warning
+    cb.on_trial_start(0, [], second)
+    for r in epochs:
+        cb.on_trial_result(0, [], second, r)
+    cb.on_trial_complete(0, [], second)
+    cb.on_experiment_end([])
+    ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("raytune-opt:")]
+    assert len(ours) == 1 and "MLflow logging to" in ours[0], ours
+    with pytest.raises(UsageError, match="cannot reach MLflow"):
+        check_mlflow(uri, "srv")
