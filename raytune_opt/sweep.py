@@ -211,6 +211,7 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
         raise UsageError(f"{exp_dir}: Ray Tune's experiment state is missing (tuner.pkl / experiment_state-*.json); "
                          "the sweep cannot be resumed — results.csv and trial_*/ still hold what finished")
     address = ray_runtime.resolve_address(address)
+    tracking.quiet_ray_loggers()  # the restored Tuner brings back our own loggers and trackers
     embedded = ray_runtime.start(address)
     try:
         try:

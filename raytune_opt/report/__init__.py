@@ -52,7 +52,7 @@ def write_report(exp_dir: str | Path, out: str | Path | None = None, *, journal:
     if journal:
         study.write_journal(st, loc.local)
     if loc.remote and out is None:
-        loc.publish(REPORT, study.JOURNAL if journal else REPORT)
+        loc.publish(REPORT, *([study.JOURNAL] if journal else []))
     return target
 
 
