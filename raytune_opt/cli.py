@@ -39,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="every trial for a few batches on local Ray, one worker")
     r.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     r.add_argument("--storage", help="results directory or s3://BUCKET/PREFIX; overrides storage.path")
+    r.add_argument("--verbose", action="store_true", help="Ray Tune's own progress tables instead of the compact view")
 
     pr = sub.add_parser("promote", help="export, quantize and build engines for an experiment's best trial")
     pr.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME), or s3://BUCKET/PREFIX/NAME")
@@ -111,7 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides, local=local)
     mode = "dry run" if args.dry_run else "sweep"
     print(f"raytune-opt: {mode} '{spec.name}' from {args.spec} (spec sha256 {spec.sha256()[:12]})", flush=True)
-    outcome = run_sweep(spec, address=args.address, storage=args.storage, dry_run=args.dry_run)
+    outcome = run_sweep(spec, address=args.address, storage=args.storage, dry_run=args.dry_run,
+                        verbose=1 if args.verbose else 0, live=not args.verbose)
     return _finish(outcome, spec, args.address)
 
 

@@ -103,8 +103,11 @@ def _trainable(spec: Spec, loc: stores.Location, dry_run: bool):
 
 
 def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = None,
-              dry_run: bool = False, verbose: int = 1) -> SweepOutcome:
+              dry_run: bool = False, verbose: int = 1, live: bool = False) -> SweepOutcome:
     """Run the sweep the spec describes and write its results.
+
+    ``verbose`` is Ray Tune's console verbosity; ``live`` adds raytune-opt's compact view
+    (``raytune_opt.live``; the CLI's default, with ``verbose=0``).
 
     Raises:
         UsageError: results for this name exist already, or the cluster is unreachable.
@@ -125,7 +128,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     if address is None or dry_run:  # on a cluster the data may live only on the worker nodes
         check_data(spec)
     # Trackers and the report's refresh; an unreachable MLflow fails here, before Ray starts.
-    callbacks = tracking.callbacks(spec, loc) + report.callbacks(loc)
+    callbacks = tracking.callbacks(spec, loc) + report.callbacks(loc) + (_live_view(spec, loc) if live else [])
     search = spec.data["search"]
     search_alg, param_space = searchers.build_searcher(spec)
     if address is None:  # a bad storage path fails before Ray starts
@@ -162,6 +165,14 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
         return _fit_and_record(tuner, spec, loc)
     finally:
         ray_runtime.stop(embedded)
+
+
+def _live_view(spec: Spec, loc: stores.Location) -> list:
+    from raytune_opt.live import LiveView
+
+    search, space = spec.data["search"], spec.space
+    total = search["num_samples"] * (space.grid_size() if search["algorithm"] in ("grid", "random") else 1)
+    return [LiveView(spec, loc.uri, total)]
 
 
 def _write_inputs(loc: stores.Location, spec: Spec, source_text: str, dry_run: bool) -> None:
