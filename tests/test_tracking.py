@@ -123,8 +123,10 @@ def test_mlflow_gets_a_parent_run_and_one_nested_run_per_trial(tmp_path):
     assert (tmp_path / "mlflow_run.json").is_file()
 
 
-def test_the_sweeps_artifacts_go_to_the_parent_run(tmp_path):
+def test_the_sweeps_artifacts_go_to_the_parent_run(tmp_path, monkeypatch):
     from raytune_opt.tracking import log_sweep_artifacts
+
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts in ./mlruns
     from raytune_opt.tracking.mlflow import MLflowCallback
     from tests._experiments import make_experiment
 
