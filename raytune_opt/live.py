@@ -8,6 +8,7 @@ plain lines with no control codes, and the status is printed at most every
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -16,6 +17,18 @@ from ray.tune import Callback
 WIDTH = 80
 PLAIN_STATUS_EVERY_S = 30.0
 TTY_STATUS_EVERY_S = 1.0
+
+
+def callbacks(spec, where: str) -> list:
+    """The live view for a sweep of ``spec`` stored at ``where``; Ray's own console output off.
+
+    Ray Tune's newer console output prints its configuration box even at ``verbose=0``; its
+    legacy reporter at 0 prints nothing, so this driver uses that one.
+    """
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    search, space = spec.data["search"], spec.space
+    total = search["num_samples"] * (space.grid_size() if search["algorithm"] in ("grid", "random") else 1)
+    return [LiveView(spec, where, total)]
 
 
 def _clip(line: str) -> str:

@@ -128,7 +128,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     if address is None or dry_run:  # on a cluster the data may live only on the worker nodes
         check_data(spec)
     # Trackers and the report's refresh; an unreachable MLflow fails here, before Ray starts.
-    callbacks = tracking.callbacks(spec, loc) + report.callbacks(loc) + (_live_view(spec, loc) if live else [])
+    callbacks = tracking.callbacks(spec, loc) + report.callbacks(loc) + (_live_callbacks(spec, loc) if live else [])
     search = spec.data["search"]
     search_alg, param_space = searchers.build_searcher(spec)
     if address is None:  # a bad storage path fails before Ray starts
@@ -167,12 +167,10 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
         ray_runtime.stop(embedded)
 
 
-def _live_view(spec: Spec, loc: stores.Location) -> list:
-    from raytune_opt.live import LiveView
+def _live_callbacks(spec: Spec, loc: stores.Location) -> list:
+    from raytune_opt import live
 
-    search, space = spec.data["search"], spec.space
-    total = search["num_samples"] * (space.grid_size() if search["algorithm"] in ("grid", "random") else 1)
-    return [LiveView(spec, loc.uri, total)]
+    return live.callbacks(spec, loc.uri)
 
 
 def _write_inputs(loc: stores.Location, spec: Spec, source_text: str, dry_run: bool) -> None:
