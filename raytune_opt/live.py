@@ -72,10 +72,11 @@ class LiveView(Callback):
             counts[v] += 1
         finished = counts["done"] + counts["stopped"] + counts["errored"]
         elapsed = time.monotonic() - self._started
-        eta = f", ~{_duration(elapsed / finished * (self.total - finished))} left" if 0 < finished < self.total else ""
-        best = f"; best {self._best[0]:.4f} (trial {self._best[1]})" if self._best else ""
-        return (f"{counts['running']} running, {counts['done']} done, {counts['stopped']} stopped, "
-                f"{counts['errored']} errored of {self.total}{best}; {_duration(elapsed)}{eta}")
+        eta = f" eta {_duration(elapsed / finished * (self.total - finished))}" if 0 < finished < self.total else ""
+        best = f" | best {self._best[0]:.4f} {self._best[1][:8]}" if self._best else ""
+        # e.g. "12/16 (2 ok 10 stop 0 err 2 run) | best 0.9582 fd31f04a | 10m25s eta 13m03s": 80 columns
+        return (f"{finished}/{self.total} ({counts['done']} ok {counts['stopped']} stop {counts['errored']} err "
+                f"{counts['running']} run){best} | {_duration(elapsed)}{eta}")
 
     def _refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -88,7 +89,7 @@ class LiveView(Callback):
             self._bar.n = finished
             self._bar.set_description_str(_clip(self.status())[: WIDTH - 22], refresh=True)
         else:
-            self._print(f"status: {self.status()}")
+            self._print(f"status {self.status()}")
 
     # --- Tune's calls ----------------------------------------------------------------------
     def setup(self, **info):
@@ -145,4 +146,4 @@ class LiveView(Callback):
         if self._bar is not None:
             self._bar.close()
             self._bar = None
-        self._print(f"done: {self.status()}")
+        self._print(f"done {self.status()}")

@@ -38,7 +38,7 @@ def test_without_a_terminal_it_prints_plain_lines_that_fit_80_columns(capsys):
     assert "trial bbb02 stopped at epoch 2: val_accuracy 0.7000" in lines
     assert "trial aaa01 finished at epoch 3: val_accuracy 0.8000" in lines
     assert "trial ccc03 errored at epoch 1" in lines
-    assert lines[-1].startswith("done: 0 running, 1 done, 1 stopped, 1 errored of 3; best 0.8000 (trial aaa01)")
+    assert lines[-1].startswith("done 3/3 (1 ok 1 stop 1 err 0 run) | best 0.8000 aaa01 | 0m")
 
 
 def test_on_a_terminal_the_status_is_one_bar_updated_in_place(capsys, monkeypatch):
