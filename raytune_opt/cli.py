@@ -50,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="every trial for a few batches on local Ray, one worker")
     r.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
     r.add_argument("--storage", help="results directory or s3://BUCKET/PREFIX; overrides storage.path")
+    r.add_argument("--verbose", action="store_true", help="Ray Tune's own progress tables instead of the compact view")
 
     pr = sub.add_parser("promote", help="export, quantize and build engines for an experiment's best trial")
     pr.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME), or s3://BUCKET/PREFIX/NAME")
@@ -67,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("--restart-errored", action="store_true",
                     help="start errored trials from scratch (default: continue them from their last checkpoint)")
     rs.add_argument("--address", help="join this Ray cluster (default: $RAY_ADDRESS, else an embedded local Ray)")
+
+    rp = sub.add_parser("report", help="write an experiment's report.html (also a running or resumed sweep's)")
+    rp.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME), or s3://BUCKET/PREFIX/NAME")
+    rp.add_argument("--out", help="write the page here instead of EXPERIMENT/report.html")
+    rp.add_argument("--open", action="store_true", help="open the page in the default web browser")
+    rp.add_argument("--endpoint-url", help="S3-compatible endpoint of an s3:// experiment")
 
     sb = sub.add_parser("submit", help="run a sweep on a Ray cluster as a Ray job")
     _add_spec_args(sb)
@@ -118,7 +125,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.overrides, local=local)
     mode = "dry run" if args.dry_run else "sweep"
     print(f"raytune-opt: {mode} '{spec.name}' from {args.spec} (spec sha256 {spec.sha256()[:12]})", flush=True)
-    outcome = run_sweep(spec, address=args.address, storage=args.storage, dry_run=args.dry_run)
+    outcome = run_sweep(spec, address=args.address, storage=args.storage, dry_run=args.dry_run,
+                        verbose=1 if args.verbose else 0, live=not args.verbose)
     return _finish(outcome, spec, args.address)
 
 
@@ -129,6 +137,19 @@ def cmd_resume(args: argparse.Namespace) -> int:
     outcome = resume_sweep(args.experiment, address=args.address, restart_errored=args.restart_errored,
                            endpoint_url=args.endpoint_url)
     return _finish(outcome, outcome.spec, args.address)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from raytune_opt.report import write_report
+
+    path = write_report(args.experiment, args.out, endpoint_url=args.endpoint_url)
+    print(f"report: {path}")
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(path.as_uri()):
+            print(f"raytune-opt: no web browser found here; open {path.as_uri()} yourself", file=sys.stderr)
+    return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -147,17 +168,33 @@ def _finish(outcome, spec, address) -> int:
     search = spec.data["search"]
     print()
     print(results.leaderboard(outcome.rows, search["metric"], search["mode"]))
-    print(f"results: {outcome.where} (results.csv, best.json, history/) in {outcome.wall_seconds:.0f} s")
+    print(f"results: {outcome.where} (results.csv, best.json, history/, report.html) in {outcome.wall_seconds:.0f} s")
     if outcome.best is None:
         print("raytune-opt: no trial succeeded; see the error column of results.csv", file=sys.stderr)
         return 1
     b = outcome.best
     print(f"best: trial {b.trial_id} {search['metric']}={b.best[search['metric']]:.4f} "
           f"(epoch {b.best.get('epoch')}), checkpoint {b.checkpoint}")
-    if not spec.data["promote"]["enabled"]:
-        return outcome.exit_code
-    print()
-    return max(outcome.exit_code, _promote(outcome.where, None, address, spec.data["storage"]["endpoint_url"]))
+    code = outcome.exit_code
+    if spec.data["promote"]["enabled"]:
+        print()
+        code = max(code, _promote(outcome.where, None, address, spec.data["storage"]["endpoint_url"]))
+    _after_promotion(outcome)
+    return code
+
+
+def _after_promotion(outcome) -> None:
+    """The report again (the sweep's page did not have the promotion yet), then MLflow's artifacts."""
+    from raytune_opt import storage, tracking
+    from raytune_opt.report import after_sweep
+
+    if outcome.spec.data["promote"]["enabled"]:
+        page = after_sweep(storage.from_uri(outcome.where, outcome.spec.data["storage"]["endpoint_url"]))
+    else:
+        page = outcome.exp_dir / "report.html"
+    if page is not None and page.is_file():
+        print(f"report: {page}")
+    tracking.log_sweep_artifacts(outcome.exp_dir)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -185,7 +222,7 @@ def _promote(exp_dir, targets, address, endpoint_url=None) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "run": cmd_run, "promote": cmd_promote, "resume": cmd_resume,
-            "submit": cmd_submit}
+            "submit": cmd_submit, "report": cmd_report}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

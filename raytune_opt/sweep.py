@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from raytune_opt import _atomic, ray_runtime, results, schedulers, searchers, trial
+from raytune_opt import _atomic, ray_runtime, report, results, schedulers, searchers, tracking, trial
 from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
 from raytune_opt.errors import UsageError
 from raytune_opt.spec import Spec
@@ -108,8 +108,11 @@ def _trainable(spec: Spec, loc: stores.Location, dry_run: bool):
 
 
 def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = None,
-              dry_run: bool = False, verbose: int = 1) -> SweepOutcome:
+              dry_run: bool = False, verbose: int = 1, live: bool = False) -> SweepOutcome:
     """Run the sweep the spec describes and write its results.
+
+    ``verbose`` is Ray Tune's console verbosity; ``live`` adds raytune-opt's compact view
+    (``raytune_opt.live``; the CLI's default, with ``verbose=0``).
 
     Raises:
         UsageError: results for this name exist already, or the cluster is unreachable.
@@ -129,6 +132,8 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     address = ray_runtime.resolve_address(address)
     if address is None or dry_run:  # on a cluster the data may live only on the worker nodes
         check_data(spec)
+    # Trackers and the report's refresh; an unreachable MLflow fails here, before Ray starts.
+    callbacks = tracking.callbacks(spec, loc) + report.callbacks(loc) + (_live_callbacks(spec, loc) if live else [])
     search = spec.data["search"]
     search_alg, param_space = searchers.build_searcher(spec)
     if address is None:  # a bad storage path fails before Ray starts
@@ -162,11 +167,18 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 **({"sync_config": tune.SyncConfig(sync_period=10)} if loc.remote else {}),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0),
+                callbacks=callbacks,
             ),
         )
         return _fit_and_record(tuner, spec, loc)
     finally:
         ray_runtime.stop(embedded)
+
+
+def _live_callbacks(spec: Spec, loc: stores.Location) -> list:
+    from raytune_opt import live
+
+    return live.callbacks(spec, loc.uri)
 
 
 def _write_inputs(loc: stores.Location, spec: Spec, source_text: str, dry_run: bool) -> None:
@@ -220,6 +232,7 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
         raise UsageError(f"{loc.uri}: Ray Tune's experiment state is missing (tuner.pkl / experiment_state-*.json); "
                          "the sweep cannot be resumed — results.csv and trial_*/ still hold what finished")
     address = ray_runtime.resolve_address(address)
+    tracking.quiet_ray_loggers()  # the restored Tuner brings back our own loggers and trackers
     embedded = ray_runtime.start(address)
     try:
         try:
@@ -331,6 +344,7 @@ def _fit_and_record(tuner, spec: Spec, loc: stores.Location) -> SweepOutcome:
                          f"and their checkpoints are kept: free the disk, then 'raytune-opt resume {exp_dir}' "
                          "writes them") from None
     loc.publish("results.csv", "history", "best.json")
+    report.after_sweep(loc)  # report.html and optuna.journal.log; warns, never fails the sweep
     return SweepOutcome(exp_dir, rows, best, wall, spec, uri=loc.uri)
 
 

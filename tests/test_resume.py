@@ -23,7 +23,9 @@ import pytest
 
 from raytune_opt.errors import UsageError
 from raytune_opt.sweep import resume_sweep
+from tests._chromium import BROWSER
 from tests._procs import kill_tree
+from tests.test_report import assert_page_draws
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "search_spaces" / "digits_cnn.yaml"
@@ -164,6 +166,12 @@ def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searche
     if kills[-1] != "start" and scheduler in ("fifo", "pbt"):  # nothing stops a trial early
         assert continued, seen
     assert json.loads((exp / "best.json").read_text())["trial_id"] in {r["trial_id"] for r in rows}
+    # The resumed sweep's report lists each trial once.
+    page = (exp / "report.html").read_text()
+    leaderboard = page[page.index('id="leaderboard"'):page.index('id="history"')]
+    assert leaderboard.count("<tr class=") == N
+    if BROWSER and kills == PAIRS[0][2]:
+        assert_page_draws(exp / "report.html", expect_none=("promotion",))
 
 
 def test_resume_refuses_a_directory_that_is_not_an_experiment(tmp_path):

@@ -12,6 +12,9 @@ import pytest
 from raytune_opt.cli import main
 from raytune_opt.spec import load_spec
 from raytune_opt.sweep import run_sweep
+from tests._chromium import BROWSER
+from tests.test_report import assert_page_draws
+from tests.test_tracking import check_sweep_tracking
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "search_spaces" / "digits_cnn.yaml"
@@ -62,11 +65,14 @@ def test_asha_stops_some_trials_early(local_ray, tmp_path):
 
 
 def test_conditional_parameters_never_reach_results(local_ray, tmp_path):
+    mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"  # the same sweep checks its trackers and its report
     spec = load_spec(CONDITIONAL, ["train.epochs=2", "train.limit_batches=4", "search.num_samples=6",
-                                   "scheduler.grace_period=1", "promote.enabled=false"])
+                                   "scheduler.grace_period=1", "promote.enabled=false",
+                                   f"tracking.mlflow.tracking_uri={mlflow_uri}", "tracking.mlflow.experiment=cond"])
     outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
     rows = _rows(outcome.exp_dir)
     assert len(rows) == 6
+    check_sweep_tracking(outcome.exp_dir, mlflow_uri, "cond", [r["trial_id"] for r in rows])
     for r in rows:
         config = json.loads(r["config"])
         opt = config["train.optimizer.name"]
@@ -76,6 +82,13 @@ def test_conditional_parameters_never_reach_results(local_ray, tmp_path):
         assert (r["config.train.optimizer.momentum"] != "") == (opt == "sgd")
     best = json.loads((outcome.exp_dir / "best.json").read_text())
     assert ("train.optimizer.momentum" in best["config"]) == (best["config"]["train.optimizer.name"] == "sgd")
+    # The sweep wrote its report; a real sweep's page draws every section (promotion is off here).
+    assert (outcome.exp_dir / "optuna.journal.log").is_file()
+    if BROWSER:
+        few = sum(r["status"] == "ok" for r in rows) < 2  # importance needs 2 finished (not stopped) trials
+        check = assert_page_draws(outcome.exp_dir / "report.html",
+                                  expect_none=("promotion", "importance") if few else ("promotion",))
+        assert check["sections"]["best"]["charts"] == 3  # lr, grad_norm, the confusion matrix from best.pt
 
 
 def test_a_diverging_trial_is_recorded_and_the_sweep_exits_0(local_ray, tmp_path, capsys):

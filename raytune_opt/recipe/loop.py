@@ -134,6 +134,7 @@ class _Run:
     best: float | None = None
     bad_epochs: int = 0
     last_metrics: dict = field(default_factory=dict)
+    confusion: Any = None  # the last validation's (true x predicted) counts
     resumed: dict | None = None  # the checkpoint this run continued from
 
     @property
@@ -266,6 +267,7 @@ def _validate(run: _Run, epoch: int, sums: dict, train_s: float) -> dict:
         dist.all_reduce(times, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
     loss_total, sample_total, norm_total, norm_n, val_loss_total = totals.tolist()
     val_scores = classification_metrics(confusion)
+    run.confusion = confusion
     metrics = {
         "epoch": epoch,
         "train_loss": loss_total / max(sample_total, 1),
@@ -317,7 +319,10 @@ def _checkpoint(run: _Run, metrics: dict, epoch: int, epoch_start: float) -> tup
             model_spec=run.spec, model_state=model_state, optimizer_state=strategy.optimizer_state_dict(),
             scheduler_state=run.schedule.state_dict(), epoch=epoch, metrics=metrics, recipe=recipe,
             spec_sha256=run.spec_sha256,
-            extra={"loop_state": {"best": run.best, "bad_epochs": run.bad_epochs}, **strategy.checkpoint_extra(epoch)})
+            extra={"loop_state": {"best": run.best, "bad_epochs": run.bad_epochs},
+                   # true x predicted counts on the validation set: the report's per-class view
+                   "val_confusion": run.confusion.round().long().tolist(),
+                   **strategy.checkpoint_extra(epoch)})
         write_checkpoints(ckpt, root, is_best=is_best)
     return (str(root) if session.is_rank_zero or shards else None), shards
 

@@ -96,6 +96,14 @@ def _endpoint_check(value: Any) -> str | None:
     return None if value is None else endpoint_problem(value)
 
 
+def _tracking_uri_check(value: Any) -> str | None:
+    import re
+
+    if value is not None and not re.match(r"(https?|sqlite|file|postgresql|mysql|databricks)(\+\w+)?:", value):
+        return "must be an MLflow tracking URI: http(s)://HOST:PORT, sqlite:///FILE.db or file:///DIR"
+    return None
+
+
 def _class_weights_check(value: Any) -> str | None:
     if value is None or value == "balanced":
         return None
@@ -250,6 +258,17 @@ SPEC = Section("A sweep spec.", {
                                         "gate fails).", choices=CALIBRATION_METHODS, tunable=False),
             "max_accuracy_drop": Field("float", 1.0, "Accuracy gate: most accuracy points INT8 may lose vs fp32.",
                                        ge=0, tunable=False),
+        }),
+    }),
+    "tracking": Section("Where the sweep is also logged besides its own files (report.html is always written).", {
+        "tensorboard": Field("bool", True, "TensorBoard event files per trial under EXPERIMENT/tensorboard/<trial>/: "
+                             "every epoch's metrics and the trial's hyperparameters (hparams plugin).", tunable=False),
+        "mlflow": Section("MLflow: a parent run for the sweep, a nested run per trial (needs the mlflow extra).", {
+            "tracking_uri": Field("str", None, "MLflow tracking URI (http://HOST:PORT, sqlite:///FILE.db, "
+                                  "file:///DIR); null: MLflow off.", nullable=True, check=_tracking_uri_check,
+                                  tunable=False),
+            "experiment": Field("str", None, "MLflow experiment name; null: the sweep's name.", nullable=True,
+                                tunable=False),
         }),
     }),
     "storage": Section("Where results and checkpoints go.", {

@@ -1,0 +1,149 @@
+"""The terminal while a sweep runs: a header, a status line, one line per finished trial.
+
+Fits 80 columns. On a terminal the status line is a tqdm bar updated in place and trial
+lines print above it (``tqdm.write``); without one (CI, ``ray job logs``) everything is
+plain lines with no control codes, and the status is printed at most every
+``PLAIN_STATUS_EVERY_S``. ``raytune-opt run --verbose`` shows Ray's own tables instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from ray.tune import Callback
+
+WIDTH = 80
+PLAIN_STATUS_EVERY_S = 30.0
+TTY_STATUS_EVERY_S = 1.0
+
+
+def callbacks(spec, where: str) -> list:
+    """The live view for a sweep of ``spec`` stored at ``where``; Ray's own console output off.
+
+    Ray Tune's newer console output prints its configuration box even at ``verbose=0``; its
+    legacy reporter at 0 prints nothing, so this driver uses that one.
+    """
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    search, space = spec.data["search"], spec.space
+    total = search["num_samples"] * (space.grid_size() if search["algorithm"] in ("grid", "random") else 1)
+    return [LiveView(spec, where, total)]
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"
+
+
+def _duration(s: float) -> str:
+    s = int(round(s))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+class LiveView(Callback):
+    """A Tune callback in the driver; holds no stream until ``setup`` (it is pickled with the Tuner)."""
+
+    def __init__(self, spec, where: str, total: int, tty: bool | None = None):
+        if total < 1:
+            raise ValueError(f"total must be >= 1, but got {total=}")
+        s = spec.data
+        self.metric, self.mode = s["search"]["metric"], s["search"]["mode"]
+        algo = s["search"]["algorithm"] + (f" ({s['search']['sampler']})" if s["search"]["algorithm"] == "optuna"
+                                           else "")
+        self.header = [f"sweep {spec.name}: {total} trials, {algo}, scheduler {s['scheduler']['name']}, "
+                       f"{self.metric} ({self.mode})", f"storage: {where}"]
+        self.total, self.tty = total, tty
+        self._state: dict = {}  # trial id -> running | done | stopped | errored
+        self._best = None  # (value, trial id, config text)
+        self._started = self._last_status = 0.0
+        self._bar = None
+        self._out = None
+
+    # --- output ----------------------------------------------------------------------------
+    def _print(self, line: str) -> None:
+        if self._bar is not None:
+            self._bar.write(_clip(line), file=self._out)
+        else:
+            print(_clip(line), file=self._out, flush=True)
+
+    def status(self) -> str:
+        counts = {k: 0 for k in ("running", "done", "stopped", "errored")}
+        for v in self._state.values():
+            counts[v] += 1
+        finished = counts["done"] + counts["stopped"] + counts["errored"]
+        elapsed = time.monotonic() - self._started
+        eta = f" eta {_duration(elapsed / finished * (self.total - finished))}" if 0 < finished < self.total else ""
+        best = f" | best {self._best[0]:.4f} {self._best[1][:8]}" if self._best else ""
+        # e.g. "12/16 (2 ok 10 stop 0 err 2 run) | best 0.9582 fd31f04a | 10m25s eta 13m03s": 80 columns
+        return (f"{finished}/{self.total} ({counts['done']} ok {counts['stopped']} stop {counts['errored']} err "
+                f"{counts['running']} run){best} | {_duration(elapsed)}{eta}")
+
+    def _refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        every = TTY_STATUS_EVERY_S if self._bar is not None else PLAIN_STATUS_EVERY_S
+        if not force and now - self._last_status < every:
+            return
+        self._last_status = now
+        if self._bar is not None:
+            finished = sum(v != "running" for v in self._state.values())
+            self._bar.n = finished
+            self._bar.set_description_str(_clip(self.status())[: WIDTH - 22], refresh=True)
+        else:
+            self._print(f"status {self.status()}")
+
+    # --- Tune's calls ----------------------------------------------------------------------
+    def setup(self, **info):
+        self._out = sys.stdout
+        tty = self._out.isatty() if self.tty is None else self.tty
+        self._started = time.monotonic()
+        for line in self.header:
+            self._print(line)
+        if tty:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, file=self._out, ncols=WIDTH, leave=False,
+                             bar_format="{desc} |{bar}| {n}/{total}")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._state[trial.trial_id] = "running"
+        self._refresh()
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        v = result.get(self.metric)
+        if isinstance(v, (int, float)) and v == v and (self._best is None or (
+                v > self._best[0] if self.mode == "max" else v < self._best[0])):
+            self._best = (float(v), trial.trial_id)
+        self._refresh()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        last = trial.last_result or {}
+        epoch, value = last.get("epoch"), last.get(self.metric)
+        reason = last.get("stop_reason") or ""
+        shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) and value == value else "no value"
+        if reason.startswith("diverged"):
+            self._state[trial.trial_id] = "errored"
+            self._print(f"trial {trial.trial_id} diverged at epoch {epoch}")
+        elif reason in ("completed", "early_stopping"):
+            self._state[trial.trial_id] = "done"
+            how = "finished" if reason == "completed" else "stopped early"
+            self._print(f"trial {trial.trial_id} {how} at epoch {epoch}: {shown}")
+        else:
+            self._state[trial.trial_id] = "stopped"
+            self._print(f"trial {trial.trial_id} stopped at epoch {epoch}: {shown}")
+        self._refresh(force=self._bar is not None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._state[trial.trial_id] = "errored"
+        epoch = (trial.last_result or {}).get("epoch")
+        self._print(f"trial {trial.trial_id} errored" + (f" at epoch {epoch}" if epoch else "")
+                    + (f" (see {trial.path}/error.txt)" if getattr(trial, "path", None) else ""))
+        self._refresh(force=self._bar is not None)
+
+    def on_step(self, iteration, trials, **info):
+        self._refresh()
+
+    def on_experiment_end(self, trials, **info):
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        self._print(f"done {self.status()}")

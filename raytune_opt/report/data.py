@@ -1,0 +1,195 @@
+"""What the report shows, read from an experiment directory: finished, running or resumed.
+
+A finished sweep has ``results.csv`` and ``history/<trial>.csv``. A sweep still running (or a
+resumed one before it ends) has only Ray Tune's per-trial files, ``trial_*/params.json`` and
+``trial_*/progress.csv``; those trials are read from there and shown as ``unfinished`` (or
+ok/diverged/error where their last report says so), so the page can be refreshed while the
+sweep goes on.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raytune_opt.errors import RaytuneOptError, UsageError
+
+_NUMERIC_HISTORY = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
+                    "grad_norm", "lr", "samples_per_s", "epoch_s", "rank_param_max_diff")
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    status: str  # ok | stopped | diverged | error, or unfinished (running, or its driver died)
+    stop_reason: str
+    config: dict
+    epochs: int
+    seconds: float | None
+    best: dict = field(default_factory=dict)
+    history: list = field(default_factory=list)  # per epoch: {metric: float}
+    order: int = 0  # the order the searcher proposed it (trial start order)
+    checkpoint: str = ""
+    error: str = ""
+
+
+@dataclass
+class Experiment:
+    exp_dir: Path
+    spec: dict  # the resolved spec (spec.yaml)
+    space: object  # raytune_opt.space.Space
+    trials: list  # of Trial, in start order
+    best: dict | None  # best.json
+    manifest: dict | None  # promotion/manifest.json
+    finished: bool  # results.csv exists
+
+    @property
+    def metric(self) -> str:
+        return self.spec["search"]["metric"]
+
+    @property
+    def mode(self) -> str:
+        return self.spec["search"]["mode"]
+
+
+def load(exp_dir: str | Path) -> Experiment:
+    """Read an experiment directory.
+
+    Raises:
+        UsageError: the directory is not a raytune-opt experiment (no spec.yaml).
+    """
+    import yaml
+
+    exp_dir = Path(exp_dir).expanduser().resolve()
+    spec_path = exp_dir / "spec.yaml"
+    if not spec_path.is_file():
+        raise UsageError(f"{exp_dir}: not a raytune-opt experiment (no spec.yaml); pass the directory "
+                         "'raytune-opt run' printed (STORAGE/NAME)")
+    spec = yaml.safe_load(spec_path.read_text())  # the resolved spec the sweep ran
+    space = _space(exp_dir)
+    trials: dict[str, Trial] = {}
+    finished = (exp_dir / "results.csv").is_file()
+    if finished:
+        for t in _from_results(exp_dir):
+            trials[t.trial_id] = t
+    known = {t.order for t in trials.values()}
+    for t in _from_tune_dirs(exp_dir, spec, space):
+        # A trial results.csv already holds (a restarted trial of a resumed sweep included,
+        # under its new id) is not shown twice.
+        if t.trial_id not in trials and t.order not in known:
+            trials[t.trial_id] = t
+    best = _json(exp_dir / "best.json")
+    manifest = _json(exp_dir / "promotion" / "manifest.json")
+    ordered = sorted(trials.values(), key=lambda t: (t.order, t.trial_id))
+    return Experiment(exp_dir, spec, space, ordered, best, manifest, finished)
+
+
+def _space(exp_dir: Path):
+    """The sweep's search space with its conditions: the spec as given plus its overrides, as
+    ``resume`` rebuilds it (spec.yaml holds every default, which validation refuses as input)."""
+    from raytune_opt.spec import load_spec
+    from raytune_opt.sweep import RUN_INPUT, RUN_META
+
+    meta = _json(exp_dir / RUN_META) or {}
+    try:
+        return load_spec(exp_dir / RUN_INPUT, meta.get("overrides", [])).space
+    except RaytuneOptError as exc:
+        raise UsageError(f"{exp_dir}: its recorded spec ({RUN_INPUT} and the overrides in {RUN_META}) no longer "
+                         f"validates ({str(exc).splitlines()[0]}); the report needs its search space") from None
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None  # absent, or being replaced (every writer is atomic, so only absent)
+
+
+def _num(v):
+    if v is None or v == "":
+        return None
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _order(trial_id: str, checkpoint: str = "") -> int:
+    """The n of the trial's directory ``trial_<n>`` (or ``trial_<n>_<suffix>`` once restarted)."""
+    m = re.search(r"(?:^|/)trial_(\d+)(?:_[^/]*)?(?:/|$)", checkpoint or "")
+    return int(m.group(1)) if m else 1 << 30
+
+
+def _history(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError:
+        return []
+    out = []
+    for r in rows:
+        rec = {k: _num(r.get(k)) for k in _NUMERIC_HISTORY if k in r}
+        if rec.get("epoch") is not None:
+            out.append(rec)
+    return out
+
+
+def _from_results(exp_dir: Path) -> list[Trial]:
+    with open(exp_dir / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        tid = r["trial_id"]
+        try:
+            config = json.loads(r.get("config") or "{}")
+        except ValueError:
+            config = {}
+        best = {k.removeprefix("best_"): _num(v) for k, v in r.items() if k.startswith("best_") and _num(v) is not None}
+        out.append(Trial(tid, r["status"], r.get("stop_reason", ""), config, int(float(r.get("epochs") or 0)),
+                         _num(r.get("seconds")), best, _history(exp_dir / "history" / f"{tid}.csv"),
+                         _order(tid, r.get("checkpoint", "")), r.get("checkpoint", ""), r.get("error", "")))
+    return out
+
+
+def _from_tune_dirs(exp_dir: Path, spec: dict, space) -> list[Trial]:
+    """Trials of a sweep that has not written results.csv yet, from Tune's own files."""
+    from raytune_opt.searchers import flatten_config
+
+    metric, mode = spec["search"]["metric"], spec["search"]["mode"]
+    latest: dict[int, Path] = {}  # a restarted trial (trial_<n>_<suffix>/) supersedes trial_<n>/
+    for d in exp_dir.glob("trial_*"):
+        progress = d / "progress.csv"
+        n = _order("", str(d))
+        if progress.is_file() and (n not in latest or progress.stat().st_mtime > (latest[n] / "progress.csv").stat().st_mtime):
+            latest[n] = d
+    out = []
+    for n, d in sorted(latest.items()):
+        progress = d / "progress.csv"
+        try:
+            params = json.loads((d / "params.json").read_text())
+        except (OSError, ValueError):
+            params = {}
+        try:
+            with open(progress, newline="") as f:
+                raw = list(csv.DictReader(f))
+        except OSError:
+            continue
+        if not raw:
+            continue
+        history = _history(progress)
+        tid = raw[-1].get("trial_id") or d.name
+        config = flatten_config(params, space)
+        vals = [h for h in history if h.get(metric) is not None]
+        best = max(vals, key=lambda h: h[metric] if mode == "max" else -h[metric]) if vals else {}
+        reason = raw[-1].get("stop_reason") or ""
+        status = ("error" if (d / "error.txt").is_file() else "diverged" if reason.startswith("diverged")
+                  else "ok" if reason in ("completed", "early_stopping") else "unfinished")
+        out.append(Trial(tid, status, reason, config, int(history[-1]["epoch"]) if history else 0,
+                         _num(raw[-1].get("time_total_s")), {k: v for k, v in best.items() if v is not None},
+                         history, n, str(d)))
+    return out

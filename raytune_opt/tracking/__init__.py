@@ -1,0 +1,123 @@
+"""Trackers: TensorBoard event files and MLflow runs, as Ray Tune callbacks in the driver.
+
+``callbacks(spec, loc)`` is called before Ray starts: an MLflow tracker that cannot be
+reached is a one-line :class:`UsageError` then (exit 2), not minutes into the sweep. Once the
+sweep runs, a tracker that fails warns once and never fails a trial (the sweep's own files
+are the record; trackers are views of it).
+
+Ray Tune's own TBXLoggerCallback is replaced, not used: it writes into each trial's Ray
+directory with every Ray-internal key and ``training_iteration`` as the step, and makes Tune
+print a ``tensorboard --logdir /tmp/ray/...`` pointer to a directory nothing here fills on
+purpose. Ours writes ``EXPERIMENT/tensorboard/<trial>/`` with the recipe's metrics per
+epoch and the hparams plugin's summary. Ray's MLflowLoggerCallback makes one flat run per
+trial; we need a parent run with nested trial runs, flat (active) config keys as params and
+epoch steps, so that one is ours too.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from raytune_opt import storage as stores
+from raytune_opt.errors import UsageError
+
+__all__ = ["callbacks", "check_mlflow", "log_sweep_artifacts", "quiet_ray_loggers"]
+
+MLFLOW_RUN = "mlflow_run.json"  # the parent run's id, for the artifacts logged after promotion
+
+
+def callbacks(spec, loc: stores.Location) -> list:
+    """The Tune callbacks the spec's ``tracking`` section asks for (checked now, before Ray starts).
+
+    Raises:
+        MissingDependencyError: MLflow is configured but not installed.
+        UsageError: the MLflow tracking URI cannot be reached.
+    """
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    tcfg = spec.data["tracking"]
+    quiet_ray_loggers()
+    out = [CSVLoggerCallback(), JsonLoggerCallback()]
+    if tcfg["tensorboard"]:
+        from raytune_opt.tracking.tensorboard import TensorBoardCallback
+
+        out.append(TensorBoardCallback(loc.local / "tensorboard", spec))
+    ml = tcfg["mlflow"]
+    if ml["tracking_uri"]:
+        experiment = ml["experiment"] or spec.name
+        check_mlflow(ml["tracking_uri"], experiment)
+        from raytune_opt.tracking.mlflow import MLflowCallback
+
+        out.append(MLflowCallback(ml["tracking_uri"], experiment, spec, loc.local))
+    return out
+
+
+def quiet_ray_loggers() -> None:
+    """No TBX logger from Tune (nor its /tmp/ray pointer) in this driver, for run and resume.
+
+    Tune adds CSV, JSON and TBX loggers unless told not to; ``callbacks`` passes the first two
+    itself (Tune's experiment analysis and the report's view of a running sweep read them),
+    and a resumed Tuner gets them back from its saved state.
+    """
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+
+
+def check_mlflow(uri: str, experiment: str, timeout_s: float = 5.0) -> None:
+    """Reach the tracking server (or open the store) and find or create the experiment.
+
+    Raises:
+        MissingDependencyError: mlflow is not installed.
+        UsageError: the tracker cannot be reached, in one line.
+    """
+    from raytune_opt._imports import require
+
+    require("mlflow", "tracking.mlflow")
+    # MLflow's HTTP client retries for minutes by default; a check must answer fast.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        if client.get_experiment_by_name(experiment) is None:
+            client.create_experiment(experiment)
+    except Exception as exc:  # MlflowException, requests' ConnectionError, sqlalchemy's OperationalError...
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"tracking.mlflow.tracking_uri {uri}: cannot reach MLflow ({first[:200]}); start the "
+                         "server (mlflow server --host 127.0.0.1 --port 5000), fix the URI, or set "
+                         "tracking.mlflow.tracking_uri: null") from None
+
+
+def log_sweep_artifacts(exp_dir: str | Path) -> None:
+    """Log the best checkpoint, the promotion (manifest and models) and report.html to the sweep's
+    parent MLflow run; nothing when the sweep had no MLflow run. Warns, never raises."""
+    import json
+
+    exp_dir = Path(exp_dir)
+    try:
+        rec = json.loads((exp_dir / MLFLOW_RUN).read_text())
+    except (OSError, ValueError):
+        return
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=rec["tracking_uri"])
+        run_id = rec["parent_run_id"]
+        try:
+            best = json.loads((exp_dir / "best.json").read_text())
+        except (OSError, ValueError):
+            best = {}
+        if best.get("checkpoint") and Path(best["checkpoint"]).is_file():
+            client.log_artifact(run_id, best["checkpoint"], artifact_path="best")
+            client.log_artifact(run_id, str(exp_dir / "best.json"), artifact_path="best")
+        promotion = exp_dir / "promotion"
+        if (promotion / "manifest.json").is_file():
+            client.log_artifacts(run_id, str(promotion), artifact_path="promotion")
+        for name in ("report.html", "results.csv"):
+            if (exp_dir / name).is_file():
+                client.log_artifact(run_id, str(exp_dir / name))
+    except Exception as exc:  # a tracker is a view; the files in exp_dir are the record
+        print(f"raytune-opt: warning: MLflow artifacts not logged ({type(exc).__name__}: "
+              f"{str(exc).splitlines()[0] if str(exc) else ''})", file=sys.stderr)

@@ -1,0 +1,156 @@
+"""The report: report.html and optuna.journal.log from finished, running and resumed experiments.
+
+The page is checked in a real headless Chromium (skipped where Debian's chromium is absent):
+loaded from file://, no console errors, every chart in every section drew marks. The real
+sweeps' reports are checked in tests/test_sweep.py and tests/test_resume.py (their sweeps
+write report.html when they end).
+"""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from raytune_opt.cli import main
+from raytune_opt.report import REPORT, write_report
+from raytune_opt.report import data as report_data
+from raytune_opt.report.study import JOURNAL, build_study
+from tests._chromium import needs_chromium, page_check
+from tests._experiments import make_experiment
+
+SECTIONS = ("leaderboard", "history", "curves", "losses", "parallel", "slices", "contour", "importance", "best",
+            "promotion")
+
+
+def assert_page_draws(page, expect_none=()) -> dict:
+    """Every chart of every section drew something; only ``expect_none`` sections say 'no data'."""
+    check = page_check(page)
+    assert check["errors"] == [], check["errors"]
+    assert set(check["sections"]) == set(SECTIONS)
+    for name, sec in check["sections"].items():
+        assert sec["empty"] == 0, (name, sec)
+        if name in expect_none:
+            assert sec["none"] >= 1, (name, sec)
+            continue
+        assert sec["none"] == 0, (name, sec)
+        assert sec["drawn"] == sec["charts"], (name, sec)
+        assert sec["charts"] > 0 or name == "leaderboard", (name, sec)
+    assert check["sections"]["leaderboard"]["table_rows"] > 0
+    return check
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    exp = make_experiment(tmp_path_factory.mktemp("rep"), 12)
+    return exp, write_report(exp)
+
+
+def _journal_states(exp) -> list[str]:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(study_name=None, storage=JournalStorage(JournalFileBackend(str(exp / JOURNAL))))
+    return [t.state.name for t in study.trials]
+
+
+def test_a_finished_experiment_gets_every_section_and_an_optuna_journal(finished):
+    exp, page = finished
+    text = page.read_text()
+    assert page == exp / REPORT
+    for sid in SECTIONS:
+        assert f'id="{sid}"' in text
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", text)  # nothing fetched: opens offline
+    assert "<script src" not in text and "<link" not in text
+    leaderboard = text[text.index('id="leaderboard"'):text.index('id="history"')]
+    assert leaderboard.count("<tr class=") == 12
+    assert "stopped by asha at epoch" in leaderboard and "st-error" in leaderboard
+    states = _journal_states(exp)
+    rows = {t.trial_id: t.status for t in report_data.load(exp).trials}
+    assert len(states) == 12
+    assert states.count("PRUNED") == list(rows.values()).count("stopped") > 0
+    assert states.count("COMPLETE") == list(rows.values()).count("ok")
+    assert states.count("FAIL") == 2  # the errored and the diverged trial
+    assert "confusion matrix" in text and "val_confusion" not in text
+
+
+def test_conditional_keys_get_a_distribution_only_where_active(finished):
+    exp, _ = finished
+    loaded = report_data.load(exp)
+    study = build_study(loaded)
+    for t, ft in zip(loaded.trials, study.trials):
+        assert set(ft.distributions) == set(t.config)
+        assert ("train.optimizer.momentum" in ft.params) == (t.config["train.optimizer.name"] == "sgd")
+        assert ("model.dropout" in ft.params) == (t.config["model.name"] == "mlp")
+
+
+@needs_chromium
+def test_the_page_draws_every_section_in_chromium(finished):
+    _, page = finished
+    check = assert_page_draws(page)
+    assert check["sections"]["slices"]["charts"] == 7  # one per searched key of the conditional spec
+    assert check["sections"]["importance"]["charts"] == 2  # fANOVA and PED-ANOVA
+
+
+def test_a_sweep_still_running_is_read_from_tunes_trial_files(tmp_path):
+    exp = make_experiment(tmp_path, 8, name="running", finished=False)
+    assert not (exp / "results.csv").exists()
+    page = write_report(exp)
+    loaded = report_data.load(exp)
+    assert len(loaded.trials) == 8 and not loaded.finished
+    assert {t.status for t in loaded.trials} >= {"unfinished", "error"}
+    assert "results.csv not written yet" in page.read_text()
+    assert _journal_states(exp).count("RUNNING") == sum(t.status == "unfinished" for t in loaded.trials)
+
+
+@needs_chromium
+def test_a_running_sweeps_page_draws_and_says_what_it_lacks(tmp_path):
+    exp = make_experiment(tmp_path, 8, name="running", finished=False)
+    assert_page_draws(write_report(exp), expect_none=("best", "promotion"))
+
+
+def test_a_restarted_trial_supersedes_its_first_run_and_is_not_listed_twice(tmp_path):
+    exp = make_experiment(tmp_path, 6, name="resumed", finished=False)
+    first = exp / "trial_2"
+    again = exp / "trial_2_ab12c"  # what Tune makes of a trial it restarts on resume
+    again.mkdir()
+    (again / "params.json").write_text((first / "params.json").read_text())
+    progress = (first / "progress.csv").read_text().replace("t0002", "t0002x")
+    (again / "progress.csv").write_text(progress)
+    ids = [t.trial_id for t in report_data.load(exp).trials]
+    assert ids.count("t0002x") == 1 and "t0002" not in ids and len(ids) == 6
+
+
+def test_report_cli_writes_the_page_where_asked(finished, tmp_path, capsys):
+    exp, _ = finished
+    out = tmp_path / "elsewhere.html"
+    assert main(["report", str(exp), "--out", str(out)]) == 0
+    assert out.is_file() and f"report: {out}" in capsys.readouterr().out
+
+
+def test_report_cli_refuses_a_directory_that_is_not_an_experiment(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not a raytune-opt experiment" in err
+
+
+def test_a_broken_experiment_warns_once_and_never_fails_the_sweep(tmp_path, capsys):
+    from raytune_opt import storage
+    from raytune_opt.report import after_sweep
+
+    exp = make_experiment(tmp_path, 4, name="broken")
+    (exp / "spec.input.yaml").write_text("no_such_section: 1\n")  # no longer validates
+    assert after_sweep(storage.from_uri(str(exp))) is None
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "warning: the report could not be written" in err
+
+
+def test_the_page_stays_small_and_escapes_what_it_shows(tmp_path):
+    exp = make_experiment(tmp_path, 30, name="esc")
+    csv_path = exp / "results.csv"
+    csv_path.write_text(csv_path.read_text().replace("error: RuntimeError", "error: <script>alert(1)</script>"))
+    text = write_report(exp).read_text()
+    assert "<script>alert(1)" not in text and "&lt;script&gt;alert(1)" in text
+    assert len(text.encode()) < 1_000_000
+    assert len(re.findall(r"<svg ", text)) >= 15
