@@ -267,10 +267,12 @@ def calibration_batches(x_train: np.ndarray, batch_size: int, n: int, seed: int)
 
 
 def _inputs(data) -> dict:
-    return {"name": export.INPUT_NAME, "shape": ["batch", data.in_channels, data.image_size, data.image_size],
-            "dtype": "float32", "layout": "NCHW", "output": export.OUTPUT_NAME,
+    signals = data.spatial_dims == 1
+    return {"name": export.INPUT_NAME, "shape": ["batch", *data.input_shape],
+            "dtype": "float32", "layout": "NCL" if signals else "NCHW", "output": export.OUTPUT_NAME,
             "normalize": {"mean": list(data.mean), "std": list(data.std),
-                          "note": "input = (pixels - mean) / std, per channel, in the data set's raw pixel units"},
+                          "note": f"input = ({'signal' if signals else 'pixels'} - mean) / std, per channel, in the "
+                                  f"data set's raw {'signal' if signals else 'pixel'} units"},
             "class_names": list(data.class_names)}
 
 

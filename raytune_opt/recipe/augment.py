@@ -76,16 +76,26 @@ class Augmenter:
         return bool(self.hflip or self.padding or self.degrees or self.jitter or self._mixing)
 
     @property
+    def _image_ops(self) -> bool:
+        return bool(self.hflip or self.padding or self.degrees or self.jitter or self.cutmix_alpha)
+
+    @property
     def _mixing(self) -> bool:
         return (self.mixup_alpha > 0 or self.cutmix_alpha > 0) and self.mix_prob > 0
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Augment one batch: ``x`` (N, C, H, W) normalized, ``y`` (N,) class indices.
 
+        1-D signals (N, C, L) take Mixup only.
+
         Returns ``(x, y)`` where ``y`` becomes (N, num_classes) probabilities when Mixup or
         CutMix could apply to this batch (even if this batch was left unmixed), so the
         target type does not change from batch to batch.
         """
+        if x.dim() != 4 and self._image_ops:
+            raise RecipeConfigError(f"train.augment: hflip, random_crop_padding, rotation_degrees, color_jitter and "
+                                    f"cutmix_alpha work on images (N, C, H, W) but got inputs of shape "
+                                    f"{tuple(x.shape)}; set them to 0 (mixup_alpha works on any input)")
         if self.hflip > 0:
             flip = self._rand(x.shape[0]) < self.hflip
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)

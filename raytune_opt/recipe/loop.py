@@ -161,8 +161,8 @@ def _setup(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
     # The model is initialised from the same seed on every rank (DDP would broadcast rank 0's weights anyway).
     _seed_all(seed)
     data = load_data(cfg["data"], seed)
-    spec = model_spec(cfg["model"], data.in_channels, data.num_classes, data.image_size)
-    model = build_model(cfg["model"], data.in_channels, data.num_classes, data.image_size).to(device)
+    spec = model_spec(cfg["model"], data.in_channels, data.num_classes, data.image_size, data.spatial_dims)
+    model = build_model(cfg["model"], data.in_channels, data.num_classes, data.image_size, data.spatial_dims).to(device)
     loss_fn = build_loss(tcfg["loss"], data.y_train, data.num_classes).to(device)
     augment = Augmenter(tcfg["augment"], data.num_classes, data.in_channels, seed=seed, device=device)
     workers = int(cfg["data"]["loader_workers"])

@@ -24,7 +24,9 @@ from raytune_opt.spec import schema
 from raytune_opt.spec.schema import Field, Section
 from raytune_opt.spec.yaml_loader import Located, load_value, load_yaml_file
 
-NUM_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {"digits": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100}
+# Augmentations that move or recolour image pixels; 1-D signals take Mixup only.
+IMAGE_AUGMENTATIONS = ("hflip", "random_crop_padding", "rotation_degrees", "color_jitter", "cutmix_alpha")
 # Scheduler keys and the schedulers that read them; setting one for another is a problem.
 SCHEDULER_KEYS = {
     "max_t": ("asha", "hyperband"),
@@ -546,10 +548,13 @@ def _values_of(d: dict, space: Space, key: str) -> set:
 
 def _data_rules(ck: _Checker, d: dict, space: Space) -> None:
     data = d["data"]
-    needs_root = data["dataset"] != "digits" and not (data["dataset"] != "imagefolder" and data["download"])
+    needs_root = data["dataset"] not in schema.BUILT_IN_DATASETS and not (data["dataset"] != "imagefolder"
+                                                                           and data["download"])
     if needs_root and not data["root"] and ck.ok("data.dataset", "data.download"):
         ck.add(("data", "root"), f"required for dataset {data['dataset']} (got null)",
                "set data.root to the directory holding the data", at=("data", "dataset"))
+    if "data.dataset" not in space.by_key and ck.ok("data.dataset"):
+        _input_kind_checks(ck, d, space, lambda key: _values_of(d, space, key))
 
 
 def _precision_rules(ck: _Checker, d: dict, space: Space) -> None:
@@ -701,6 +706,34 @@ def _searcher_rules(ck: _Checker, d: dict, space: Space) -> None:
         key = searchers.searcher_key(search["algorithm"], search["sampler"])
         for pkey, what, fix in searchers.refusals(space, key):
             ck.add(("space", pkey), what, fix, at=ck.param_at.get(pkey))
+
+
+def _input_kind_checks(ck: _Checker, d: dict, space: Space, values_of) -> None:
+    """The model (fixed or every searched option) must take the data set's inputs, and
+    1-D signals take no image augmentation. (A searched data set is checked by each trial.)"""
+    dataset = d["data"]["dataset"]
+    signals = dataset in schema.SIGNAL_DATASETS
+    fit = schema.SIGNAL_MODELS if signals else schema.IMAGE_MODELS
+    kind = "1-D signals" if signals else "images"
+    searched = space.by_key.get("model.name")
+    for name in sorted(values_of("model.name") - set(fit)):
+        if searched is not None:
+            ck.add(("space", "model.name"), f"option {name} does not take {kind} (data.dataset {dataset}) (got {fmt(name)})",
+                   f"drop it; models for {kind}: {', '.join(fit)}", at=ck.param_at.get("model.name"))
+        elif ck.ok("model.name"):
+            ck.add(("model", "name"), f"does not take {kind} (data.dataset {dataset}) (got {fmt(name)})",
+                   f"use one of {', '.join(fit)}, or another data.dataset")
+    if not signals:
+        return
+    for key in IMAGE_AUGMENTATIONS:
+        dotted = f"train.augment.{key}"
+        values = values_of(dotted)
+        if dotted in space.by_key and (not values or any(v for v in values)):
+            ck.add(("space", dotted), f"an image augmentation; {dataset} holds 1-D signals (got a searched "
+                   f"{dotted})", "remove it from space (mixup_alpha works on signals)", at=ck.param_at.get(dotted))
+        elif dotted not in space.by_key and any(v for v in values) and ck.ok(dotted):
+            ck.add(("train", "augment", key), f"an image augmentation; {dataset} holds 1-D signals "
+                   f"(got {fmt(d['train']['augment'][key])})", "set it to 0 (mixup_alpha works on signals)")
 
 
 DEEPSPEED_DOCS = "see https://www.deepspeed.ai/docs/config-json/"

@@ -42,6 +42,8 @@ class DDPStrategy(Strategy):
         self.model = self.session.prepare_model(model)
         self._plain = getattr(self.model, "module", self.model)  # DDP keeps the real model here
         self._params = [p for p in self.model.parameters() if p.requires_grad]
+        # One device and dtype (every model here): the norm can skip torch's regrouping.
+        self._one_group = len({(p.device, p.dtype) for p in self._params}) == 1
         self._can_skip_sync = hasattr(self.model, "no_sync")
         return self.model
 
@@ -60,7 +62,8 @@ class DDPStrategy(Strategy):
         optimizer, scaler = self.optimizer, self._scaler
         if scaler is not None:
             scaler.unscale_(optimizer)
-        norm = get_total_norm([p.grad for p in self._params if p.grad is not None])
+        grads = [p.grad for p in self._params if p.grad is not None]
+        norm = _total_norm(grads) if self._one_group and grads else get_total_norm(grads)
         if self.clip is not None:
             clip_grads_with_norm_(self._params, float(self.clip), norm)
         if scaler is not None:
@@ -83,6 +86,14 @@ class DDPStrategy(Strategy):
 
     def optimizer_state_dict(self) -> dict | None:
         return self.optimizer.state_dict()
+
+
+def _total_norm(grads: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of all ``grads`` together, as ``get_total_norm`` computes it, for grads on
+    one device with one dtype. ``get_total_norm`` first regroups the tensors by device and
+    dtype in Python: on the digits CNN that took half of its ~120 us per step, about 1.5% of
+    the whole step on one CPU thread (benchmarks/loop_throughput.py)."""
+    return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
 
 
 def _precision(precision: str, device: torch.device):

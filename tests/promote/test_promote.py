@@ -162,3 +162,32 @@ def test_a_later_promotion_keeps_the_unchanged_artifacts_of_the_same_checkpoint(
     assert second["int8"] == first["int8"] and second["onnx"]["sha256"] == first["onnx"]["sha256"]
     _file(experiment, first["int8"]).write_bytes(b"tampered")
     assert "int8" not in _by_name(promote(experiment, targets="onnx"))  # a changed file is not vouched for
+
+
+def test_a_cnn1d_for_signals_exports_with_a_dynamic_batch_and_matches_pytorch(tmp_path):
+    import torch
+
+    from raytune_opt.promote.export import export_onnx, parity
+    from raytune_opt.recipe.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model({"name": "cnn1d", "width": 8, "depth": 3, "kernel_size": 5}, 1, 10, 40, spatial_dims=1)
+    x = np.random.default_rng(0).standard_normal((64, 1, 40)).astype(np.float32)
+    path = tmp_path / "cnn1d.onnx"
+    export_onnx(model, torch.from_numpy(x[:2]), path)
+    shape = onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim
+    assert shape[0].dim_param and [d.dim_value for d in shape[1:]] == [1, 40]
+    session = measure.ort_session(path)
+    for batch in (1, 7):
+        assert session.run(None, {"input": x[:batch]})[0].shape == (batch, 10)
+    with torch.no_grad():
+        ref = model.eval()(torch.from_numpy(x)).numpy()
+    assert parity(ref, session.run(None, {"input": x})[0], atol=1e-4).ok
+    # The manifest describes the input as signals.
+    from raytune_opt.recipe.data import Data
+
+    data = Data(x_train=torch.zeros(4, 1, 40), y_train=torch.zeros(4, dtype=torch.long), x_val=torch.zeros(2, 1, 40),
+                y_val=torch.zeros(2, dtype=torch.long), num_classes=10, in_channels=1, image_size=40,
+                class_names=tuple("0123456789"), mean=(0.0,), std=(1.0,))
+    described = pipeline._inputs(data)
+    assert described["shape"] == ["batch", 1, 40] and described["layout"] == "NCL"

@@ -107,3 +107,12 @@ def test_global_rng_untouched(batch):
 def test_out_of_range_setting():
     with pytest.raises(RecipeConfigError, match="hflip"):
         Augmenter({"hflip": 2.0}, 4, 3)
+
+
+def test_signals_take_mixup_and_refuse_image_augmentations():
+    x, y = torch.randn(8, 1, 40), torch.randint(0, 4, (8,))
+    out_x, out_y = Augmenter({"mixup_alpha": 0.4}, 4, 1, seed=0)(x, y)
+    assert out_x.shape == (8, 1, 40) and torch.allclose(out_y.sum(1), torch.ones(8))
+    for key in ("hflip", "random_crop_padding", "rotation_degrees", "color_jitter", "cutmix_alpha"):
+        with pytest.raises(RecipeConfigError, match="work on images .* shape \\(8, 1, 40\\)"):
+            Augmenter({key: 1}, 4, 1, seed=0)(x, y)

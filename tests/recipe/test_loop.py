@@ -167,3 +167,21 @@ def test_fp16_needs_a_gpu():
 def test_resume_from_a_missing_checkpoint(tmp_path):
     with pytest.raises(CheckpointError):
         train(_cfg(), LocalSession(), resume_from=str(tmp_path / "nope.pt"))
+
+
+def test_mnist1d_separates_an_mlp_from_cnn1d_where_digits_does_not(tmp_path):
+    # The same short budget (5 epochs, AdamW 3e-3, batch 128) for all three runs.
+    def best(dataset: str, model: dict, checkpoint_dir=None) -> float:
+        cfg = _cfg(epochs=5, batch_size=128, checkpoint=checkpoint_dir is not None)
+        session = LocalSession(checkpoint_dir)
+        return train({**cfg, "data": {"dataset": dataset}, "model": model}, session)["best_val_accuracy"]
+
+    mlp = {"name": "mlp", "width": 64, "depth": 2}
+    digits_mlp, mnist1d_mlp = best("digits", mlp), best("mnist1d", mlp)
+    cnn = best("mnist1d", {"name": "cnn1d", "width": 16, "depth": 2, "kernel_size": 5}, str(tmp_path))
+    assert digits_mlp > 0.9 and mnist1d_mlp < 0.75, (digits_mlp, mnist1d_mlp)
+    assert cnn > mnist1d_mlp + 0.15, (cnn, mnist1d_mlp)
+    # The checkpoint describes a model for (N, 1, 40) signals and rebuilds it.
+    model, ckpt = load_model(tmp_path / BEST)
+    assert (ckpt["model"]["spatial_dims"], ckpt["model"]["image_size"]) == (1, 40)
+    assert model.eval()(torch.zeros(2, 1, 40)).shape == (2, 10)

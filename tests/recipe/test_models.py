@@ -7,14 +7,16 @@ import torch
 from torch import nn
 
 from raytune_opt.recipe.errors import RecipeConfigError
-from raytune_opt.recipe.models import MODELS, build_model, build_model_from_spec, model_spec
+from raytune_opt.recipe.models import MODELS, SPATIAL_DIMS, build_model, build_model_from_spec, model_spec
 from raytune_opt.spec import schema
 
 def test_registry_matches_the_schema():
     assert tuple(MODELS) == schema.MODELS
+    assert schema.SIGNAL_MODELS == tuple(m for m in MODELS if 1 in SPATIAL_DIMS.get(m, (2,)))
+    assert schema.IMAGE_MODELS == tuple(m for m in MODELS if 2 in SPATIAL_DIMS.get(m, (2,)))
 
 
-@pytest.mark.parametrize("name", schema.MODELS)
+@pytest.mark.parametrize("name", schema.IMAGE_MODELS)
 @pytest.mark.parametrize("shape", [(3, 32), (1, 8)], ids=["3x32x32", "1x8x8"])
 def test_forward_gives_one_logit_per_class(name, shape):
     # Every model works on 1x8x8 too: stride-2 stages reach 1x1 and stay there.
@@ -81,3 +83,36 @@ def test_small_cnn_depth_and_width():
 def test_unknown_model():
     with pytest.raises(RecipeConfigError, match="not a model"):
         build_model({"name": "vgg"}, 3, 10, 32)
+
+
+@pytest.mark.parametrize("width,depth,kernel_size", [(8, 1, 3), (16, 3, 5), (4, 8, 4), (32, 2, 15)])
+def test_cnn1d_forward_shape_width_depth_and_kernel(width, depth, kernel_size):
+    # depth 8 pools a 40-point signal down to 1 point and keeps going; even kernels pad asymmetrically.
+    torch.manual_seed(0)
+    model = build_model({"name": "cnn1d", "width": width, "depth": depth, "kernel_size": kernel_size, "dropout": 0.1},
+                        1, 10, 40, spatial_dims=1).train()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv1d)]
+    assert [c.out_channels for c in convs] == [width] * depth and {c.kernel_size for c in convs} == {(kernel_size,)}
+    out = model(torch.randn(2, 1, 40))
+    assert out.shape == (2, 10) and torch.isfinite(out).all()
+
+
+def test_mlp_takes_signals_and_cnn1d_rebuilds_from_its_spec():
+    mlp = build_model({"name": "mlp", "width": 16, "depth": 2}, 1, 10, 40, spatial_dims=1)
+    assert mlp[1].in_features == 40 and mlp(torch.randn(3, 1, 40)).shape == (3, 10)
+    spec = model_spec({"name": "cnn1d", "width": 8, "depth": 3, "kernel_size": 7}, 1, 10, 40, spatial_dims=1)
+    assert (spec["kernel_size"], spec["spatial_dims"]) == (7, 1)
+    a, b = build_model_from_spec(spec).state_dict(), build_model(
+        {"name": "cnn1d", "width": 8, "depth": 3, "kernel_size": 7}, 1, 10, 40, spatial_dims=1).state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    # A checkpoint written before spatial_dims existed holds an image model.
+    old = model_spec({"name": "small_cnn"}, 1, 10, 8)
+    del old["spatial_dims"], old["kernel_size"]
+    assert build_model_from_spec(old)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+
+
+def test_a_model_refuses_the_other_kind_of_input():
+    with pytest.raises(RecipeConfigError, match="small_cnn takes images .* but the data set gives 1-D signals"):
+        build_model({"name": "small_cnn"}, 1, 10, 40, spatial_dims=1)
+    with pytest.raises(RecipeConfigError, match="cnn1d takes 1-D signals .* use mlp, small_cnn, resnet18"):
+        build_model({"name": "cnn1d"}, 1, 10, 8)

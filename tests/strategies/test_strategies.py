@@ -115,3 +115,28 @@ def test_searching_the_strategy_needs_the_extra_too(without_deepspeed, tmp_path,
 
 def test_a_ddp_spec_does_not_need_the_extra(without_deepspeed, capsys):
     assert main(["validate", str(ROOT / "search_spaces" / "digits_cnn.yaml"), "--quiet"]) == 0
+
+
+@pytest.mark.parametrize("clip", [None, 0.5])
+def test_ddp_step_returns_the_gradient_norm_before_clipping_as_torch_computes_it(clip):
+    import torch
+    from torch.nn.utils import get_total_norm
+
+    from raytune_opt.recipe.session import LocalSession
+    from raytune_opt.strategies.ddp import DDPStrategy
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    strategy = DDPStrategy(LocalSession(), {"grad_accum_steps": 1, "grad_clip_norm": clip, "precision": "fp32"})
+    wrapped = strategy.setup(model, optimizer)
+    strategy.backward(wrapped(torch.randn(8, 5)).square().sum())
+    expected = get_total_norm([p.grad for p in model.parameters()])
+    grads = [p.grad.clone() for p in model.parameters()]
+    before = [p.detach().clone() for p in model.parameters()]
+    norm = strategy.step()
+    assert expected > 0.5 and torch.allclose(norm, expected, rtol=1e-6, atol=0)
+    scale = 1.0 if clip is None else min(1.0, clip / (float(expected) + 1e-6))  # clip_grad_norm_'s rule
+    for p, b, g in zip(model.parameters(), before, grads):
+        assert torch.allclose(p.detach(), b - 0.1 * scale * g, atol=1e-6)
+    assert all(p.grad is None for p in model.parameters())
