@@ -39,12 +39,21 @@ def ort_errors() -> tuple[type[BaseException], ...]:
     return tuple(v for v in vars(state).values() if isinstance(v, type) and issubclass(v, Exception))
 
 
-def ort_session(path: str, threads: int | None = None):
+def ort_session(path: str, threads: int | None = None, *, fuse_qdq: bool = True):
     """An ONNX Runtime CPU session with ``threads`` intra-op threads (None: the machine's cores)
-    and full graph optimization."""
+    and full graph optimization.
+
+    ``fuse_qdq=False`` keeps Q/DQ nodes as they are (``session.disable_quant_qdq``) instead of
+    fusing them into ORT's integer kernels: the model then computes exactly what its Q/DQ
+    nodes say (float math between them), which is what an explicit-quantization consumer
+    such as TensorRT implements (int32 accumulation). ORT's fused S8S8 kernels on x86 without
+    VNNI (AVX2 only) go through VPMADDUBSW, whose int16 pair sums saturate.
+    """
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if not fuse_qdq:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
     options.intra_op_num_threads = threads or machine_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
