@@ -150,13 +150,9 @@ def test_an_s3_sweep_killed_mid_way_resumes_from_the_bucket_alone(cluster, s3, t
     for r in rows:
         hist = list(csv.DictReader(io.StringIO(_object(s3, f"{prefix}history/{r['trial_id']}.csv").decode())))
         epochs = [int(float(h["epoch"])) for h in hist]
-        assert epochs == sorted(set(epochs)) and epochs[-1] == 16, (r["trial_id"], epochs)
-    # Trials interrupted mid-way went on from their last.pt in the bucket (one result line
-    # per epoch, epoch 1 once), not from scratch.
-    for key in s3.keys(prefix):
-        if key.endswith("/result.json"):
-            lines = [json.loads(x) for x in _object(s3, key).decode().splitlines() if x.strip()]
-            assert [x["epoch"] for x in lines].count(1) == 1, (key, [x["epoch"] for x in lines])
+        assert epochs[0] == 1 and epochs == sorted(set(epochs)) and epochs[-1] == 16, (r["trial_id"], epochs)
+    # (A trial interrupted mid-way that started again from epoch 1 would show its first
+    # epochs twice in its history: Tune keeps the trial's results across the resume.)
 
 
 def test_two_worker_trial_with_a_rank_on_each_node_checkpoints_to_s3(cluster, s3, tmp_path):
