@@ -146,14 +146,18 @@ def _checkpointed_pbt_class():
             self._rng = random.Random(seed)
             self._made: set[str] = set()
             self._count = 0
+            self._filesystem = None
             self.perturbations: list[dict] = []  # (time, trial, donor): what the scheduler did
 
+        @property
         def _fs(self):
             from pyarrow import fs
 
             from raytune_opt.storage import s3_filesystem
 
-            return s3_filesystem(self._endpoint_url) if self._remote else fs.LocalFileSystem()
+            if self._filesystem is None:  # built once (no descriptor state: Tune pickles this class by value)
+                self._filesystem = s3_filesystem(self._endpoint_url) if self._remote else fs.LocalFileSystem()
+            return self._filesystem
 
         def _snapshot(self, trial):
             from pyarrow import fs
@@ -163,7 +167,7 @@ def _checkpointed_pbt_class():
             src = f"{own_checkpoint_dir(trial.path)}/{CHECKPOINT_FILE}"
             self._count += 1
             dest = f"{self._snapshots}/{trial.trial_id}-{TIME_ATTR}{self._trial_state[trial].last_train_time}-{self._count}"
-            filesystem = self._fs()
+            filesystem = self._fs
             try:
                 if self._remote:
                     filesystem.create_dir(dest)
@@ -205,7 +209,7 @@ def _checkpointed_pbt_class():
             live |= {t.checkpoint.path for t in self._trial_state if t.checkpoint is not None}
             for dest in self._made - live:
                 try:
-                    self._fs().delete_dir(dest)
+                    self._fs.delete_dir(dest)
                 except (FileNotFoundError, OSError):
                     pass  # already gone; a leftover snapshot only costs disk
                 self._made.discard(dest)

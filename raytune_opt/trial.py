@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from raytune_opt import searchers
+from raytune_opt import _atomic, searchers
 from raytune_opt.recipe.session import Session
 from raytune_opt.space import Space, apply
 
@@ -200,6 +200,7 @@ class OwnStore:
         self.remote = remote
         self.endpoint_url = endpoint_url
         self._sent: dict[str, float] = {}
+        self._s3 = None
 
     @property
     def uri(self) -> str:
@@ -210,7 +211,12 @@ class OwnStore:
     def _fs(self):
         from raytune_opt.storage import s3_filesystem
 
-        return s3_filesystem(self.endpoint_url)
+        if self._s3 is None:  # built once per process (a push happens every epoch)
+            self._s3 = s3_filesystem(self.endpoint_url)
+        return self._s3
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_s3": None}  # rank 0 builds its own
 
     def pull(self, scratch: str) -> None:
         """S3: download the trial's own files into ``scratch`` (nothing there yet: nothing to do)."""
@@ -338,7 +344,7 @@ def _claim(store: "OwnStore", ckpt_dir: str, trial_id: str) -> None:
         elif owner is None and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
             os.replace(ckpt_dir, f"{ckpt_dir}.unowned")
         os.makedirs(ckpt_dir, exist_ok=True)
-    _atomic_write(os.path.join(ckpt_dir, OWNER), trial_id)
+    _atomic.write_text(Path(ckpt_dir) / OWNER, trial_id)
     store.push(ckpt_dir)
 
 
@@ -370,7 +376,7 @@ def _resume_point(handed_over, ckpt_dir: str, store: OwnStore) -> str | None:
         seen = Path(marker).read_text().strip() if os.path.isfile(marker) else None
         if seen != handed_over.path:
             _adopt(os.path.join(handed_over.to_directory(), CHECKPOINT_FILE), own)
-            _atomic_write(marker, handed_over.path)
+            _atomic.write_text(Path(marker), handed_over.path)
             store.push(ckpt_dir)
     return own if os.path.isfile(own) else None
 
@@ -382,12 +388,6 @@ def _adopt(donor_last: str, own_last: str) -> None:
     mine = load_checkpoint(own_last) if os.path.isfile(own_last) else {}
     ckpt["loop_state"] = {"best": (mine.get("loop_state") or {}).get("best"), "bad_epochs": 0}
     save_checkpoint(ckpt, own_last)
-
-
-def _atomic_write(path: str, text: str) -> None:
-    from raytune_opt import _atomic
-
-    _atomic.write_text(Path(path), text)
 
 
 def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir: str, trial_id: str,

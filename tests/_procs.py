@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import socket
+import time
+import urllib.request
 
 import psutil
 
@@ -34,3 +36,17 @@ def kill_tree(pid: int, first: int = signal.SIGTERM) -> None:
         except psutil.NoSuchProcess:
             pass
     psutil.wait_procs(alive, timeout=10)
+
+
+def wait_for_http(url: str, proc, log_path: str, timeout: float) -> None:
+    """Wait until ``url`` answers; fail with the server's log if ``proc`` died or time ran out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                with open(log_path) as f:
+                    raise RuntimeError(f"{url} did not come up: {f.read()[-2000:]}") from None
+            time.sleep(0.3)

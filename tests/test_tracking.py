@@ -205,12 +205,10 @@ def test_a_real_mlflow_server_gets_the_runs_and_its_death_mid_sweep_only_warns(t
     import shutil
     import subprocess
     import sys
-    import time
-    import urllib.request
 
     from raytune_opt.tracking import check_mlflow
     from raytune_opt.tracking.mlflow import MLflowCallback
-    from tests._procs import free_port, kill_tree
+    from tests._procs import free_port, kill_tree, wait_for_http
 
     exe = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
     port = free_port()
@@ -221,14 +219,8 @@ def test_a_real_mlflow_server_gets_the_runs_and_its_death_mid_sweep_only_warns(t
                                "--default-artifact-root", str(tmp_path / "artifacts")],
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2).read()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()
-                time.sleep(0.5)
+        log.flush()
+        wait_for_http(f"{uri}/health", server, str(tmp_path / "server.log"), timeout=120)
         check_mlflow(uri, "srv")
         spec = load_spec(CONDITIONAL)
         cb = MLflowCallback(uri, "srv", spec, tmp_path)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._procs import free_port, kill_tree
+from tests._procs import free_port, kill_tree, wait_for_http
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -150,15 +150,8 @@ class S3Server:
         self.log = tempfile.NamedTemporaryFile("w", prefix="rtmoto", suffix=".log", delete=False)
         self.proc = subprocess.Popen([str(VENV_BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(self.port)],
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=2).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start: {open(self.log.name).read()[-2000:]}")
-                time.sleep(0.3)
+        self.log.flush()
+        wait_for_http(f"{self.endpoint}/moto-api/", self.proc, self.log.name, timeout=60)
         self.client().create_bucket(Bucket=bucket)
 
     def client(self):
