@@ -25,6 +25,7 @@ NO_OVERRIDES = {
     "resume": "a sweep resumes with the spec it started with; start a new one with "
               "'raytune-opt run SPEC key=value ... name=NEW'",
     "promote": "promotion reads the experiment's own spec; choose artifacts with --targets",
+    "report": "the report shows the experiment as it ran; write it elsewhere with --out",
 }
 
 
@@ -244,7 +245,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     flags = [a for a in extra if a.startswith("-")]
     if flags:
         parser.error(f"unrecognized arguments: {' '.join(flags)}")
-    if extra and args.command in NO_OVERRIDES:
+    if extra and args.command not in TAKES_OVERRIDES:
         parser.error(f"{args.command} takes no key=value overrides (got {' '.join(extra)}); "
                      f"{NO_OVERRIDES[args.command]}")
     if extra:

@@ -32,6 +32,7 @@ TRIAL_CONFIG = "trial_config"  # reported key under PBT: the config (JSON) this 
 TRIAL_CHECKPOINT = "trial_checkpoint"  # reported key: the trial's own checkpoint directory (a URI)
 OWNER = "owner.txt"  # in ckpt/: the Tune id of the trial whose checkpoints these are
 ADOPTED = "adopted_from.txt"  # in ckpt/: the PBT donor snapshot last.pt was last taken from
+RECORDED = "recorded_epoch.txt"  # in ckpt/: the last epoch whose report Tune took (see TuneSession.report)
 
 
 def _stage(checkpoint_dir: str, top_level: bool = True, shards: Sequence[str] = ()) -> str:
@@ -80,7 +81,18 @@ class TuneSession(Session):
 
         if checkpoint_dir:
             self._store.push(checkpoint_dir)
-        tune.report({**metrics, **self._extra, "node_id": _node_id(), TRIAL_CHECKPOINT: self._store.uri})
+        try:
+            # A function trainable's report returns (or exits, when the trial is stopped or
+            # paused) only once the driver has processed it: result.json and the history
+            # have this epoch. Noted, so that a resume knows whether to replay it.
+            tune.report({**metrics, **self._extra, "node_id": _node_id(), TRIAL_CHECKPOINT: self._store.uri})
+        finally:
+            if metrics.get("epoch") is not None:
+                _atomic.write_text(Path(self._root) / RECORDED, str(int(metrics["epoch"])))
+                self._store.push(self._root)
+
+    def recorded_epoch(self) -> int | None:
+        return _recorded_epoch(self._root)
 
     def close(self) -> None:
         pass  # the checkpoint directory is the trial's own: it must outlive the process
@@ -388,6 +400,16 @@ def _adopt(donor_last: str, own_last: str) -> None:
     mine = load_checkpoint(own_last) if os.path.isfile(own_last) else {}
     ckpt["loop_state"] = {"best": (mine.get("loop_state") or {}).get("best"), "bad_epochs": 0}
     save_checkpoint(ckpt, own_last)
+    # The donor's epoch is not this trial's to report: nothing to replay from it.
+    _atomic.write_text(Path(own_last).parent / RECORDED, str(int(ckpt["epoch"])))
+
+
+def _recorded_epoch(ckpt_dir: str) -> int:
+    """The epoch in ``ckpt_dir``'s RECORDED file; 0 without one (or an unreadable one)."""
+    try:
+        return int(Path(ckpt_dir, RECORDED).read_text().strip())
+    except (OSError, ValueError):
+        return 0
 
 
 def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir: str, trial_id: str,

@@ -68,6 +68,7 @@ def test_a_stray_word_is_one_line_exit_2(capsys):
 @pytest.mark.parametrize("argv, fragment", [
     (["resume", "/tmp/exp", "name=x"], "resume takes no key=value overrides (got name=x)"),
     (["promote", "/tmp/exp", "--targets", "onnx", "train.epochs=2"], "promote takes no key=value overrides"),
+    (["report", "/tmp/exp", "name=x"], "report takes no key=value overrides"),
     (["validate", DIGITS, "name=x", "--fast"], "unrecognized arguments: --fast"),
 ])
 def test_refusals_are_one_line_exit_2(argv, fragment, capsys):
@@ -75,3 +76,9 @@ def test_refusals_are_one_line_exit_2(argv, fragment, capsys):
         cli.parse_args(argv)
     err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and fragment in err[0], err
+
+
+def test_every_subcommand_either_takes_overrides_or_says_why_not():
+    commands = set(cli.COMMANDS)
+    assert commands == set(cli.TAKES_OVERRIDES) | set(cli.NO_OVERRIDES)
+    assert not set(cli.TAKES_OVERRIDES) & set(cli.NO_OVERRIDES)

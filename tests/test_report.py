@@ -135,6 +135,23 @@ def test_report_cli_refuses_a_directory_that_is_not_an_experiment(tmp_path, caps
     assert len(err.splitlines()) == 1 and "not a raytune-opt experiment" in err
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    (("spec.yaml", "search: [unclosed\n"), "spec.yaml: unreadable (ParserError)"),
+    (("spec.yaml", "- a list\n"), "spec.yaml: not a resolved raytune-opt spec"),
+    (("results.csv", "trial_id,status\nt1\n"), "results.csv: unreadable (ValueError: line 2 does not have"),
+    (("results.csv", "no,trial,columns\n1,2,3\n"), "results.csv: unreadable (KeyError"),
+])
+def test_report_cli_on_a_damaged_experiment_is_one_line_exit_2(tmp_path, capsys, damage, fragment):
+    exp = make_experiment(tmp_path, 3, name="dmg")
+    name, text = damage
+    (exp / name).write_text(text)
+    before = {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()}
+    assert main(["report", str(exp)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0] and "Traceback" not in err[0], err
+    assert {p.name: p.read_bytes() for p in exp.iterdir() if p.is_file()} == before  # nothing written
+
+
 def test_a_broken_experiment_warns_once_and_never_fails_the_sweep(tmp_path, capsys):
     from raytune_opt import storage
     from raytune_opt.report import after_sweep

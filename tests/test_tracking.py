@@ -148,15 +148,17 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-def test_an_unreachable_tracker_is_one_line_and_exit_2_before_ray_starts(tmp_path, capsys):
-    import ray
+def test_an_unreachable_tracker_is_one_line_and_exit_2_before_ray_starts(tmp_path, capsys, monkeypatch):
+    from raytune_opt import ray_runtime
 
+    started = []  # whether Ray was asked to start (another test may already have one running here)
+    monkeypatch.setattr(ray_runtime, "start", lambda *a, **k: started.append(a) or pytest.fail("Ray started"))
     uri = f"http://127.0.0.1:{_closed_port()}"
     code = main(["run", str(CONDITIONAL), f"tracking.mlflow.tracking_uri={uri}", "name=t", "--storage", str(tmp_path)])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert err[0].startswith(f"tracking.mlflow.tracking_uri {uri}: cannot reach MLflow")
-    assert not ray.is_initialized() and not (tmp_path / "t").exists()
+    assert not started and not (tmp_path / "t").exists()
 
 
 def test_a_tracker_that_fails_mid_sweep_warns_once_and_the_trials_go_on(tmp_path, capsys):

@@ -89,6 +89,8 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
 
 def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from: str | None) -> dict:
     run = _setup(cfg, session, strategy, spec_sha256, resume_from)
+    if run.resumed is not None and run.start_epoch <= run.epochs:
+        _replay_unrecorded_epoch(run)
     for epoch in range(run.start_epoch, run.epochs + 1):
         epoch_start = time.perf_counter()
         _reseed(run, epoch)
@@ -325,6 +327,21 @@ def _checkpoint(run: _Run, metrics: dict, epoch: int, epoch_start: float) -> tup
                    **strategy.checkpoint_extra(epoch)})
         write_checkpoints(ckpt, root, is_best=is_best)
     return (str(root) if session.is_rank_zero or shards else None), shards
+
+
+def _replay_unrecorded_epoch(run: _Run) -> None:
+    """Report the checkpoint's epoch again if its runner never recorded it.
+
+    A driver killed after a trial saved epoch E but before it took E's report loses that
+    report; the resumed trial continues from E's checkpoint, so without this its history
+    would have no epoch E (and schedulers no result at E). Marked ``replayed``: should the
+    report have arrived after all, the history keeps the first one.
+    """
+    done = run.start_epoch - 1
+    recorded = run.session.recorded_epoch()
+    if recorded is None or recorded >= done:
+        return
+    run.session.report({**run.last_metrics, "epoch": done, "replayed": 1}, None)
 
 
 def _report_finished_run(run: _Run) -> None:

@@ -67,6 +67,11 @@ class Session:
         checkpoints, the same directory on every rank)."""
         raise NotImplementedError
 
+    def recorded_epoch(self) -> int | None:
+        """The last epoch whose report the runner is known to have recorded (0: none);
+        None when the session cannot tell (then a resumed run replays nothing)."""
+        return None
+
 
 class LocalSession(Session):
     """A single process: reports go to :attr:`reports` (and ``callback``, if given).

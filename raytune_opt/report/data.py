@@ -69,13 +69,25 @@ def load(exp_dir: str | Path) -> Experiment:
     if not spec_path.is_file():
         raise UsageError(f"{exp_dir}: not a raytune-opt experiment (no spec.yaml); pass the directory "
                          "'raytune-opt run' printed (STORAGE/NAME)")
-    spec = yaml.safe_load(spec_path.read_text())  # the resolved spec the sweep ran
+    try:
+        spec = yaml.safe_load(spec_path.read_text())  # the resolved spec the sweep ran
+    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
+        raise UsageError(f"{spec_path}: unreadable ({type(exc).__name__}); the experiment's resolved spec is "
+                         "damaged: restore it from a copy, or run the sweep again") from None
+    search = spec.get("search") if isinstance(spec, dict) else None
+    if not isinstance(search, dict) or not {"metric", "mode"} <= set(search):
+        raise UsageError(f"{spec_path}: not a resolved raytune-opt spec (no search.metric / search.mode); pass "
+                         "the directory 'raytune-opt run' wrote (STORAGE/NAME)")
     space = _space(exp_dir)
     trials: dict[str, Trial] = {}
     finished = (exp_dir / "results.csv").is_file()
     if finished:
-        for t in _from_results(exp_dir):
-            trials[t.trial_id] = t
+        try:
+            for t in _from_results(exp_dir):
+                trials[t.trial_id] = t
+        except (KeyError, ValueError, csv.Error, UnicodeDecodeError) as exc:
+            raise UsageError(f"{exp_dir / 'results.csv'}: unreadable ({type(exc).__name__}: {exc}); move it aside and "
+                             "the report reads the trials' own files instead") from None
     known = {t.order for t in trials.values()}
     for t in _from_tune_dirs(exp_dir, spec, space):
         # A trial results.csv already holds (a restarted trial of a resumed sweep included,
@@ -143,7 +155,9 @@ def _from_results(exp_dir: Path) -> list[Trial]:
     with open(exp_dir / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     out = []
-    for r in rows:
+    for i, r in enumerate(rows, start=2):
+        if None in r.values() or None in r:  # a short or a long row: the file was cut or edited
+            raise ValueError(f"line {i} does not have the header's columns")
         tid = r["trial_id"]
         try:
             config = json.loads(r.get("config") or "{}")

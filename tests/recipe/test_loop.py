@@ -126,6 +126,31 @@ def test_resume_continues_the_epoch_count_and_the_run(tmp_path):
     assert again.reports[0]["val_accuracy"] == pytest.approx(resumed.reports[-1]["val_accuracy"])
 
 
+class _Recording(LocalSession):
+    """A session whose runner recorded reports up to ``recorded`` (a Tune trial's, say)."""
+
+    def __init__(self, root: str, recorded: int | None):
+        super().__init__(root)
+        self._recorded = recorded
+
+    def recorded_epoch(self) -> int | None:
+        return self._recorded
+
+
+@pytest.mark.parametrize("recorded,replayed", [(1, True), (0, True), (2, False), (None, False)])
+def test_a_resumed_run_replays_the_checkpointed_epoch_its_runner_never_recorded(tmp_path, recorded, replayed):
+    cfg = _cfg(epochs=3, limit_batches=2, checkpoint=True)
+    first = LocalSession(str(tmp_path / "first"), callback=lambda m, d: _stop_after(m, 2))
+    with pytest.raises(_Stop):  # epoch 2 is checkpointed, its report lost with the driver
+        train(cfg, first)
+    again = _Recording(str(tmp_path / "first"), recorded)
+    train(cfg, again, resume_from=str(tmp_path / "first" / LAST))
+    epochs = [(r["epoch"], r.get("replayed", 0)) for r in again.reports]
+    assert epochs == ([(2, 1), (3, 0)] if replayed else [(3, 0)])
+    if replayed:  # what was lost, as it was measured then
+        assert again.reports[0]["val_accuracy"] == first.reports[1]["val_accuracy"]
+
+
 class _Stop(Exception):
     pass
 
