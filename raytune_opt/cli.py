@@ -176,6 +176,8 @@ def _finish(outcome, spec, address) -> int:
     b = outcome.best
     print(f"best: trial {b.trial_id} {search['metric']}={b.best[search['metric']]:.4f} "
           f"(epoch {b.best.get('epoch')}), checkpoint {b.checkpoint}")
+    for line in results.config_lines(b.config):
+        print(line)
     code = outcome.exit_code
     if spec.data["promote"]["enabled"]:
         print()

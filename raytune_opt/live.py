@@ -14,7 +14,7 @@ import time
 
 from ray.tune import Callback
 
-WIDTH = 80
+from raytune_opt.progress import WIDTH
 PLAIN_STATUS_EVERY_S = 30.0
 TTY_STATUS_EVERY_S = 1.0
 
@@ -35,6 +35,10 @@ def _clip(line: str) -> str:
     return line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"
 
 
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
 def _duration(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
@@ -53,8 +57,10 @@ class LiveView(Callback):
         self.header = [f"sweep {spec.name}: {total} trials, {algo}, scheduler {s['scheduler']['name']}, "
                        f"{self.metric} ({self.mode})", f"storage: {where}"]
         self.total, self.tty = total, tty
+        self._space = spec.space
         self._state: dict = {}  # trial id -> running | done | stopped | errored
         self._best = None  # (value, trial id, config text)
+        self._best_shown = None  # the trial id of the last "best so far" line
         self._started = self._last_status = 0.0
         self._bar = None
         self._out = None
@@ -104,16 +110,44 @@ class LiveView(Callback):
             self._bar = tqdm(total=self.total, file=self._out, ncols=WIDTH, leave=False,
                              bar_format="{desc} |{bar}| {n}/{total}")
 
+    def _config_text(self, trial) -> str:
+        from raytune_opt.searchers import flatten_config
+
+        flat = flatten_config(getattr(trial, "config", None) or {}, self._space)
+        return " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(flat.items()))
+
+    def _catch_up(self, trials) -> None:
+        """Trials that ended before this driver started (a resumed sweep) count as they ended."""
+        for t in trials or ():
+            if t.trial_id in self._state or getattr(t, "status", None) not in ("TERMINATED", "ERROR"):
+                continue
+            last = getattr(t, "last_result", None) or {}
+            reason = last.get("stop_reason") or ""
+            self._state[t.trial_id] = ("errored" if t.status == "ERROR" or reason.startswith("diverged")
+                                       else "done" if reason in ("completed", "early_stopping") else "stopped")
+            self._consider(t, last)
+
+    def _consider(self, trial, result: dict) -> None:
+        v = result.get(self.metric)
+        if isinstance(v, (int, float)) and v == v and (self._best is None or (
+                v > self._best[0] if self.mode == "max" else v < self._best[0])):
+            self._best = (float(v), trial.trial_id, self._config_text(trial))
+
     def on_trial_start(self, iteration, trials, trial, **info):
+        self._catch_up(trials)
         self._state[trial.trial_id] = "running"
         self._refresh()
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        v = result.get(self.metric)
-        if isinstance(v, (int, float)) and v == v and (self._best is None or (
-                v > self._best[0] if self.mode == "max" else v < self._best[0])):
-            self._best = (float(v), trial.trial_id)
+        self._consider(trial, result)
         self._refresh()
+
+    def _show_best(self) -> None:
+        """One line when the best so far has moved to another trial since the last one."""
+        if self._best is not None and self._best[1] != self._best_shown:
+            self._best_shown = self._best[1]
+            config = f": {self._best[2]}" if self._best[2] else ""
+            self._print(f"  best so far {self._best[0]:.4f} {self._best[1][:8]}{config}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         last = trial.last_result or {}
@@ -130,6 +164,7 @@ class LiveView(Callback):
         else:
             self._state[trial.trial_id] = "stopped"
             self._print(f"trial {trial.trial_id} stopped at epoch {epoch}: {shown}")
+        self._show_best()
         self._refresh(force=self._bar is not None)
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -140,6 +175,7 @@ class LiveView(Callback):
         self._refresh(force=self._bar is not None)
 
     def on_step(self, iteration, trials, **info):
+        self._catch_up(trials)
         self._refresh()
 
     def on_experiment_end(self, trials, **info):

@@ -102,8 +102,9 @@ def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], me
     return best
 
 
-def leaderboard(rows: list[TrialRow], metric: str, mode: str, top: int = 10) -> str:
-    """A compact table of the best trials, then a count of the others by status."""
+def leaderboard(rows: list[TrialRow], metric: str, mode: str, top: int = 10, width: int = 80) -> str:
+    """A compact table of the best trials, then a count of the others by status; each line at
+    most ``width`` columns (a long config is cut with "…": results.csv has it whole)."""
     sign = -1 if mode == "max" else 1
     ranked = sorted((r for r in rows if r.successful), key=lambda r: (sign * r.best.get(metric, 0), r.epochs))
     lines = [f"{'rank':>4}  {'trial':<10} {metric:>12} {'epochs':>6} {'status':<8} config"]
@@ -117,7 +118,15 @@ def leaderboard(rows: list[TrialRow], metric: str, mode: str, top: int = 10) -> 
     for r in rows:
         counts[r.status] = counts.get(r.status, 0) + 1
     lines.append("trials: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
-    return "\n".join(lines)
+    return "\n".join(line if len(line) <= width else line[: width - 1] + "…" for line in lines)
+
+
+def config_lines(config: dict, width: int = 80, indent: str = "  ") -> list[str]:
+    """A trial's config as ``key=value`` words wrapped to ``width`` columns."""
+    import textwrap
+
+    words = " ".join(f"{k}={_short(v)}" for k, v in sorted(config.items()))
+    return textwrap.wrap(words, width, initial_indent=indent, subsequent_indent=indent) if words else []
 
 
 def _short(v) -> str:

@@ -233,6 +233,9 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
                          "the sweep cannot be resumed — results.csv and trial_*/ still hold what finished")
     address = ray_runtime.resolve_address(address)
     tracking.quiet_ray_loggers()  # the restored Tuner brings back our own loggers and trackers
+    # ...and the live view of a sweep that had it: Ray's newer console output would print
+    # its own box beside it (live.callbacks turns it off the same way for run).
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     embedded = ray_runtime.start(address)
     try:
         try:

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from raytune_opt import _atomic, storage
+from raytune_opt import _atomic, progress, storage
 from raytune_opt.promote import export, manifest, measure, quantize, tensorrt
 from raytune_opt.promote.errors import ArtifactError, PromotionError
 from raytune_opt.promote.select import Source, select_source
@@ -98,8 +98,10 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     run = _Run(source, cfg, out_dir, data.x_val.numpy(), data.y_val.numpy(), log, threads)
 
     with measure.torch_threads(threads):
-        ref = run.reference(model)
-        onnx_bytes = run.onnx(model, ref)
+        with progress.step("pytorch: measuring the fp32 reference"):
+            ref = run.reference(model)
+        with progress.step("onnx: exporting, checking parity, measuring latency"):
+            onnx_bytes = run.onnx(model, ref)
     qdq_bytes = None
     x_train = data.x_train.numpy()
     if "int8" in targets:
@@ -107,7 +109,8 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     if "int8" in targets or (place is not None and place.where != "skip"):
         qdq_bytes = run.int8(x_train, ckpt, flavor="tensorrt", usable=onnx_bytes is not None)
     if place is not None:
-        run.tensorrt(place, onnx_bytes, qdq_bytes)
+        with progress.step("tensorrt: building and timing engines"):
+            run.tensorrt(place, onnx_bytes, qdq_bytes)
 
     old = manifest.previous_artifacts(out_dir, source)
     result = manifest.build(
@@ -198,10 +201,11 @@ class _Run:
             gate = quantize.quantize_with_gate(
                 self.out_dir / "model.onnx", path, batches, flavor=flavor, first_method=icfg["calibration_method"],
                 x_val=self.x_val, y_val=self.y_val, fp32_accuracy=self.fp32,
-                max_drop_points=float(icfg["max_accuracy_drop"]))
+                max_drop_points=float(icfg["max_accuracy_drop"]), name=name)
             # The S8S8 form is TensorRT's input; ORT's CPU kernels run it slowly, so it is not timed here.
-            latency = (measure.latencies(measure.ort_runner(measure.ort_session(path, self.threads)), self.x_val)
-                       if flavor == "cpu" else None)
+            with progress.step(f"{name}: measuring latency"):
+                latency = (measure.latencies(measure.ort_runner(measure.ort_session(path, self.threads)),
+                                             self.x_val) if flavor == "cpu" else None)
         except (RuntimeError, OSError, MemoryError, ValueError, *measure.ort_errors()) as exc:
             # ONNX Runtime's quantizer raises ValueError for operators it cannot quantize.
             self._failed(name, exc)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from raytune_opt import _atomic
+from raytune_opt import _atomic, progress
 from raytune_opt.promote import measure
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -132,12 +132,12 @@ def quantize(model_path: str | Path, out_path: str | Path, batches: list[np.ndar
 
 def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, batches: list[np.ndarray], *, flavor: str,
                        first_method: str, x_val: np.ndarray, y_val: np.ndarray, fp32_accuracy: float,
-                       max_drop_points: float) -> GateResult:
+                       max_drop_points: float, name: str = "int8") -> GateResult:
     """Quantize, evaluate on the validation set, and try other methods until one passes the gate.
 
     ``first_method`` is tried first, then the others in :data:`METHODS` order. The model
     kept at ``out_path`` (written atomically) is the first that passes, else the most
-    accurate attempt, marked rejected.
+    accurate attempt, marked rejected. ``name`` labels each attempt's progress line.
     """
     order = [first_method] + [m for m in METHODS if m != first_method]
     attempts: list[Attempt] = []
@@ -145,13 +145,14 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, batches: lis
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "preprocessed.onnx"
         preprocess(fp32_path, pre)
-        for method in order:
+        for i, method in enumerate(order, 1):
             candidate = Path(tmp) / f"{method}.onnx"
-            quantize(pre, candidate, batches, method, flavor)
-            # The S8S8 model is TensorRT's input: score what its Q/DQ nodes compute, not ORT's
-            # fused CPU kernels (saturating int16 sums on AVX2 without VNNI: -23.7 points here).
-            session = measure.ort_session(candidate, fuse_qdq=flavor == "cpu")
-            acc = measure.accuracy(measure.predict(measure.ort_runner(session), x_val), y_val)
+            with progress.step(f"{name}: calibrating with {method} ({i} of {len(order)}), scoring"):
+                quantize(pre, candidate, batches, method, flavor)
+                # The S8S8 model is TensorRT's input: score what its Q/DQ nodes compute, not ORT's
+                # fused CPU kernels (saturating int16 sums on AVX2 without VNNI: -23.7 points here).
+                session = measure.ort_session(candidate, fuse_qdq=flavor == "cpu")
+                acc = measure.accuracy(measure.predict(measure.ort_runner(session), x_val), y_val)
             delta = (acc - fp32_accuracy) * 100.0
             attempt = Attempt(method, acc, delta, passed=-delta <= max_drop_points + _EPS_POINTS)
             attempts.append(attempt)

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from raytune_opt import _atomic, _cache
+from raytune_opt import _atomic, _cache, progress
 from raytune_opt.recipe.errors import DataError
 
 __all__ = ["Data", "DataError", "load_data", "cache_root"]
@@ -144,7 +144,8 @@ def _cached(kind: str, root: str, files: list[Path], decode):
     folder = cache_root() / f"{kind}-{digest}"
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
-        x, y, class_names = decode()
+        with progress.step(f"data: decoding {kind} into {folder} (once per node)"):
+            x, y, class_names = decode()
         # uint8 images (N, C, H, W) or float32 signals (N, C, L).
         assert x.dtype in (np.uint8, np.float32) and x.ndim in (3, 4) and len(x) == len(y), (x.dtype, x.shape, y.shape)
         folder.mkdir(parents=True, exist_ok=True)
@@ -304,7 +305,7 @@ def _decode_imagefolder(root: str, files: list[Path], image_size: int):
     resize = v2.Compose([v2.PILToTensor(), v2.Resize((image_size, image_size), antialias=True)])
     x = np.empty((len(folder.samples), 3, image_size, image_size), dtype=np.uint8)
     y = np.empty(len(folder.samples), dtype=np.int64)
-    for i, (file, label) in enumerate(folder.samples):
+    for i, (file, label) in enumerate(progress.items(folder.samples, len(folder.samples), "decoding images")):
         try:
             with Image.open(file) as img:
                 x[i] = resize(img.convert("RGB")).numpy()

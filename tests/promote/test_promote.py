@@ -124,6 +124,7 @@ def test_gate_rejects_a_broken_calibration_after_trying_every_method(experiment,
     monkeypatch.setattr(pipeline, "calibration_batches",
                         lambda x, bs, n, seed: [np.zeros((bs, *x.shape[1:]), np.float32)] * 2)
     set_promote(experiment, int8_calibration_method="entropy")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)  # a terminal: progress shows
     assert main(["promote", str(experiment), "--targets", "onnx,int8"]) == 0  # a rejection is not an error
     arts = _by_name(json.loads((experiment / "promotion" / "manifest.json").read_text()))
     for name in ("int8", "int8-tensorrt-qdq"):
@@ -134,7 +135,11 @@ def test_gate_rejects_a_broken_calibration_after_trying_every_method(experiment,
         assert not any(a["passed"] for a in attempts) and all(a["delta_points"] < -1 for a in attempts)
         kept = max(attempts, key=lambda a: a["accuracy"])
         assert rec["accuracy"] == kept["accuracy"] and _file(experiment, rec).is_file()  # kept, marked rejected
-    assert "int8: rejected — accuracy gate" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "int8: rejected — accuracy gate" in out
+    for i, method in enumerate(["entropy", "minmax", "percentile"], 1):  # each attempt shows while it runs
+        assert f"\rint8: calibrating with {method} ({i} of 3), scoring…" in out
+    assert "\ronnx: exporting, checking parity, measuring latency…" in out
 
 
 def test_failed_parity_is_an_error_after_the_manifest_is_written(experiment, capsys):
