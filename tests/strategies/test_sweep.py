@@ -11,6 +11,8 @@ import pytest
 from raytune_opt.recipe.checkpoint import load_model
 from raytune_opt.spec import load_spec
 from raytune_opt.sweep import run_sweep
+from tests._chromium import BROWSER
+from tests.test_report import SECTIONS, assert_page_draws
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "search_spaces" / "digits_deepspeed.yaml"
@@ -37,6 +39,14 @@ def test_a_zero_stage_sweep_with_asha_completes_and_keeps_every_ranks_shard(loca
     best = json.loads((outcome.exp_dir / "best.json").read_text())
     model, ckpt = load_model(best["checkpoint"])  # best.pt: plain PyTorch, no DeepSpeed needed
     assert ckpt["zero"]["world_size"] == 2 and ckpt["metrics"]["val_accuracy"] > 0.8
+    # The sweep's report: every trial, and the best trial's section from the consolidated best.pt.
+    page = (outcome.exp_dir / "report.html").read_text()
+    for sid in SECTIONS:
+        assert f'id="{sid}"' in page, sid
+    leaderboard = page[page.index('id="leaderboard"'):page.index('id="history"')]
+    assert leaderboard.count("<tr class=") == 3 and "confusion matrix (validation set)" in page
+    if BROWSER:
+        assert_page_draws(outcome.exp_dir / "report.html", expect_none=("promotion",))
 
 
 def test_the_deepspeed_spec_passes_a_dry_run(local_ray, tmp_path, capsys):
