@@ -179,6 +179,9 @@ def test_a_tracker_that_fails_mid_sweep_warns_once_and_the_trials_go_on(tmp_path
     ours = [line for line in err.splitlines() if line.startswith("raytune-opt:")]
     assert len(ours) == 1 and ours[0].startswith(f"raytune-opt: warning: MLflow logging to {uri} failed"), err
     assert err.count("Traceback") <= 2  # MLflow's own log of that first failure; no retries after it
+    # The one line names where the traceback went: a bug in a tracker stays findable.
+    assert ours[0].endswith(f"(traceback in {tmp_path / 'warnings.log'})"), ours
+    assert "Traceback (most recent call last)" in (tmp_path / "warnings.log").read_text()
 
 
 def check_sweep_tracking(exp_dir: Path, uri: str, experiment: str, trial_ids: list[str]) -> None:

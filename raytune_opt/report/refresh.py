@@ -46,6 +46,10 @@ class RefreshReport(Callback):
             write_report(self.exp_dir, journal=False)
         except Exception as exc:  # never fail a trial for a view of it
             if not self._warned:
+                from raytune_opt.tracking._common import keep_traceback
+
                 self._warned = True
+                where = keep_traceback(self.exp_dir, "report refresh", exc)
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 print(f"raytune-opt: warning: refreshing {self.exp_dir / 'report.html'} failed "
-                      f"({type(exc).__name__}: {exc}); the sweep goes on", file=sys.stderr)
+                      f"({type(exc).__name__}: {first[:200]}){where}; the sweep goes on", file=sys.stderr)

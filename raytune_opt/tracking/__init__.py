@@ -22,6 +22,7 @@ from pathlib import Path
 
 from raytune_opt import storage as stores
 from raytune_opt.errors import UsageError
+from raytune_opt.tracking._common import keep_traceback
 
 __all__ = ["callbacks", "check_mlflow", "log_sweep_artifacts", "quiet_ray_loggers"]
 
@@ -119,5 +120,6 @@ def log_sweep_artifacts(exp_dir: str | Path) -> None:
             if (exp_dir / name).is_file():
                 client.log_artifact(run_id, str(exp_dir / name))
     except Exception as exc:  # a tracker is a view; the files in exp_dir are the record
+        where = keep_traceback(exp_dir, "MLflow artifacts", exc)
         print(f"raytune-opt: warning: MLflow artifacts not logged ({type(exc).__name__}: "
-              f"{str(exc).splitlines()[0] if str(exc) else ''})", file=sys.stderr)
+              f"{str(exc).splitlines()[0] if str(exc) else ''}){where}", file=sys.stderr)

@@ -23,7 +23,7 @@ class MLflowCallback(Callback):
         self._runs: dict = {}
         self._parent = None
         self._client = None
-        self._warn = WarnOnce(f"MLflow logging to {tracking_uri}")
+        self._warn = WarnOnce(f"MLflow logging to {tracking_uri}", self.exp_dir)
 
     def setup(self, **info):
         from mlflow.tracking import MlflowClient

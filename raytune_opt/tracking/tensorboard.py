@@ -20,7 +20,7 @@ class TensorBoardCallback(Callback):
         self.logdir, self.spec = Path(logdir), spec
         self._writers: dict = {}
         self._best: dict = {}
-        self._warn = WarnOnce(f"TensorBoard logging to {self.logdir}")
+        self._warn = WarnOnce(f"TensorBoard logging to {self.logdir}", self.logdir.parent)  # the experiment
 
     def _writer(self, trial):
         w = self._writers.get(trial.trial_id)
