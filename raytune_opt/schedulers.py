@@ -83,7 +83,7 @@ def _pbt(spec: Spec, where: dict):
         snapshots=f"{where['exp_dir']}/{PBT_SNAPSHOTS}", endpoint_url=where.get("endpoint_url"),
         remote=where.get("remote", False), seed=seed,
         time_attr=TIME_ATTR, perturbation_interval=s["perturbation_interval"],
-        quantile_fraction=s["quantile_fraction"],
+        quantile_fraction=s["quantile_fraction"], synch=s["synch"],
         hyperparam_mutations={p.key: p.domain.to_tune() for p in spec.space.params if pbt_mutable(p.key)},
     )
 
@@ -198,6 +198,10 @@ def _checkpointed_pbt_class():
                 self._exploit(tune_controller, trial, donor)
             self._collect_garbage()
 
+        def _exploit(self, tune_controller, trial, trial_to_clone):
+            _persist_driver_logs(trial)
+            super()._exploit(tune_controller, trial, trial_to_clone)
+
         def _get_new_config(self, trial, trial_to_clone):
             with _seeded_global_random(self._rng.getrandbits(63)):
                 return super()._get_new_config(trial, trial_to_clone)
@@ -216,6 +220,24 @@ def _checkpointed_pbt_class():
 
     CheckpointedPBT.__module__ = __name__
     return CheckpointedPBT
+
+
+def _persist_driver_logs(trial) -> None:
+    """Copy a trial's ``result.json`` and ``progress.csv`` from the driver's staging directory
+    to its directory on storage.
+
+    Ray restarts an exploited trial from the checkpoint PBT hands it and, doing so, copies the
+    trial's logs back from storage over the driver's copy (``LoggerCallback._restore_from_remote``);
+    storage is synced only now and then, so the epochs reported since the last sync vanished
+    from the trial's history (seen with 2-worker trials, whose actors are never reused).
+    """
+    from pyarrow import fs
+
+    for name in ("result.json", "progress.csv"):
+        src = os.path.join(trial.local_path, name)
+        if os.path.isfile(src) and os.path.realpath(src) != os.path.realpath(os.path.join(trial.path, name)):
+            fs.copy_files(src, f"{trial.path}/{name}", source_filesystem=fs.LocalFileSystem(),
+                          destination_filesystem=trial.storage.storage_filesystem)
 
 
 SCHEDULERS: dict[str, Callable[[Spec, dict], object]] = {

@@ -157,9 +157,12 @@ def test_a_pbt_space_with_nothing_pbt_may_perturb_is_refused():
 
 @pytest.mark.slow
 def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_path):
+    # Synchronous PBT: both trials meet at epoch 2 whenever each got its workers, so exactly one
+    # exploit happens there (asynchronous PBT needed 20 epochs to be sure the two overlapped,
+    # and restarted a 2-worker trial at many of them: 5 minutes here).
     spec = load_spec(DIGITS, ["search.algorithm=random", "search.num_samples=2", "search.seed=1",
-                              "scheduler={name: pbt, perturbation_interval: 1, quantile_fraction: 0.5}",
-                              "space={train.optimizer.lr: {loguniform: [1.0e-4, 3.0e-2]}}", "train.epochs=20",
+                              "scheduler={name: pbt, perturbation_interval: 2, quantile_fraction: 0.5, synch: true}",
+                              "space={train.optimizer.lr: {loguniform: [1.0e-4, 3.0e-2]}}", "train.epochs=3",
                               "train.limit_batches=4", "resources.num_workers=2", "resources.cpus_per_worker=0.5",
                               "resources.max_concurrent_trials=2", "promote.enabled=false", "name=pbt2"])
     outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
@@ -168,8 +171,12 @@ def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_pa
     exploited = []
     for r in rows:
         hist = _history(outcome.exp_dir, r["trial_id"])
+        epochs = [int(float(h["epoch"])) for h in hist]
+        assert set(epochs) == {1, 2, 3} and epochs[-1] == 3, hist  # nothing lost across the restarts
         if len({h["config.train.optimizer.lr"] for h in hist}) > 1:
             exploited.append(hist)
-    assert exploited, "PBT never exploited a trial"
-    for hist in exploited:  # every rank loaded the adopted checkpoint: the replicas stayed equal
-        assert float(hist[-1]["rank_param_max_diff"]) == 0.0, hist[-1]
+    assert len(exploited) == 1, "PBT should have exploited exactly one trial at epoch 2"
+    hist = exploited[0]
+    assert hist[0]["config.train.optimizer.lr"] != hist[-1]["config.train.optimizer.lr"]  # perturbed at epoch 2
+    # Every rank loaded the adopted checkpoint: the replicas stayed equal.
+    assert float(hist[-1]["rank_param_max_diff"]) == 0.0, hist[-1]

@@ -115,20 +115,6 @@ def test_same_seed_samples_the_same_configs(local_ray, tmp_path):
     assert first != other
 
 
-def test_two_worker_ddp_trial_keeps_ranks_identical(local_ray, tmp_path):
-    spec = load_spec(DIGITS, SMALL[:2] + ["promote.enabled=false", "name=s", "search.num_samples=1",
-                                          "scheduler={name: fifo}", "train.epochs=2", "resources.num_workers=2",
-                                          "resources.max_concurrent_trials=1", "space={}"])
-    outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
-    (row,) = outcome.rows
-    assert row.status == "ok", row.error
-    assert row.epochs == 2
-    assert row.history[-1].get("stop_reason") == "completed"
-    assert row.checkpoint and (Path(row.checkpoint) / "best.pt").is_file()
-    diff = [h for h in row.history if "rank_param_max_diff" in h]
-    assert diff and diff[-1]["rank_param_max_diff"] == 0.0
-
-
 @pytest.mark.parametrize("path", [DIGITS, CONDITIONAL], ids=lambda p: p.name)
 def test_shipped_digits_specs_pass_a_dry_run(local_ray, tmp_path, path, capsys):
     rc = main(["run", str(path), "--dry-run", "--storage", str(tmp_path)])

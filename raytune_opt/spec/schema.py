@@ -251,6 +251,8 @@ SPEC = Section("A sweep spec.", {
         "perturbation_interval": Field("int", 2, "pbt: epochs between exploit/explore steps.", ge=1, tunable=False),
         "quantile_fraction": Field("float", 0.25, "pbt: fraction of trials that exploit the top ones.", gt=0, le=0.5,
                                    tunable=False),
+        "synch": Field("bool", False, "pbt: every trial waits at each perturbation_interval until all have reached "
+                       "it (Ray's synchronous PBT; each wait restarts the trial from its checkpoint).", tunable=False),
     }),
     "space": Section("Search space: dotted recipe key -> domain (see README).", open=True),
     "promote": Section("What happens to the best trial when the sweep ends.", {

@@ -36,6 +36,7 @@ SCHEDULER_KEYS = {
     "min_samples_required": ("median",),
     "perturbation_interval": ("pbt",),
     "quantile_fraction": ("pbt",),
+    "synch": ("pbt",),
 }
 
 

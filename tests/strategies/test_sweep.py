@@ -21,12 +21,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_zero_stage_sweep_with_asha_completes_and_keeps_every_ranks_shard(local_ray, tmp_path):
-    spec = load_spec(SPEC, ["train.epochs=2", "promote.enabled=false", "name=zero"])
+    # ZeRO 1 (optimizer state sharded) and 3 (parameters too); stage 2 trains in
+    # test_zero_training.py (each 2-worker trial here costs ~45 s of start-up on 2 cores).
+    spec = load_spec(SPEC, ["train.epochs=2", "promote.enabled=false", "name=zero",
+                            "space={train.deepspeed.zero_optimization.stage: {grid: [1, 3]}}"])
     outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
     with open(outcome.exp_dir / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert outcome.exit_code == 0 and len(rows) == 3
-    assert {r["config.train.deepspeed.zero_optimization.stage"] for r in rows} == {"1", "2", "3"}
+    assert outcome.exit_code == 0 and len(rows) == 2
+    assert {r["config.train.deepspeed.zero_optimization.stage"] for r in rows} == {"1", "3"}
     assert all(r["status"] in ("ok", "stopped") for r in rows), rows
     # Ray Train's persisted checkpoint of every trial that finished holds both ranks' shards
     # (each rank reported its own files; Train merged them) and the consolidated weights.
@@ -44,7 +47,7 @@ def test_a_zero_stage_sweep_with_asha_completes_and_keeps_every_ranks_shard(loca
     for sid in SECTIONS:
         assert f'id="{sid}"' in page, sid
     leaderboard = page[page.index('id="leaderboard"'):page.index('id="history"')]
-    assert leaderboard.count("<tr class=") == 3 and "confusion matrix (validation set)" in page
+    assert leaderboard.count("<tr class=") == 2 and "confusion matrix (validation set)" in page
     if BROWSER:
         assert_page_draws(outcome.exp_dir / "report.html", expect_none=("promotion",))
 
