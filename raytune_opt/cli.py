@@ -125,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     local = ray_runtime.resolve_address(args.address) is None and not args.dry_run
     spec = load_spec(args.spec, args.overrides, local=local)
     mode = "dry run" if args.dry_run else "sweep"
-    print(f"raytune-opt: {mode} '{spec.name}' from {args.spec} (spec sha256 {spec.sha256()[:12]})", flush=True)
+    _say(f"raytune-opt {mode}: {args.spec} (spec sha256 {spec.sha256()[:12]})")
     outcome = run_sweep(spec, address=args.address, storage=args.storage, dry_run=args.dry_run,
                         verbose=1 if args.verbose else 0, live=not args.verbose)
     return _finish(outcome, spec, args.address)
@@ -169,13 +169,13 @@ def _finish(outcome, spec, address) -> int:
     search = spec.data["search"]
     print()
     print(results.leaderboard(outcome.rows, search["metric"], search["mode"]))
-    print(f"results: {outcome.where} (results.csv, best.json, history/, report.html) in {outcome.wall_seconds:.0f} s")
+    _say(f"results: {outcome.where} (results.csv, best.json, history/, report.html) in {outcome.wall_seconds:.0f} s")
     if outcome.best is None:
         print("raytune-opt: no trial succeeded; see the error column of results.csv", file=sys.stderr)
         return 1
     b = outcome.best
-    print(f"best: trial {b.trial_id} {search['metric']}={b.best[search['metric']]:.4f} "
-          f"(epoch {b.best.get('epoch')}), checkpoint {b.checkpoint}")
+    _say(f"best: trial {b.trial_id} {search['metric']}={b.best[search['metric']]:.4f} (epoch {b.best.get('epoch')}), "
+         f"checkpoint {b.checkpoint}")
     for line in results.config_lines(b.config):
         print(line)
     code = outcome.exit_code
@@ -196,7 +196,7 @@ def _after_promotion(outcome) -> None:
     else:
         page = outcome.exp_dir / "report.html"
     if page is not None and page.is_file():
-        print(f"report: {page}")
+        _say(f"report: {page}")
     tracking.log_sweep_artifacts(outcome.exp_dir)
 
 
@@ -211,17 +211,25 @@ def _promote(exp_dir, targets, address, endpoint_url=None) -> int:
     """Promote, print the artifact table; 1 when an artifact failed (its manifest is written)."""
     from raytune_opt.promote import promote, table
 
-    manifest = promote(exp_dir, targets, address, log=lambda line: print(line, flush=True),
-                       endpoint_url=endpoint_url)
+    manifest = promote(exp_dir, targets, address, log=_say, endpoint_url=endpoint_url)
     print()
     print(table(manifest))
     where = str(exp_dir).rstrip("/") if str(exp_dir).startswith("s3://") else manifest["experiment"]
-    print(f"manifest: {where}/promotion/manifest.json")
+    _say(f"manifest: {where}/promotion/manifest.json")
     if manifest["status"] == "failed":
         failed = ", ".join(a["name"] for a in manifest["artifacts"] if a["status"] == "failed")
         print(f"raytune-opt: promotion failed ({failed}); see the reasons above and in the manifest", file=sys.stderr)
         return 1
     return 0
+
+
+def _say(text: str) -> None:
+    """Print ``text`` in lines of at most 80 columns (continuations indented; a path is never cut)."""
+    import textwrap
+
+    for line in textwrap.wrap(text, 80, subsequent_indent="  ", break_long_words=False,
+                              break_on_hyphens=False) or [""]:
+        print(line, flush=True)
 
 
 COMMANDS = {"validate": cmd_validate, "run": cmd_run, "promote": cmd_promote, "resume": cmd_resume,

@@ -62,28 +62,35 @@ def test_unwritable_storage_is_a_clear_error(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_the_default_sweep_prints_a_short_80_column_log_and_reports_everything(local_ray, tmp_path, capfd):
+def test_the_default_sweep_prints_a_short_80_column_log_and_reports_everything(local_ray, monkeypatch, capfd):
     """The README's first command, in-process on the session's Ray: what a user reads and gets."""
+    import shutil
+    import tempfile
+
     from tests._chromium import BROWSER
     from tests.test_report import SECTIONS, assert_page_draws
 
-    rc = main(["run", str(ROOT / "search_spaces" / "digits_cnn.yaml"), "--storage", str(tmp_path)])
-    out = capfd.readouterr().out
-    lines = out.splitlines()
-    assert rc == 0, out
-    assert "\x1b" not in out and "\r" not in out  # no terminal here: plain lines
-    # Fits 80 columns but for the paths it names (the test's own are long).
-    widths = [len(line.replace(str(tmp_path), "S").replace(str(ROOT), "R")) for line in lines]
-    assert len(lines) <= 60 and max(widths) <= 80, (len(lines), out)
-    assert lines[1].startswith("sweep digits_cnn: 16 trials, optuna (tpe), scheduler asha")
-    assert sum(line.startswith("trial ") for line in lines) == 16  # one line per finished trial
-    assert any(line.startswith("  best so far ") for line in lines)
-    assert any(line.startswith("best: trial ") for line in lines)
-    assert any(line.startswith("int8") and " ok " in line for line in lines), out  # the promotion table
-    page = tmp_path / "digits_cnn" / "report.html"
-    assert f"report: {page}" in lines
-    text = page.read_text()
-    for sid in SECTIONS:
-        assert f'id="{sid}"' in text, sid
-    if BROWSER:
-        assert_page_draws(page)  # every section drawn, promotion included
+    monkeypatch.chdir(ROOT)
+    storage = Path(tempfile.mkdtemp(prefix="rto", dir="/tmp"))  # as short as a user's results/ path
+    try:
+        rc = main(["run", "search_spaces/digits_cnn.yaml", "--storage", str(storage)])
+        out = capfd.readouterr().out
+        lines = out.splitlines()
+        assert rc == 0, out
+        assert "\x1b" not in out and "\r" not in out  # no terminal here: plain lines
+        assert len(lines) <= 60 and max(len(line) for line in lines) <= 80, out
+        assert lines[0] == "raytune-opt sweep: search_spaces/digits_cnn.yaml (spec sha256 " + lines[0][-13:]
+        assert lines[1].startswith("sweep digits_cnn: 16 trials, optuna (tpe), scheduler asha")
+        assert sum(line.startswith("trial ") for line in lines) == 16  # one line per finished trial
+        assert any(line.startswith("  best so far ") for line in lines)
+        assert any(line.startswith("best: trial ") for line in lines)
+        assert any(line.startswith("int8") and " ok " in line for line in lines), out  # the promotion table
+        page = storage / "digits_cnn" / "report.html"
+        assert f"report: {page}" in lines
+        text = page.read_text()
+        for sid in SECTIONS:
+            assert f'id="{sid}"' in text, sid
+        if BROWSER:
+            assert_page_draws(page)  # every section drawn, promotion included
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)

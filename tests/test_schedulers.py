@@ -180,3 +180,82 @@ def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_pa
     assert hist[0]["config.train.optimizer.lr"] != hist[-1]["config.train.optimizer.lr"]  # perturbed at epoch 2
     # Every rank loaded the adopted checkpoint: the replicas stayed equal.
     assert float(hist[-1]["rank_param_max_diff"]) == 0.0, hist[-1]
+
+
+# --- every searcher with every scheduler that can take it -----------------------------------
+NUMERIC = "space={train.optimizer.lr: {loguniform: [1.0e-3, 3.0e-2]}, model.dropout: {uniform: [0.0, 0.4]}}"
+SEARCHER_OVERRIDES = {  # one space every searcher takes (CMA-ES: numeric only)
+    "grid": ["search.algorithm=grid", "search.num_samples=1",
+             "space={train.optimizer.lr: {grid: [0.003, 0.01]}, model.dropout: {grid: [0.0, 0.2]}}"],
+    "random": ["search.algorithm=random", NUMERIC],
+    "optuna/tpe": ["search.algorithm=optuna", "search.sampler=tpe", NUMERIC],
+    "optuna/gp": ["search.algorithm=optuna", "search.sampler=gp", NUMERIC],
+    "optuna/cmaes": ["search.algorithm=optuna", "search.sampler=cmaes", NUMERIC],
+    "optuna/random": ["search.algorithm=optuna", "search.sampler=random", NUMERIC],
+    "hyperopt": ["search.algorithm=hyperopt", NUMERIC],
+}
+SCHEDULER_OVERRIDES = {
+    "fifo": ["scheduler={name: fifo}"],
+    "asha": ["scheduler={name: asha, grace_period: 1, reduction_factor: 2}"],
+    "hyperband": ["scheduler={name: hyperband, reduction_factor: 2}", "resources.max_concurrent_trials=null"],
+    "median": ["scheduler={name: median, grace_period: 1, min_samples_required: 2}"],
+    "pbt": ["scheduler={name: pbt, perturbation_interval: 1}"],
+}
+
+
+def _searcher_name(overrides: list[str]) -> str:
+    algo = next(o.split("=")[1] for o in overrides if o.startswith("search.algorithm="))
+    sampler = next((o.split("=")[1] for o in overrides if o.startswith("search.sampler=")), "tpe")
+    return f"optuna/{sampler}" if algo == "optuna" else algo
+
+
+def _allowed_pairs() -> set[tuple[str, str]]:
+    """The (searcher, scheduler) pairs validation accepts on the digits spec."""
+    from raytune_opt.errors import SpecError
+
+    allowed = set()
+    for searcher, s_over in SEARCHER_OVERRIDES.items():
+        for scheduler, k_over in SCHEDULER_OVERRIDES.items():
+            try:
+                load_spec(DIGITS, [*s_over, *k_over])
+            except SpecError:
+                continue
+            allowed.add((searcher, scheduler))
+    return allowed
+
+
+def _pairs_run_elsewhere() -> set[tuple[str, str]]:
+    """Pairs the other real sweeps run: this module's conformance sweeps, every searcher under
+    ASHA (test_sweep.py) and the kill-and-resume pairs (test_resume.py)."""
+    from tests import test_resume, test_sweep
+
+    pairs = {(_searcher_name(SCHEDULER_SEARCHERS[k]), k) for k in SCHEDULER_SEARCHERS}
+    pairs |= {(_searcher_name(a), "asha") for a in test_sweep.SEARCHERS_UNDER_ASHA}
+    pairs |= {(searcher, scheduler) for searcher, scheduler, _ in test_resume.PAIRS}
+    return pairs
+
+
+REMAINING = sorted({("optuna/tpe", "fifo"), ("random", "fifo"), ("optuna/random", "fifo"), ("optuna/gp", "asha"),
+                    ("optuna/cmaes", "asha"), ("random", "median"), ("grid", "median"), ("optuna/tpe", "median"),
+                    ("optuna/gp", "median"), ("optuna/cmaes", "median"), ("grid", "hyperband"), ("grid", "pbt")})
+
+
+def test_every_searcher_runs_with_every_scheduler_that_takes_it_somewhere():
+    allowed = _allowed_pairs()
+    assert ("optuna/tpe", "hyperband") not in allowed  # refused at validation (see validate's scheduler rules)
+    missing = allowed - _pairs_run_elsewhere() - set(REMAINING)
+    assert not missing, f"no real sweep runs these pairs: {sorted(missing)}"
+    assert set(REMAINING) <= allowed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("searcher,scheduler", REMAINING, ids=lambda v: v)
+def test_the_remaining_pairs_run_a_tiny_sweep(local_ray, tmp_path, searcher, scheduler):
+    overrides = [*SEARCHER_OVERRIDES[searcher], *SCHEDULER_OVERRIDES[scheduler], "search.num_samples=1"
+                 if searcher == "grid" else "search.num_samples=3", "train.epochs=2", "train.limit_batches=2",
+                 "search.seed=5", "promote.enabled=false", f"name={scheduler}"]
+    outcome = run_sweep(load_spec(DIGITS, overrides), storage=str(tmp_path), verbose=0)
+    rows = _rows(outcome.exp_dir)
+    assert outcome.exit_code == 0 and len(rows) == (4 if searcher == "grid" else 3)
+    assert all(r["status"] in ("ok", "stopped") for r in rows), [(r["status"], r["error"]) for r in rows]
+    assert len({r["config"] for r in rows}) == len(rows) or scheduler == "pbt"  # no config proposed twice

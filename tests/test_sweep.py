@@ -30,13 +30,16 @@ def _rows(exp_dir: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("algorithm", [
+SEARCHERS_UNDER_ASHA = [
     ["search.algorithm=random", "search.num_samples=6"],
     ["search.algorithm=optuna", "search.sampler=tpe", "search.num_samples=6"],
     ["search.algorithm=hyperopt", "search.num_samples=6"],
     ["search.algorithm=grid", "search.num_samples=1",
      "space={train.optimizer.lr: {grid: [0.001, 0.003, 0.01]}, model.width: {grid: [16, 32]}}"],
-], ids=lambda a: a[0].split("=")[1])
+]
+
+
+@pytest.mark.parametrize("algorithm", SEARCHERS_UNDER_ASHA, ids=lambda a: a[0].split("=")[1])
 def test_every_searcher_runs_a_small_sweep_with_asha(local_ray, tmp_path, algorithm):
     spec = load_spec(DIGITS, SMALL + algorithm)
     outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)

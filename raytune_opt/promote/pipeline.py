@@ -90,8 +90,8 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     cfg = source.promote_cfg
     out_dir = source.exp_dir / DIRNAME
     out_dir.mkdir(exist_ok=True)
-    log(f"promotion: trial {source.trial_id} ({source.metric}={source.value:.4f}) -> {out_dir}; "
-        f"targets {','.join(targets)}")
+    log(f"promotion: trial {source.trial_id} ({source.metric}={source.value:.4f}), targets {','.join(targets)}, "
+        f"into {out_dir}")
     model, ckpt = load_model(source.checkpoint)
     data = load_data(ckpt["recipe"]["data"], int(source.spec["seed"]))
     threads = measure.threads_for(cfg.get("ort_threads"))  # experiments of older versions have no such key
@@ -284,7 +284,7 @@ def _summary(rec: dict) -> str:
     parts = []
     if rec.get("parity"):
         p = rec["parity"]
-        parts.append(f"parity max |Δ| {p['max_abs_diff']:.2g}, top-1 agreement {p['top1_agreement']:.2%}")
+        parts.append(f"parity max |Δ| {p['max_abs_diff']:.2g}, top-1 agree {p['top1_agreement']:.2%}")
     if rec.get("quantization"):
         parts.append(f"{rec['quantization']['calibration_method']} calibration")
     if rec.get("delta_points") is not None:
