@@ -39,7 +39,13 @@ INJECTED = ("num_classes", "input_shape", "in_channels")
 
 
 class ImportTargetError(RaytuneOptError):
-    """An import path that does not import, names nothing, or names something not callable."""
+    """An import path that does not import, names nothing, or names something not callable.
+
+    ``fix`` says how to fix it (the validator puts it after the message)."""
+
+    def __init__(self, message: str, fix: str = "check the module path"):
+        super().__init__(message)
+        self.fix = fix
 
 
 @dataclass(frozen=True)
@@ -164,7 +170,7 @@ def import_target(path: str, dirs: Sequence[str] = ()) -> Callable:
             message is kept), the attribute is missing, or the object is not callable.
     """
     if not is_import_path(path):
-        raise ImportTargetError(f"{path!r} is not an import path; write 'package.module:callable'")
+        raise ImportTargetError(f"{path!r} is not an import path", "write 'package.module:callable'")
     module_name, _, attr_path = path.partition(":")
     with code_path(dirs):
         try:
@@ -187,7 +193,8 @@ def import_target(path: str, dirs: Sequence[str] = ()) -> Callable:
         obj = getattr(obj, part)
         owner = f"{owner}.{part}" if owner != module_name else f"{module_name}:{part}"
     if not callable(obj):
-        raise ImportTargetError(f"{path!r} is a {type(obj).__name__}, not a class or function")
+        raise ImportTargetError(f"{path!r} names an object of type {type(obj).__name__}, not a class or function",
+                                "point it at an nn.Module class or a function that returns one")
     return obj
 
 
