@@ -59,7 +59,9 @@ class Field:
     le: float | None = None
     lt: float | None = None
     check: Callable[[Any], str | None] | None = None  # extra rule: returns what is wrong
-    import_path_ok: bool = False  # besides its choices, a "module:callable" import path is valid
+    # The choices are this registry's names as they are when a spec is checked (names
+    # registered later count), or a "module:callable" import path.
+    registry: Any = None
     tunable: bool = True
     fixed_because: str = ""  # why a tunable section's key is not tunable, for the space error
 
@@ -155,7 +157,7 @@ SPEC = Section("A sweep spec.", {
     "model": Section("The model to train.", {
         "name": Field("str", "small_cnn", "Model: " + " | ".join(MODELS) + " (random init, nothing downloaded), "
                       "or your own as 'module:callable' (a class or factory returning an nn.Module; see "
-                      "'Bring your own model').", choices=MODELS, import_path_ok=True),
+                      "'Bring your own model').", registry=registry.MODELS),
         "args": Section("Keyword arguments of an import-path model.name; search one as model.args.NAME. The "
                         "callable also gets whichever of num_classes, input_shape, in_channels it names.",
                         open=True),

@@ -158,13 +158,19 @@ def coerce(value: Any, fld: Field) -> tuple[Any, str | None, str]:
         value = float(value)
         if not math.isfinite(value):
             return value, f"must be finite (got {fmt(value)})", "give a finite number"
-    if fld.choices is not None and value not in fld.choices and not (fld.import_path_ok and ":" in str(value)):
+    if fld.choices is not None and value not in fld.choices:
         hint = did_you_mean(value, fld.choices)
         return value, f"unknown value (got {fmt(value)})", (
-            (hint + " " if hint else "") + "valid: " + ", ".join(map(str, fld.choices))
-            + (", or a 'module:callable' import path" if fld.import_path_ok else ""))
-    if fld.import_path_ok and value not in (fld.choices or ()) and not is_import_path(value):
-        return value, f"not an import path (got {fmt(value)})", "write 'package.module:callable'"
+            (hint + " " if hint else "") + "valid: " + ", ".join(map(str, fld.choices)))
+    if fld.registry is not None and value not in fld.registry:
+        if ":" in value:
+            if not is_import_path(value):
+                return value, f"not an import path (got {fmt(value)})", "write 'package.module:callable'"
+        else:
+            hint = did_you_mean(value, fld.registry)
+            return value, f"unknown value (got {fmt(value)})", (
+                (hint + " " if hint else "") + "valid: " + ", ".join(fld.registry) + ", or a 'module:callable' "
+                "import path")
     if t in ("int", "float"):
         bad = ((fld.ge is not None and value < fld.ge) or (fld.gt is not None and value <= fld.gt)
                or (fld.le is not None and value > fld.le) or (fld.lt is not None and value >= fld.lt))
