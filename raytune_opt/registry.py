@@ -56,8 +56,10 @@ class Entry:
         name: what a spec writes.
         target: ``"module:callable"``, imported when first used.
         doc: one line for the README and the schema's documentation.
-        check: ``check(section) -> [(key_path, what, fix), ...]``: rules of this entry on its
-            config section, run by the validator (None: nothing beyond the generic checks).
+        check: ``check(args) -> [(key_path, what, fix), ...]``: rules of this entry on the
+            arguments a spec gives it (for a model, ``model.args``; key paths are relative to
+            the ``model`` section, e.g. ``("args", "hidden")``), run by the validator after
+            the generic import and signature checks. None: only those.
         meta: plain facts the validator reads without importing the target (a model's
             input kinds, the section keys a built-in reads).
     """
