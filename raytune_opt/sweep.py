@@ -67,7 +67,7 @@ def dry_run_spec(spec: Spec) -> Spec:
         data["train"]["precision"] = "fp32"
     data["scheduler"]["name"] = "fifo"
     data["resources"]["max_concurrent_trials"] = None
-    return Spec(data, spec.space, spec.source, spec.overrides)
+    return Spec(data, spec.space, spec.source, spec.overrides, spec.code_dirs)
 
 
 def check_data(spec: Spec) -> None:
@@ -103,7 +103,7 @@ def _trainable(spec: Spec, loc: stores.Location, dry_run: bool):
 
     trainable = trial.make_trainable(spec.data, spec.space, spec.sha256(), loc.fs_path,
                                      force=DRY_RUN_FORCE if dry_run else None,
-                                     endpoint_url=loc.endpoint_url, remote=loc.remote)
+                                     endpoint_url=loc.endpoint_url, remote=loc.remote, code_dirs=spec.code_dirs)
     return tune.with_resources(trainable, _trial_resources(spec))
 
 
@@ -192,7 +192,8 @@ def _write_inputs(loc: stores.Location, spec: Spec, source_text: str, dry_run: b
         _atomic.write_json(exp_dir / RUN_META, {"format": RUN_FORMAT, "spec_source": spec.source,
                                                 "overrides": list(spec.overrides), "dry_run": dry_run,
                                                 "spec_sha256": spec.sha256(), "storage": loc.uri,
-                                                "endpoint_url": loc.endpoint_url})
+                                                "endpoint_url": loc.endpoint_url,
+                                                "code_dirs": list(spec.code_dirs)})
         _atomic.write_text(exp_dir / "spec.yaml", spec.to_yaml())
     except OSError as exc:
         raise UsageError(f"storage.path {exp_dir.parent}: cannot write the experiment there ({exc.strerror or exc}); "
@@ -220,7 +221,9 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
 
     loc = _resume_location(str(exp_dir), endpoint_url)
     meta = _read_meta(loc.local)
-    spec = load_spec(loc.local / RUN_INPUT, meta["overrides"])
+    # User code is imported from where the run found it (older runs recorded no such key).
+    code_dirs = meta.get("code_dirs")
+    spec = load_spec(loc.local / RUN_INPUT, meta["overrides"], code_dirs=tuple(code_dirs) if code_dirs else None)
     dry_run = bool(meta["dry_run"])
     if dry_run:
         spec = dry_run_spec(spec)

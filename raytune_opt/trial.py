@@ -24,6 +24,7 @@ from typing import Callable, Sequence
 
 from raytune_opt import _atomic, searchers
 from raytune_opt.recipe.session import Session
+from raytune_opt.registry import add_code_paths
 from raytune_opt.space import Space, apply
 
 CHECKPOINT_FILE = "last.pt"
@@ -275,6 +276,7 @@ def _train_worker(loop_config: dict) -> None:
     from raytune_opt.strategies import strategy_class
 
     cfg = loop_config["cfg"]
+    add_code_paths(loop_config.get("code_dirs", ()))
     resume = loop_config["resume_from"]
     restored = ray.train.get_checkpoint()  # set when Train restarts a failed worker group
     if restored is not None:
@@ -290,7 +292,7 @@ def _train_worker(loop_config: dict) -> None:
 
 def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
                    force: dict | None = None, *, remote: bool = False,
-                   endpoint_url: str | None = None) -> Callable[[dict], None]:
+                   endpoint_url: str | None = None, code_dirs: Sequence[str] = ()) -> Callable[[dict], None]:
     """The Tune function trainable for a sweep.
 
     Args:
@@ -303,14 +305,19 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
         remote: the experiment is on S3: a trial keeps its checkpoints in a local scratch
             directory and uploads them to its own directory in the bucket.
         endpoint_url: the S3 endpoint (None: AWS).
+        code_dirs: directories put at the front of the trial's (and its Train workers')
+            ``sys.path`` so that a user model (``model.name: module:callable``) imports there
+            as it did on the driver. They must exist on the node that runs the trial.
     """
     base = {k: v for k, v in base.items() if k != "space"}
+    code_dirs = tuple(code_dirs)
 
     def run_trial(config: dict) -> None:
         from ray import tune
 
         from raytune_opt.recipe.loop import train
 
+        add_code_paths(code_dirs)
         flat = searchers.flatten_config(config, space)
         cfg = apply(apply(base, flat), force or {})
         # The trial's directory in the experiment (storage), not its local working directory
@@ -328,7 +335,7 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
                       resume_from=resume)
                 return
             _fit_torch_trainer(cfg, spec_sha256, resume, exp_dir, tune.get_context().get_trial_id(),
-                               None if remote else ckpt_dir, endpoint_url, remote, store, extra)
+                               None if remote else ckpt_dir, endpoint_url, remote, store, extra, code_dirs)
         finally:
             if remote:
                 shutil.rmtree(ckpt_dir, ignore_errors=True)
@@ -414,7 +421,8 @@ def _recorded_epoch(ckpt_dir: str) -> int:
 
 def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir: str, trial_id: str,
                        ckpt_dir: str | None, endpoint_url: str | None = None, remote: bool = False,
-                       store: OwnStore | None = None, extra: dict | None = None) -> None:
+                       store: OwnStore | None = None, extra: dict | None = None,
+                       code_dirs: Sequence[str] = ()) -> None:
     """Run the trial's TorchTrainer.
 
     Args:
@@ -436,7 +444,8 @@ def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir:
     trainer = TorchTrainer(
         train_loop_per_worker=_train_worker,
         train_loop_config={"cfg": cfg, "spec_sha256": spec_sha256, "resume_from": resume,
-                           "checkpoint_root": ckpt_dir, "store": store, "extra": extra or {}},
+                           "checkpoint_root": ckpt_dir, "store": store, "extra": extra or {},
+                           "code_dirs": tuple(code_dirs)},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=res["num_workers"], use_gpu=use_gpu,
                                                resources_per_worker=per_worker),

@@ -2,8 +2,9 @@
 
 A checkpoint is a dict of tensors and plain Python values only (no pickled classes), so
 :func:`load_checkpoint` never needs unsafe unpickling. It carries the model's spec (from
-:func:`raytune_opt.recipe.models.model_spec`) and the recipe, so :func:`load_model`
-rebuilds the network without the sweep's spec file.
+:func:`raytune_opt.recipe.models.model_spec`: a built-in's name and keys, or a user
+model's import path and args) and the recipe, so :func:`load_model` rebuilds the network
+without the sweep's spec file.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import torch
 from torch import nn
 
 from raytune_opt import _atomic
-from raytune_opt.recipe.errors import CheckpointError
+from raytune_opt.recipe.errors import CheckpointError, RecipeConfigError
 from raytune_opt.recipe.models import build_model_from_spec
 
 __all__ = ["FORMAT", "BEST", "LAST", "CheckpointError", "make_checkpoint", "save_checkpoint",
@@ -127,11 +128,19 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     Returns:
         ``(model, ckpt)``: the model and the whole checkpoint dict (metrics, recipe...).
 
+    A user model (``model.name: module:callable``) is rebuilt from the import path and
+    args the checkpoint records: its module must import here (from the current directory
+    or ``sys.path``).
+
     Raises:
-        CheckpointError: as :func:`load_checkpoint`, or the weights do not fit the model.
+        CheckpointError: as :func:`load_checkpoint`, the model cannot be rebuilt (e.g. a
+            user model's module does not import), or the weights do not fit the model.
     """
     ckpt = load_checkpoint(path, map_location)
-    model = build_model_from_spec(ckpt["model"])
+    try:
+        model = build_model_from_spec(ckpt["model"])
+    except RecipeConfigError as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
     try:
         model.load_state_dict(ckpt["model_state"])
     except RuntimeError as exc:

@@ -34,7 +34,7 @@ from raytune_opt.recipe.augment import Augmenter
 from raytune_opt.recipe.checkpoint import load_checkpoint, make_checkpoint, write_checkpoints
 from raytune_opt.recipe.data import load_data
 from raytune_opt.recipe.losses import build_loss
-from raytune_opt.recipe.models import build_model, model_spec
+from raytune_opt.recipe.models import build_model_from_spec, model_spec
 from raytune_opt.recipe.optim import build_optimizer, build_scheduler, hyperparameters, reapply_hyperparameters
 from raytune_opt.recipe.session import Session
 from raytune_opt.strategies import build_strategy
@@ -164,7 +164,7 @@ def _setup(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
     _seed_all(seed)
     data = load_data(cfg["data"], seed)
     spec = model_spec(cfg["model"], data.in_channels, data.num_classes, data.image_size, data.spatial_dims)
-    model = build_model(cfg["model"], data.in_channels, data.num_classes, data.image_size, data.spatial_dims).to(device)
+    model = build_model_from_spec(spec).to(device)
     loss_fn = build_loss(tcfg["loss"], data.y_train, data.num_classes).to(device)
     augment = Augmenter(tcfg["augment"], data.num_classes, data.in_channels, seed=seed, device=device)
     workers = int(cfg["data"]["loader_workers"])

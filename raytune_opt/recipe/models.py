@@ -1,9 +1,17 @@
-"""Models by name: a registry of builders, and a plain-dict spec to rebuild any of them.
+"""Models by name or import path, and a plain-dict spec to rebuild any of them.
 
-Every model is randomly initialised (torchvision builders get ``weights=None``, so nothing
-is ever downloaded). Each activation is its own module, used once: torchvision's ResNet
-blocks call one ``self.relu`` several times, which pt2e quantization cannot annotate, so
-the residual blocks are rebuilt here with one ReLU per use.
+The names live in :data:`raytune_opt.registry.MODELS`; each entry's target is one of the
+builders below (or a user's class or factory, given as ``"module:callable"``). A model
+callable is called with keyword arguments only: a built-in gets the ``model`` section keys
+its entry lists (``width``, ``dropout``...), an import-path model gets ``model.args``, and
+either also gets whichever of ``num_classes``, ``input_shape`` and ``in_channels`` its
+signature names (from the data). It returns an ``nn.Module`` mapping a batch to
+``(batch, num_classes)`` logits.
+
+Every built-in model is randomly initialised (torchvision builders get ``weights=None``, so
+nothing is ever downloaded). Each activation is its own module, used once: torchvision's
+ResNet blocks call one ``self.relu`` several times, which pt2e quantization cannot
+annotate, so the residual blocks are rebuilt here with one ReLU per use.
 
 Most models take images (N, C, H, W); ``cnn1d`` takes 1-D signals (N, C, L) and ``mlp``
 takes either (:data:`SPATIAL_DIMS`).
@@ -11,14 +19,16 @@ takes either (:data:`SPATIAL_DIMS`).
 
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from raytune_opt import registry
 from raytune_opt.recipe.errors import RecipeConfigError
 
-__all__ = ["MODELS", "SPATIAL_DIMS", "build_model", "model_spec", "build_model_from_spec"]
+__all__ = ["MODELS", "SPATIAL_DIMS", "build_model", "model_spec", "build_model_from_spec", "call_model"]
 
 _SPEC_KEYS = ("name", "width", "depth", "kernel_size", "dropout", "cifar_stem", "squeeze_excitation")
 _DEFAULTS = {"width": 32, "depth": 2, "kernel_size": 5, "dropout": 0.0, "cifar_stem": True,
@@ -26,8 +36,18 @@ _DEFAULTS = {"width": 32, "depth": 2, "kernel_size": 5, "dropout": 0.0, "cifar_s
 _INPUT_KIND = {1: "1-D signals (N, C, L)", 2: "images (N, C, H, W)"}
 
 
+def _builtin(name) -> registry.Entry | None:
+    """The registry entry of a built-in model (one that reads ``model`` section keys)."""
+    entry = registry.MODELS.get(name) if isinstance(name, str) else None
+    return entry if entry is not None and "keys" in entry.meta else None
+
+
 def model_spec(model_cfg: dict, in_channels: int, num_classes: int, image_size: int, spatial_dims: int = 2) -> dict:
     """The plain-dict description of a model, stored in checkpoints to rebuild it.
+
+    A built-in model's spec holds its ``model`` section keys; an import-path model's (or a
+    registered user model's) holds its ``target`` import path and its ``args``, so that
+    :func:`build_model_from_spec` rebuilds it without the registry or the sweep's spec.
 
     Args:
         model_cfg: the spec's ``model`` section; missing keys take the schema's defaults.
@@ -37,15 +57,20 @@ def model_spec(model_cfg: dict, in_channels: int, num_classes: int, image_size: 
         spatial_dims: 2 for images, 1 for signals (``Data.spatial_dims``).
 
     Raises:
-        RecipeConfigError: the model name is not in :data:`MODELS`, or the model does not
-            take inputs of ``spatial_dims``.
+        RecipeConfigError: the model name is neither registered nor an import path, or a
+            built-in model does not take inputs of ``spatial_dims``.
     """
+    name = model_cfg.get("name", "small_cnn")
+    data = {"in_channels": int(in_channels), "num_classes": int(num_classes), "image_size": int(image_size),
+            "spatial_dims": int(spatial_dims)}
+    if _builtin(name) is None:
+        if name not in registry.MODELS and not registry.is_import_path(name):
+            raise RecipeConfigError(f"model.name {name!r} is not a model; use one of "
+                                    f"{', '.join(registry.MODELS)}, or a 'module:callable' import path")
+        return {"name": name, "target": registry.MODELS.target_of(name), "args": dict(model_cfg.get("args") or {}),
+                **data}
     spec = {**_DEFAULTS, **{k: model_cfg[k] for k in _SPEC_KEYS if k in model_cfg}}
-    spec.setdefault("name", "small_cnn")
-    if spec["name"] not in MODELS:
-        raise RecipeConfigError(f"model.name {spec['name']!r} is not a model; use one of {', '.join(MODELS)}")
-    spec.update(in_channels=int(in_channels), num_classes=int(num_classes), image_size=int(image_size),
-                spatial_dims=int(spatial_dims))
+    spec.update(data)
     _check_input(spec)
     return spec
 
@@ -62,27 +87,61 @@ def build_model(model_cfg: dict, in_channels: int, num_classes: int, image_size:
         spatial_dims: 2 for images, 1 for signals.
 
     Raises:
-        RecipeConfigError: the model name is not in :data:`MODELS`, or the model does not
-            take inputs of ``spatial_dims``.
+        RecipeConfigError: as :func:`model_spec` and :func:`build_model_from_spec`.
     """
     return build_model_from_spec(model_spec(model_cfg, in_channels, num_classes, image_size, spatial_dims))
 
 
-def build_model_from_spec(spec: dict) -> nn.Module:
+def build_model_from_spec(spec: dict, dirs: Sequence[str] = ()) -> nn.Module:
     """Rebuild a model from :func:`model_spec`'s dict (as stored in a checkpoint).
 
     A spec without ``spatial_dims`` or ``kernel_size`` (written before they existed) takes
     images and the default kernel size.
 
+    Args:
+        spec: the dict.
+        dirs: directories to import a ``target`` from before the current directory and ``sys.path``.
+
     Raises:
-        RecipeConfigError: the spec names no known model, or one that does not take its inputs.
+        RecipeConfigError: the spec names no known model, a built-in one that does not take
+            its inputs, or a target that cannot be imported or does not return an ``nn.Module``.
     """
-    builder = MODELS.get(spec.get("name"))
-    if builder is None:
-        raise RecipeConfigError(f"model {spec.get('name')!r} is not a model; use one of {', '.join(MODELS)}")
-    spec = {"spatial_dims": 2, "kernel_size": _DEFAULTS["kernel_size"], **spec}
+    spec = {"spatial_dims": 2, **spec}
+    data = {"num_classes": spec["num_classes"], "in_channels": spec["in_channels"],
+            "input_shape": (spec["in_channels"],) + (spec["image_size"],) * spec["spatial_dims"]}
+    if "target" in spec:
+        try:
+            target = registry.import_target(spec["target"], dirs)
+        except registry.ImportTargetError as exc:
+            raise RecipeConfigError(f"model: {exc}; run where the module imports (its directory, or one on "
+                                    f"PYTHONPATH)") from None
+        return call_model(target, dict(spec.get("args") or {}), data, spec["target"])
+    entry = _builtin(spec.get("name"))
+    if entry is None:
+        raise RecipeConfigError(f"model {spec.get('name')!r} is not a model; use one of {', '.join(registry.MODELS)}")
+    spec = {"kernel_size": _DEFAULTS["kernel_size"], **spec}
     _check_input(spec)
-    return builder(spec)
+    return call_model(entry.load(), {k: spec[k] for k in entry.meta["keys"]}, data, entry.name)
+
+
+def call_model(target: Callable, args: dict, data: dict, label: str) -> nn.Module:
+    """Call a model callable with ``args`` plus the ``data`` values (num_classes,
+    input_shape, in_channels) its signature names.
+
+    Raises:
+        RecipeConfigError: an arg names an injected value, or the result is not an ``nn.Module``.
+    """
+    clash = sorted(set(args) & set(registry.INJECTED))
+    if clash:
+        raise RecipeConfigError(f"model {label}: model.args.{clash[0]} is given by the data set; remove it "
+                                f"from model.args")
+    sig = registry.signature_of(target)
+    injected = {k: v for k, v in data.items() if sig is not None and k in sig.names}
+    model = target(**args, **injected)
+    if not isinstance(model, nn.Module):
+        raise RecipeConfigError(f"model {label} returned a {type(model).__name__}, not a torch.nn.Module; "
+                                f"return the network")
+    return model
 
 
 def _check_input(spec: dict) -> None:
@@ -97,48 +156,51 @@ def _check_input(spec: dict) -> None:
 
 # --- mlp and small_cnn ---------------------------------------------------------------------
 
-def _mlp(spec: dict) -> nn.Module:
+def mlp(*, input_shape: Sequence[int], num_classes: int, width: int = 32, depth: int = 2,
+        dropout: float = 0.0) -> nn.Module:
+    """``depth`` hidden layers of ``width`` units over the flattened input."""
     layers: list[nn.Module] = [nn.Flatten()]
-    features = spec["in_channels"] * spec["image_size"] ** spec["spatial_dims"]
-    for _ in range(spec["depth"]):
-        layers += [nn.Linear(features, spec["width"]), nn.ReLU(inplace=True)]
-        features = spec["width"]
-    layers += [nn.Dropout(spec["dropout"]), nn.Linear(features, spec["num_classes"])]
+    features = math.prod(input_shape)
+    for _ in range(depth):
+        layers += [nn.Linear(features, width), nn.ReLU(inplace=True)]
+        features = width
+    layers += [nn.Dropout(dropout), nn.Linear(features, num_classes)]
     return nn.Sequential(*layers)
 
 
-def _small_cnn(spec: dict) -> nn.Module:
+def small_cnn(*, input_shape: Sequence[int], num_classes: int, width: int = 32, depth: int = 2,
+              dropout: float = 0.0) -> nn.Module:
+    """``depth`` conv blocks (``width`` channels, doubling per block) on images."""
     layers: list[nn.Module] = []
-    channels, size = spec["in_channels"], spec["image_size"]
-    for i in range(spec["depth"]):
-        out = spec["width"] * 2 ** i
+    channels, size = input_shape[0], input_shape[-1]
+    for i in range(depth):
+        out = width * 2 ** i
         layers += [nn.Conv2d(channels, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU(inplace=True)]
         # Pool while there is something to pool, so the same depth works on 8x8 and 32x32.
         if size >= 2:
             layers.append(nn.MaxPool2d(2))
             size //= 2
         channels = out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(spec["dropout"]),
-               nn.Linear(channels, spec["num_classes"])]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes)]
     return nn.Sequential(*layers)
 
 
-def _cnn1d(spec: dict) -> nn.Module:
+def cnn1d(*, input_shape: Sequence[int], num_classes: int, width: int = 32, depth: int = 2, dropout: float = 0.0,
+          kernel_size: int = 5) -> nn.Module:
     """``depth`` blocks of conv (``width`` channels, ``kernel_size``, same padding), batch
     norm, ReLU and a 2x max-pool while the signal is at least 2 long; then global average
     pooling, dropout and the classifier. The width stays constant: on 40-point signals the
     doubling of small_cnn would only add compute (and 8 blocks would reach 4,096 channels)."""
     layers: list[nn.Module] = []
-    channels, length, width = spec["in_channels"], spec["image_size"], spec["width"]
-    for _ in range(spec["depth"]):
-        layers += [nn.Conv1d(channels, width, spec["kernel_size"], padding="same", bias=False),
+    channels, length = input_shape[0], input_shape[-1]
+    for _ in range(depth):
+        layers += [nn.Conv1d(channels, width, kernel_size, padding="same", bias=False),
                    nn.BatchNorm1d(width), nn.ReLU(inplace=True)]
         if length >= 2:
             layers.append(nn.MaxPool1d(2))
             length //= 2
         channels = width
-    layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Dropout(spec["dropout"]),
-               nn.Linear(channels, spec["num_classes"])]
+    layers += [nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes)]
     return nn.Sequential(*layers)
 
 
@@ -179,50 +241,52 @@ class _ResidualBlock(nn.Module):
         return self.relu_out(out + self.downsample(x))
 
 
-def _resnet(factory_name: str) -> Callable[[dict], nn.Module]:
-    def build(spec: dict) -> nn.Module:
+def _resnet(factory_name: str) -> Callable[..., nn.Module]:
+    def build(*, in_channels: int, num_classes: int, dropout: float = 0.0, cifar_stem: bool = True,
+              squeeze_excitation: bool = False) -> nn.Module:
         import torchvision.models as tvm
 
         model = getattr(tvm, factory_name)(weights=None)
-        if spec["cifar_stem"]:
-            model.conv1 = _stem_conv(spec["in_channels"], 64, 3, stride=1, padding=1)
+        if cifar_stem:
+            model.conv1 = _stem_conv(in_channels, 64, 3, stride=1, padding=1)
             model.maxpool = nn.Identity()
-        elif spec["in_channels"] != 3:
-            model.conv1 = _stem_conv(spec["in_channels"], 64, 7, stride=2, padding=3)
+        elif in_channels != 3:
+            model.conv1 = _stem_conv(in_channels, 64, 7, stride=2, padding=3)
         for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
             for i in range(len(stage)):
-                stage[i] = _ResidualBlock(stage[i], spec["squeeze_excitation"])
-        model.fc = nn.Sequential(nn.Dropout(spec["dropout"]), nn.Linear(model.fc.in_features, spec["num_classes"]))
+                stage[i] = _ResidualBlock(stage[i], squeeze_excitation)
+        model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(model.fc.in_features, num_classes))
         return model
 
+    build.__name__ = build.__qualname__ = factory_name
+    build.__doc__ = f"torchvision's {factory_name}, one ReLU per use, optional squeeze-and-excitation."
     return build
 
 
 # --- torchvision MobileNetV3 / EfficientNet --------------------------------------------------
 
-def _stem_adapted(factory_name: str) -> Callable[[dict], nn.Module]:
-    def build(spec: dict) -> nn.Module:
+def _stem_adapted(factory_name: str) -> Callable[..., nn.Module]:
+    def build(*, in_channels: int, num_classes: int, dropout: float = 0.0, cifar_stem: bool = True) -> nn.Module:
         import torchvision.models as tvm
 
-        model = getattr(tvm, factory_name)(weights=None, num_classes=spec["num_classes"], dropout=spec["dropout"])
+        model = getattr(tvm, factory_name)(weights=None, num_classes=num_classes, dropout=dropout)
         old = model.features[0][0]
-        model.features[0][0] = _stem_conv(spec["in_channels"], old.out_channels, old.kernel_size,
-                                          stride=1 if spec["cifar_stem"] else old.stride, padding=old.padding)
+        model.features[0][0] = _stem_conv(in_channels, old.out_channels, old.kernel_size,
+                                          stride=1 if cifar_stem else old.stride, padding=old.padding)
         return model
 
+    build.__name__ = build.__qualname__ = factory_name
+    build.__doc__ = f"torchvision's {factory_name} with its stem adapted to the input channels."
     return build
 
 
-MODELS: dict[str, Callable[[dict], nn.Module]] = {
-    "mlp": _mlp,
-    "small_cnn": _small_cnn,
-    "cnn1d": _cnn1d,
-    "resnet18": _resnet("resnet18"),
-    "resnet34": _resnet("resnet34"),
-    "resnet50": _resnet("resnet50"),
-    "mobilenet_v3_small": _stem_adapted("mobilenet_v3_small"),
-    "mobilenet_v3_large": _stem_adapted("mobilenet_v3_large"),
-    "efficientnet_b0": _stem_adapted("efficientnet_b0"),
-}
-#: Input dimensionality each model takes (1: signals, 2: images); models not listed take images.
-SPATIAL_DIMS: dict[str, tuple[int, ...]] = {"mlp": (1, 2), "cnn1d": (1,)}
+# The registry's targets for the built-ins ("raytune_opt.recipe.models:resnet18"...).
+resnet18, resnet34, resnet50 = _resnet("resnet18"), _resnet("resnet34"), _resnet("resnet50")
+mobilenet_v3_small = _stem_adapted("mobilenet_v3_small")
+mobilenet_v3_large = _stem_adapted("mobilenet_v3_large")
+efficientnet_b0 = _stem_adapted("efficientnet_b0")
+
+#: The built-in models' names (the registry, :data:`raytune_opt.registry.MODELS`, owns them).
+MODELS: tuple[str, ...] = tuple(n for n in registry.MODELS if "keys" in registry.MODELS[n].meta)
+#: Input dimensionality each model takes (1: signals, 2: images), from the registry.
+SPATIAL_DIMS: dict[str, tuple[int, ...]] = {n: registry.MODELS[n].meta["inputs"] for n in MODELS}

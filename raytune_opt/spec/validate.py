@@ -17,8 +17,9 @@ from typing import Any
 
 import yaml
 
-from raytune_opt import searchers
+from raytune_opt import registry, searchers
 from raytune_opt.errors import Problem, SpecError
+from raytune_opt.registry import is_import_path
 from raytune_opt.space import CATEGORICAL_KINDS, KINDS, NUMERIC_KINDS, Condition, Domain, Param, Space
 from raytune_opt.spec import schema
 from raytune_opt.spec.schema import Field, Section
@@ -48,6 +49,10 @@ class Spec:
     space: Space
     source: str
     overrides: tuple = ()  # the key=value strings merged on top of the file
+    # Absolute directories user code (model.name: module:callable) is imported from before
+    # sys.path: the spec file's directory and the directory it was loaded from. Trials put
+    # them on their sys.path too.
+    code_dirs: tuple = ()
 
     @property
     def name(self) -> str:
@@ -76,8 +81,9 @@ def did_you_mean(word: Any, options) -> str:
 class _Checker:
     """Collects problems with their positions while walking the spec."""
 
-    def __init__(self, located: Located, raw_root: dict):
+    def __init__(self, located: Located, raw_root: dict, code_dirs: tuple = ()):
         self.located = located
+        self.code_dirs = code_dirs  # where user code is imported from first (the spec's directory)
         self.problems: list[Problem] = []
         self.override_at: dict[tuple, str] = {}  # key path -> "override 'k=v'"
         self.raw_root = raw_root
@@ -157,6 +163,15 @@ def coerce(value: Any, fld: Field) -> tuple[Any, str | None, str]:
         hint = did_you_mean(value, fld.choices)
         return value, f"unknown value (got {fmt(value)})", (
             (hint + " " if hint else "") + "valid: " + ", ".join(map(str, fld.choices)))
+    if fld.registry is not None and value not in fld.registry:
+        if ":" in value:
+            if not is_import_path(value):
+                return value, f"not an import path (got {fmt(value)})", "write 'package.module:callable'"
+        else:
+            hint = did_you_mean(value, fld.registry)
+            return value, f"unknown value (got {fmt(value)})", (
+                (hint + " " if hint else "") + "valid: " + ", ".join(fld.registry) + ", or a 'module:callable' "
+                "import path")
     if t in ("int", "float"):
         bad = ((fld.ge is not None and value < fld.ge) or (fld.gt is not None and value <= fld.gt)
                or (fld.le is not None and value > fld.le) or (fld.lt is not None and value >= fld.lt))
@@ -528,8 +543,8 @@ def parse_space(ck: _Checker, raw: Any) -> Space:
 
 def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     """Rules across keys, each skipped when a setting it reads was already reported invalid."""
-    for rules in (_data_rules, _precision_rules, _optimizer_rules, _search_rules, _scheduler_rules, _hyperband_rules,
-                  _pbt_rules,
+    for rules in (_data_rules, _model_rules, _precision_rules, _optimizer_rules, _search_rules, _scheduler_rules,
+                  _hyperband_rules, _pbt_rules,
                   _promotion_rules, _strategy_rules, _resource_rules, _loss_rules, _searcher_rules):
         rules(ck, d, space)
 
@@ -556,6 +571,82 @@ def _data_rules(ck: _Checker, d: dict, space: Space) -> None:
                "set data.root to the directory holding the data", at=("data", "dataset"))
     if "data.dataset" not in space.by_key and ck.ok("data.dataset"):
         _input_kind_checks(ck, d, space, lambda key: _values_of(d, space, key))
+
+
+ARGS_PREFIX = "model.args."
+CODE_PATH_FIX = "user code is imported from the spec's directory, the current directory, then sys.path"
+
+
+def _model_rules(ck: _Checker, d: dict, space: Space) -> None:
+    """A user model (``model.name: module:callable``, or a registered name whose entry takes
+    args) must import, be callable, and take its ``model.args`` and every searched
+    ``model.args.*`` key by name, with every required parameter supplied by the args or
+    the data (num_classes, input_shape, in_channels). Built-in models take no args."""
+    if not ck.ok("model.name", "model.args"):
+        return
+    args = d["model"]["args"]
+    searched = [p for p in space.params if p.key.startswith(ARGS_PREFIX)]
+    for key in args:
+        if not isinstance(key, str) or not key.isidentifier():
+            ck.add(("model", "args", key), f"must be a parameter name (got {fmt(key)})", "write a Python identifier")
+            return
+    names = sorted(_values_of(d, space, "model.name"), key=str)
+    user = [n for n in names if "keys" not in getattr(registry.MODELS.get(n), "meta", {})]
+    if not user:
+        builtin = ", ".join(map(str, names))
+        fix = "remove it, or set model.name to your own 'module:callable'"
+        if args:
+            ck.add(("model", "args"), f"only user models take args; built-in {builtin} read model.width, "
+                   f"model.dropout... (got {fmt(args)})", fix)
+        for p in searched:
+            ck.add(("space", p.key), f"only user models take args; built-in {builtin} read model.width, "
+                   f"model.dropout... (got {fmt(p.key)})", fix, at=ck.param_at.get(p.key))
+        return
+    name_at = ("space", "model.name") if "model.name" in space.by_key else ("model", "name")
+    for name in user:
+        _check_user_model(ck, name, args, [p for p in searched if _active_for(p, name)],
+                          name_at, ck.param_at.get("model.name"))
+
+
+def _active_for(p: Param, model_name: str) -> bool:
+    """Whether searched key ``p`` can be active while model.name is ``model_name``."""
+    return all(model_name in c.values for c in p.conditions if c.parent == "model.name")
+
+
+def _check_user_model(ck: _Checker, name: str, args: dict, searched: list, name_at: tuple, at: tuple | None) -> None:
+    target = registry.MODELS.target_of(name)
+    try:
+        obj = registry.import_target(target, ck.code_dirs)
+    except registry.ImportTargetError as exc:
+        ck.add(name_at, f"{exc} (got {fmt(name)})", f"{exc.fix}; {CODE_PATH_FIX}", at=at)
+        return
+    sig = registry.signature_of(obj)
+    entry = registry.MODELS.get(name)
+    if entry is not None and entry.check is not None:
+        for path, what, fix in entry.check(dict(args)):
+            ck.add(("model", *path), what, fix)
+    if sig is None:  # Python cannot read its signature (a C callable): the trial will tell
+        return
+    # (key path, where it is written, argument name, value) for every argument the sweep passes.
+    given = [(("model", "args", k), None, k, v) for k, v in args.items()]
+    given += [(("space", p.key), ck.param_at.get(p.key), p.key[len(ARGS_PREFIX):].split(".")[0], p.key)
+              for p in searched]
+    takes = [n for n in sig.names if n not in registry.INJECTED]
+    for path, where, arg, value in given:
+        if arg in registry.INJECTED:
+            ck.add(path, f"{arg} is given by the data set (got {fmt(value)})",
+                   f"remove it; {target} receives {arg} when its signature names it", at=where)
+        elif not sig.takes(arg):
+            hint = did_you_mean(arg, takes)
+            ck.add(path, f"{target} takes no argument {arg!r} (got {fmt(value)})",
+                   (hint + " " if hint else "") + (f"it takes: {', '.join(takes)}" if takes else
+                                                    "it takes no arguments besides what the data gives"), at=where)
+    supplied = {arg for _, _, arg, _ in given} | set(registry.INJECTED)
+    for required in sig.required:
+        if required not in supplied:
+            ck.add(name_at, f"{target} needs argument {required!r}, which nothing supplies (got model.args "
+                   f"{fmt(args)})", f"set model.args.{required}, or search model.args.{required} in space",
+                   at=at)
 
 
 def _precision_rules(ck: _Checker, d: dict, space: Space) -> None:
@@ -717,7 +808,9 @@ def _input_kind_checks(ck: _Checker, d: dict, space: Space, values_of) -> None:
     fit = schema.SIGNAL_MODELS if signals else schema.IMAGE_MODELS
     kind = "1-D signals" if signals else "images"
     searched = space.by_key.get("model.name")
-    for name in sorted(values_of("model.name") - set(fit)):
+    # Models that say which inputs they take (user models by import path do not: --smoke would).
+    described = set(schema.SIGNAL_MODELS) | set(schema.IMAGE_MODELS)
+    for name in sorted((values_of("model.name") & described) - set(fit)):
         if searched is not None:
             ck.add(("space", "model.name"), f"option {name} does not take {kind} (data.dataset {dataset}) (got {fmt(name)})",
                    f"drop it; models for {kind}: {', '.join(fit)}", at=ck.param_at.get("model.name"))
@@ -827,24 +920,29 @@ def _local_gpus() -> int:
 # ---------------------------------------------------------------- entry point
 
 
-def load_spec(path: str | Path, overrides: list[str] | tuple = (), *, local: bool = False) -> Spec:
+def load_spec(path: str | Path, overrides: list[str] | tuple = (), *, local: bool = False,
+              code_dirs: tuple | None = None) -> Spec:
     """Load, merge overrides and validate a spec file.
 
     Args:
         path: the YAML spec.
         overrides: ``key=value`` strings applied on top of the file.
         local: also check that one trial fits on this machine (embedded local Ray).
+        code_dirs: where user code is imported from before ``sys.path``; None: the spec
+            file's directory and the current directory (``resume`` passes those of the run).
 
     Raises:
         SpecError: with every problem found.
     """
+    if code_dirs is None:
+        code_dirs = (str(Path(path).resolve().parent), os.getcwd())
     raw, located, problems = load_yaml_file(path)
     if raw is None:
         raise SpecError([Problem(f"{path}:1:1", "", "the spec is empty", "start from search_spaces/digits_cnn.yaml")])
     if not isinstance(raw, dict):
         raise SpecError([Problem(f"{path}:1:1", "", f"the spec's root must be a mapping (got {fmt(raw)})",
                                  "write top-level keys such as name:, data:, train:")])
-    ck = _Checker(located, raw)
+    ck = _Checker(located, raw, tuple(code_dirs))
     ck.problems.extend(problems)
     _apply_overrides(ck, raw, list(overrides))
     resolved = _check_section(ck, schema.SPEC, raw, ())
@@ -857,4 +955,4 @@ def load_spec(path: str | Path, overrides: list[str] | tuple = (), *, local: boo
     if ck.problems:
         raise SpecError(ck.problems)
     resolved["space"] = raw.get("space") or {}
-    return Spec(resolved, space, str(path), tuple(overrides))
+    return Spec(resolved, space, str(path), tuple(overrides), code_dirs=tuple(code_dirs))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
 
+from raytune_opt import registry
 from raytune_opt.recipe.errors import RecipeConfigError
 from raytune_opt.recipe.models import MODELS, SPATIAL_DIMS, build_model, build_model_from_spec, model_spec
 from raytune_opt.spec import schema
@@ -116,3 +119,74 @@ def test_a_model_refuses_the_other_kind_of_input():
         build_model({"name": "small_cnn"}, 1, 10, 40, spatial_dims=1)
     with pytest.raises(RecipeConfigError, match="cnn1d takes 1-D signals .* use mlp, small_cnn, resnet18"):
         build_model({"name": "cnn1d"}, 1, 10, 8)
+
+
+# --- the registry's conformance test, and user models by import path ------------------------
+
+_SHAPES = {1: [(1, 40), (2, 16)], 2: [(1, 8, 8), (3, 32, 32)]}
+
+
+@pytest.mark.parametrize("name", list(registry.MODELS))
+def test_every_registered_model_builds_and_gives_batch_by_num_classes(name):
+    """One conformance test over the registry: every entry, on every input kind it declares."""
+    entry = registry.MODELS[name]
+    for dims in entry.meta["inputs"]:
+        for shape in _SHAPES[dims]:
+            torch.manual_seed(0)
+            model = build_model({"name": name, "width": 8, "depth": 2}, shape[0], 5, shape[-1], spatial_dims=dims)
+            assert isinstance(model, nn.Module)
+            model.train()  # batch-norm in training mode must cope with a batch of 2
+            with torch.no_grad():
+                out = model(torch.randn(2, *shape))
+            assert out.shape == (2, 5) and torch.isfinite(out).all(), (name, shape)
+
+
+class _Spy(nn.Module):
+    """A user model that records what it was given."""
+
+    def __init__(self, hidden: int, num_classes: int, input_shape: tuple, scale: float = 1.0):
+        super().__init__()
+        self.given = {"hidden": hidden, "num_classes": num_classes, "input_shape": input_shape, "scale": scale}
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), hidden), nn.ReLU(),
+                                 nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def _not_a_module(num_classes: int):
+    return "a string"
+
+
+def test_a_user_model_gets_its_args_and_the_injected_names_it_declares():
+    cfg = {"name": f"{__name__}:_Spy", "args": {"hidden": 12, "scale": 2.0}}
+    model = build_model(cfg, 1, 10, 8)
+    # in_channels is not in _Spy's signature: not passed.
+    assert model.given == {"hidden": 12, "num_classes": 10, "input_shape": (1, 8, 8), "scale": 2.0}
+    assert model(torch.randn(3, 1, 8, 8)).shape == (3, 10)
+    signals = build_model({"name": f"{__name__}:_Spy", "args": {"hidden": 4}}, 2, 3, 40, spatial_dims=1)
+    assert signals.given["input_shape"] == (2, 40)
+
+
+def test_a_user_models_spec_records_its_target_and_args_and_rebuilds_it():
+    cfg = {"name": f"{__name__}:_Spy", "args": {"hidden": 12}, "width": 99}
+    spec = model_spec(cfg, 1, 10, 8)
+    assert spec == {"name": f"{__name__}:_Spy", "target": f"{__name__}:_Spy", "args": {"hidden": 12},
+                    "in_channels": 1, "num_classes": 10, "image_size": 8, "spatial_dims": 2}
+    cfg["args"]["hidden"] = 5  # the spec holds its own copy
+    a, b = build_model_from_spec(spec).state_dict(), build_model({**cfg, "args": {"hidden": 12}}, 1, 10, 8).state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+
+
+def test_a_user_model_that_returns_no_module_or_is_given_an_injected_name():
+    with pytest.raises(RecipeConfigError, match="returned a str, not a torch.nn.Module"):
+        build_model({"name": f"{__name__}:_not_a_module"}, 1, 10, 8)
+    with pytest.raises(RecipeConfigError, match="model.args.num_classes is given by the data set"):
+        build_model({"name": f"{__name__}:_Spy", "args": {"hidden": 3, "num_classes": 4}}, 1, 10, 8)
+
+
+def test_a_user_model_that_does_not_import_is_a_recipe_error():
+    with pytest.raises(RecipeConfigError, match=r"cannot import 'no_such_pkg_xyz:Net' \(No module named"):
+        build_model({"name": "no_such_pkg_xyz:Net"}, 1, 10, 8)
+    with pytest.raises(RecipeConfigError, match="not a model; use one of mlp, small_cnn"):
+        build_model({"name": "no_such_model"}, 1, 10, 8)

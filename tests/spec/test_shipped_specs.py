@@ -11,7 +11,7 @@ from raytune_opt.spec import load_spec
 from raytune_opt.spec.schema import reference_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
-SPECS = sorted((ROOT / "search_spaces").glob("*.yaml"))
+SPECS = sorted((ROOT / "search_spaces").rglob("*.yaml"))
 
 
 def test_the_shipped_specs_are_there():

@@ -1,0 +1,261 @@
+"""Registries of named components, and user components named by import path.
+
+A registry maps a name to an :class:`Entry` whose target is a ``"module:callable"``
+string, imported only when it is used (so that validating a spec never imports torch for a
+built-in). A spec may name a registered entry or give an import path itself::
+
+    model:
+      name: mypkg.models:Net     # or a registered name such as small_cnn
+      args: {hidden: 64}
+
+User code is imported from the spec file's directory and the current directory first,
+then ``sys.path`` (:func:`import_target`). The built-in models register here exactly as a
+user's would (:data:`MODELS`); the conventions of a model callable are in
+:mod:`raytune_opt.recipe.models`.
+
+This module imports neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+from raytune_opt.errors import RaytuneOptError
+
+__all__ = ["Entry", "Registry", "ImportTargetError", "MODELS", "INJECTED", "is_import_path", "import_target",
+           "code_path", "add_code_paths", "Signature", "signature_of"]
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_IMPORT_PATH = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")
+#: What a model callable may receive from the data besides its args, when its signature names it.
+INJECTED = ("num_classes", "input_shape", "in_channels")
+
+
+class ImportTargetError(RaytuneOptError):
+    """An import path that does not import, names nothing, or names something not callable.
+
+    ``fix`` says how to fix it (the validator puts it after the message)."""
+
+    def __init__(self, message: str, fix: str = "check the module path"):
+        super().__init__(message)
+        self.fix = fix
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered component.
+
+    Attributes:
+        name: what a spec writes.
+        target: ``"module:callable"``, imported when first used.
+        doc: one line for the README and the schema's documentation.
+        check: ``check(args) -> [(key_path, what, fix), ...]``: rules of this entry on the
+            arguments a spec gives it (for a model, ``model.args``; key paths are relative to
+            the ``model`` section, e.g. ``("args", "hidden")``), run by the validator after
+            the generic import and signature checks. None: only those.
+        meta: plain facts the validator reads without importing the target (a model's
+            input kinds, the section keys a built-in reads).
+    """
+
+    name: str
+    target: str
+    doc: str = ""
+    check: Callable[[dict], list[tuple[tuple, str, str]]] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def load(self, dirs: Sequence[str] = ()) -> Callable:
+        """The target callable (see :func:`import_target`)."""
+        return import_target(self.target, dirs)
+
+
+class Registry:
+    """Names -> :class:`Entry`, in registration order."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, target: str, *, doc: str = "",
+                 check: Callable[[dict], list[tuple[tuple, str, str]]] | None = None, **meta: Any) -> Entry:
+        """Register ``target`` (``"module:callable"``) under ``name``.
+
+        Raises:
+            ValueError: ``name`` is taken or looks like an import path, or ``target`` is not one.
+        """
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is registered already (as {self._entries[name].target})")
+        if is_import_path(name) or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+            raise ValueError(f"a {self.kind} name must be letters, digits, '_', '.' or '-' (got {name!r})")
+        if not is_import_path(target):
+            raise ValueError(f"a {self.kind} target must be 'module:callable' (got {target!r})")
+        entry = Entry(name, target, doc, check, dict(meta))
+        self._entries[name] = entry
+        return entry
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, name: str) -> Entry:
+        return self._entries[name]
+
+    def get(self, name: str) -> Entry | None:
+        return self._entries.get(name)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def target_of(self, name: str) -> str:
+        """The import path ``name`` stands for: a registered entry's target, or ``name`` itself."""
+        entry = self._entries.get(name)
+        return entry.target if entry is not None else name
+
+
+def is_import_path(text: Any) -> bool:
+    """Whether ``text`` has the shape ``pkg.module:callable`` (it may still fail to import)."""
+    return isinstance(text, str) and _IMPORT_PATH.fullmatch(text) is not None
+
+
+def _code_dirs(dirs: Sequence[str]) -> list[str]:
+    out = []
+    for d in [*dirs, os.getcwd()]:
+        d = os.path.abspath(d)
+        if d not in out:
+            out.append(d)
+    return out
+
+
+@contextlib.contextmanager
+def code_path(dirs: Sequence[str] = ()) -> Iterator[None]:
+    """Import from ``dirs`` and the current directory first, then ``sys.path``; restores
+    ``sys.path`` afterwards (modules imported meanwhile stay imported)."""
+    added = _code_dirs(dirs)
+    saved = list(sys.path)
+    sys.path[:0] = added
+    importlib.invalidate_caches()  # a package written after start-up (tests, notebooks) must be seen
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def add_code_paths(dirs: Sequence[str]) -> None:
+    """Put ``dirs`` at the front of ``sys.path`` for good (inside a trial: the model is
+    built, and may import lazily, long after validation)."""
+    for d in reversed([os.path.abspath(d) for d in dirs]):
+        if d not in sys.path:
+            sys.path.insert(0, d)
+    importlib.invalidate_caches()
+
+
+def import_target(path: str, dirs: Sequence[str] = ()) -> Callable:
+    """Import ``"module:callable"`` (attribute paths like ``mod:Outer.build`` allowed).
+
+    Args:
+        path: the import path.
+        dirs: directories searched before the current directory and ``sys.path``.
+
+    Raises:
+        ImportTargetError: not an import path, the module does not import (the error's own
+            message is kept), the attribute is missing, or the object is not callable.
+    """
+    if not is_import_path(path):
+        raise ImportTargetError(f"{path!r} is not an import path", "write 'package.module:callable'")
+    module_name, _, attr_path = path.partition(":")
+    with code_path(dirs):
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except Exception as exc:  # ImportError, or whatever the user's module raises on import
+            what = str(exc).strip().splitlines()
+            detail = what[0] if what else ""
+            if not isinstance(exc, ImportError):
+                detail = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+            raise ImportTargetError(f"cannot import {path!r} ({detail})") from None
+    owner = module_name
+    for part in attr_path.split("."):
+        if not hasattr(obj, part):
+            public = [n for n in dir(obj) if not n.startswith("_")]
+            import difflib
+
+            close = difflib.get_close_matches(part, public, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ImportTargetError(f"cannot import {path!r} ({owner!r} has no attribute {part!r}{hint})")
+        obj = getattr(obj, part)
+        owner = f"{owner}.{part}" if owner != module_name else f"{module_name}:{part}"
+    if not callable(obj):
+        raise ImportTargetError(f"{path!r} names an object of type {type(obj).__name__}, not a class or function",
+                                "point it at an nn.Module class or a function that returns one")
+    return obj
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What a callable takes by keyword."""
+
+    names: tuple[str, ...]  # parameters that can be passed by keyword
+    required: tuple[str, ...]  # of those, without a default (plus required positional-only ones)
+    var_keyword: bool  # takes **kwargs
+
+    def takes(self, name: str) -> bool:
+        return self.var_keyword or name in self.names
+
+
+def signature_of(obj: Callable) -> Signature | None:
+    """The keyword interface of ``obj`` (a class: its constructor), or None when Python
+    cannot tell (some C callables)."""
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return None
+    names, required, var_kw = [], [], False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind is p.VAR_POSITIONAL:
+            continue
+        elif p.kind is p.POSITIONAL_ONLY:
+            if p.default is p.empty:
+                required.append(p.name)  # nobody passes it: the recipe calls by keyword
+        else:
+            names.append(p.name)
+            if p.default is p.empty:
+                required.append(p.name)
+    return Signature(tuple(names), tuple(required), var_kw)
+
+
+# ---------------------------------------------------------------- models
+
+#: Models by name. A model target is a class or function returning an ``nn.Module``, called
+#: with keyword arguments: an import-path model gets ``model.args``; a built-in gets the
+#: ``model`` section keys listed in its ``keys`` meta. Either also gets whichever of
+#: :data:`INJECTED` its signature names. ``inputs``: the input dimensionalities it takes
+#: (1: signals (N, C, L), 2: images (N, C, H, W)).
+MODELS = Registry("model")
+
+_M = "raytune_opt.recipe.models"
+_CNN_KEYS = ("width", "depth", "dropout")
+_TV_KEYS = ("dropout", "cifar_stem")
+MODELS.register("mlp", f"{_M}:mlp", doc="fully connected; width hidden units x depth layers",
+                inputs=(1, 2), keys=_CNN_KEYS)
+MODELS.register("small_cnn", f"{_M}:small_cnn", doc="conv blocks doubling width, then global pooling",
+                inputs=(2,), keys=_CNN_KEYS)
+MODELS.register("cnn1d", f"{_M}:cnn1d", doc="1-D conv blocks for signals", inputs=(1,),
+                keys=_CNN_KEYS + ("kernel_size",))
+for _name in ("resnet18", "resnet34", "resnet50"):
+    MODELS.register(_name, f"{_M}:{_name}", doc=f"torchvision {_name}", inputs=(2,),
+                    keys=_TV_KEYS + ("squeeze_excitation",))
+for _name in ("mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"):
+    MODELS.register(_name, f"{_M}:{_name}", doc=f"torchvision {_name}", inputs=(2,), keys=_TV_KEYS)
+del _name

@@ -1,0 +1,106 @@
+"""The registry: names -> lazily imported 'module:callable' targets, and import-path resolution."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from raytune_opt import registry
+from raytune_opt.registry import ImportTargetError, Registry, import_target, signature_of
+
+
+def _package(tmp_path, name, body):
+    (tmp_path / f"{name}.py").write_text(body)
+    return tmp_path
+
+
+def test_register_and_look_up():
+    reg = Registry("widget")
+    entry = reg.register("spinner", "collections:OrderedDict", doc="a dict", colour="red")
+    assert "spinner" in reg and list(reg) == ["spinner"] and len(reg) == 1
+    assert reg["spinner"] is entry and entry.meta == {"colour": "red"}
+    assert reg.target_of("spinner") == "collections:OrderedDict" and reg.target_of("a.b:c") == "a.b:c"
+    import collections
+
+    assert entry.load() is collections.OrderedDict
+
+
+@pytest.mark.parametrize("name,target,fragment", [
+    ("spinner", "collections:Counter", "registered already"),
+    ("pkg.mod:fn", "collections:Counter", "must be letters"),
+    ("has space", "collections:Counter", "must be letters"),
+    ("other", "collections.Counter", "must be 'module:callable'"),
+])
+def test_register_refuses(name, target, fragment):
+    reg = Registry("widget")
+    reg.register("spinner", "collections:OrderedDict")
+    with pytest.raises(ValueError, match=fragment):
+        reg.register(name, target)
+
+
+def test_builtin_models_register_lazily_and_resolve():
+    assert "torch" not in registry.MODELS["small_cnn"].target  # a string: nothing imported to register
+    for name in registry.MODELS:
+        entry = registry.MODELS[name]
+        assert callable(entry.load()) and set(entry.meta) == {"inputs", "keys"}
+        sig = signature_of(entry.load())
+        assert sig is not None and set(entry.meta["keys"]) <= set(sig.names) and not sig.var_keyword
+
+
+def test_is_import_path():
+    assert registry.is_import_path("a.b_c:D.e") and registry.is_import_path("m:f")
+    for bad in ("m", "m:", ":f", "m:f:g", "1m:f", "m.:f", None, 3):
+        assert not registry.is_import_path(bad)
+
+
+def test_import_from_given_directory_first_and_sys_path_restored(tmp_path):
+    _package(tmp_path, "regtest_first", "def make(**kw):\n    return kw\n")
+    before = list(sys.path)
+    fn = import_target("regtest_first:make", [str(tmp_path)])
+    assert fn(a=1) == {"a": 1} and sys.path == before
+
+
+def test_import_from_the_current_directory(tmp_path, monkeypatch):
+    _package(tmp_path, "regtest_cwd", "class Net:\n    pass\n")
+    monkeypatch.chdir(tmp_path)
+    assert import_target("regtest_cwd:Net").__name__ == "Net"
+
+
+@pytest.mark.parametrize("path,body,fragment", [
+    ("regtest_nope_xyz:Net", None, "cannot import 'regtest_nope_xyz:Net' (No module named 'regtest_nope_xyz')"),
+    ("regtest_attr:Nte", "class Net:\n    pass\n", "'regtest_attr' has no attribute 'Nte'; did you mean 'Net'?"),
+    ("regtest_value:SIZE", "SIZE = 3\n", "names an object of type int, not a class or function"),
+    ("regtest_raises:Net", "raise ValueError('bad config at import')\n", "(ValueError: bad config at import)"),
+    ("regtest_syntax:Net", "def broken(:\n", "(SyntaxError: "),
+    ("not a path", None, "is not an import path"),
+])
+def test_import_errors_are_one_line_with_the_cause(tmp_path, path, body, fragment):
+    if body is not None:
+        _package(tmp_path, path.split(":")[0], body)
+    with pytest.raises(ImportTargetError) as info:
+        import_target(path, [str(tmp_path)])
+    assert fragment in str(info.value) and "\n" not in str(info.value) and info.value.fix
+
+
+def test_signature_of_classes_factories_and_kwargs():
+    class Net:
+        def __init__(self, hidden, /, width, *, depth=2, **extra):
+            pass
+
+    sig = signature_of(Net)
+    assert sig.names == ("width", "depth") and sig.required == ("hidden", "width") and sig.var_keyword
+    assert sig.takes("anything")
+
+    def factory(a, *rest, b=1):
+        pass
+
+    sig = signature_of(factory)
+    assert sig.names == ("a", "b") and sig.required == ("a",) and not sig.var_keyword and not sig.takes("c")
+
+
+def test_add_code_paths_puts_directories_first_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    registry.add_code_paths([str(tmp_path), str(tmp_path)])
+    registry.add_code_paths([str(tmp_path)])
+    assert sys.path[0] == str(tmp_path) and sys.path.count(str(tmp_path)) == 1
