@@ -224,11 +224,14 @@ def _promote(exp_dir, targets, address, endpoint_url=None) -> int:
 
 
 def _say(text: str) -> None:
-    """Print ``text`` in lines of at most 80 columns (continuations indented; a path is never cut)."""
+    """Print ``text`` in lines of at most 80 columns, continuations indented, when its words
+    allow; a line holding a path too long for that is printed whole (a path is never cut)."""
     import textwrap
 
-    for line in textwrap.wrap(text, 80, subsequent_indent="  ", break_long_words=False,
-                              break_on_hyphens=False) or [""]:
+    lines = textwrap.wrap(text, 80, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
+    if not lines or any(len(line) > 80 for line in lines):
+        lines = [text]
+    for line in lines:
         print(line, flush=True)
 
 

@@ -90,8 +90,7 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     cfg = source.promote_cfg
     out_dir = source.exp_dir / DIRNAME
     out_dir.mkdir(exist_ok=True)
-    log(f"promotion: trial {source.trial_id} ({source.metric}={source.value:.4f}), targets {','.join(targets)}, "
-        f"into {out_dir}")
+    log(f"promotion: trial {source.trial_id} ({source.metric}={source.value:.4f}), targets {','.join(targets)}")
     model, ckpt = load_model(source.checkpoint)
     data = load_data(ckpt["recipe"]["data"], int(source.spec["seed"]))
     threads = measure.threads_for(cfg.get("ort_threads"))  # experiments of older versions have no such key
