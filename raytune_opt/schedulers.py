@@ -103,6 +103,9 @@ def pbt_mutable(key: str) -> bool:
 
 
 PBT_SNAPSHOTS = "pbt_snapshots"  # in the experiment: donors' last.pt, one directory per snapshot
+# How long a snapshot nobody refers to any more is kept: longer than two of Tune's experiment
+# state saves (every 10 s, or 19x what a save takes, by default) and than an S3 state sync (10 s).
+SNAPSHOT_GRACE_S = 120.0
 
 
 @contextlib.contextmanager
@@ -145,6 +148,7 @@ def _checkpointed_pbt_class():
             self._snapshots, self._remote, self._endpoint_url = snapshots, remote, endpoint_url
             self._rng = random.Random(seed)
             self._made: set[str] = set()
+            self._unreferenced_since: dict[str, float] = {}
             self._count = 0
             self._filesystem = None
             self.perturbations: list[dict] = []  # (time, trial, donor): what the scheduler did
@@ -207,16 +211,27 @@ def _checkpointed_pbt_class():
                 return super()._get_new_config(trial, trial_to_clone)
 
         def _collect_garbage(self) -> None:
-            """Delete snapshots nobody can ask for: no top trial holds it, no trial restores from it."""
+            """Delete snapshots nobody can ask for: no top trial holds it, no trial restores from
+            it, and none has for SNAPSHOT_GRACE_S (Tune's saved experiment state lags the live
+            one: a driver killed now resumes from a state that may still hand a trial this
+            snapshot, "does not exist on storage anymore" otherwise)."""
+            import time
+
             live = {st.last_checkpoint.path for st in self._trial_state.values()
                     if isinstance(st.last_checkpoint, Checkpoint)}
             live |= {t.checkpoint.path for t in self._trial_state if t.checkpoint is not None}
+            now = time.monotonic()
+            for dest in live:
+                self._unreferenced_since.pop(dest, None)
             for dest in self._made - live:
+                if now - self._unreferenced_since.setdefault(dest, now) < SNAPSHOT_GRACE_S:
+                    continue
                 try:
                     self._fs.delete_dir(dest)
                 except (FileNotFoundError, OSError):
                     pass  # already gone; a leftover snapshot only costs disk
                 self._made.discard(dest)
+                self._unreferenced_since.pop(dest, None)
 
     CheckpointedPBT.__module__ = __name__
     return CheckpointedPBT

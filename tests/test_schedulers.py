@@ -259,3 +259,18 @@ def test_the_remaining_pairs_run_a_tiny_sweep(local_ray, tmp_path, searcher, sch
     assert outcome.exit_code == 0 and len(rows) == (4 if searcher == "grid" else 3)
     assert all(r["status"] in ("ok", "stopped") for r in rows), [(r["status"], r["error"]) for r in rows]
     assert len({r["config"] for r in rows}) == len(rows) or scheduler == "pbt"  # no config proposed twice
+
+
+def test_pbt_keeps_an_unreferenced_snapshot_for_a_grace_period_then_deletes_it(tmp_path, monkeypatch):
+    # A killed driver resumes from Tune's last saved state, which may still hand a trial a
+    # snapshot the live scheduler no longer refers to: snapshots outlive their last reference.
+    spec = load_spec(DIGITS, ["search.algorithm=random", "scheduler={name: pbt}"])
+    pbt = schedulers.build_scheduler(spec, {"exp_dir": str(tmp_path), "remote": False, "endpoint_url": None})
+    snap = tmp_path / schedulers.PBT_SNAPSHOTS / "t1-epoch2-1"
+    snap.mkdir(parents=True)
+    pbt._made.add(str(snap))
+    pbt._collect_garbage()
+    assert snap.is_dir()  # unreferenced just now: kept
+    monkeypatch.setattr(schedulers, "SNAPSHOT_GRACE_S", 0.0)
+    pbt._collect_garbage()
+    assert not snap.exists() and not pbt._made
