@@ -79,7 +79,8 @@ def _moment_reached(exp: Path, moment: str) -> bool:
     if moment == "mid":  # some epochs reported, at least half of them still to come
         return N * EPOCHS // 4 <= total <= N * EPOCHS // 2 and any(0 < k < EPOCHS for k in done.values())
     assert moment == "late", moment
-    return len(list(exp.glob("trial_*"))) >= N and total >= 1  # the last trial has started
+    # The last trial has started and some trial is caught mid-way.
+    return len(list(exp.glob("trial_*"))) >= N and any(0 < k < EPOCHS for k in done.values())
 
 
 def _drive_and_kill(cmd: list[str], exp: Path, moment: str, log: Path) -> str:
