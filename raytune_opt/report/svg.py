@@ -294,7 +294,8 @@ def heatmap(z: list[list[float | None]], *, title: str, xlabel: str, ylabel: str
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
     span = hi - lo or 1.0
     ny, nx = len(z), len(z[0]) if z else 0
-    x0, x1, y0, y1 = PAD_L, width - PAD_R - 40, PAD_T, height - PAD_B
+    bar = 52  # the colour bar and its labels, right of the cells (a label like 0.9972 fits)
+    x0, x1, y0, y1 = PAD_L, width - PAD_R - bar, PAD_T, height - PAD_B
     cw, ch = (x1 - x0) / max(nx, 1), (y1 - y0) / max(ny, 1)
     out = _open(width, height, title)
     for i, row in enumerate(z):
@@ -321,14 +322,14 @@ def heatmap(z: list[list[float | None]], *, title: str, xlabel: str, ylabel: str
                    f'rotate(-90)" text-anchor="middle">{escape(ylabel)}</text>')
     elif x_scale is not None and y_scale is not None:
         xs, ys = x_scale.onto(x0, x1), y_scale.onto(y1, y0)
-        _axes(out, xs, ys, xlabel, ylabel, width - 40, height)
+        _axes(out, xs, ys, xlabel, ylabel, width - bar, height)
         for p in points or ():
             a, b = xs(p["x"]), ys(p["y"])
             if a is not None and b is not None:
                 out.append(f'<circle class="mark" cx="{a:.1f}" cy="{b:.1f}" r="3.5" fill="none" stroke="#fff" '
                            f'stroke-width="1.5"><title>{escape(p["title"])}</title></circle>')
     # colour bar
-    bx = width - PAD_R - 24
+    bx = x1 + 8
     for k in range(20):
         out.append(f'<rect x="{bx}" y="{y1 - (k + 1) * (y1 - y0) / 20:.1f}" width="10" '
                    f'height="{(y1 - y0) / 20 + 0.5:.1f}" fill="{colour(k / 19)}"/>')
