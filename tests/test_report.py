@@ -171,3 +171,21 @@ def test_the_page_stays_small_and_escapes_what_it_shows(tmp_path):
     assert "<script>alert(1)" not in text and "&lt;script&gt;alert(1)" in text
     assert len(text.encode()) < 1_000_000
     assert len(re.findall(r"<svg ", text)) >= 15
+
+
+def test_a_refresh_that_fails_warns_once_keeps_the_traceback_and_tries_again(tmp_path, capsys):
+    from raytune_opt.report.refresh import RefreshReport
+
+    exp = tmp_path / "later"
+    exp.mkdir()
+    cb = RefreshReport(exp, every_s=0)
+    cb.on_trial_complete(0, [], None)  # no spec.yaml yet: the page cannot be built
+    cb.on_trial_error(0, [], None)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"raytune-opt: warning: refreshing {exp / 'report.html'} "
+                                               "failed (UsageError: "), err
+    assert err[0].endswith(f"the sweep goes on (traceback in {exp / 'warnings.log'})")
+    assert "Traceback (most recent call last)" in (exp / "warnings.log").read_text()
+    make_experiment(tmp_path, 3, name="later")  # the experiment's files appear: the next refresh works
+    cb.on_trial_complete(0, [], None)
+    assert (exp / REPORT).is_file() and capsys.readouterr().err == ""

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from raytune_opt import _atomic
+from raytune_opt._warn import first_line, keep_traceback
 from raytune_opt import storage as stores
 from raytune_opt.errors import RaytuneOptError, UsageError
 
@@ -80,11 +81,9 @@ def after_sweep(loc: stores.Location) -> Path | None:
     try:
         return write_report(loc.uri, endpoint_url=loc.endpoint_url)
     except Exception as exc:  # the sweep's results are written already; the page is a view of them
-        from raytune_opt.tracking._common import keep_traceback
-
         where = keep_traceback(loc.local, "report", exc) if not isinstance(exc, RaytuneOptError) else ""
         print(f"raytune-opt: warning: the report could not be written ({type(exc).__name__}: "
-              f"{str(exc).splitlines()[0] if str(exc) else ''}){where}; run 'raytune-opt report {loc.uri}'",
+              f"{first_line(exc)}){where}; run 'raytune-opt report {loc.uri}'",
               file=sys.stderr)
         return None
 

@@ -6,11 +6,12 @@ A module of its own, at module level, so that Tune can pickle it into the experi
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 from ray.tune import Callback
+
+from raytune_opt._warn import WarnOnce
 
 REFRESH_EVERY_S = 30.0  # at most one rebuild per this many seconds: a build reads every trial's files
 
@@ -27,7 +28,7 @@ class RefreshReport(Callback):
             raise ValueError(f"every_s must be >= 0, but got {every_s=}")
         self.exp_dir, self.every_s = Path(exp_dir), every_s
         self._last = None
-        self._warned = False
+        self._warn = WarnOnce(f"refreshing {self.exp_dir / 'report.html'}", self.exp_dir, then="the sweep goes on")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._refresh()
@@ -44,12 +45,5 @@ class RefreshReport(Callback):
         self._last = now
         try:
             write_report(self.exp_dir, journal=False)
-        except Exception as exc:  # never fail a trial for a view of it
-            if not self._warned:
-                from raytune_opt.tracking._common import keep_traceback
-
-                self._warned = True
-                where = keep_traceback(self.exp_dir, "report refresh", exc)
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                print(f"raytune-opt: warning: refreshing {self.exp_dir / 'report.html'} failed "
-                      f"({type(exc).__name__}: {first[:200]}){where}; the sweep goes on", file=sys.stderr)
+        except Exception as exc:  # never fail a trial for a view of it; later refreshes still try
+            self._warn(exc)

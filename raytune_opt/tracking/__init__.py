@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from raytune_opt import storage as stores
+from raytune_opt._warn import first_line, keep_traceback
 from raytune_opt.errors import UsageError
-from raytune_opt.tracking._common import keep_traceback
 
 __all__ = ["callbacks", "check_mlflow", "log_sweep_artifacts", "quiet_ray_loggers"]
 
@@ -122,4 +122,4 @@ def log_sweep_artifacts(exp_dir: str | Path) -> None:
     except Exception as exc:  # a tracker is a view; the files in exp_dir are the record
         where = keep_traceback(exp_dir, "MLflow artifacts", exc)
         print(f"raytune-opt: warning: MLflow artifacts not logged ({type(exc).__name__}: "
-              f"{str(exc).splitlines()[0] if str(exc) else ''}){where}", file=sys.stderr)
+              f"{first_line(exc)}){where}", file=sys.stderr)

@@ -14,7 +14,8 @@ from pathlib import Path
 from ray.tune import Callback
 
 from raytune_opt import _atomic
-from raytune_opt.tracking._common import WarnOnce, epoch_metrics, flat_config
+from raytune_opt._warn import WarnOnce
+from raytune_opt.tracking._common import epoch_metrics, flat_config
 
 
 class MLflowCallback(Callback):
