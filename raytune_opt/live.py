@@ -15,17 +15,20 @@ import time
 from ray.tune import Callback
 
 from raytune_opt.progress import WIDTH
+from raytune_opt.results import short_config
 PLAIN_STATUS_EVERY_S = 30.0
 TTY_STATUS_EVERY_S = 1.0
 
 
-def callbacks(spec, where: str) -> list:
-    """The live view for a sweep of ``spec`` stored at ``where``; Ray's own console output off.
-
-    Ray Tune's newer console output prints its configuration box even at ``verbose=0``; its
-    legacy reporter at 0 prints nothing, so this driver uses that one.
-    """
+def quiet_ray_console() -> None:
+    """Ray Tune's legacy console reporter for this driver: the newer one prints its
+    configuration box even at ``verbose=0``, the legacy one at 0 prints nothing."""
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+
+
+def callbacks(spec, where: str) -> list:
+    """The live view for a sweep of ``spec`` stored at ``where``; Ray's own console output off."""
+    quiet_ray_console()
     search, space = spec.data["search"], spec.space
     total = search["num_samples"] * (space.grid_size() if search["algorithm"] in ("grid", "random") else 1)
     return [LiveView(spec, where, total)]
@@ -33,10 +36,6 @@ def callbacks(spec, where: str) -> list:
 
 def _clip(line: str) -> str:
     return line if len(line) <= WIDTH else line[: WIDTH - 1] + "…"
-
-
-def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _duration(s: float) -> str:
@@ -113,8 +112,7 @@ class LiveView(Callback):
     def _config_text(self, trial) -> str:
         from raytune_opt.searchers import flatten_config
 
-        flat = flatten_config(getattr(trial, "config", None) or {}, self._space)
-        return " ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(flat.items()))
+        return short_config(flatten_config(getattr(trial, "config", None) or {}, self._space))
 
     def _catch_up(self, trials) -> None:
         """Trials that ended before this driver started (a resumed sweep) count as they ended."""

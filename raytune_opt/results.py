@@ -109,7 +109,7 @@ def leaderboard(rows: list[TrialRow], metric: str, mode: str, top: int = 10, wid
     ranked = sorted((r for r in rows if r.successful), key=lambda r: (sign * r.best.get(metric, 0), r.epochs))
     lines = [f"{'rank':>4}  {'trial':<10} {metric:>12} {'epochs':>6} {'status':<8} config"]
     for i, r in enumerate(ranked[:top], 1):
-        cfg = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(r.config.items()))
+        cfg = short_config(r.config, ", ")
         lines.append(f"{i:>4}  {r.trial_id:<10} {r.best[metric]:>12.4f} {r.epochs:>6} {r.status:<8} {cfg}")
     others = [r for r in rows if not r.successful]
     for r in others:
@@ -127,6 +127,11 @@ def config_lines(config: dict, width: int = 80, indent: str = "  ") -> list[str]
 
     words = " ".join(f"{k}={_short(v)}" for k, v in sorted(config.items()))
     return textwrap.wrap(words, width, initial_indent=indent, subsequent_indent=indent) if words else []
+
+
+def short_config(config: dict, sep: str = " ") -> str:
+    """A flat config as ``key=value`` words keyed by the last part of each dotted key."""
+    return sep.join(f"{k.split('.')[-1]}={_short(v)}" for k, v in sorted(config.items()))
 
 
 def _short(v) -> str:

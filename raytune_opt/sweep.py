@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -217,6 +216,7 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
     """
     from ray import tune
 
+    from raytune_opt.live import quiet_ray_console
     from raytune_opt.spec import load_spec
 
     loc = _resume_location(str(exp_dir), endpoint_url)
@@ -236,9 +236,7 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
                          "the sweep cannot be resumed — results.csv and trial_*/ still hold what finished")
     address = ray_runtime.resolve_address(address)
     tracking.quiet_ray_loggers()  # the restored Tuner brings back our own loggers and trackers
-    # ...and the live view of a sweep that had it: Ray's newer console output would print
-    # its own box beside it (live.callbacks turns it off the same way for run).
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    quiet_ray_console()  # ...and the live view of a sweep that had it
     embedded = ray_runtime.start(address)
     try:
         try:
