@@ -14,10 +14,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from raytune_opt import results, storage
 from raytune_opt.promote.errors import NoSuccessfulTrialError, NotAnExperimentError
+from raytune_opt.spec.resolved import read_resolved
 
 _RERUN = "run the sweep again ('raytune-opt run SPEC') or pass another experiment directory"
 
@@ -59,17 +58,8 @@ def select_source(exp_dir: str | Path) -> Source:
         raise NotAnExperimentError(
             f"{exp_dir}: not a raytune-opt experiment ({what}); pass the directory 'raytune-opt run' wrote, "
             f"STORAGE/NAME (e.g. ./results/sweep)")
-    try:
-        spec = yaml.safe_load(spec_path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise NotAnExperimentError(f"{spec_path}: unreadable ({type(exc).__name__}); the experiment's resolved spec "
-                                   f"is damaged, {_RERUN}") from None
-    search = spec.get("search") if isinstance(spec, dict) else None
-    if not isinstance(search, dict) or not isinstance(spec.get("promote"), dict) \
-            or not {"metric", "mode"} <= set(search):
-        raise NotAnExperimentError(f"{spec_path}: not a resolved raytune-opt spec (no search/promote sections); "
-                                   f"pass the directory 'raytune-opt run' wrote")
-    metric, mode = search["metric"], search["mode"]
+    spec = read_resolved(spec_path, NotAnExperimentError, _RERUN, sections=("promote",))
+    metric, mode = spec["search"]["metric"], spec["search"]["mode"]
 
     best_path = exp_dir / "best.json"
     if not best_path.is_file():

@@ -62,22 +62,14 @@ def load(exp_dir: str | Path) -> Experiment:
     Raises:
         UsageError: the directory is not a raytune-opt experiment (no spec.yaml).
     """
-    import yaml
+    from raytune_opt.spec.resolved import read_resolved
 
     exp_dir = Path(exp_dir).expanduser().resolve()
     spec_path = exp_dir / "spec.yaml"
     if not spec_path.is_file():
         raise UsageError(f"{exp_dir}: not a raytune-opt experiment (no spec.yaml); pass the directory "
                          "'raytune-opt run' printed (STORAGE/NAME)")
-    try:
-        spec = yaml.safe_load(spec_path.read_text())  # the resolved spec the sweep ran
-    except (yaml.YAMLError, UnicodeDecodeError, OSError) as exc:
-        raise UsageError(f"{spec_path}: unreadable ({type(exc).__name__}); the experiment's resolved spec is "
-                         "damaged: restore it from a copy, or run the sweep again") from None
-    search = spec.get("search") if isinstance(spec, dict) else None
-    if not isinstance(search, dict) or not {"metric", "mode"} <= set(search):
-        raise UsageError(f"{spec_path}: not a resolved raytune-opt spec (no search.metric / search.mode); pass "
-                         "the directory 'raytune-opt run' wrote (STORAGE/NAME)")
+    spec = read_resolved(spec_path, UsageError, "restore it from a copy, or run the sweep again")
     space = _space(exp_dir)
     trials: dict[str, Trial] = {}
     finished = (exp_dir / "results.csv").is_file()
