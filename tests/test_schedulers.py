@@ -183,24 +183,12 @@ def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_pa
 
 
 # --- every searcher with every scheduler that can take it -----------------------------------
-NUMERIC = "space={train.optimizer.lr: {loguniform: [1.0e-3, 3.0e-2]}, model.dropout: {uniform: [0.0, 0.4]}}"
-SEARCHER_OVERRIDES = {  # one space every searcher takes (CMA-ES: numeric only)
-    "grid": ["search.algorithm=grid", "search.num_samples=1",
-             "space={train.optimizer.lr: {grid: [0.003, 0.01]}, model.dropout: {grid: [0.0, 0.2]}}"],
-    "random": ["search.algorithm=random", NUMERIC],
-    "optuna/tpe": ["search.algorithm=optuna", "search.sampler=tpe", NUMERIC],
-    "optuna/gp": ["search.algorithm=optuna", "search.sampler=gp", NUMERIC],
-    "optuna/cmaes": ["search.algorithm=optuna", "search.sampler=cmaes", NUMERIC],
-    "optuna/random": ["search.algorithm=optuna", "search.sampler=random", NUMERIC],
-    "hyperopt": ["search.algorithm=hyperopt", NUMERIC],
-}
-SCHEDULER_OVERRIDES = {
-    "fifo": ["scheduler={name: fifo}"],
-    "asha": ["scheduler={name: asha, grace_period: 1, reduction_factor: 2}"],
-    "hyperband": ["scheduler={name: hyperband, reduction_factor: 2}", "resources.max_concurrent_trials=null"],
-    "median": ["scheduler={name: median, grace_period: 1, min_samples_required: 2}"],
-    "pbt": ["scheduler={name: pbt, perturbation_interval: 1}"],
-}
+def _overrides(searcher: str, scheduler: str) -> list[str]:
+    """The resume test's settings of a searcher and a scheduler (one space every searcher takes)."""
+    from tests import test_resume
+
+    limit = ["resources.max_concurrent_trials=null"] if scheduler == "hyperband" else []  # see validate
+    return [*test_resume.SEARCHERS[searcher], test_resume.SCHEDULERS[scheduler], *limit]
 
 
 def _searcher_name(overrides: list[str]) -> str:
@@ -213,11 +201,13 @@ def _allowed_pairs() -> set[tuple[str, str]]:
     """The (searcher, scheduler) pairs validation accepts on the digits spec."""
     from raytune_opt.errors import SpecError
 
+    from tests import test_resume
+
     allowed = set()
-    for searcher, s_over in SEARCHER_OVERRIDES.items():
-        for scheduler, k_over in SCHEDULER_OVERRIDES.items():
+    for searcher in test_resume.SEARCHERS:
+        for scheduler in test_resume.SCHEDULERS:
             try:
-                load_spec(DIGITS, [*s_over, *k_over])
+                load_spec(DIGITS, _overrides(searcher, scheduler))
             except SpecError:
                 continue
             allowed.add((searcher, scheduler))
@@ -251,8 +241,8 @@ def test_every_searcher_runs_with_every_scheduler_that_takes_it_somewhere():
 @pytest.mark.slow
 @pytest.mark.parametrize("searcher,scheduler", REMAINING, ids=lambda v: v)
 def test_the_remaining_pairs_run_a_tiny_sweep(local_ray, tmp_path, searcher, scheduler):
-    overrides = [*SEARCHER_OVERRIDES[searcher], *SCHEDULER_OVERRIDES[scheduler], "search.num_samples=1"
-                 if searcher == "grid" else "search.num_samples=3", "train.epochs=2", "train.limit_batches=2",
+    overrides = [*_overrides(searcher, scheduler), "search.num_samples=1" if searcher == "grid"
+                 else "search.num_samples=3", "train.epochs=2", "train.limit_batches=2",
                  "search.seed=5", "promote.enabled=false", f"name={scheduler}"]
     outcome = run_sweep(load_spec(DIGITS, overrides), storage=str(tmp_path), verbose=0)
     rows = _rows(outcome.exp_dir)
@@ -274,3 +264,4 @@ def test_pbt_keeps_an_unreferenced_snapshot_for_a_grace_period_then_deletes_it(t
     monkeypatch.setattr(schedulers, "SNAPSHOT_GRACE_S", 0.0)
     pbt._collect_garbage()
     assert not snap.exists() and not pbt._made
+
