@@ -84,8 +84,15 @@ def _pbt(spec: Spec, where: dict):
         remote=where.get("remote", False), seed=seed,
         time_attr=TIME_ATTR, perturbation_interval=s["perturbation_interval"],
         quantile_fraction=s["quantile_fraction"], synch=s["synch"],
-        hyperparam_mutations={p.key: p.domain.to_tune() for p in spec.space.params if pbt_mutable(p.key)},
+        hyperparam_mutations={p.key: _pbt_mutation(p.domain) for p in spec.space.params if pbt_mutable(p.key)},
     )
+
+
+def _pbt_mutation(domain):
+    """What PBT's explore step draws a key from: a grid's values as a list (PBT resamples one
+    or shifts to a neighbour); Tune's ``grid_search`` dict would read as a nested config and
+    fail the first exploit. Other domains as Tune domains."""
+    return list(domain.args) if domain.kind == "grid" else domain.to_tune()
 
 
 # What PBT may change in the middle of a trial, which goes on from another trial's weights,

@@ -265,3 +265,14 @@ def test_pbt_keeps_an_unreferenced_snapshot_for_a_grace_period_then_deletes_it(t
     pbt._collect_garbage()
     assert not snap.exists() and not pbt._made
 
+
+def test_pbt_explores_a_grid_key_among_the_grid_values():
+    from ray.tune.schedulers.pbt import _explore
+
+    spec = load_spec(DIGITS, ["search.algorithm=grid", "search.num_samples=1", "scheduler={name: pbt}",
+                              "space={train.optimizer.lr: {grid: [0.003, 0.01]}, model.dropout: {grid: [0.0, 0.2]}}"])
+    pbt = schedulers.build_scheduler(spec, {"exp_dir": "/tmp/x", "remote": False, "endpoint_url": None})
+    config = {"train.optimizer.lr": 0.01, "model.dropout": 0.0}
+    for _ in range(20):  # resample and shift both stay on the grid
+        new, _ = _explore(config, pbt._hyperparam_mutations, 0.25, (1.2, 0.8), None)
+        assert new["train.optimizer.lr"] in (0.003, 0.01) and new["model.dropout"] in (0.0, 0.2), new
