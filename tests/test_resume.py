@@ -91,11 +91,18 @@ def _drive_and_kill(cmd: list[str], exp: Path, moment: str, log: Path) -> str:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, "TUNE_GLOBAL_CHECKPOINT_S": "0.2"})
     deadline = time.monotonic() + 180
+    reached = False
     try:
         while time.monotonic() < deadline:
-            if _moment_reached(exp, moment):
+            reached = reached or _moment_reached(exp, moment)
+            if reached:
                 time.sleep(0.3 if moment == "mid" else 0.1)  # mid: let Tune save its state once more
-                return json.dumps(_results_per_trial(exp), sort_keys=True)
+                held = _results_per_trial(exp)
+                # The snapshot is what the kill interrupts: mid and late need a trial caught
+                # mid-way in it, not only at the poll before the sleep (CI once saw the two
+                # partial trials finish in that 0.1 s and the next two not yet started).
+                if moment == "start" or any(0 < k < EPOCHS for k in held.values()):
+                    return json.dumps(held, sort_keys=True)
             if proc.poll() is not None:
                 pytest.fail(f"the driver ended before '{moment}': {log.read_text()[-3000:]}")
             time.sleep(0.05)
