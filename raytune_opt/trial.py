@@ -26,6 +26,7 @@ from raytune_opt import _atomic, searchers
 from raytune_opt.recipe.session import Session
 from raytune_opt.registry import add_code_paths
 from raytune_opt.space import Space, apply
+from raytune_opt.timeline import mark
 
 CHECKPOINT_FILE = "last.pt"
 CKPT_DIR = "ckpt"  # inside the trial directory: the trial's own best.pt / last.pt
@@ -34,6 +35,7 @@ TRIAL_CHECKPOINT = "trial_checkpoint"  # reported key: the trial's own checkpoin
 OWNER = "owner.txt"  # in ckpt/: the Tune id of the trial whose checkpoints these are
 ADOPTED = "adopted_from.txt"  # in ckpt/: the PBT donor snapshot last.pt was last taken from
 RECORDED = "recorded_epoch.txt"  # in ckpt/: the last epoch whose report Tune took (see TuneSession.report)
+HEALTH_CHECK_INTERVAL_S = 0.2  # how often a trial's Train controller polls its workers (see _fit_torch_trainer)
 
 
 def _stage(checkpoint_dir: str, top_level: bool = True, shards: Sequence[str] = ()) -> str:
@@ -275,6 +277,7 @@ def _train_worker(loop_config: dict) -> None:
     from raytune_opt.recipe.loop import train
     from raytune_opt.strategies import strategy_class
 
+    mark("worker_start", rank=ray.train.get_context().get_world_rank())
     cfg = loop_config["cfg"]
     add_code_paths(loop_config.get("code_dirs", ()))
     resume = loop_config["resume_from"]
@@ -314,6 +317,8 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
 
     def run_trial(config: dict) -> None:
         from ray import tune
+
+        mark("trial_start", trial_id=tune.get_context().get_trial_id())
 
         from raytune_opt.recipe.loop import train
 
@@ -433,15 +438,20 @@ def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir:
     from raytune_opt.storage import s3_filesystem
 
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    # Train V2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
+    # default), and a worker's ray.train.report blocks until a poll takes the report (its
+    # queue holds one): every epoch waited up to 2 s, and the end of the run 2 s more
+    # (benchmarks/ddp_startup.py). The controller takes the variable from this process.
+    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
     res = cfg["resources"]
     use_gpu = res["gpus_per_worker"] > 0
     per_worker = {"CPU": res["cpus_per_worker"]}
     if use_gpu:
         per_worker["GPU"] = res["gpus_per_worker"]
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         train_loop_per_worker=_train_worker,
         train_loop_config={"cfg": cfg, "spec_sha256": spec_sha256, "resume_from": resume,
                            "checkpoint_root": ckpt_dir, "store": store, "extra": extra or {},
@@ -459,4 +469,27 @@ def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir:
             failure_config=ray.train.FailureConfig(max_failures=2, controller_failure_limit=2),
         ),
     )
+    mark("trainer_fit", trial_id=trial_id)
     trainer.fit()
+    mark("trainer_done", trial_id=trial_id)
+
+
+def _trainer_class():
+    """``TorchTrainer`` without the Ray Data actor that nothing here uses.
+
+    Train V2 adds its ``DatasetsCallback`` to every run, datasets or not; it starts a
+    ``DatasetManager`` actor per trial (one more process that imports Ray Train and Ray Data,
+    ~1-2 s of CPU on the trial's critical path here). Our workers read their data set from the
+    node cache, never through ``ray.train.get_dataset_shard``, so a trainer without datasets
+    drops the callback. ``_create_default_callbacks`` is Ray's private hook (Ray 2.60); should
+    it go away the override is simply never called.
+    """
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            callbacks = super()._create_default_callbacks()
+            return callbacks if self.datasets else [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return Trainer

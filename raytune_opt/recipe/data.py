@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,8 +110,8 @@ def load_data(data_cfg: dict, seed: int) -> Data:
     key = (dataset, root, image_size if dataset == "imagefolder" else None, val_fraction, int(seed))
     data = _MEMO.get(key)
     if data is None:
-        x, y, class_names = _decoded(dataset, root, image_size, bool(data_cfg.get("download", False)))
-        data = _split_and_normalize(x, y, class_names, val_fraction, int(seed), where=root or dataset)
+        x, y, class_names, folder = _decoded(dataset, root, image_size, bool(data_cfg.get("download", False)))
+        data = _split_and_normalize(x, y, class_names, val_fraction, int(seed), where=root or dataset, cache=folder)
         _MEMO.clear()  # one data set per process (see the module docstring)
         _MEMO[key] = data
     return data
@@ -119,7 +120,8 @@ def load_data(data_cfg: dict, seed: int) -> Data:
 # --- decoding into the node cache ----------------------------------------------------------
 
 def _decoded(dataset: str, root: str | None, image_size: int, download: bool):
-    """uint8 NCHW images (memory-mapped), int64 labels and class names, decoded at most once per node."""
+    """uint8 NCHW images (memory-mapped), int64 labels, class names and the cache folder they
+    are in, decoded at most once per node."""
     if dataset == "digits":
         return _cached("digits", "", [], _decode_digits)
     if dataset == "mnist1d":
@@ -158,7 +160,7 @@ def _cached(kind: str, root: str, files: list[Path], decode):
     meta = json.loads(meta_path.read_text())
     x = np.load(folder / "x.npy", mmap_mode="r")
     y = np.load(folder / "y.npy")
-    return x, y, tuple(meta["class_names"])
+    return x, y, tuple(meta["class_names"]), folder
 
 
 def _decode_digits():
@@ -319,7 +321,7 @@ def _decode_imagefolder(root: str, files: list[Path], image_size: int):
 # --- split and normalize -------------------------------------------------------------------
 
 def _split_and_normalize(x: np.ndarray, y: np.ndarray, class_names: tuple, val_fraction: float, seed: int,
-                         where: str) -> Data:
+                         where: str, cache: Path | None = None) -> Data:
     present = np.unique(y)
     if len(present) < 2:
         raise DataError(f"{where}: only one class ({class_names[int(present[0])] if len(present) else 'none'}) "
@@ -328,7 +330,7 @@ def _split_and_normalize(x: np.ndarray, y: np.ndarray, class_names: tuple, val_f
     if n_val < 1 or len(y) - n_val < 1:
         raise DataError(f"{where}: {len(y)} samples cannot be split with data.val_fraction {val_fraction}; "
                         f"add data or change data.val_fraction")
-    train_idx, val_idx = _split_indices(y, n_val, seed)
+    train_idx, val_idx = _cached_split(cache, y, n_val, seed) if cache is not None else _split_indices(y, n_val, seed)
     # Sorted indices read the memory map sequentially; the loader shuffles anyway.
     train_idx.sort()
     val_idx.sort()
@@ -346,6 +348,27 @@ def _split_and_normalize(x: np.ndarray, y: np.ndarray, class_names: tuple, val_f
         num_classes=len(class_names), in_channels=x.shape[1], image_size=x.shape[2],
         class_names=tuple(class_names), mean=tuple(mean.tolist()), std=tuple(std.tolist()),
     )
+
+
+def _cached_split(folder: Path, y: np.ndarray, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The split's indices, computed once per node beside the decoded arrays.
+
+    A Train worker that finds them there skips importing scikit-learn (~1.8 s of CPU here, on
+    every rank of every trial: see benchmarks/ddp_startup.py).
+    """
+    path = folder / f"split-{n_val}-{seed}.npz"
+    try:
+        with np.load(path) as f:
+            return f["train"].copy(), f["val"].copy()
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile):  # not there yet, or damaged: again
+        pass
+    train_idx, val_idx = _split_indices(y, n_val, seed)
+    try:
+        with _atomic.open_atomic(path) as f:
+            np.savez(f, train=train_idx, val=val_idx)
+    except OSError:  # a read-only cache still trains
+        pass
+    return train_idx, val_idx
 
 
 def _split_indices(y: np.ndarray, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -37,6 +37,7 @@ from raytune_opt.recipe.losses import build_loss
 from raytune_opt.recipe.models import build_model_from_spec, model_spec
 from raytune_opt.recipe.optim import build_optimizer, build_scheduler, hyperparameters, reapply_hyperparameters
 from raytune_opt.recipe.session import Session
+from raytune_opt.timeline import mark
 from raytune_opt.strategies import build_strategy
 
 __all__ = ["train", "METRIC_KEYS", "classification_metrics"]
@@ -105,6 +106,7 @@ def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
         checkpoint_dir, shards = _checkpoint(run, metrics, epoch, epoch_start)
         metrics["epoch_s"] = time.perf_counter() - epoch_start
         session.report(metrics, checkpoint_dir, shards)
+        mark("reported", rank=session.rank, epoch=epoch)
         run.last_metrics = metrics
         if metrics["stop_reason"] is not None:
             break
@@ -138,6 +140,7 @@ class _Run:
     last_metrics: dict = field(default_factory=dict)
     confusion: Any = None  # the last validation's (true x predicted) counts
     resumed: dict | None = None  # the checkpoint this run continued from
+    stepped: bool = False  # an optimizer step has been taken (the timeline's first_step mark)
 
     @property
     def tcfg(self) -> dict:
@@ -162,9 +165,12 @@ def _setup(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
         torch.set_num_threads(session.num_threads)
     # The model is initialised from the same seed on every rank (DDP would broadcast rank 0's weights anyway).
     _seed_all(seed)
+    mark("loop_start", rank=session.rank)
     data = load_data(cfg["data"], seed)
+    mark("data_loaded", rank=session.rank)
     spec = model_spec(cfg["model"], data.in_channels, data.num_classes, data.image_size, data.spatial_dims)
     model = build_model_from_spec(spec).to(device)
+    mark("model_built", rank=session.rank)
     loss_fn = build_loss(tcfg["loss"], data.y_train, data.num_classes).to(device)
     augment = Augmenter(tcfg["augment"], data.num_classes, data.in_channels, seed=seed, device=device)
     workers = int(cfg["data"]["loader_workers"])
@@ -181,6 +187,7 @@ def _setup(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
     ckpt = load_checkpoint(resume_from, map_location=device) if resume_from is not None else None
     # Wraps the model (DDP / a DeepSpeed engine) and restores its weights and optimizer state.
     model = strategy.setup(model, optimizer, resume=ckpt, resume_path=resume_from)
+    mark("setup_done", rank=session.rank)
     run = _Run(cfg=cfg, session=session, strategy=strategy, spec_sha256=spec_sha256, data=data, spec=spec,
                model=model, loss_fn=loss_fn, augment=augment, train_loader=train_loader, val_loader=val_loader,
                schedule=schedule, autocast=strategy.autocast(), batches_per_epoch=batches_per_epoch,
@@ -234,6 +241,9 @@ def _train_epoch(run: _Run) -> tuple[dict, int | None]:
         if boundary:
             norm_sum += strategy.step()  # clip, step, zero the gradients; the norm before clipping
             steps += 1
+            if steps == 1 and not run.stepped:
+                run.stepped = True
+                mark("first_step", rank=run.session.rank)
             run.schedule.step_batch()
         if len(recent) >= CHECK_EVERY or i + 1 == n:
             # A non-finite loss makes the running sum non-finite: one read checks them all.

@@ -49,12 +49,36 @@ def test_decoded_once_into_the_node_cache_and_memory_mapped(tmp_path, monkeypatc
     write_cifar10(root)
     load_data(_cfg(dataset="cifar10", root=str(root)), seed=0)
     [folder] = list(cache_root().iterdir())
-    assert sorted(p.name for p in folder.iterdir()) == ["meta.json", "x.npy", "y.npy"]
+    names = sorted(p.name for p in folder.iterdir())
+    assert names[0] == "meta.json" and names[1].startswith("split-") and names[2:] == ["x.npy", "y.npy"], names
     assert np.load(folder / "x.npy", mmap_mode="r").dtype == np.uint8
     # A second process-level load must not decode again.
     data_mod._MEMO.clear()
     monkeypatch.setattr(data_mod, "_decode_cifar", lambda *a: pytest.fail("decoded twice"))
     assert load_data(_cfg(dataset="cifar10", root=str(root)), seed=0).num_classes == 10
+
+
+def test_the_split_is_kept_beside_the_arrays_and_read_back_without_scikit_learn(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("RAYTUNE_OPT_CACHE", str(tmp_path / "cache"))
+    data_mod._MEMO.clear()
+    first = load_data(_cfg(), seed=5)
+    [split] = list(cache_root().glob("digits-*/split-*-5.npz"))
+    # What a Train worker does next: a fresh process, the node cache already filled.
+    code = ("import sys; from raytune_opt.recipe.data import load_data; "
+            "d = load_data({'dataset': 'digits', 'val_fraction': 0.2}, 5); "
+            "print(int(d.y_val.sum()), len(d.y_val), 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [str(int(first.y_val.sum())), str(len(first.y_val)), "False"]
+    # A damaged split file is computed again (and rewritten), never trusted.
+    split.write_bytes(b"not a zip")
+    data_mod._MEMO.clear()
+    again = load_data(_cfg(), seed=5)
+    assert torch.equal(again.y_val, first.y_val) and torch.equal(again.x_train, first.x_train)
+    with np.load(split) as f:
+        assert len(f["val"]) == len(first.y_val)
 
 
 def test_cifar10_and_cifar100_in_torchvision_format(tmp_path):
