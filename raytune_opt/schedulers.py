@@ -159,6 +159,7 @@ def _checkpointed_pbt_class():
             self._count = 0
             self._filesystem = None
             self.perturbations: list[dict] = []  # (time, trial, donor): what the scheduler did
+            self._persist_before_restart: set[str] = set()  # exploited trials (ids) not restarted yet
 
         @property
         def _fs(self):
@@ -211,7 +212,19 @@ def _checkpointed_pbt_class():
 
         def _exploit(self, tune_controller, trial, trial_to_clone):
             _persist_driver_logs(trial)
+            # When the trial's own result is the one that triggered the exploit (synchronous
+            # PBT: the last trial to reach the interval perturbs them all), Tune logs that
+            # result only after this returns, and the restart would then restore the logs
+            # without it: they are persisted once more just before the trial restarts.
+            self._persist_before_restart.add(trial.trial_id)
             super()._exploit(tune_controller, trial, trial_to_clone)
+
+        def choose_trial_to_run(self, tune_controller):
+            chosen = super().choose_trial_to_run(tune_controller)
+            if chosen is not None and chosen.trial_id in self._persist_before_restart:
+                self._persist_before_restart.discard(chosen.trial_id)
+                _persist_driver_logs(chosen)
+            return chosen
 
         def _get_new_config(self, trial, trial_to_clone):
             with _seeded_global_random(self._rng.getrandbits(63)):
