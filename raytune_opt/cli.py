@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from raytune_opt import __version__, searchers
+from raytune_opt import __version__, searchers, timeline
 from raytune_opt.errors import RaytuneOptError, UsageError
 
 
@@ -269,6 +269,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        timeline.check()
         return COMMANDS[args.command](args)
     except RaytuneOptError as err:
         for line in err.lines():

@@ -3,8 +3,8 @@
 With ``RAYTUNE_OPT_TIMELINE`` set to a file path, every process of a sweep that inherits the
 variable (on an embedded Ray: the driver, the trial actors and the Train workers) appends
 one JSON line per mark: ``{"event", "t" (time.time()), "pid", ...}``. Unset (the default) a
-mark costs one environment lookup. A diagnostic must never fail a trial: a path that cannot
-be written drops the marks.
+mark costs one environment lookup. The CLI checks the path once (:func:`check`); past that, a
+diagnostic never fails a trial: a mark that cannot be written is dropped.
 """
 
 from __future__ import annotations
@@ -14,6 +14,25 @@ import os
 import time
 
 ENV = "RAYTUNE_OPT_TIMELINE"
+
+
+def check() -> None:
+    """Refuse a ``$RAYTUNE_OPT_TIMELINE`` that cannot be appended to.
+
+    Raises:
+        UsageError: the path's directory is missing, the path is a directory, not writable...
+    """
+    path = os.environ.get(ENV)
+    if not path:
+        return
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as exc:
+        from raytune_opt.errors import UsageError
+
+        raise UsageError(f"${ENV}={path!r}: cannot append start-up marks there ({exc.strerror or exc}); set it "
+                         "to a writable file path, or unset it") from None
 
 
 def mark(event: str, **fields) -> None:

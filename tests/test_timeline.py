@@ -41,3 +41,16 @@ def test_the_loop_marks_its_start_up_steps(tmp_path, monkeypatch):
     events = [m["event"] for m in timeline.read(str(path))]
     assert events == ["loop_start", "data_loaded", "model_built", "setup_done", "first_step", "reported",
                       "reported"], events
+
+
+def test_a_timeline_path_that_cannot_be_written_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    from raytune_opt.cli import main
+
+    from tests.test_sweep import DIGITS
+
+    bad = tmp_path / "missing" / "t.jsonl"
+    monkeypatch.setenv(timeline.ENV, str(bad))
+    assert main(["validate", str(DIGITS), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"$RAYTUNE_OPT_TIMELINE='{bad}': cannot append"), err
+    assert "unset it" in err[0] and not bad.parent.exists()
