@@ -47,6 +47,7 @@ from raytune_opt import ray_runtime, timeline  # noqa: E402
 
 CORES = os.cpu_count() or 1
 WORKERS = 2
+SETTLE_S = 2.5  # after a run: Ray's task events flush, the trial's resources are seen freed
 SPEC = ROOT / "search_spaces" / "digits_cnn.yaml"
 OVERRIDES = ["search.num_samples=1", f"resources.num_workers={WORKERS}", "scheduler={name: fifo}",
              "train.epochs=4", "promote.enabled=false", "search.seed=0"]
@@ -150,6 +151,17 @@ def _summary(requested: float, freed: float | None, train_s: float, tasks, marks
             "breakdown": breakdown(tasks, marks, requested, freed), **(extra or {})}
 
 
+def _measured(watch: FreeWatch, marks_file: str, t0: float, t1: float, train_s: float, extra=None) -> dict:
+    """A Ray trial run between ``t0`` and ``t1``: its summary from Ray's task events and the marks."""
+    time.sleep(SETTLE_S)  # resources freed after the driver returned are still seen; task events flush
+    watch.stop()
+    tasks = _tasks(t0, t1 + SETTLE_S)
+    marks = [m for m in timeline.read(marks_file) if t0 <= m["t"] <= t1 + SETTLE_S]
+    requested = _first(tasks, "ImplicitFunc.__init__", "created") or t0
+    last = _mark(marks, "reported", rank=0) or t1
+    return _summary(requested, watch.freed_after(last), train_s, tasks, marks, extra)
+
+
 def run_ours(marks_file: str, storage: str, rep: int) -> dict:
     from raytune_opt.spec import load_spec
     from raytune_opt.sweep import run_sweep
@@ -159,17 +171,11 @@ def run_ours(marks_file: str, storage: str, rep: int) -> dict:
     t0 = time.time()
     outcome = run_sweep(spec, storage=storage, verbose=0)
     t1 = time.time()
-    time.sleep(2.5)  # resources freed after the driver returned are still seen; task events flush
-    watch.stop()
     row = outcome.rows[0]
     assert row.status == "ok", (row.status, row.error)
-    tasks = _tasks(t0, t1 + 2.5)
-    marks = [m for m in timeline.read(marks_file) if t0 <= m["t"] <= t1 + 2.5]
-    requested = _first(tasks, "ImplicitFunc.__init__", "created") or t0
-    last = _mark(marks, "reported", rank=0) or t1
-    return _summary(requested, watch.freed_after(last), row.train_seconds, tasks, marks,
-                    {"results_csv_seconds": round(row.seconds, 3),
-                     "results_csv_overhead_s": round(row.seconds - row.train_seconds, 3)})
+    return _measured(watch, marks_file, t0, t1, row.train_seconds,
+                     {"results_csv_seconds": round(row.seconds, 3),
+                      "results_csv_overhead_s": round(row.seconds - row.train_seconds, 3)})
 
 
 def run_ray_pattern(marks_file: str, storage: str, rep: int) -> dict:
@@ -208,16 +214,10 @@ def run_ray_pattern(marks_file: str, storage: str, rep: int) -> dict:
     grid = tune.Tuner(tune.with_resources(trainable, {"cpu": 0, "memory": 1}), param_space={},
                       run_config=tune.RunConfig(name=f"ray{rep}", storage_path=storage, verbose=0)).fit()
     t1 = time.time()
-    time.sleep(2.5)
-    watch.stop()
     assert grid[0].error is None, grid[0].error
     with open(Path(grid[0].path) / "result.json") as f:
         train_s = sum(json.loads(line)["epoch_s"] for line in f if line.strip())
-    tasks = _tasks(t0, t1 + 2.5)
-    marks = [m for m in timeline.read(marks_file) if t0 <= m["t"] <= t1 + 2.5]
-    requested = _first(tasks, "ImplicitFunc.__init__", "created") or t0
-    last = _mark(marks, "reported", rank=0) or t1
-    return _summary(requested, watch.freed_after(last), train_s, tasks, marks)
+    return _measured(watch, marks_file, t0, t1, train_s)
 
 
 def _floor_worker(rank: int, port: int, cfg: dict, out_dir: str) -> None:
@@ -362,9 +362,12 @@ def main() -> None:
     out = ROOT / "benchmarks" / "out" / "ddp_startup.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: v for k, v in result.items() if k not in ("ours", "ray_documented_pattern", "floor")}
-                     | {k: {kk: vv for kk, vv in result[k].items() if kk != "runs"} | {"breakdown": result[k]["runs"][0]["breakdown"]}
-                        for k in ("ours", "ray_documented_pattern", "floor")}, indent=2))
+    ways = ("ours", "ray_documented_pattern", "floor")
+    shown = {k: v for k, v in result.items() if k not in ways}
+    for k in ways:  # medians, and the first run's breakdown
+        shown[k] = {**{kk: vv for kk, vv in result[k].items() if kk != "runs"},
+                    "breakdown": result[k]["runs"][0]["breakdown"]}
+    print(json.dumps(shown, indent=2))
 
 
 def _versions() -> dict:

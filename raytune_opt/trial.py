@@ -318,10 +318,9 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
     def run_trial(config: dict) -> None:
         from ray import tune
 
-        mark("trial_start", trial_id=tune.get_context().get_trial_id())
-
         from raytune_opt.recipe.loop import train
 
+        mark("trial_start", trial_id=tune.get_context().get_trial_id())
         add_code_paths(code_dirs)
         flat = searchers.flatten_config(config, space)
         cfg = apply(apply(base, flat), force or {})

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import zipfile
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 

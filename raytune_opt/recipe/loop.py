@@ -37,8 +37,8 @@ from raytune_opt.recipe.losses import build_loss
 from raytune_opt.recipe.models import build_model_from_spec, model_spec
 from raytune_opt.recipe.optim import build_optimizer, build_scheduler, hyperparameters, reapply_hyperparameters
 from raytune_opt.recipe.session import Session
-from raytune_opt.timeline import mark
 from raytune_opt.strategies import build_strategy
+from raytune_opt.timeline import mark
 
 __all__ = ["train", "METRIC_KEYS", "classification_metrics"]
 
