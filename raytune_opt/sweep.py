@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import math
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,10 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
         check_data(spec)
     # Trackers and the report's refresh; an unreachable MLflow fails here, before Ray starts.
     callbacks = tracking.callbacks(spec, loc) + report.callbacks(loc) + (_live_callbacks(spec, loc) if live else [])
+    if not loc.remote:  # S3 replaces an object only once it is whole: nothing to keep there
+        from raytune_opt.tune_state import KeepState
+
+        callbacks.append(KeepState(loc.local))
     search = spec.data["search"]
     search_alg, param_space = searchers.build_searcher(spec)
     if address is None:  # a bad storage path fails before Ray starts
@@ -230,6 +235,11 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
     if spec.sha256() != meta["spec_sha256"]:
         raise UsageError(f"{loc.uri}: the recorded spec no longer resolves to the same settings (another "
                          "raytune-opt version?); start a new sweep with 'raytune-opt run'")
+    if not loc.remote:
+        from raytune_opt.tune_state import repair
+
+        for line in repair(loc.local):  # a crash during Tune's copy of its state (tune_state.py)
+            print(line, file=sys.stderr)
     restore_path = loc.fs_path  # with a custom filesystem Ray takes the path without its scheme
     if not tune.Tuner.can_restore(restore_path, storage_filesystem=loc.filesystem()):
         raise UsageError(f"{loc.uri}: Ray Tune's experiment state is missing (tuner.pkl / experiment_state-*.json); "
@@ -408,11 +418,17 @@ _HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_precisi
 
 
 def _without_replays(history: list[dict]) -> list[dict]:
-    """Drop the re-report of an epoch a resumed trial had already finished and reported."""
-    seen = {h.get("epoch") for h in history if not h.get("replayed")}
-    out = [h for h in history if not h.get("replayed") or h.get("epoch") not in seen]
-    for h in out:
-        h.pop("replayed", None)
+    """One report per epoch: a resumed trial re-reports the epoch it had finished (marked
+    ``replayed``, once or twice: the epoch and, if it was the last, the finished run). The
+    original report wins; when the crash lost it, the first replay stands in for it."""
+    originals = {h.get("epoch") for h in history if not h.get("replayed")}
+    out, stood_in = [], set()
+    for h in history:
+        if h.get("replayed"):
+            if h.get("epoch") in originals or h.get("epoch") in stood_in:
+                continue
+            stood_in.add(h.get("epoch"))
+        out.append({k: v for k, v in h.items() if k != "replayed"})
     return out
 
 

@@ -9,6 +9,7 @@ write report.html when they end).
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
@@ -178,7 +179,7 @@ def test_a_refresh_that_fails_warns_once_keeps_the_traceback_and_tries_again(tmp
 
     exp = tmp_path / "later"
     exp.mkdir()
-    cb = RefreshReport(exp, every_s=0)
+    cb = RefreshReport(exp, every_s=0, max_share=1)
     cb.on_trial_complete(0, [], None)  # no spec.yaml yet: the page cannot be built
     cb.on_trial_error(0, [], None)
     err = capsys.readouterr().err.strip().splitlines()
@@ -189,3 +190,20 @@ def test_a_refresh_that_fails_warns_once_keeps_the_traceback_and_tries_again(tmp
     make_experiment(tmp_path, 3, name="later")  # the experiment's files appear: the next refresh works
     cb.on_trial_complete(0, [], None)
     assert (exp / REPORT).is_file() and capsys.readouterr().err == ""
+
+
+def test_the_refresh_takes_a_bounded_share_of_the_driver(tmp_path, monkeypatch):
+    import raytune_opt.report
+    from raytune_opt.report.refresh import RefreshReport
+
+    builds = []
+    # A build of 0.1 s, as one of a few thousand trials takes seconds: with a 5% share the
+    # next may start 2 s later at the earliest, whatever every_s says.
+    monkeypatch.setattr(raytune_opt.report, "write_report", lambda *a, **k: (builds.append(1), time.sleep(0.1)))
+    cb = RefreshReport(tmp_path, every_s=0, max_share=0.05)
+    for _ in range(3):
+        cb.on_trial_complete(0, [], None)
+    assert len(builds) == 1
+    cb._next -= 2.0  # two seconds later
+    cb.on_trial_complete(0, [], None)
+    assert len(builds) == 2

@@ -131,6 +131,17 @@ def _assert_searcher_knows_every_trial(searcher: str, exp: Path) -> None:
         assert len(done) == N, [t["result"] for t in trials]
 
 
+def _cut_tune_state_short(exp: Path) -> None:
+    """What a kill during Ray's copy of its state into the experiment leaves: files cut
+    short (CI once saw ``EOFError: Ran out of input``). Resume must still work, from the
+    kept copy (raytune_opt/tune_state.py)."""
+    session = max(exp.glob("experiment_state-*.json")).name[len("experiment_state-"):-len(".json")]
+    assert list((exp / ".tune-state").glob(f"{session}.*")), "no kept copy of Tune's newest state"
+    for name in (f"experiment_state-{session}.json", f"searcher-state-{session}.pkl"):
+        data = (exp / name).read_bytes()
+        (exp / name).write_bytes(data[: len(data) // 2])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("searcher,scheduler,kills", PAIRS, ids=lambda v: "+".join(v) if isinstance(v, tuple) else v)
 def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searcher, scheduler, kills):
@@ -145,6 +156,8 @@ def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searche
         resume = [sys.executable, "-m", "raytune_opt", "resume", str(exp), "--address", address]
         seen.append(_drive_and_kill(resume, exp, moment, tmp_path / "driver.log"))
     assert not (exp / "results.csv").exists()  # every kill came before the end
+    if len(kills) > 1:
+        _cut_tune_state_short(exp)
     if kills[0] == "start":
         assert json.loads(seen[0]) == {} or not any(json.loads(seen[0]).values()), seen
 

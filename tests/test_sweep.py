@@ -143,3 +143,20 @@ def test_a_trial_whose_code_raises_is_errored_and_the_sweep_goes_on(local_ray, t
     errored = [p for p in outcome.exp_dir.glob("trial_*/error.txt")]
     text = errored[0].read_text()
     assert len(errored) == 1 and "nesterov needs momentum" in text and "File \"" in text  # the traceback is kept
+
+
+@pytest.mark.parametrize("reports,kept", [
+    # the resumed trial re-reports the epoch it had finished: the original stays
+    ([(1, 0), (2, 0), (2, 1), (3, 0)], [1, 2, 3]),
+    # the crash lost the last epoch's report; the replay and the finished run's report both
+    # re-report it: the first replay stands in for it (seen in the kill-and-resume test)
+    ([(1, 0), (2, 0), (3, 1), (3, 1)], [1, 2, 3]),
+    ([(1, 0), (2, 0), (3, 0), (3, 1)], [1, 2, 3]),
+])
+def test_the_history_keeps_one_report_per_epoch_across_a_resume(reports, kept):
+    from raytune_opt.sweep import _without_replays
+
+    history = [{"epoch": e, "replayed": r, "val_loss": 1.0 / (e + r + 1)} for e, r in reports]
+    out = _without_replays(history)
+    assert [h["epoch"] for h in out] == kept and all("replayed" not in h for h in out)
+    assert out[-1]["val_loss"] == next(h["val_loss"] for h in history if h["epoch"] == kept[-1])

@@ -1,0 +1,170 @@
+"""Ray Tune's experiment state, kept resumable through a crash at any moment.
+
+Tune saves its state (``experiment_state-<session>.json`` and the search generator's, the
+searcher's and the callbacks' pickles of the same session) into a staging directory on the
+driver, then a background thread copies the staging directory into the experiment
+directory with ``pyarrow.fs.copy_files``, which overwrites each file in place. A driver
+killed during that copy leaves a truncated file, and ``Tuner.restore`` then fails
+(``EOFError: Ran out of input``, a ``JSONDecodeError``): the experiment could not be
+resumed at all (seen in our kill-and-resume test; Ray offers no fallback).
+
+So on a local or shared-file-system experiment :class:`KeepState` copies each session's
+state files, right after Tune saved them (Tune saves synchronously in the driver thread,
+before ``on_step_end``: the staging files are whole then), into
+``.tune-state/<session>.<n>/``, one complete set per directory, made whole before it is
+renamed into place. :func:`repair`, before a resume, checks that the newest session's files
+in the experiment directory read back; if not, it puts the kept copy in their place, or
+else sets that session aside so that Tune restores the one before it. Going back a few
+seconds is what any kill does anyway: trials Tune had not saved yet are proposed again and
+:func:`raytune_opt.trial._claim` keeps their forgotten checkpoints apart.
+
+An ``s3://`` experiment needs none of this: an object is replaced only when its upload
+completes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+from ray import tune
+
+from raytune_opt import _atomic
+from raytune_opt._warn import WarnOnce
+
+KEPT = ".tune-state"
+# Tune's per-session files: experiment_state-, search_gen_state-, searcher-state-,
+# callback-states- (and basic-variant-state-), each named by the session's start time.
+_SESSION_FILE = re.compile(r"^[a-z_-]+-(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})\.(json|pkl)$")
+_KEPT_DIR = re.compile(r"^(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})\.(\d+)$")
+
+
+def _session_files(directory: Path) -> dict[str, list[Path]]:
+    """Tune's state files in ``directory``, by session."""
+    out: dict[str, list[Path]] = {}
+    if directory.is_dir():
+        for f in directory.iterdir():
+            m = _SESSION_FILE.match(f.name)
+            if m and f.is_file():
+                out.setdefault(m.group(1), []).append(f)
+    return out
+
+
+def _readable(files: list[Path]) -> bool:
+    """Whether every file parses whole (a truncated JSON or pickle does not)."""
+    import ray.cloudpickle as cloudpickle
+
+    for f in files:
+        try:
+            data = f.read_bytes()
+            if data[:1] == b"\x80":  # a pickle (basic-variant-state-*.json is one too)
+                cloudpickle.loads(data)
+            else:
+                json.loads(data)
+        except Exception:  # noqa: BLE001 — any failure to read back means "not whole"
+            return False
+    return True
+
+
+class _Keeper:
+    """The copying, apart from Tune's callback interface (tested without a sweep)."""
+
+    def __init__(self, exp_dir: str | Path, min_interval_s: float = 1.0, max_share: float = 0.05):
+        self.exp_dir = Path(exp_dir)
+        self.min_interval_s = min_interval_s
+        self.max_share = max_share  # of the driver's time, spent copying at most
+        self._seen: dict[str, tuple[int, int]] = {}
+        self._next = 0.0
+
+    def keep(self, staging: Path) -> bool:
+        """Copy the newest session's state files from ``staging`` if they changed; whether it did."""
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        sessions = _session_files(staging)
+        if not sessions:
+            return False
+        session = max(sessions)
+        files = sorted(sessions[session])
+        try:
+            stats = {f.name: (f.stat().st_mtime_ns, f.stat().st_size) for f in files}
+        except FileNotFoundError:  # Tune replaced one meanwhile: next step
+            return False
+        if stats == self._seen or not any(f.name.startswith("experiment_state-") for f in files):
+            return False
+        root = self.exp_dir / KEPT
+        tmp = root / f".tmp-{session}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in files:
+            shutil.copyfile(f, tmp / f.name)
+        # Numbered after what is there: a resume within the same second as its driver's start
+        # shares the session's name.
+        kept = [int(m.group(2)) for d in root.iterdir() if (m := _KEPT_DIR.match(d.name)) and m.group(1) == session]
+        final = root / f"{session}.{max(kept, default=0) + 1:06d}"
+        os.rename(tmp, final)  # the set appears whole or not at all
+        for n in kept:
+            shutil.rmtree(root / f"{session}.{n:06d}", ignore_errors=True)
+        self._seen = stats
+        # Copying costs what Tune's own save costs (it grows with the trials): bound its share.
+        took = time.monotonic() - now
+        self._next = now + max(self.min_interval_s, took / self.max_share)
+        return True
+
+
+class KeepState(tune.Callback):
+    """A Tune callback that keeps the last complete copy of Tune's state (module doc)."""
+
+    def __init__(self, exp_dir: str | Path):
+        self._keeper = _Keeper(exp_dir)
+        self._warn = WarnOnce(f"keeping a copy of Ray Tune's state in {Path(exp_dir) / KEPT}", exp_dir,
+                              then="the sweep goes on; a crash during Tune's own copy may leave it unresumable")
+
+    def on_step_end(self, iteration, trials, **info):
+        if trials:  # every trial knows the experiment's staging directory
+            try:
+                self._keeper.keep(Path(trials[0].storage.experiment_driver_staging_path))
+            except OSError as exc:  # a full disk: never stop the sweep for a spare copy
+                self._warn(exc)
+
+
+def repair(exp_dir: str | Path) -> list[str]:
+    """Make the experiment's newest Tune state readable before a resume; what was done.
+
+    A session whose files in the experiment directory do not read back (or lack one its
+    kept copy has) gets its kept copy back; without one it is moved to
+    ``.tune-state/unreadable-<session>/`` and the session before it is tried.
+    """
+    exp = Path(exp_dir)
+    root = exp / KEPT
+    kept: dict[str, Path] = {}
+    if root.is_dir():
+        for d in root.iterdir():
+            m = _KEPT_DIR.match(d.name)
+            if m and d.is_dir() and (m.group(1) not in kept or d.name > kept[m.group(1)].name):
+                kept[m.group(1)] = d
+    live = _session_files(exp)
+    notes: list[str] = []
+    for session in sorted(set(live) | set(kept), reverse=True):
+        files = live.get(session, [])
+        copy = sorted(kept[session].iterdir()) if session in kept else []
+        whole = {f.name for f in copy} <= {f.name for f in files}
+        if files and whole and _readable(files):
+            return notes
+        if copy and _readable(copy):
+            for f in copy:
+                _atomic.write_bytes(exp / f.name, f.read_bytes())
+            notes.append(f"{exp}: Ray Tune's state of session {session} was cut short by the crash; "
+                         "resuming from its last complete copy (a few seconds older)")
+            return notes
+        aside = root / f"unreadable-{session}"
+        aside.mkdir(parents=True, exist_ok=True)
+        for f in files:
+            os.replace(f, aside / f.name)
+        notes.append(f"{exp}: Ray Tune's state of session {session} is unreadable and has no complete "
+                     f"copy; set aside in {aside}, resuming from the session before it")
+    return notes

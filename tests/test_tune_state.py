@@ -1,0 +1,127 @@
+"""Tune's state kept whole through a crash (raytune_opt/tune_state.py), without a sweep.
+
+The kill-and-resume test (tests/test_resume.py) cuts a real experiment's state short and
+resumes it; here the keeping and the repair, case by case.
+"""
+
+from __future__ import annotations
+
+import json
+
+import ray.cloudpickle as cloudpickle
+
+from raytune_opt.tune_state import KEPT, _Keeper, repair
+
+S1, S2 = "2026-12-02_10-00-00", "2026-12-02_10-05-00"
+
+
+def _write_session(d, session, n_trials=2):
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"experiment_state-{session}.json").write_text(json.dumps({"trial_data": list(range(n_trials))}))
+    (d / f"searcher-state-{session}.pkl").write_bytes(cloudpickle.dumps({"trials": n_trials}))
+    (d / f"search_gen_state-{session}.pkl").write_bytes(cloudpickle.dumps({"counter": n_trials}))
+
+
+def _state(exp, session):
+    return (json.loads((exp / f"experiment_state-{session}.json").read_text()),
+            cloudpickle.loads((exp / f"searcher-state-{session}.pkl").read_bytes()))
+
+
+def test_the_keeper_copies_a_whole_set_only_when_tune_saved_again(tmp_path):
+    staging, exp = tmp_path / "staging", tmp_path / "exp"
+    _write_session(staging, S1)
+    (staging / "trial_1").mkdir()  # trial artifacts are not Tune's state
+    keeper = _Keeper(exp, min_interval_s=0, max_share=1)
+    assert keeper.keep(staging)
+    [first] = (exp / KEPT).iterdir()
+    assert sorted(f.name for f in first.iterdir()) == sorted(f.name for f in staging.iterdir() if f.is_file())
+    assert not keeper.keep(staging)  # nothing new
+    _write_session(staging, S1, n_trials=3)
+    assert keeper.keep(staging)
+    [second] = (exp / KEPT).iterdir()  # the older copy is gone
+    assert second.name > first.name and _state(second, S1) == ({"trial_data": [0, 1, 2]}, {"trials": 3})
+
+
+def test_the_keeper_waits_for_tunes_first_save(tmp_path):
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / f"searcher-state-{S1}.pkl").write_bytes(cloudpickle.dumps({}))
+    assert not _Keeper(tmp_path / "exp", min_interval_s=0, max_share=1).keep(staging)
+
+
+def test_repair_leaves_a_readable_state_alone(tmp_path):
+    _write_session(tmp_path, S1)
+    _write_session(tmp_path, S2, n_trials=3)
+    _Keeper(tmp_path, min_interval_s=0, max_share=1).keep(tmp_path)
+    before = {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()}
+    assert repair(tmp_path) == []
+    assert {f.name: f.read_bytes() for f in tmp_path.iterdir() if f.is_file()} == before
+
+
+def test_repair_puts_back_the_kept_copy_of_a_state_cut_short(tmp_path):
+    _write_session(tmp_path, S1)
+    _write_session(tmp_path, S2, n_trials=3)
+    _Keeper(tmp_path, min_interval_s=0, max_share=1).keep(tmp_path)
+    # The crash: Tune's copy of a newer save stopped half-way through two files.
+    for name in (f"searcher-state-{S2}.pkl", f"experiment_state-{S2}.json"):
+        data = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(data[: len(data) // 2])
+    notes = repair(tmp_path)
+    assert len(notes) == 1 and "last complete copy" in notes[0], notes
+    assert _state(tmp_path, S2) == ({"trial_data": [0, 1, 2]}, {"trials": 3})
+
+
+def test_repair_restores_a_file_the_crash_left_missing(tmp_path):
+    _write_session(tmp_path, S1)
+    _Keeper(tmp_path, min_interval_s=0, max_share=1).keep(tmp_path)
+    (tmp_path / f"searcher-state-{S1}.pkl").unlink()  # killed before Tune's copy reached it
+    assert repair(tmp_path)
+    assert _state(tmp_path, S1)[1] == {"trials": 2}
+
+
+def test_repair_sets_aside_an_unreadable_session_without_a_copy(tmp_path):
+    _write_session(tmp_path, S1)
+    _write_session(tmp_path, S2, n_trials=3)
+    (tmp_path / f"searcher-state-{S2}.pkl").write_bytes(b"")  # EOFError: Ran out of input
+    notes = repair(tmp_path)
+    assert len(notes) == 1 and "set aside" in notes[0], notes
+    assert not list(tmp_path.glob(f"*{S2}*"))  # Tune now restores session 1...
+    assert _state(tmp_path, S1) == ({"trial_data": [0, 1]}, {"trials": 2})
+    aside = tmp_path / KEPT / f"unreadable-{S2}"  # ...and nothing was deleted
+    assert sorted(f.name for f in aside.iterdir()) == sorted(
+        [f"experiment_state-{S2}.json", f"searcher-state-{S2}.pkl", f"search_gen_state-{S2}.pkl"])
+
+
+def test_a_pickle_named_json_reads_as_the_pickle_it_is(tmp_path):
+    # Ray's BasicVariantGenerator saves basic-variant-state-<session>.json with cloudpickle.
+    _write_session(tmp_path, S1)
+    (tmp_path / f"basic-variant-state-{S1}.json").write_bytes(cloudpickle.dumps({"variants": 3}))
+    assert repair(tmp_path) == []
+    (tmp_path / f"basic-variant-state-{S1}.json").write_bytes(cloudpickle.dumps({"variants": 3})[:-3])
+    assert "set aside" in repair(tmp_path)[0]
+
+
+def test_a_resume_in_the_same_second_keeps_its_copy_beside_the_old_ones_name(tmp_path):
+    staging, exp = tmp_path / "staging", tmp_path / "exp"
+    _write_session(staging, S1)
+    assert _Keeper(exp, min_interval_s=0, max_share=1).keep(staging)
+    _write_session(staging, S1, n_trials=3)  # another driver, the same session name
+    assert _Keeper(exp, min_interval_s=0, max_share=1).keep(staging)
+    [kept] = (exp / KEPT).iterdir()
+    assert kept.name == f"{S1}.000002" and _state(kept, S1)[1] == {"trials": 3}
+
+
+def test_a_copy_that_cannot_be_written_warns_once_and_the_sweep_goes_on(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from raytune_opt.tune_state import KeepState
+
+    staging = tmp_path / "staging"
+    _write_session(staging, S1)
+    (tmp_path / "exp").write_text("a file where the experiment's directory should be")
+    cb = KeepState(tmp_path / "exp")
+    trial = SimpleNamespace(storage=SimpleNamespace(experiment_driver_staging_path=str(staging)))
+    for _ in range(2):
+        cb.on_step_end(0, [trial])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "keeping a copy of Ray Tune's state" in err[0] and "the sweep goes on" in err[0], err
