@@ -271,6 +271,9 @@ def _persist_driver_logs(trial) -> None:
     for name in ("result.json", "progress.csv"):
         src = os.path.join(trial.local_path, name)
         if os.path.isfile(src) and os.path.realpath(src) != os.path.realpath(os.path.join(trial.path, name)):
+            # The trial's directory on storage may not exist yet: a trial restarted by a
+            # resume under a new directory (trial_<n>_<suffix>) before Tune's first sync.
+            trial.storage.storage_filesystem.create_dir(trial.path, recursive=True)
             fs.copy_files(src, f"{trial.path}/{name}", source_filesystem=fs.LocalFileSystem(),
                           destination_filesystem=trial.storage.storage_filesystem)
 

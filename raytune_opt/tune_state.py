@@ -73,7 +73,7 @@ def _readable(files: list[Path]) -> bool:
 class _Keeper:
     """The copying, apart from Tune's callback interface (tested without a sweep)."""
 
-    def __init__(self, exp_dir: str | Path, min_interval_s: float = 1.0, max_share: float = 0.05):
+    def __init__(self, exp_dir: str | Path, min_interval_s: float = 0.0, max_share: float = 0.05):
         self.exp_dir = Path(exp_dir)
         self.min_interval_s = min_interval_s
         self.max_share = max_share  # of the driver's time, spent copying at most

@@ -3,8 +3,8 @@
 For each: no trial errors; the scheduler's own decisions show in the results (stopped
 trials with their stop reason, or PBT's config changes in the history); checkpoints,
 best-trial selection and promotion work afterwards. Which searchers each scheduler runs
-with here: ``SCHEDULER_SEARCHERS`` (tests/test_sweep.py runs every searcher under ASHA and
-tests/test_resume.py more pairs).
+with here: ``SCHEDULER_SEARCHERS``; tests/test_resume.py kills and resumes a sweep of every
+(searcher, scheduler) pair validation accepts.
 """
 
 from __future__ import annotations
@@ -182,19 +182,13 @@ def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_pa
     assert float(hist[-1]["rank_param_max_diff"]) == 0.0, hist[-1]
 
 
-# --- every searcher with every scheduler that can take it -----------------------------------
+# --- every searcher with every scheduler that can take it: tests/test_resume.py ---------------
 def _overrides(searcher: str, scheduler: str) -> list[str]:
     """The resume test's settings of a searcher and a scheduler (one space every searcher takes)."""
     from tests import test_resume
 
     limit = ["resources.max_concurrent_trials=null"] if scheduler == "hyperband" else []  # see validate
     return [*test_resume.SEARCHERS[searcher], test_resume.SCHEDULERS[scheduler], *limit]
-
-
-def _searcher_name(overrides: list[str]) -> str:
-    algo = next(o.split("=")[1] for o in overrides if o.startswith("search.algorithm="))
-    sampler = next((o.split("=")[1] for o in overrides if o.startswith("search.sampler=")), "tpe")
-    return f"optuna/{sampler}" if algo == "optuna" else algo
 
 
 def _allowed_pairs() -> set[tuple[str, str]]:
@@ -214,41 +208,13 @@ def _allowed_pairs() -> set[tuple[str, str]]:
     return allowed
 
 
-def _pairs_run_elsewhere() -> set[tuple[str, str]]:
-    """Pairs the other real sweeps run: this module's conformance sweeps, every searcher under
-    ASHA (test_sweep.py) and the kill-and-resume pairs (test_resume.py)."""
-    from tests import test_resume, test_sweep
+def test_the_kill_and_resume_test_runs_every_pair_validation_accepts():
+    from tests import test_resume
 
-    pairs = {(_searcher_name(SCHEDULER_SEARCHERS[k]), k) for k in SCHEDULER_SEARCHERS}
-    pairs |= {(_searcher_name(a), "asha") for a in test_sweep.SEARCHERS_UNDER_ASHA}
-    pairs |= {(searcher, scheduler) for searcher, scheduler, _ in test_resume.PAIRS}
-    return pairs
-
-
-REMAINING = sorted({("optuna/tpe", "fifo"), ("random", "fifo"), ("optuna/random", "fifo"), ("optuna/gp", "asha"),
-                    ("optuna/cmaes", "asha"), ("random", "median"), ("grid", "median"), ("optuna/tpe", "median"),
-                    ("optuna/gp", "median"), ("optuna/cmaes", "median"), ("grid", "hyperband"), ("grid", "pbt")})
-
-
-def test_every_searcher_runs_with_every_scheduler_that_takes_it_somewhere():
     allowed = _allowed_pairs()
     assert ("optuna/tpe", "hyperband") not in allowed  # refused at validation (see validate's scheduler rules)
-    missing = allowed - _pairs_run_elsewhere() - set(REMAINING)
-    assert not missing, f"no real sweep runs these pairs: {sorted(missing)}"
-    assert set(REMAINING) <= allowed
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("searcher,scheduler", REMAINING, ids=lambda v: v)
-def test_the_remaining_pairs_run_a_tiny_sweep(local_ray, tmp_path, searcher, scheduler):
-    overrides = [*_overrides(searcher, scheduler), "search.num_samples=1" if searcher == "grid"
-                 else "search.num_samples=3", "train.epochs=2", "train.limit_batches=2",
-                 "search.seed=5", "promote.enabled=false", f"name={scheduler}"]
-    outcome = run_sweep(load_spec(DIGITS, overrides), storage=str(tmp_path), verbose=0)
-    rows = _rows(outcome.exp_dir)
-    assert outcome.exit_code == 0 and len(rows) == (4 if searcher == "grid" else 3)
-    assert all(r["status"] in ("ok", "stopped") for r in rows), [(r["status"], r["error"]) for r in rows]
-    assert len({r["config"] for r in rows}) == len(rows) or scheduler == "pbt"  # no config proposed twice
+    resumed = [(searcher, scheduler) for searcher, scheduler, _ in test_resume.PAIRS]
+    assert len(resumed) == len(set(resumed)) and set(resumed) == allowed, sorted(allowed ^ set(resumed))
 
 
 def test_pbt_keeps_an_unreferenced_snapshot_for_a_grace_period_then_deletes_it(tmp_path, monkeypatch):
@@ -276,3 +242,20 @@ def test_pbt_explores_a_grid_key_among_the_grid_values():
     for _ in range(20):  # resample and shift both stay on the grid
         new, _ = _explore(config, pbt._hyperparam_mutations, 0.25, (1.2, 0.8), None)
         assert new["train.optimizer.lr"] in (0.003, 0.01) and new["model.dropout"] in (0.0, 0.2), new
+
+
+def test_pbt_persists_the_logs_of_a_trial_whose_directory_storage_has_not_seen_yet(tmp_path):
+    # A trial restarted by a resume under a new directory can be exploited before Tune's
+    # first sync made that directory on storage (seen in the kill-and-resume test, grid + PBT).
+    from types import SimpleNamespace
+
+    from pyarrow import fs
+
+    staging = tmp_path / "staging" / "trial_3_3f10"
+    staging.mkdir(parents=True)
+    (staging / "result.json").write_text('{"epoch": 1}\n')
+    dest = tmp_path / "exp" / "trial_3_3f10"
+    trial = SimpleNamespace(local_path=str(staging), path=str(dest),
+                            storage=SimpleNamespace(storage_filesystem=fs.LocalFileSystem()))
+    schedulers._persist_driver_logs(trial)
+    assert (dest / "result.json").read_text() == '{"epoch": 1}\n' and not (dest / "progress.csv").exists()
