@@ -207,8 +207,6 @@ def run_ray_pattern(marks_file: str, storage: str, rep: int) -> dict:
                                            callbacks=[TuneReportCallback()]),
         ).fit()
 
-    # run_sweep turned Tune's default loggers off for this process (tracking.quiet_ray_loggers).
-    os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
     watch = FreeWatch()
     t0 = time.time()
     grid = tune.Tuner(tune.with_resources(trainable, {"cpu": 0, "memory": 1}), param_space={},

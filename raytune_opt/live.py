@@ -20,15 +20,15 @@ PLAIN_STATUS_EVERY_S = 30.0
 TTY_STATUS_EVERY_S = 1.0
 
 
-def quiet_ray_console() -> None:
-    """Ray Tune's legacy console reporter for this driver: the newer one prints its
-    configuration box even at ``verbose=0``, the legacy one at 0 prints nothing."""
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+# Ray Tune's legacy console reporter while our view shows the sweep: the newer one prints its
+# configuration box even at ``verbose=0``, the legacy one at 0 prints nothing. Set only around
+# the fit (sweep.py).
+QUIET_CONSOLE = {"RAY_AIR_NEW_OUTPUT": "0"}
 
 
 def callbacks(spec, where: str) -> list:
-    """The live view for a sweep of ``spec`` stored at ``where``; Ray's own console output off."""
-    quiet_ray_console()
+    """The live view for a sweep of ``spec`` stored at ``where`` (Ray's own console output
+    goes off during the fit: ``QUIET_CONSOLE``)."""
     search, space = spec.data["search"], spec.space
     total = search["num_samples"] * (space.grid_size() if search["algorithm"] in ("grid", "random") else 1)
     return [LiveView(spec, where, total)]

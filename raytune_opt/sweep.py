@@ -5,8 +5,10 @@ spec -> (searcher, scheduler, trainable) -> ``tune.Tuner.fit()`` -> results rows
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
+import os
 import shutil
 import sys
 import time
@@ -174,7 +176,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 callbacks=callbacks,
             ),
         )
-        return _fit_and_record(tuner, spec, loc)
+        return _fit_and_record(tuner, spec, loc, quiet_console=live)
     finally:
         ray_runtime.stop(embedded)
 
@@ -221,7 +223,6 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
     """
     from ray import tune
 
-    from raytune_opt.live import quiet_ray_console
     from raytune_opt.spec import load_spec
 
     loc = _resume_location(str(exp_dir), endpoint_url)
@@ -245,8 +246,6 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
         raise UsageError(f"{loc.uri}: Ray Tune's experiment state is missing (tuner.pkl / experiment_state-*.json); "
                          "the sweep cannot be resumed — results.csv and trial_*/ still hold what finished")
     address = ray_runtime.resolve_address(address)
-    tracking.quiet_ray_loggers()  # the restored Tuner brings back our own loggers and trackers
-    quiet_ray_console()  # ...and the live view of a sweep that had it
     embedded = ray_runtime.start(address)
     try:
         try:
@@ -265,7 +264,9 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
             raise UsageError(f"{loc.uri}: Ray Tune's experiment state cannot be read ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); results.csv and trial_*/ "
                              "still hold what finished") from None
-        return _fit_and_record(tuner, spec, loc)
+        # The restored Tuner brings back our own loggers and trackers, and the live view of a
+        # sweep that had it: Ray's console stays quiet either way.
+        return _fit_and_record(tuner, spec, loc, quiet_console=True)
     finally:
         ray_runtime.stop(embedded)
 
@@ -343,10 +344,14 @@ def _trial_dirname(t) -> str:
     return f"trial_{index}" if index.isdigit() else f"trial_{t.trial_id}"
 
 
-def _fit_and_record(tuner, spec: Spec, loc: stores.Location) -> SweepOutcome:
+def _fit_and_record(tuner, spec: Spec, loc: stores.Location, quiet_console: bool) -> SweepOutcome:
+    from raytune_opt.live import QUIET_CONSOLE
+
     exp_dir = loc.local
     started = time.monotonic()
-    grid = tuner.fit()
+    # Tune reads these during the fit; a Python user's own Tune runs later keep their defaults.
+    with _environ({**tracking.QUIET_LOGGERS, **(QUIET_CONSOLE if quiet_console else {})}):
+        grid = tuner.fit()
     wall = time.monotonic() - started
     rows = collect_rows(grid, spec, remote=loc.remote)
     search = spec.data["search"]
@@ -360,6 +365,21 @@ def _fit_and_record(tuner, spec: Spec, loc: stores.Location) -> SweepOutcome:
     loc.publish("results.csv", "history", "best.json")
     report.after_sweep(loc)  # report.html and optuna.journal.log; warns, never fails the sweep
     return SweepOutcome(exp_dir, rows, best, wall, spec, uri=loc.uri)
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]):
+    """Set environment variables for the block, then put back what was there."""
+    before = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRow]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -42,10 +43,15 @@ SEARCHERS_UNDER_ASHA = [
 @pytest.mark.parametrize("algorithm", SEARCHERS_UNDER_ASHA, ids=lambda a: a[0].split("=")[1])
 def test_every_searcher_runs_a_small_sweep_with_asha(local_ray, tmp_path, algorithm):
     spec = load_spec(DIGITS, SMALL + algorithm)
-    outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
+    quieted = ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "RAY_AIR_NEW_OUTPUT")
+    before = {k: os.environ.get(k) for k in quieted}
+    outcome = run_sweep(spec, storage=str(tmp_path), verbose=0, live=True)
     rows = _rows(outcome.exp_dir)
     assert outcome.exit_code == 0
     assert len(rows) == 6
+    # Tune's loggers and console quieted during the fit only: a Python user's next Tune run
+    # gets Tune's defaults.
+    assert {k: os.environ.get(k) for k in quieted} == before == dict.fromkeys(quieted)
     assert all(r["status"] in ("ok", "stopped") for r in rows), rows
     best = json.loads((outcome.exp_dir / "best.json").read_text())
     assert Path(best["checkpoint"]).is_file()

@@ -24,7 +24,7 @@ from raytune_opt import storage as stores
 from raytune_opt._warn import first_line, keep_traceback
 from raytune_opt.errors import UsageError
 
-__all__ = ["callbacks", "check_mlflow", "log_sweep_artifacts", "quiet_ray_loggers"]
+__all__ = ["callbacks", "check_mlflow", "log_sweep_artifacts", "QUIET_LOGGERS"]
 
 MLFLOW_RUN = "mlflow_run.json"  # the parent run's id, for the artifacts logged after promotion
 
@@ -39,7 +39,6 @@ def callbacks(spec, loc: stores.Location) -> list:
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     tcfg = spec.data["tracking"]
-    quiet_ray_loggers()
     out = [CSVLoggerCallback(), JsonLoggerCallback()]
     if tcfg["tensorboard"]:
         from raytune_opt.tracking.tensorboard import TensorBoardCallback
@@ -55,14 +54,11 @@ def callbacks(spec, loc: stores.Location) -> list:
     return out
 
 
-def quiet_ray_loggers() -> None:
-    """No TBX logger from Tune (nor its /tmp/ray pointer) in this driver, for run and resume.
-
-    Tune adds CSV, JSON and TBX loggers unless told not to; ``callbacks`` passes the first two
-    itself (Tune's experiment analysis and the report's view of a running sweep read them),
-    and a resumed Tuner gets them back from its saved state.
-    """
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+# No TBX logger from Tune (nor its /tmp/ray pointer) while our sweep runs, for run and resume:
+# Tune adds CSV, JSON and TBX loggers unless told not to; ``callbacks`` passes the first two
+# itself (Tune's experiment analysis and the report's view of a running sweep read them), and
+# a resumed Tuner gets them back from its saved state. Set only around the fit (sweep.py).
+QUIET_LOGGERS = {"TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1"}
 
 
 def check_mlflow(uri: str, experiment: str, timeout_s: float = 5.0) -> None:
