@@ -95,28 +95,33 @@ def _spread(values: list[float]) -> dict:
             "max": round(max(values), 4), "values": values}
 
 
-def run(seeds: list[int]) -> dict:
+def run(seeds: list[int], done_seed=None) -> dict:
+    """Every sweep of every seed; ``done_seed(runs, seeds_done)`` after each seed."""
     from raytune_opt import ray_runtime
 
     ray_runtime.start(None)
-    sched_runs, search_runs = [], []
+    runs: dict = {"schedulers": [], "searchers": []}
     try:
         with tempfile.TemporaryDirectory(prefix="raytune_opt_quality_") as storage:
-            for seed in seeds:
+            for k, seed in enumerate(seeds):
                 for name, sched in SCHEDULERS.items():
                     limit = ["resources.max_concurrent_trials=null"] if name == "hyperband" else []
                     r = _sweep([f"seed={seed}", "search.algorithm=grid", "search.num_samples=1", GRID, sched,
                                 f"train.epochs={EPOCHS}", *limit], storage, f"s{seed}-{name}")
-                    sched_runs.append({"seed": seed, "scheduler": name, **r})
-                    print(json.dumps({k: v for k, v in sched_runs[-1].items() if k != "best_so_far"}), flush=True)
+                    runs["schedulers"].append({"seed": seed, "scheduler": name, **r})
+                    print(json.dumps({k: v for k, v in runs["schedulers"][-1].items() if k != "best_so_far"}),
+                          flush=True)
                 for name, search in SEARCHERS.items():
                     r = _sweep([f"seed={seed}", f"search.seed={seed}", *search, f"search.num_samples={BUDGET}",
                                 SCHEDULERS["fifo"], "train.epochs=6"], storage, f"s{seed}-{name}")
-                    search_runs.append({"seed": seed, "searcher": name, **r})
-                    print(json.dumps({k: v for k, v in search_runs[-1].items() if k != "best_so_far"}), flush=True)
+                    runs["searchers"].append({"seed": seed, "searcher": name, **r})
+                    print(json.dumps({k: v for k, v in runs["searchers"][-1].items() if k != "best_so_far"}),
+                          flush=True)
+                if done_seed is not None:
+                    done_seed(runs, seeds[: k + 1])
     finally:
         ray_runtime.stop(True)
-    return {"schedulers": sched_runs, "searchers": search_runs}
+    return runs
 
 
 def summarize(runs: dict, seeds: list[int]) -> dict:
@@ -198,21 +203,25 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     args = ap.parse_args()
     t0 = time.monotonic()
-    runs = run(args.seeds)
-    result = {
-        "benchmark": "search_quality", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": os.cpu_count()},
-        "versions": _versions(), "spec": str(SPEC.relative_to(ROOT)), "seeds": args.seeds, "epochs": EPOCHS,
-        "searcher_budget": BUDGET, "grid": GRID, "schedulers_compared": SCHEDULERS,
-        "not_measured": ["PBT vs random search at equal epochs",
-                         "ours vs in-process Optuna (TPE + SuccessiveHalvingPruner)"],
-        "summary": summarize(runs, args.seeds), "runs": runs, "total_wall_s": round(time.monotonic() - t0, 1),
-    }
     out = ROOT / "benchmarks" / "out" / "search_quality.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    plot(runs, args.seeds, out.with_suffix(".svg"))
-    print(json.dumps(result["summary"], indent=2))
+
+    def write(runs: dict, seeds: list[int]) -> None:  # after every seed: an interrupted run keeps what it did
+        result = {
+            "benchmark": "search_quality", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": os.cpu_count()},
+            "versions": _versions(), "spec": str(SPEC.relative_to(ROOT)), "seeds": seeds,
+            "seeds_planned": args.seeds, "epochs": EPOCHS, "searcher_budget": BUDGET, "grid": GRID,
+            "schedulers_compared": SCHEDULERS,
+            "not_measured": ["PBT vs random search at equal epochs",
+                             "ours vs in-process Optuna (TPE + SuccessiveHalvingPruner)"],
+            "summary": summarize(runs, seeds), "runs": runs, "total_wall_s": round(time.monotonic() - t0, 1),
+        }
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        plot(runs, seeds, out.with_suffix(".svg"))
+        print(json.dumps(result["summary"], indent=2), flush=True)
+
+    run(args.seeds, write)
 
 
 if __name__ == "__main__":

@@ -50,18 +50,20 @@ SCHEDULERS = {
 }
 # Every (searcher, scheduler) pair validation accepts (tests/test_schedulers.py checks the
 # list against validation), each killed once, the kill moments spread over the pairs; the
-# default spec's pair (Optuna TPE + ASHA) is killed twice in a row.
+# default spec's pair (Optuna TPE + ASHA) is killed twice in a row. Early stopping leaves a
+# sweep of 0.1-s epochs only a moment of "mid": CI missed it in 3 such pairs, so besides
+# the default pair only hyperopt + median (which stops few trials here) is killed "mid".
 PAIRS = [
-    ("optuna/tpe", "asha", ("mid", "late")),
+    ("optuna/tpe", "asha", ("start", "mid")),
     ("optuna/tpe", "fifo", ("start",)),
-    ("optuna/tpe", "median", ("mid",)),
+    ("optuna/tpe", "median", ("late",)),
     ("grid", "fifo", ("start",)),
-    ("grid", "asha", ("mid",)),
+    ("grid", "asha", ("start",)),
     ("grid", "hyperband", ("late",)),
     ("grid", "median", ("start",)),
     ("grid", "pbt", ("late",)),
     ("random", "fifo", ("late",)),
-    ("random", "asha", ("mid",)),
+    ("random", "asha", ("late",)),
     ("random", "hyperband", ("late",)),
     ("random", "median", ("start",)),
     ("random", "pbt", ("mid",)),
@@ -120,6 +122,10 @@ def _moment_reached(exp: Path, moment: str) -> bool:
             and _running_in_tune_state(exp) > 0)
 
 
+class MomentMissed(AssertionError):
+    """The sweep ended before the kill's moment came: the harness missed, resume was not tried."""
+
+
 def _drive_and_kill(cmd: list[str], exp: Path, moment: str, log: Path) -> str:
     """Start a driver, SIGKILL it once ``moment`` is reached; what the experiment held then."""
     with open(log, "a") as out:
@@ -142,7 +148,7 @@ def _drive_and_kill(cmd: list[str], exp: Path, moment: str, log: Path) -> str:
                                          and _running_in_tune_state(exp) > 0):
                     return json.dumps(held, sort_keys=True)
             if proc.poll() is not None:
-                pytest.fail(f"the driver ended before '{moment}': {log.read_text()[-3000:]}")
+                raise MomentMissed(f"the driver ended before '{moment}': {log.read_text()[-3000:]}")
             time.sleep(0.05)
         pytest.fail(f"the sweep never reached '{moment}': {log.read_text()[-3000:]}")
     finally:
@@ -187,12 +193,20 @@ def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searche
     limit = "null" if scheduler == "hyperband" else 2
     run = [sys.executable, "-m", "raytune_opt", "run", str(DIGITS), *SEARCHERS[searcher], SCHEDULERS[scheduler],
            f"train.epochs={EPOCHS}", "train.limit_batches=16", f"resources.max_concurrent_trials={limit}",
-           "promote.enabled=false", "name=k", "--storage", str(tmp_path), "--address", address]
-    exp = tmp_path / "k"
-    seen = [_drive_and_kill(run, exp, kills[0], tmp_path / "driver.log")]
-    for moment in kills[1:]:  # killed again while resuming
-        resume = [sys.executable, "-m", "raytune_opt", "resume", str(exp), "--address", address]
-        seen.append(_drive_and_kill(resume, exp, moment, tmp_path / "driver.log"))
+           "promote.enabled=false", "--storage", str(tmp_path), "--address", address]
+    # 0.1-s epochs leave some moments only a fraction of a second: a sweep that ended before
+    # its kill is run again, afresh (at most twice); a failing resume is never retried.
+    for attempt in range(3):
+        exp = tmp_path / f"k{attempt}"
+        try:
+            seen = [_drive_and_kill([*run, f"name=k{attempt}"], exp, kills[0], tmp_path / "driver.log")]
+            for moment in kills[1:]:  # killed again while resuming
+                resume = [sys.executable, "-m", "raytune_opt", "resume", str(exp), "--address", address]
+                seen.append(_drive_and_kill(resume, exp, moment, tmp_path / "driver.log"))
+            break
+        except MomentMissed:
+            if attempt == 2:
+                raise
     assert not (exp / "results.csv").exists()  # every kill came before the end
     if len(kills) > 1:
         _cut_tune_state_short(exp)
@@ -223,9 +237,11 @@ def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searche
         if k == 0:  # started but unsaved: a resume may propose it again, under trial_<n>_<suffix>/
             continue
         lines = [json.loads(x) for x in (exp / name / "result.json").read_text().splitlines() if x.strip()]
-        epochs = [x["epoch"] for x in lines]
+        # A replay (the resumed trial re-reporting the epoch its checkpoint holds, when the
+        # kill came before it heard that epoch was taken) is not a restart.
+        epochs = [x["epoch"] for x in lines if not x.get("replayed")]
         assert epochs.count(1) == 1, (name, epochs)
-        continued += 0 < k < EPOCHS and len(epochs) > k
+        continued += 0 < k < EPOCHS and len(lines) > k  # it reported again, from its checkpoint
     if kills[-1] != "start" and scheduler in ("fifo", "pbt"):  # nothing stops a trial early
         assert continued, seen
     assert json.loads((exp / "best.json").read_text())["trial_id"] in {r["trial_id"] for r in rows}
