@@ -250,7 +250,8 @@ def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searche
     leaderboard = page[page.index('id="leaderboard"'):page.index('id="history"')]
     assert leaderboard.count("<tr class=") == N
     if BROWSER and kills == PAIRS[0][2]:
-        assert_page_draws(exp / "report.html", expect_none=("promotion",))
+        few = sum(r["status"] == "ok" for r in rows) < 2  # importance needs 2 finished (not stopped) trials
+        assert_page_draws(exp / "report.html", expect_none=("promotion", "importance") if few else ("promotion",))
 
 
 def test_resume_refuses_a_directory_that_is_not_an_experiment(tmp_path):
