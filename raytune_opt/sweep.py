@@ -73,14 +73,16 @@ def dry_run_spec(spec: Spec) -> Spec:
 
 
 def check_data(spec: Spec) -> None:
-    """Decode the data set once before Ray starts (fills the node cache; fails fast).
+    """Load the data set once before Ray starts: a built-in fills the node cache, a user's
+    data callable runs once; either fails fast.
 
     Raises:
-        DataError: the data is missing or unreadable, with the path and the fix.
+        DataError: the data is missing or unreadable, or the user's callable raised or
+            returned something that is not a data set, with the fix.
     """
-    from raytune_opt.recipe.data import load_data
+    from raytune_opt.recipe.bundle import load_bundle
 
-    load_data(spec.data["data"], spec.data["seed"])
+    load_bundle(spec.data["data"], spec.data["seed"], spec.code_dirs)
 
 
 def _trial_resources(spec: Spec) -> dict:

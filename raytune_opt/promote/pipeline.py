@@ -7,6 +7,7 @@ reported in the manifest and makes the manifest's status ``failed`` (exit 1).
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Callable
 
 import numpy as np
 
-from raytune_opt import _atomic, progress, storage
+from raytune_opt import _atomic, progress, registry, storage
 from raytune_opt.promote import export, manifest, measure, quantize, tensorrt
 from raytune_opt.promote.errors import ArtifactError, PromotionError
 from raytune_opt.promote.select import Source, select_source
@@ -84,17 +85,19 @@ def promote(exp_dir: str | Path, targets=None, address: str | None = None, *,
 
 def _promote(source: Source, targets: list[str], place: tensorrt.Placement | None,
              log: Callable[[str], None]) -> dict:
+    from raytune_opt.recipe.bundle import load_bundle, materialize
     from raytune_opt.recipe.checkpoint import load_model
-    from raytune_opt.recipe.data import load_data
 
     cfg = source.promote_cfg
     out_dir = source.exp_dir / DIRNAME
     out_dir.mkdir(exist_ok=True)
     log(f"promotion: trial {source.trial_id} ({source.metric}={source.value:.4f}), targets {','.join(targets)}")
-    model, ckpt = load_model(source.checkpoint)
-    data = load_data(ckpt["recipe"]["data"], int(source.spec["seed"]))
+    with registry.code_path(_code_dirs(source.exp_dir)):  # a user model or data set imports as in the sweep
+        model, ckpt = load_model(source.checkpoint)
+        data = load_bundle(ckpt["recipe"]["data"], int(source.spec["seed"]))
     threads = measure.threads_for(cfg.get("ort_threads"))  # experiments of older versions have no such key
-    run = _Run(source, cfg, out_dir, data.x_val.numpy(), data.y_val.numpy(), log, threads)
+    x_val, y_val = materialize(data.val)
+    run = _Run(source, cfg, out_dir, x_val.numpy(), y_val.numpy(), log, threads)
 
     with measure.torch_threads(threads):
         with progress.step("pytorch: measuring the fp32 reference"):
@@ -102,7 +105,7 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
         with progress.step("onnx: exporting, checking parity, measuring latency"):
             onnx_bytes = run.onnx(model, ref)
     qdq_bytes = None
-    x_train = data.x_train.numpy()
+    x_train = _calibration_pool(data.train, cfg, ckpt, int(source.spec["seed"]))
     if "int8" in targets:
         run.int8(x_train, ckpt, flavor="cpu", usable=onnx_bytes is not None)
     if "int8" in targets or (place is not None and place.where != "skip"):
@@ -269,14 +272,38 @@ def calibration_batches(x_train: np.ndarray, batch_size: int, n: int, seed: int)
     return quantize.calibration_batches(x_train, batch_size, n, seed)
 
 
+def _calibration_pool(train, cfg: dict, ckpt: dict, seed: int) -> np.ndarray:
+    """The training inputs calibration draws its batches from: all of an in-memory data set;
+    of one that must be iterated sample by sample, a seeded draw of as many as calibration takes."""
+    from torch.utils.data import TensorDataset
+
+    from raytune_opt.recipe.bundle import materialize
+
+    limit = None
+    if not isinstance(train, TensorDataset):
+        limit = int(cfg["int8"]["calibration_batches"]) * int(ckpt["recipe"].get("train", {}).get("batch_size") or 64)
+    return materialize(train, limit=limit, seed=seed)[0].numpy()
+
+
+def _code_dirs(exp_dir: Path) -> list[str]:
+    """Where the sweep imported user code from (recorded in its run file; none for older runs)."""
+    from raytune_opt.sweep import RUN_META
+
+    try:
+        dirs = json.loads((Path(exp_dir) / RUN_META).read_text()).get("code_dirs") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [d for d in dirs if isinstance(d, str)]
+
+
 def _inputs(data) -> dict:
-    signals = data.spatial_dims == 1
-    return {"name": export.INPUT_NAME, "shape": ["batch", *data.input_shape],
-            "dtype": "float32", "layout": "NCL" if signals else "NCHW", "output": export.OUTPUT_NAME,
-            "normalize": {"mean": list(data.mean), "std": list(data.std),
-                          "note": f"input = ({'signal' if signals else 'pixels'} - mean) / std, per channel, in the "
-                                  f"data set's raw {'signal' if signals else 'pixel'} units"},
-            "class_names": list(data.class_names)}
+    """The model's input as the manifest describes it (shape, dtype; layout and
+    normalization where the data set says)."""
+    out = {"name": export.INPUT_NAME, "shape": ["batch", *data.input_shape],
+           "dtype": str(data.input_example.dtype).removeprefix("torch."), "output": export.OUTPUT_NAME}
+    out.update({k: data.info[k] for k in ("layout", "normalize") if k in data.info})
+    out["class_names"] = list(data.class_names)
+    return out
 
 
 def _summary(rec: dict) -> str:

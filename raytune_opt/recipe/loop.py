@@ -27,12 +27,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
 from raytune_opt.recipe.augment import Augmenter
 from raytune_opt.recipe.checkpoint import load_checkpoint, make_checkpoint, write_checkpoints
-from raytune_opt.recipe.data import load_data
+from raytune_opt.recipe.bundle import load_bundle, train_labels
 from raytune_opt.recipe.losses import build_loss
 from raytune_opt.recipe.models import build_model_from_spec, model_spec
 from raytune_opt.recipe.optim import build_optimizer, build_scheduler, hyperparameters, reapply_hyperparameters
@@ -166,17 +166,18 @@ def _setup(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
     # The model is initialised from the same seed on every rank (DDP would broadcast rank 0's weights anyway).
     _seed_all(seed)
     mark("loop_start", rank=session.rank)
-    data = load_data(cfg["data"], seed)
+    data = load_bundle(cfg["data"], seed)
     mark("data_loaded", rank=session.rank)
-    spec = model_spec(cfg["model"], data.in_channels, data.num_classes, data.image_size, data.spatial_dims)
+    spec = model_spec(cfg["model"], data.input_shape, data.num_classes)
     model = build_model_from_spec(spec).to(device)
     mark("model_built", rank=session.rank)
-    loss_fn = build_loss(tcfg["loss"], data.y_train, data.num_classes).to(device)
-    augment = Augmenter(tcfg["augment"], data.num_classes, data.in_channels, seed=seed, device=device)
+    # Only balanced class weights read the labels (a user data set may have to be iterated for them).
+    labels = train_labels(data.train) if tcfg["loss"].get("class_weights") == "balanced" else None
+    loss_fn = build_loss(tcfg["loss"], labels, data.num_classes).to(device)
+    augment = Augmenter(tcfg["augment"], data.num_classes, data.in_channels or 1, seed=seed, device=device)
     workers = int(cfg["data"]["loader_workers"])
-    train_loader = session.prepare_loader(_loader(data.x_train, data.y_train, tcfg["batch_size"], True, workers,
-                                                  device))
-    val_loader = session.prepare_loader(_loader(data.x_val, data.y_val, tcfg["batch_size"], False, workers, device))
+    train_loader = session.prepare_loader(_loader(data.train, tcfg["batch_size"], True, workers, device))
+    val_loader = session.prepare_loader(_loader(data.val, tcfg["batch_size"], False, workers, device))
     limit = tcfg["limit_batches"]
     batches_per_epoch = len(train_loader) if limit is None else min(len(train_loader), int(limit))
     steps_per_epoch = math.ceil(batches_per_epoch / int(tcfg["grad_accum_steps"]))
@@ -409,31 +410,14 @@ def _first_nonfinite(losses: list[torch.Tensor]) -> int:
     return int(bad[0, 0]) if len(bad) else 0
 
 
-class _TensorPairs(Dataset):
-    """Images and labels in memory, fetched a whole batch at a time (no per-sample loop)."""
-
-    def __init__(self, x: torch.Tensor, y: torch.Tensor):
-        self.x, self.y = x, y
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def __getitem__(self, index: int):
-        return self.x[index], self.y[index]
-
-    def __getitems__(self, indices: list[int]):
-        index = torch.as_tensor(indices)
-        return self.x[index], self.y[index]
-
-
 def _collate(batch):
     # __getitems__ returns a finished batch; a loader rebuilt without it passes samples.
     return batch if isinstance(batch, tuple) else default_collate(batch)
 
 
-def _loader(x, y, batch_size: int, shuffle: bool, workers: int, device: torch.device) -> DataLoader:
+def _loader(dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device) -> DataLoader:
     generator = torch.Generator() if shuffle else None
-    return DataLoader(_TensorPairs(x, y), batch_size=int(batch_size), shuffle=shuffle, generator=generator,
+    return DataLoader(dataset, batch_size=int(batch_size), shuffle=shuffle, generator=generator,
                       collate_fn=_collate, num_workers=workers, persistent_workers=workers > 0,
                       pin_memory=device.type == "cuda")
 
@@ -444,16 +428,17 @@ def _batches(loader: DataLoader):
     (~50 us a batch, several % of a small model's step). The loader's (possibly
     distributed) sampler still decides which samples come in what order."""
     direct = (loader.num_workers == 0 and not loader.pin_memory and loader.batch_size is not None
-              and isinstance(loader.dataset, _TensorPairs) and loader.collate_fn is _collate)
+              and isinstance(loader.dataset, TensorDataset) and len(loader.dataset.tensors) == 2
+              and loader.collate_fn is _collate)
     if not direct:
         yield from loader
         return
-    dataset, size = loader.dataset, loader.batch_size
+    (x, y), size = loader.dataset.tensors, loader.batch_size
     order = torch.as_tensor(list(loader.sampler), dtype=torch.long)  # one pass over the sampler per epoch
     stop = len(order) - len(order) % size if loader.drop_last else len(order)
     for start in range(0, stop, size):
         index = order[start:start + size]
-        yield dataset.x[index], dataset.y[index]
+        yield x[index], y[index]
 
 
 def _set_loader_epoch(loader: DataLoader, epoch: int, epoch_seed: int) -> None:

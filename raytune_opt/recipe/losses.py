@@ -87,7 +87,7 @@ class FocalLoss(nn.Module):
         return total / logits.shape[0]
 
 
-def build_loss(loss_cfg: dict, y_train: torch.Tensor, num_classes: int) -> nn.Module:
+def build_loss(loss_cfg: dict, y_train: torch.Tensor | None, num_classes: int) -> nn.Module:
     """The training loss from the spec's ``train.loss`` section.
 
     ``label_smoothing`` applies to cross_entropy only (the schema documents it so); focal
@@ -95,7 +95,7 @@ def build_loss(loss_cfg: dict, y_train: torch.Tensor, num_classes: int) -> nn.Mo
 
     Args:
         loss_cfg: ``name``, ``label_smoothing``, ``class_weights``, ``focal_gamma``.
-        y_train: training labels, for ``class_weights: balanced``.
+        y_train: training labels, read only for ``class_weights: balanced`` (else may be None).
         num_classes: number of classes.
 
     Raises:

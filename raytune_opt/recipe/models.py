@@ -33,7 +33,7 @@ __all__ = ["MODELS", "SPATIAL_DIMS", "build_model", "model_spec", "build_model_f
 _SPEC_KEYS = ("name", "width", "depth", "kernel_size", "dropout", "cifar_stem", "squeeze_excitation")
 _DEFAULTS = {"width": 32, "depth": 2, "kernel_size": 5, "dropout": 0.0, "cifar_stem": True,
              "squeeze_excitation": False}
-_INPUT_KIND = {1: "1-D signals (N, C, L)", 2: "images (N, C, H, W)"}
+_INPUT_KIND = {0: "feature vectors (N, F)", 1: "1-D signals (N, C, L)", 2: "images (N, C, H, W)"}
 
 
 def _builtin(name) -> registry.Entry | None:
@@ -42,27 +42,27 @@ def _builtin(name) -> registry.Entry | None:
     return entry if entry is not None and "keys" in entry.meta else None
 
 
-def model_spec(model_cfg: dict, in_channels: int, num_classes: int, image_size: int, spatial_dims: int = 2) -> dict:
+def model_spec(model_cfg: dict, input_shape: Sequence[int], num_classes: int) -> dict:
     """The plain-dict description of a model, stored in checkpoints to rebuild it.
 
     A built-in model's spec holds its ``model`` section keys; an import-path model's (or a
     registered user model's) holds its ``target`` import path and its ``args``, so that
     :func:`build_model_from_spec` rebuilds it without the registry or the sweep's spec.
+    Either holds the data's ``input_shape`` and ``num_classes``.
 
     Args:
         model_cfg: the spec's ``model`` section; missing keys take the schema's defaults.
-        in_channels: input channels (1 or 3).
+        input_shape: one sample's input shape: (C, H, W) images, (C, L) signals, (F,) features...
         num_classes: outputs of the classifier.
-        image_size: side of the square input images in pixels, or the signals' length.
-        spatial_dims: 2 for images, 1 for signals (``Data.spatial_dims``).
 
     Raises:
         RecipeConfigError: the model name is neither registered nor an import path, or a
-            built-in model does not take inputs of ``spatial_dims``.
+            built-in model does not take such inputs.
     """
     name = model_cfg.get("name", "small_cnn")
-    data = {"in_channels": int(in_channels), "num_classes": int(num_classes), "image_size": int(image_size),
-            "spatial_dims": int(spatial_dims)}
+    shape = [int(n) for n in input_shape]
+    data = {"input_shape": shape, "num_classes": int(num_classes), "in_channels": shape[0] if len(shape) >= 2 else None,
+            "image_size": shape[-1], "spatial_dims": len(shape) - 1}
     if _builtin(name) is None:
         if name not in registry.MODELS and not registry.is_import_path(name):
             raise RecipeConfigError(f"model.name {name!r} is not a model; use one of "
@@ -77,26 +77,21 @@ def model_spec(model_cfg: dict, in_channels: int, num_classes: int, image_size: 
 
 def build_model(model_cfg: dict, in_channels: int, num_classes: int, image_size: int,
                 spatial_dims: int = 2) -> nn.Module:
-    """Build the model that ``model_cfg`` (the spec's ``model`` section) names.
-
-    Args:
-        model_cfg: the spec's ``model`` section.
-        in_channels: input channels (1 or 3).
-        num_classes: outputs of the classifier.
-        image_size: side of the square input images in pixels, or the signals' length.
-        spatial_dims: 2 for images, 1 for signals.
+    """Build the model that ``model_cfg`` (the spec's ``model`` section) names, for square
+    images (``spatial_dims`` 2) or signals (1) of ``in_channels`` channels.
 
     Raises:
         RecipeConfigError: as :func:`model_spec` and :func:`build_model_from_spec`.
     """
-    return build_model_from_spec(model_spec(model_cfg, in_channels, num_classes, image_size, spatial_dims))
+    shape = (in_channels,) + (image_size,) * spatial_dims
+    return build_model_from_spec(model_spec(model_cfg, shape, num_classes))
 
 
 def build_model_from_spec(spec: dict, dirs: Sequence[str] = ()) -> nn.Module:
     """Rebuild a model from :func:`model_spec`'s dict (as stored in a checkpoint).
 
-    A spec without ``spatial_dims`` or ``kernel_size`` (written before they existed) takes
-    images and the default kernel size.
+    A spec without ``input_shape`` (written before it existed) has square images, or signals
+    where it says ``spatial_dims: 1``; one without ``kernel_size`` takes the default.
 
     Args:
         spec: the dict.
@@ -106,9 +101,13 @@ def build_model_from_spec(spec: dict, dirs: Sequence[str] = ()) -> nn.Module:
         RecipeConfigError: the spec names no known model, a built-in one that does not take
             its inputs, or a target that cannot be imported or does not return an ``nn.Module``.
     """
-    spec = {"spatial_dims": 2, **spec}
-    data = {"num_classes": spec["num_classes"], "in_channels": spec["in_channels"],
-            "input_shape": (spec["in_channels"],) + (spec["image_size"],) * spec["spatial_dims"]}
+    spec = dict(spec)
+    if "input_shape" not in spec:
+        spec["input_shape"] = [spec["in_channels"]] + [spec["image_size"]] * spec.get("spatial_dims", 2)
+    shape = tuple(spec["input_shape"])
+    spec["spatial_dims"] = len(shape) - 1
+    data = {"num_classes": spec["num_classes"], "in_channels": shape[0] if len(shape) >= 2 else None,
+            "input_shape": shape}
     if "target" in spec:
         try:
             target = registry.import_target(spec["target"], dirs)

@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -564,89 +564,114 @@ def _values_of(d: dict, space: Space, key: str) -> set:
 
 def _data_rules(ck: _Checker, d: dict, space: Space) -> None:
     data = d["data"]
-    needs_root = data["dataset"] not in schema.BUILT_IN_DATASETS and not (data["dataset"] != "imagefolder"
-                                                                           and data["download"])
-    if needs_root and not data["root"] and ck.ok("data.dataset", "data.download"):
+    entry = registry.DATASETS.get(data["dataset"]) if ck.ok("data.dataset") else None
+    builtin = entry is not None and "keys" in entry.meta
+    needs_root = builtin and entry.meta["needs_root"] and not (entry.meta.get("downloads") and data["download"])
+    if needs_root and not data["root"] and ck.ok("data.download"):
         ck.add(("data", "root"), f"required for dataset {data['dataset']} (got null)",
                "set data.root to the directory holding the data", at=("data", "dataset"))
-    if "data.dataset" not in space.by_key and ck.ok("data.dataset"):
+    if "data.dataset" not in space.by_key and builtin:
         _input_kind_checks(ck, d, space, lambda key: _values_of(d, space, key))
+    if ck.ok("data.dataset", "data.args"):
+        _user_callable_rules(ck, d, space, _DATA)
 
 
-ARGS_PREFIX = "model.args."
+class _UserKind(NamedTuple):
+    """A section whose ``name`` key may be a user's callable with ``args`` (model, data)."""
+
+    section: str
+    name_key: str  # model.name, data.dataset
+    registry: registry.Registry
+    injected: tuple[str, ...]  # what the callable gets besides its args, when its signature names it
+    giver: str  # who gives the injected names
+    builtin_reads: str  # what a built-in reads instead of args
+
+
+_MODEL = _UserKind("model", "name", registry.MODELS, registry.INJECTED, "the data set",
+                   "model.width, model.dropout...")
+_DATA = _UserKind("data", "dataset", registry.DATASETS, registry.DATA_INJECTED, "the spec",
+                  "data.root, data.val_fraction...")
 CODE_PATH_FIX = "user code is imported from the spec's directory, the current directory, then sys.path"
 
 
 def _model_rules(ck: _Checker, d: dict, space: Space) -> None:
-    """A user model (``model.name: module:callable``, or a registered name whose entry takes
-    args) must import, be callable, and take its ``model.args`` and every searched
-    ``model.args.*`` key by name, with every required parameter supplied by the args or
-    the data (num_classes, input_shape, in_channels). Built-in models take no args."""
-    if not ck.ok("model.name", "model.args"):
-        return
-    args = d["model"]["args"]
-    searched = [p for p in space.params if p.key.startswith(ARGS_PREFIX)]
+    if ck.ok("model.name", "model.args"):
+        _user_callable_rules(ck, d, space, _MODEL)
+
+
+def _user_callable_rules(ck: _Checker, d: dict, space: Space, kind: _UserKind) -> None:
+    """A user callable (``model.name`` / ``data.dataset`` given as ``module:callable``, or a
+    registered name whose entry takes args) must import, be callable, and take its ``args``
+    and every searched ``<section>.args.*`` key by name, with every required parameter
+    supplied by the args or injected (a model: num_classes, input_shape, in_channels from the
+    data; a data set: seed, val_fraction from the spec). Built-ins take no args."""
+    section, prefix = kind.section, f"{kind.section}.args."
+    args = d[section]["args"]
+    searched = [p for p in space.params if p.key.startswith(prefix)]
     for key in args:
         if not isinstance(key, str) or not key.isidentifier():
-            ck.add(("model", "args", key), f"must be a parameter name (got {fmt(key)})", "write a Python identifier")
+            ck.add((section, "args", key), f"must be a parameter name (got {fmt(key)})", "write a Python identifier")
             return
-    names = sorted(_values_of(d, space, "model.name"), key=str)
-    user = [n for n in names if "keys" not in getattr(registry.MODELS.get(n), "meta", {})]
+    dotted = f"{section}.{kind.name_key}"
+    names = sorted(_values_of(d, space, dotted), key=str)
+    user = [n for n in names if "keys" not in getattr(kind.registry.get(n), "meta", {})]
     if not user:
         builtin = ", ".join(map(str, names))
-        fix = "remove it, or set model.name to your own 'module:callable'"
+        fix = f"remove it, or set {dotted} to your own 'module:callable'"
+        what = f"only user {kind.registry.kind}s take args; built-in {builtin} read{'s' if len(names) == 1 else ''} " \
+               f"{kind.builtin_reads}"
         if args:
-            ck.add(("model", "args"), f"only user models take args; built-in {builtin} read model.width, "
-                   f"model.dropout... (got {fmt(args)})", fix)
+            ck.add((section, "args"), f"{what} (got {fmt(args)})", fix)
         for p in searched:
-            ck.add(("space", p.key), f"only user models take args; built-in {builtin} read model.width, "
-                   f"model.dropout... (got {fmt(p.key)})", fix, at=ck.param_at.get(p.key))
+            ck.add(("space", p.key), f"{what} (got {fmt(p.key)})", fix, at=ck.param_at.get(p.key))
         return
-    name_at = ("space", "model.name") if "model.name" in space.by_key else ("model", "name")
+    name_at = ("space", dotted) if dotted in space.by_key else (section, kind.name_key)
     for name in user:
-        _check_user_model(ck, name, args, [p for p in searched if _active_for(p, name)],
-                          name_at, ck.param_at.get("model.name"))
+        _check_user_callable(ck, kind, name, args, [p for p in searched if _active_for(p, dotted, name)],
+                             name_at, ck.param_at.get(dotted))
 
 
-def _active_for(p: Param, model_name: str) -> bool:
-    """Whether searched key ``p`` can be active while model.name is ``model_name``."""
-    return all(model_name in c.values for c in p.conditions if c.parent == "model.name")
+def _active_for(p: Param, parent: str, value: str) -> bool:
+    """Whether searched key ``p`` can be active while ``parent`` (e.g. model.name) is ``value``."""
+    return all(value in c.values for c in p.conditions if c.parent == parent)
 
 
-def _check_user_model(ck: _Checker, name: str, args: dict, searched: list, name_at: tuple, at: tuple | None) -> None:
-    target = registry.MODELS.target_of(name)
+def _check_user_callable(ck: _Checker, kind: _UserKind, name: str, args: dict, searched: list, name_at: tuple,
+                         at: tuple | None) -> None:
+    section, prefix = kind.section, f"{kind.section}.args."
+    target = kind.registry.target_of(name)
     try:
         obj = registry.import_target(target, ck.code_dirs)
     except registry.ImportTargetError as exc:
         ck.add(name_at, f"{exc} (got {fmt(name)})", f"{exc.fix}; {CODE_PATH_FIX}", at=at)
         return
     sig = registry.signature_of(obj)
-    entry = registry.MODELS.get(name)
+    entry = kind.registry.get(name)
     if entry is not None and entry.check is not None:
         for path, what, fix in entry.check(dict(args)):
-            ck.add(("model", *path), what, fix)
+            ck.add((section, *path), what, fix)
     if sig is None:  # Python cannot read its signature (a C callable): the trial will tell
         return
     # (key path, where it is written, argument name, value) for every argument the sweep passes.
-    given = [(("model", "args", k), None, k, v) for k, v in args.items()]
-    given += [(("space", p.key), ck.param_at.get(p.key), p.key[len(ARGS_PREFIX):].split(".")[0], p.key)
+    given = [((section, "args", k), None, k, v) for k, v in args.items()]
+    given += [(("space", p.key), ck.param_at.get(p.key), p.key[len(prefix):].split(".")[0], p.key)
               for p in searched]
-    takes = [n for n in sig.names if n not in registry.INJECTED]
+    takes = [n for n in sig.names if n not in kind.injected]
     for path, where, arg, value in given:
-        if arg in registry.INJECTED:
-            ck.add(path, f"{arg} is given by the data set (got {fmt(value)})",
+        if arg in kind.injected:
+            ck.add(path, f"{arg} is given by {kind.giver} (got {fmt(value)})",
                    f"remove it; {target} receives {arg} when its signature names it", at=where)
         elif not sig.takes(arg):
             hint = did_you_mean(arg, takes)
             ck.add(path, f"{target} takes no argument {arg!r} (got {fmt(value)})",
                    (hint + " " if hint else "") + (f"it takes: {', '.join(takes)}" if takes else
-                                                    "it takes no arguments besides what the data gives"), at=where)
-    supplied = {arg for _, _, arg, _ in given} | set(registry.INJECTED)
+                                                    f"it takes no arguments besides what {kind.giver} gives"),
+                   at=where)
+    supplied = {arg for _, _, arg, _ in given} | set(kind.injected)
     for required in sig.required:
         if required not in supplied:
-            ck.add(name_at, f"{target} needs argument {required!r}, which nothing supplies (got model.args "
-                   f"{fmt(args)})", f"set model.args.{required}, or search model.args.{required} in space",
-                   at=at)
+            ck.add(name_at, f"{target} needs argument {required!r}, which nothing supplies (got {section}.args "
+                   f"{fmt(args)})", f"set {prefix}{required}, or search {prefix}{required} in space", at=at)
 
 
 def _precision_rules(ck: _Checker, d: dict, space: Space) -> None:

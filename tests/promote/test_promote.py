@@ -194,5 +194,5 @@ def test_a_cnn1d_for_signals_exports_with_a_dynamic_batch_and_matches_pytorch(tm
     data = Data(x_train=torch.zeros(4, 1, 40), y_train=torch.zeros(4, dtype=torch.long), x_val=torch.zeros(2, 1, 40),
                 y_val=torch.zeros(2, dtype=torch.long), num_classes=10, in_channels=1, image_size=40,
                 class_names=tuple("0123456789"), mean=(0.0,), std=(1.0,))
-    described = pipeline._inputs(data)
+    described = pipeline._inputs(data.to_bundle())
     assert described["shape"] == ["batch", 1, 40] and described["layout"] == "NCL"

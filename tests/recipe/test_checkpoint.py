@@ -19,7 +19,7 @@ def _checkpoint(name="small_cnn"):
     model(torch.randn(2, 3, 32, 32)).sum().backward()
     opt.step()  # so the optimizer has state (exp_avg...) to store
     sched = build_scheduler(opt, {"name": "cosine"}, 10, 2)
-    ckpt = make_checkpoint(model_spec=model_spec(cfg, 3, 10, 32), model_state=model.state_dict(),
+    ckpt = make_checkpoint(model_spec=model_spec(cfg, (3, 32, 32), 10), model_state=model.state_dict(),
                            optimizer_state=opt.state_dict(), scheduler_state=sched.state_dict(), epoch=3,
                            metrics={"val_accuracy": 0.5, "stop_reason": None}, recipe={"model": cfg},
                            spec_sha256="ab" * 32)

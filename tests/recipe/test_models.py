@@ -69,8 +69,9 @@ def test_every_relu_module_is_called_once(name):
 
 @pytest.mark.parametrize("name", ["small_cnn", "resnet18"])
 def test_spec_rebuilds_the_same_architecture(name):
-    spec = model_spec({"name": name, "width": 8, "depth": 3, "squeeze_excitation": True}, 3, 5, 32)
-    assert all(isinstance(v, (str, int, float, bool)) for v in spec.values())
+    spec = model_spec({"name": name, "width": 8, "depth": 3, "squeeze_excitation": True}, (3, 32, 32), 5)
+    assert all(isinstance(v, (str, int, float, bool)) for k, v in spec.items() if k != "input_shape")
+    assert spec["input_shape"] == [3, 32, 32]  # plain data: a checkpoint loads with weights_only=True
     original = build_model({"name": name, "width": 8, "depth": 3, "squeeze_excitation": True}, 3, 5, 32)
     rebuilt = build_model_from_spec(spec)
     a, b = original.state_dict(), rebuilt.state_dict()
@@ -103,14 +104,14 @@ def test_cnn1d_forward_shape_width_depth_and_kernel(width, depth, kernel_size):
 def test_mlp_takes_signals_and_cnn1d_rebuilds_from_its_spec():
     mlp = build_model({"name": "mlp", "width": 16, "depth": 2}, 1, 10, 40, spatial_dims=1)
     assert mlp[1].in_features == 40 and mlp(torch.randn(3, 1, 40)).shape == (3, 10)
-    spec = model_spec({"name": "cnn1d", "width": 8, "depth": 3, "kernel_size": 7}, 1, 10, 40, spatial_dims=1)
+    spec = model_spec({"name": "cnn1d", "width": 8, "depth": 3, "kernel_size": 7}, (1, 40), 10)
     assert (spec["kernel_size"], spec["spatial_dims"]) == (7, 1)
     a, b = build_model_from_spec(spec).state_dict(), build_model(
         {"name": "cnn1d", "width": 8, "depth": 3, "kernel_size": 7}, 1, 10, 40, spatial_dims=1).state_dict()
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
-    # A checkpoint written before spatial_dims existed holds an image model.
-    old = model_spec({"name": "small_cnn"}, 1, 10, 8)
-    del old["spatial_dims"], old["kernel_size"]
+    # A checkpoint written before input_shape and spatial_dims existed holds an image model.
+    old = model_spec({"name": "small_cnn"}, (1, 8, 8), 10)
+    del old["input_shape"], old["spatial_dims"], old["kernel_size"]
     assert build_model_from_spec(old)(torch.randn(2, 1, 8, 8)).shape == (2, 10)
 
 
@@ -123,7 +124,7 @@ def test_a_model_refuses_the_other_kind_of_input():
 
 # --- the registry's conformance test, and user models by import path ------------------------
 
-_SHAPES = {1: [(1, 40), (2, 16)], 2: [(1, 8, 8), (3, 32, 32)]}
+_SHAPES = {0: [(13,)], 1: [(1, 40), (2, 16)], 2: [(1, 8, 8), (3, 32, 32)]}
 
 
 @pytest.mark.parametrize("name", list(registry.MODELS))
@@ -133,7 +134,7 @@ def test_every_registered_model_builds_and_gives_batch_by_num_classes(name):
     for dims in entry.meta["inputs"]:
         for shape in _SHAPES[dims]:
             torch.manual_seed(0)
-            model = build_model({"name": name, "width": 8, "depth": 2}, shape[0], 5, shape[-1], spatial_dims=dims)
+            model = build_model_from_spec(model_spec({"name": name, "width": 8, "depth": 2}, shape, 5))
             assert isinstance(model, nn.Module)
             model.train()  # batch-norm in training mode must cope with a batch of 2
             with torch.no_grad():
@@ -170,9 +171,10 @@ def test_a_user_model_gets_its_args_and_the_injected_names_it_declares():
 
 def test_a_user_models_spec_records_its_target_and_args_and_rebuilds_it():
     cfg = {"name": f"{__name__}:_Spy", "args": {"hidden": 12}, "width": 99}
-    spec = model_spec(cfg, 1, 10, 8)
+    spec = model_spec(cfg, (1, 8, 8), 10)
     assert spec == {"name": f"{__name__}:_Spy", "target": f"{__name__}:_Spy", "args": {"hidden": 12},
-                    "in_channels": 1, "num_classes": 10, "image_size": 8, "spatial_dims": 2}
+                    "input_shape": [1, 8, 8], "in_channels": 1, "num_classes": 10, "image_size": 8,
+                    "spatial_dims": 2}
     cfg["args"]["hidden"] = 5  # the spec holds its own copy
     a, b = build_model_from_spec(spec).state_dict(), build_model({**cfg, "args": {"hidden": 12}}, 1, 10, 8).state_dict()
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)

@@ -1,0 +1,278 @@
+"""What a data set callable returns, and how a trial gets one from the spec's ``data`` section.
+
+A data set callable (a built-in registered in :data:`raytune_opt.registry.DATASETS`, or a
+user's ``"module:callable"``) returns a :class:`DataBundle`, or simply a ``(train, val)``
+pair of torch Datasets from which :func:`as_bundle` infers the rest. Every sample is an
+``(input, label)`` pair; a classification label is a class index.
+
+A user callable is called with ``data.args`` as keyword arguments plus whichever of
+:data:`raytune_opt.registry.DATA_INJECTED` (``seed``, ``val_fraction``) its signature names;
+a built-in gets the ``data`` section keys its entry lists. The result of the last call is
+kept per process (Tune reuses a trial's actor for the next trial; the built-ins also keep a
+node-wide decoded cache, :mod:`raytune_opt.recipe.data`).
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from raytune_opt import registry
+from raytune_opt.recipe.errors import DataError
+
+__all__ = ["DataBundle", "TensorPairs", "TASKS", "as_bundle", "load_bundle", "materialize", "train_labels"]
+
+TASKS = ("classification", "regression")
+_MEMO: dict[tuple, "DataBundle"] = {}
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """A data set as a trial uses it.
+
+    Attributes:
+        train, val: torch Datasets of ``(input, label)`` samples. A ``TensorDataset`` of
+            (inputs, labels) is sliced a batch at a time (the fastest path).
+        num_classes: classes of a classification task; None: one more than the largest
+            label of either split.
+        task: ``"classification"`` (labels are class indices). None: inferred from the first
+            label (an integer is classification).
+        input_example: a batch of inputs (batch first) with the shape and dtype the model
+            takes; ONNX export traces with it. None: the first training sample's input.
+        class_names: one name per class (the report and the promotion manifest); None:
+            ``"0"``, ``"1"``...
+        info: facts for the promotion manifest (``layout``, ``normalize``), free-form.
+    """
+
+    train: Any
+    val: Any
+    num_classes: int | None = None
+    task: str | None = None
+    input_example: Any = None
+    class_names: Sequence[str] | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's input shape, e.g. (C, H, W), (C, L) or (features,)."""
+        return tuple(self.input_example.shape[1:])
+
+    @property
+    def in_channels(self) -> int | None:
+        """The channels of a channels-first sample (one with two or more dims), else None."""
+        return self.input_shape[0] if len(self.input_shape) >= 2 else None
+
+
+class TensorPairs(TensorDataset):
+    """Inputs and labels in memory; a DataLoader fetches a whole batch at a time (no
+    per-sample loop), and the loop slices them directly when it can."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        super().__init__(x, y)
+
+    def __getitems__(self, indices: list[int]):
+        index = torch.as_tensor(indices)
+        return tuple(t[index] for t in self.tensors)
+
+
+def as_bundle(result: Any, label: str) -> DataBundle:
+    """Check what a data set callable returned and fill in what it left out.
+
+    Args:
+        result: a :class:`DataBundle` or a ``(train, val)`` pair.
+        label: the callable, for messages (``mypkg.data:load``).
+
+    Raises:
+        DataError: not a bundle or a pair, a split that is not a non-empty Dataset of
+            ``(input, label)`` pairs, labels that are not class indices below num_classes,
+            or a task this version cannot train.
+    """
+    fix_return = "return raytune_opt.DataBundle(train=..., val=...) or a (train, val) pair of torch Datasets"
+    if isinstance(result, (tuple, list)) and len(result) == 2:
+        result = DataBundle(train=result[0], val=result[1])
+    if not isinstance(result, DataBundle):
+        kind = f"a {len(result)}-item {type(result).__name__}" if isinstance(result, (tuple, list)) else \
+            f"a {type(result).__name__}"
+        raise DataError(f"data.dataset {label} returned {kind}, not a DataBundle or a (train, val) pair; {fix_return}")
+    first = {name: _first_sample(getattr(result, name), name, label) for name in ("train", "val")}
+    task = result.task
+    if task is None:
+        task = "classification" if _is_index(first["train"][1]) else "regression"
+    if task not in TASKS:
+        raise DataError(f"data.dataset {label}: task must be one of {', '.join(TASKS)} (got {task!r}); set "
+                        f"DataBundle(task=...) accordingly")
+    if task != "classification":
+        # Regression (losses mse/l1/huber, metrics val_rmse/mae/r2) is issue 12's next slice.
+        raise DataError(f"data.dataset {label}: its labels are {_describe(first['train'][1])}, i.e. a "
+                        f"{task} task, which this version cannot train yet; return class indices (int64)")
+    for name, (_, y) in first.items():
+        if not _is_index(y):
+            raise DataError(f"data.dataset {label}: a {name} label is {_describe(y)}, not a class index; "
+                            f"return integer labels (0 .. num_classes-1)")
+    num_classes = result.num_classes
+    if num_classes is None or isinstance(result.train, TensorDataset):
+        top = max(int(train_labels(result.train).max()), int(train_labels(result.val).max()))
+        if num_classes is None:
+            num_classes = top + 1
+        elif top >= num_classes:
+            raise DataError(f"data.dataset {label}: label {top} is out of range for num_classes={num_classes}; "
+                            f"labels run from 0 to num_classes-1")
+    if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
+        raise DataError(f"data.dataset {label}: num_classes must be an integer of at least 2 (got {num_classes!r})")
+    example = result.input_example
+    if example is None:
+        example = torch.as_tensor(first["train"][0]).unsqueeze(0)
+    elif not isinstance(example, torch.Tensor) or example.dim() < 1:
+        raise DataError(f"data.dataset {label}: input_example must be a batch tensor (batch first) (got "
+                        f"{_describe(example)}); pass e.g. train[0][0].unsqueeze(0)")
+    names = result.class_names
+    if names is None:
+        names = tuple(str(i) for i in range(num_classes))
+    elif len(names) != num_classes:
+        raise DataError(f"data.dataset {label}: {len(names)} class_names for {num_classes} classes; give one "
+                        f"name per class")
+    return replace(result, num_classes=num_classes, task=task, input_example=example,
+                   class_names=tuple(str(n) for n in names))
+
+
+def load_bundle(data_cfg: dict, seed: int, dirs: Sequence[str] = ()) -> DataBundle:
+    """The data set that ``data_cfg`` (the spec's ``data`` section) names.
+
+    Args:
+        data_cfg: ``dataset``, ``args`` and the built-ins' keys (``root``, ``val_fraction``...).
+        seed: the sweep's seed (the built-ins' train/validation split).
+        dirs: directories to import a user callable from before the current directory and ``sys.path``.
+
+    Raises:
+        DataError: the data set is unknown, does not import, raises, or returns something
+            :func:`as_bundle` refuses. The user callable's own exception is kept as the cause
+            (a trial's error keeps its traceback).
+    """
+    name = data_cfg.get("dataset", "digits")
+    entry = registry.DATASETS.get(name)
+    if entry is not None and "keys" in entry.meta:  # a built-in: it reads data section keys
+        kwargs = {k: data_cfg[k] for k in entry.meta["keys"] if k in data_cfg}
+        return entry.load()(**kwargs, seed=int(seed))
+    if entry is None and not registry.is_import_path(name):
+        raise DataError(f"data.dataset {name!r} is not a data set; use one of {', '.join(registry.DATASETS)}, or "
+                        f"a 'module:callable' import path")
+    target = registry.DATASETS.target_of(name)
+    args = dict(data_cfg.get("args") or {})
+    injected_values = {"seed": int(seed), "val_fraction": float(data_cfg.get("val_fraction", 0.2))}
+    key = (target, repr(sorted(args.items())), repr(sorted(injected_values.items())))
+    if key in _MEMO:
+        return _MEMO[key]
+    try:
+        fn = registry.import_target(target, dirs)
+    except registry.ImportTargetError as exc:
+        raise DataError(f"data.dataset: {exc}; {exc.fix}") from None
+    clash = sorted(set(args) & set(registry.DATA_INJECTED))
+    if clash:
+        raise DataError(f"data.dataset {target}: data.args.{clash[0]} is given by the spec; remove it from data.args")
+    sig = registry.signature_of(fn)
+    injected = {k: v for k, v in injected_values.items() if sig is not None and k in sig.names}
+    try:
+        result = fn(**args, **injected)
+    except Exception as exc:  # the user's code: one line naming where it raised; the cause keeps the rest
+        raise DataError(f"data.dataset {target} raised {type(exc).__name__}: {_first_line(exc)} "
+                        f"(at {_where(exc)}); fix the data callable, or try it with raytune-opt validate "
+                        f"--smoke") from exc
+    bundle = as_bundle(result, target)
+    _MEMO.clear()  # one data set per process
+    _MEMO[key] = bundle
+    return bundle
+
+
+def train_labels(dataset: Any) -> torch.Tensor:
+    """Every label of ``dataset`` as one int64 tensor (read from a TensorDataset or a
+    ``targets`` attribute without loading the inputs; otherwise by iterating it)."""
+    if isinstance(dataset, TensorDataset):
+        return dataset.tensors[1].long().flatten()
+    for attr in ("targets", "labels"):
+        values = getattr(dataset, attr, None)
+        if values is not None and not callable(values):
+            try:
+                labels = torch.as_tensor(values)
+            except (TypeError, ValueError, RuntimeError):
+                break
+            if labels.dim() == 1 and len(labels) == len(dataset):
+                return labels.long()
+            break
+    return materialize(dataset)[1].long().flatten()
+
+
+def materialize(dataset: Any, limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(inputs, labels)`` of ``dataset`` (or of ``limit`` samples drawn with ``seed``) as two tensors."""
+    indices = None
+    if limit is not None and len(dataset) > limit:
+        g = torch.Generator().manual_seed(int(seed))
+        indices = torch.randperm(len(dataset), generator=g)[:limit].sort().values
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        x, y = dataset.tensors
+        return (x, y) if indices is None else (x[indices], y[indices])
+    if indices is not None:
+        indices = indices.tolist()
+    source = dataset if indices is None else torch.utils.data.Subset(dataset, indices)
+    xs, ys = [], []
+    for x, y in DataLoader(source, batch_size=256, shuffle=False):
+        xs.append(x)
+        ys.append(torch.as_tensor(y))
+    return torch.cat(xs), torch.cat(ys)
+
+
+def _first_sample(dataset: Any, split: str, label: str) -> tuple:
+    if not (isinstance(dataset, Dataset) or (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"))):
+        raise DataError(f"data.dataset {label}: {split} is a {type(dataset).__name__}, not a torch Dataset; "
+                        f"give a map-style Dataset (e.g. TensorDataset(inputs, labels))")
+    try:
+        n = len(dataset)
+    except TypeError:
+        n = None
+    if not n:
+        raise DataError(f"data.dataset {label}: the {split} split is empty; give it at least one sample")
+    sample = dataset[0]
+    if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+        raise DataError(f"data.dataset {label}: a {split} sample is {_describe(sample)}, not an (input, label) "
+                        f"pair; make __getitem__ return (input, label)")
+    if not isinstance(sample[0], torch.Tensor):
+        raise DataError(f"data.dataset {label}: a {split} input is {_describe(sample[0])}, not a tensor; "
+                        f"return torch tensors")
+    return tuple(sample)
+
+
+def _is_index(y: Any) -> bool:
+    if isinstance(y, bool):
+        return False
+    if isinstance(y, int):
+        return y >= 0
+    if isinstance(y, torch.Tensor):
+        return y.dim() == 0 and not y.is_floating_point() and not y.is_complex() and y.dtype != torch.bool
+    return False
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, torch.Tensor):
+        return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (tuple, list)):
+        return f"a {len(value)}-item {type(value).__name__}"
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    return f"a {type(value).__name__} ({value!r})" if isinstance(value, (int, float, str)) else \
+        f"a {type(value).__name__}"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else "(no message)"
+
+
+def _where(exc: BaseException) -> str:
+    """file:line of the innermost frame of ``exc``'s traceback outside raytune_opt."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/raytune_opt/" not in f.filename]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
+
