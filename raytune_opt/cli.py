@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(v)
     v.add_argument("--local", action="store_true", help="also check that one trial fits on this machine")
     v.add_argument("--quiet", action="store_true", help="print only the summary, not the resolved spec")
+    v.add_argument("--smoke", action="store_true", help="also load the data and push one batch of a sampled config "
+                                                        "through the model (forward, backward, ONNX export)")
 
     r = sub.add_parser("run", help="run a sweep, then promote its best trial")
     _add_spec_args(r)
@@ -99,6 +101,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print()
     for line in space_summary(spec):
         print(line)
+    if args.smoke:
+        from raytune_opt.smoke import smoke
+
+        smoke(spec)
     return 0
 
 

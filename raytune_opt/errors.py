@@ -49,3 +49,17 @@ class UsageError(RaytuneOptError):
 
 class MissingDependencyError(RaytuneOptError):
     """An optional dependency is needed but not installed."""
+
+
+def describe_raised(exc: BaseException) -> str:
+    """``"KeyError: 'x' (at /home/me/mypkg/data.py:12)"``: a user's exception in one line, with
+    the innermost frame outside raytune-opt and installed packages (the user's own code)."""
+    import traceback
+
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # some exporters colour their messages
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if "/raytune_opt/" not in f.filename and "/site-packages/" not in f.filename]
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {text[0] if text else '(no message)'}{where}"

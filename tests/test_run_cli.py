@@ -94,3 +94,29 @@ def test_the_default_sweep_prints_a_short_80_column_log_and_reports_everything(l
             assert_page_draws(page)  # every section drawn, promotion included
     finally:
         shutil.rmtree(storage, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_the_user_data_example_runs_to_promotion_and_promotes_again_from_anywhere(local_ray, tmp_path, monkeypatch,
+                                                                                    capfd):
+    """search_spaces/examples/text_user_data.yaml: the user's data and model (token ids, int64) are
+    found next to the spec by the driver and by every trial, and promotion exports and quantizes
+    them; a later `promote` from another directory finds them through the experiment's record."""
+    import json
+    import sys
+
+    monkeypatch.chdir(tmp_path)  # not the spec's directory: found through it all the same
+    spec = ROOT / "search_spaces" / "examples" / "text_user_data.yaml"
+    rc = main(["run", str(spec), "train.epochs=2", "search.num_samples=2", "--storage", str(tmp_path / "out")])
+    out = capfd.readouterr().out
+    assert rc == 0, out
+    exp = tmp_path / "out" / "text_user_data"
+    manifest = json.loads((exp / "promotion" / "manifest.json").read_text())
+    assert manifest["input"]["dtype"] == "int64" and manifest["input"]["shape"] == ["batch", 24]
+    assert manifest["input"]["class_names"] == ["sports", "politics", "science", "music"]
+    status = {a["name"]: a["status"] for a in manifest["artifacts"]}
+    assert status["onnx"] == "ok" and status["int8"] == "ok", status
+    for name in [m for m in sys.modules if m == "user_text" or m.startswith("user_text.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.chdir("/")
+    assert main(["promote", str(exp)]) == 0, capfd.readouterr()

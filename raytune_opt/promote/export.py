@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,10 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: str | Path)
     assert example.shape[0] >= 2, "a batch of 1 would let the exporter specialize the batch axis"
     model = model.eval().cpu()
     batch = torch.export.Dim("batch", min=1)
-    with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+    # The exporter prints graphs and logs warnings of its own (more when it fails): its
+    # exception says what matters, and the promotion's or the smoke test's line says it.
+    quiet = contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO())
+    with torch.no_grad(), tempfile.TemporaryDirectory() as tmp, quiet[0], quiet[1]:
         program = torch.onnx.export(model, (example.cpu(),), dynamo=True, opset_version=OPSET, optimize=True,
                                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                                     dynamic_shapes=({0: batch},), verbose=False)

@@ -96,7 +96,7 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
         model, ckpt = load_model(source.checkpoint)
         data = load_bundle(ckpt["recipe"]["data"], int(source.spec["seed"]))
     threads = measure.threads_for(cfg.get("ort_threads"))  # experiments of older versions have no such key
-    x_val, y_val = materialize(data.val)
+    x_val, y_val = materialize(data.val, collate_fn=data.collate_fn)
     run = _Run(source, cfg, out_dir, x_val.numpy(), y_val.numpy(), log, threads)
 
     with measure.torch_threads(threads):
@@ -105,7 +105,7 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
         with progress.step("onnx: exporting, checking parity, measuring latency"):
             onnx_bytes = run.onnx(model, ref)
     qdq_bytes = None
-    x_train = _calibration_pool(data.train, cfg, ckpt, int(source.spec["seed"]))
+    x_train = _calibration_pool(data, cfg, ckpt, int(source.spec["seed"]))
     if "int8" in targets:
         run.int8(x_train, ckpt, flavor="cpu", usable=onnx_bytes is not None)
     if "int8" in targets or (place is not None and place.where != "skip"):
@@ -272,7 +272,7 @@ def calibration_batches(x_train: np.ndarray, batch_size: int, n: int, seed: int)
     return quantize.calibration_batches(x_train, batch_size, n, seed)
 
 
-def _calibration_pool(train, cfg: dict, ckpt: dict, seed: int) -> np.ndarray:
+def _calibration_pool(data, cfg: dict, ckpt: dict, seed: int) -> np.ndarray:
     """The training inputs calibration draws its batches from: all of an in-memory data set;
     of one that must be iterated sample by sample, a seeded draw of as many as calibration takes."""
     from torch.utils.data import TensorDataset
@@ -280,9 +280,9 @@ def _calibration_pool(train, cfg: dict, ckpt: dict, seed: int) -> np.ndarray:
     from raytune_opt.recipe.bundle import materialize
 
     limit = None
-    if not isinstance(train, TensorDataset):
+    if not isinstance(data.train, TensorDataset):
         limit = int(cfg["int8"]["calibration_batches"]) * int(ckpt["recipe"].get("train", {}).get("batch_size") or 64)
-    return materialize(train, limit=limit, seed=seed)[0].numpy()
+    return materialize(data.train, limit=limit, seed=seed, collate_fn=data.collate_fn)[0].numpy()
 
 
 def _code_dirs(exp_dir: Path) -> list[str]:

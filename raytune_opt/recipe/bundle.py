@@ -15,17 +15,19 @@ node-wide decoded cache, :mod:`raytune_opt.recipe.data`).
 from __future__ import annotations
 
 import math
-import traceback
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data._utils.collate import default_collate
 
 from raytune_opt import registry
+from raytune_opt.errors import describe_raised
 from raytune_opt.recipe.errors import DataError
 
-__all__ = ["DataBundle", "TensorPairs", "TASKS", "as_bundle", "load_bundle", "materialize", "train_labels"]
+__all__ = ["DataBundle", "TensorPairs", "TASKS", "as_bundle", "collate", "load_bundle", "make_loader", "materialize",
+           "train_labels"]
 
 TASKS = ("classification", "regression")
 _MEMO: dict[tuple, "DataBundle"] = {}
@@ -47,6 +49,8 @@ class DataBundle:
         class_names: one name per class (the report and the promotion manifest); None:
             ``"0"``, ``"1"``...
         info: facts for the promotion manifest (``layout``, ``normalize``), free-form.
+        collate_fn: how a list of samples becomes a batch (e.g. padding sequences of
+            different lengths); None: PyTorch's default collate.
     """
 
     train: Any
@@ -56,6 +60,7 @@ class DataBundle:
     input_example: Any = None
     class_names: Sequence[str] | None = None
     info: dict = field(default_factory=dict)
+    collate_fn: Callable | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -80,6 +85,17 @@ class TensorPairs(TensorDataset):
         return tuple(t[index] for t in self.tensors)
 
 
+def collate(batch):
+    """PyTorch's default collate, except that a batch :class:`TensorPairs` fetched whole passes as is."""
+    return batch if isinstance(batch, tuple) else default_collate(batch)
+
+
+def make_loader(data: DataBundle, split: str, batch_size: int, **kwargs) -> DataLoader:
+    """A DataLoader over ``data``'s ``split`` with the bundle's collate (``kwargs`` go to DataLoader)."""
+    return DataLoader(getattr(data, split), batch_size=int(batch_size), collate_fn=data.collate_fn or collate,
+                      **kwargs)
+
+
 def as_bundle(result: Any, label: str) -> DataBundle:
     """Check what a data set callable returned and fill in what it left out.
 
@@ -96,8 +112,7 @@ def as_bundle(result: Any, label: str) -> DataBundle:
     if isinstance(result, (tuple, list)) and len(result) == 2:
         result = DataBundle(train=result[0], val=result[1])
     if not isinstance(result, DataBundle):
-        kind = f"a {len(result)}-item {type(result).__name__}" if isinstance(result, (tuple, list)) else \
-            f"a {type(result).__name__}"
+        kind = _describe(result) if isinstance(result, (tuple, list)) else _a(type(result).__name__)
         raise DataError(f"data.dataset {label} returned {kind}, not a DataBundle or a (train, val) pair; {fix_return}")
     first = {name: _first_sample(getattr(result, name), name, label) for name in ("train", "val")}
     task = result.task
@@ -179,9 +194,8 @@ def load_bundle(data_cfg: dict, seed: int, dirs: Sequence[str] = ()) -> DataBund
     try:
         result = fn(**args, **injected)
     except Exception as exc:  # the user's code: one line naming where it raised; the cause keeps the rest
-        raise DataError(f"data.dataset {target} raised {type(exc).__name__}: {_first_line(exc)} "
-                        f"(at {_where(exc)}); fix the data callable, or try it with raytune-opt validate "
-                        f"--smoke") from exc
+        raise DataError(f"data.dataset {target} raised {describe_raised(exc)}; fix the data callable (raytune-opt "
+                        f"validate --smoke SPEC runs it, and one batch through the model)") from exc
     bundle = as_bundle(result, target)
     _MEMO.clear()  # one data set per process
     _MEMO[key] = bundle
@@ -206,7 +220,8 @@ def train_labels(dataset: Any) -> torch.Tensor:
     return materialize(dataset)[1].long().flatten()
 
 
-def materialize(dataset: Any, limit: int | None = None, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def materialize(dataset: Any, limit: int | None = None, seed: int = 0,
+                collate_fn: Callable | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(inputs, labels)`` of ``dataset`` (or of ``limit`` samples drawn with ``seed``) as two tensors."""
     indices = None
     if limit is not None and len(dataset) > limit:
@@ -219,7 +234,7 @@ def materialize(dataset: Any, limit: int | None = None, seed: int = 0) -> tuple[
         indices = indices.tolist()
     source = dataset if indices is None else torch.utils.data.Subset(dataset, indices)
     xs, ys = [], []
-    for x, y in DataLoader(source, batch_size=256, shuffle=False):
+    for x, y in DataLoader(source, batch_size=256, shuffle=False, collate_fn=collate_fn or collate):
         xs.append(x)
         ys.append(torch.as_tensor(y))
     return torch.cat(xs), torch.cat(ys)
@@ -227,7 +242,7 @@ def materialize(dataset: Any, limit: int | None = None, seed: int = 0) -> tuple[
 
 def _first_sample(dataset: Any, split: str, label: str) -> tuple:
     if not (isinstance(dataset, Dataset) or (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"))):
-        raise DataError(f"data.dataset {label}: {split} is a {type(dataset).__name__}, not a torch Dataset; "
+        raise DataError(f"data.dataset {label}: {split} is {_a(type(dataset).__name__)}, not a torch Dataset; "
                         f"give a map-style Dataset (e.g. TensorDataset(inputs, labels))")
     try:
         n = len(dataset)
@@ -255,6 +270,10 @@ def _is_index(y: Any) -> bool:
     return False
 
 
+def _a(word: str) -> str:
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 def _describe(value: Any) -> str:
     if isinstance(value, torch.Tensor):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
@@ -262,17 +281,5 @@ def _describe(value: Any) -> str:
         return f"a {len(value)}-item {type(value).__name__}"
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
-    return f"a {type(value).__name__} ({value!r})" if isinstance(value, (int, float, str)) else \
-        f"a {type(value).__name__}"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else "(no message)"
-
-
-def _where(exc: BaseException) -> str:
-    """file:line of the innermost frame of ``exc``'s traceback outside raytune_opt."""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "/raytune_opt/" not in f.filename]
-    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else "?"
-
+    return f"{_a(type(value).__name__)} ({value!r})" if isinstance(value, (int, float, str)) else \
+        _a(type(value).__name__)

@@ -28,13 +28,13 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
-from torch.utils.data._utils.collate import default_collate
 
 from raytune_opt.recipe.augment import Augmenter
 from raytune_opt.recipe.checkpoint import load_checkpoint, make_checkpoint, write_checkpoints
-from raytune_opt.recipe.bundle import load_bundle, train_labels
+from raytune_opt.recipe.errors import RecipeConfigError
+from raytune_opt.recipe.bundle import collate, load_bundle, make_loader, train_labels
 from raytune_opt.recipe.losses import build_loss
-from raytune_opt.recipe.models import build_model_from_spec, model_spec
+from raytune_opt.recipe.models import build_model_from_spec, model_spec, output_problem
 from raytune_opt.recipe.optim import build_optimizer, build_scheduler, hyperparameters, reapply_hyperparameters
 from raytune_opt.recipe.session import Session
 from raytune_opt.strategies import build_strategy
@@ -141,6 +141,7 @@ class _Run:
     confusion: Any = None  # the last validation's (true x predicted) counts
     resumed: dict | None = None  # the checkpoint this run continued from
     stepped: bool = False  # an optimizer step has been taken (the timeline's first_step mark)
+    shape_checked: bool = False  # the model's output shape was checked on a first batch
 
     @property
     def tcfg(self) -> dict:
@@ -176,8 +177,8 @@ def _setup(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
     loss_fn = build_loss(tcfg["loss"], labels, data.num_classes).to(device)
     augment = Augmenter(tcfg["augment"], data.num_classes, data.in_channels or 1, seed=seed, device=device)
     workers = int(cfg["data"]["loader_workers"])
-    train_loader = session.prepare_loader(_loader(data.train, tcfg["batch_size"], True, workers, device))
-    val_loader = session.prepare_loader(_loader(data.val, tcfg["batch_size"], False, workers, device))
+    train_loader = session.prepare_loader(_loader(data, "train", tcfg["batch_size"], True, workers, device))
+    val_loader = session.prepare_loader(_loader(data, "val", tcfg["batch_size"], False, workers, device))
     limit = tcfg["limit_batches"]
     batches_per_epoch = len(train_loader) if limit is None else min(len(train_loader), int(limit))
     steps_per_epoch = math.ceil(batches_per_epoch / int(tcfg["grad_accum_steps"]))
@@ -233,7 +234,10 @@ def _train_epoch(run: _Run) -> tuple[dict, int | None]:
         boundary = (i + 1) % accum == 0 or i + 1 == n
         with strategy.sync_context(boundary):  # DDP: no gradient all-reduce inside a group
             with run.autocast():
-                loss = run.loss_fn(run.model(x), y)
+                out = run.model(x)
+                if not run.shape_checked:  # shapes are host metadata: no device sync
+                    _check_output(run, x, out)
+                loss = run.loss_fn(out, y)
             strategy.backward(loss)
         loss = loss.detach()
         loss_sum.add_(loss, alpha=x.shape[0])
@@ -254,6 +258,13 @@ def _train_epoch(run: _Run) -> tuple[dict, int | None]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return {"loss": loss_sum, "samples": samples, "norm": norm_sum, "steps": steps}, None
+
+
+def _check_output(run: _Run, x: torch.Tensor, out: Any) -> None:
+    problem = output_problem(out, x, run.data.num_classes)
+    if problem:
+        raise RecipeConfigError(f"model {run.spec.get('name')}: {problem}")
+    run.shape_checked = True
 
 
 def _diverged_metrics(run: _Run, epoch: int, step: int, epoch_start: float) -> dict:
@@ -410,16 +421,10 @@ def _first_nonfinite(losses: list[torch.Tensor]) -> int:
     return int(bad[0, 0]) if len(bad) else 0
 
 
-def _collate(batch):
-    # __getitems__ returns a finished batch; a loader rebuilt without it passes samples.
-    return batch if isinstance(batch, tuple) else default_collate(batch)
-
-
-def _loader(dataset, batch_size: int, shuffle: bool, workers: int, device: torch.device) -> DataLoader:
+def _loader(data, split: str, batch_size: int, shuffle: bool, workers: int, device: torch.device) -> DataLoader:
     generator = torch.Generator() if shuffle else None
-    return DataLoader(dataset, batch_size=int(batch_size), shuffle=shuffle, generator=generator,
-                      collate_fn=_collate, num_workers=workers, persistent_workers=workers > 0,
-                      pin_memory=device.type == "cuda")
+    return make_loader(data, split, batch_size, shuffle=shuffle, generator=generator, num_workers=workers,
+                  persistent_workers=workers > 0, pin_memory=device.type == "cuda")
 
 
 def _batches(loader: DataLoader):
@@ -429,7 +434,7 @@ def _batches(loader: DataLoader):
     distributed) sampler still decides which samples come in what order."""
     direct = (loader.num_workers == 0 and not loader.pin_memory and loader.batch_size is not None
               and isinstance(loader.dataset, TensorDataset) and len(loader.dataset.tensors) == 2
-              and loader.collate_fn is _collate)
+              and loader.collate_fn is collate)
     if not direct:
         yield from loader
         return

@@ -28,7 +28,8 @@ from torch import nn
 from raytune_opt import registry
 from raytune_opt.recipe.errors import RecipeConfigError
 
-__all__ = ["MODELS", "SPATIAL_DIMS", "build_model", "model_spec", "build_model_from_spec", "call_model"]
+__all__ = ["MODELS", "SPATIAL_DIMS", "build_model", "model_spec", "build_model_from_spec", "call_model",
+           "output_problem"]
 
 _SPEC_KEYS = ("name", "width", "depth", "kernel_size", "dropout", "cifar_stem", "squeeze_excitation")
 _DEFAULTS = {"width": 32, "depth": 2, "kernel_size": 5, "dropout": 0.0, "cifar_stem": True,
@@ -141,6 +142,17 @@ def call_model(target: Callable, args: dict, data: dict, label: str) -> nn.Modul
         raise RecipeConfigError(f"model {label} returned a {type(model).__name__}, not a torch.nn.Module; "
                                 f"return the network")
     return model
+
+
+def output_problem(out, x: torch.Tensor, num_classes: int) -> str | None:
+    """What is wrong with ``out``, a model's output on the batch ``x``, or None: it must be
+    ``(batch, num_classes)`` logits."""
+    want = (x.shape[0], num_classes)
+    if isinstance(out, torch.Tensor) and tuple(out.shape) == want:
+        return None
+    got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+    return (f"a batch of inputs {tuple(x.shape)} gave {got}, but {num_classes} classes need (batch, num_classes) = "
+            f"{want}; return one logit per class")
 
 
 def _check_input(spec: dict) -> None:

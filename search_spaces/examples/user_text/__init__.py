@@ -1,0 +1,1 @@
+"""An example user package: its own data set (synthetic token sequences) and model."""
