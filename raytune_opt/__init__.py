@@ -3,13 +3,18 @@
 Public names (importing this package imports neither torch nor Ray; each name loads its
 module when first used):
 
+- :func:`run`: run a sweep from a spec (a YAML path or a dict) and promote its best trial;
+- :func:`validate`: every problem of a spec, as a list (empty: valid);
+- :func:`load`: the validated spec;
+- :func:`load_model`: a trained model from a checkpoint or an experiment directory;
 - :class:`DataBundle`: what a data set callable (``data.dataset: module:callable``) returns.
 """
 
 __version__ = "0.1.0"
-__all__ = ["DataBundle", "__version__"]
+__all__ = ["run", "validate", "load", "load_model", "DataBundle", "__version__"]
 
-_LAZY = {"DataBundle": "raytune_opt.recipe.bundle"}
+_LAZY = {"run": "raytune_opt.api", "validate": "raytune_opt.api", "load": "raytune_opt.api",
+         "load_model": "raytune_opt.api", "DataBundle": "raytune_opt.recipe.bundle"}
 
 
 def __getattr__(name: str):

@@ -193,17 +193,11 @@ def _finish(outcome, spec, address) -> int:
 
 
 def _after_promotion(outcome) -> None:
-    """The report again (the sweep's page did not have the promotion yet), then MLflow's artifacts."""
-    from raytune_opt import storage, tracking
-    from raytune_opt.report import after_sweep
+    from raytune_opt.sweep import after_promotion
 
-    if outcome.spec.data["promote"]["enabled"]:
-        page = after_sweep(storage.from_uri(outcome.where, outcome.spec.data["storage"]["endpoint_url"]))
-    else:
-        page = outcome.exp_dir / "report.html"
-    if page is not None and page.is_file():
+    page = after_promotion(outcome)
+    if page is not None:
         _say(f"report: {page}")
-    tracking.log_sweep_artifacts(outcome.exp_dir)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:

@@ -31,9 +31,10 @@ class SmokeError(RaytuneOptError):
     """A component failed the smoke test (one line: which step, what, where)."""
 
 
-def sample_config(space: Space, seed: int) -> dict:
-    """One config from ``space``: every active key drawn with ``random.Random(seed)``."""
-    rng = random.Random(seed)
+def sample_config(space: Space, seed: "int | random.Random") -> dict:
+    """One config from ``space``: every active key drawn with ``random.Random(seed)`` (or
+    with ``seed`` itself, a ``random.Random``, to draw several in a row)."""
+    rng = seed if isinstance(seed, random.Random) else random.Random(seed)
     config: dict[str, Any] = {}
     for p in space.params:  # parents come before their children
         if not space.is_active(p.key, config):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import math
 import os
 import shutil
@@ -44,6 +45,7 @@ class SweepOutcome:
     wall_seconds: float
     spec: Spec | None = None
     uri: str = ""  # where it lives: exp_dir, or s3://bucket/prefix/NAME
+    promotion: dict | None = None  # the promotion's manifest, when the caller promoted the best trial
 
     @property
     def where(self) -> str:
@@ -52,6 +54,28 @@ class SweepOutcome:
     @property
     def exit_code(self) -> int:
         return 0 if any(r.successful for r in self.rows) else 1
+
+
+def after_promotion(outcome: SweepOutcome) -> Path | None:
+    """The report again (the sweep's page did not have the promotion yet), then MLflow's
+    artifacts; the report's path, if there is one."""
+    from raytune_opt.report import after_sweep
+
+    if outcome.spec.data["promote"]["enabled"]:
+        page = after_sweep(stores.from_uri(outcome.where, outcome.spec.data["storage"]["endpoint_url"]))
+    else:
+        page = outcome.exp_dir / "report.html"
+    tracking.log_sweep_artifacts(outcome.exp_dir)
+    return page if page is not None and page.is_file() else None
+
+
+def code_dirs_of(exp_dir: str | Path) -> list[str]:
+    """Where the sweep in ``exp_dir`` imported user code from (its run file; none for older runs)."""
+    try:
+        dirs = json.loads((Path(exp_dir) / RUN_META).read_text()).get("code_dirs") or []
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [d for d in dirs if isinstance(d, str)]
 
 
 def experiment_location(spec: Spec, storage_root: str | None) -> stores.Location:

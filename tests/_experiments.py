@@ -13,27 +13,10 @@ import math
 import random
 from pathlib import Path
 
+from raytune_opt.smoke import sample_config
+
 ROOT = Path(__file__).resolve().parents[1]
 CONDITIONAL = ROOT / "search_spaces" / "digits_conditional.yaml"
-
-
-def _sample(space, rng: random.Random) -> dict:
-    config: dict = {}
-    for p in space.params:  # parents come before their conditional children
-        if not space.is_active(p.key, config):
-            continue
-        d = p.domain
-        if d.categorical:
-            config[p.key] = rng.choice(list(d.args))
-        elif d.kind in ("loguniform", "qloguniform"):
-            config[p.key] = math.exp(rng.uniform(math.log(d.args[0]), math.log(d.args[1])))
-        elif d.integer:
-            config[p.key] = rng.randrange(int(d.args[0]), int(d.args[1]))
-        elif d.kind == "normal":
-            config[p.key] = rng.gauss(d.args[0], d.args[1])
-        else:
-            config[p.key] = rng.uniform(d.args[0], d.args[1])
-    return config
 
 
 def make_experiment(storage: Path, n_trials: int = 12, *, name: str = "synthetic", spec_path: Path = CONDITIONAL,
@@ -56,7 +39,7 @@ def make_experiment(storage: Path, n_trials: int = 12, *, name: str = "synthetic
     exp = loc.local
     rows = []
     for i in range(1, n_trials + 1):
-        config = _sample(spec.space, rng)
+        config = sample_config(spec.space, rng)
         lr = config.get("train.optimizer.lr", 0.01)
         skill = 0.97 - 0.5 * abs(math.log10(lr) + 2.2) ** 2 * 0.2 - rng.uniform(0, 0.1)
         status, stop = "ok", "completed"

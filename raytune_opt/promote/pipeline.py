@@ -7,7 +7,6 @@ reported in the manifest and makes the manifest's status ``failed`` (exit 1).
 
 from __future__ import annotations
 
-import json
 import logging
 import traceback
 from pathlib import Path
@@ -87,12 +86,13 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
              log: Callable[[str], None]) -> dict:
     from raytune_opt.recipe.bundle import load_bundle, materialize
     from raytune_opt.recipe.checkpoint import load_model
+    from raytune_opt.sweep import code_dirs_of
 
     cfg = source.promote_cfg
     out_dir = source.exp_dir / DIRNAME
     out_dir.mkdir(exist_ok=True)
     log(f"promotion: trial {source.trial_id} ({source.metric}={source.value:.4f}), targets {','.join(targets)}")
-    with registry.code_path(_code_dirs(source.exp_dir)):  # a user model or data set imports as in the sweep
+    with registry.code_path(code_dirs_of(source.exp_dir)):  # a user model or data set imports as in the sweep
         model, ckpt = load_model(source.checkpoint)
         data = load_bundle(ckpt["recipe"]["data"], int(source.spec["seed"]))
     threads = measure.threads_for(cfg.get("ort_threads"))  # experiments of older versions have no such key
@@ -283,17 +283,6 @@ def _calibration_pool(data, cfg: dict, ckpt: dict, seed: int) -> np.ndarray:
     if not isinstance(data.train, TensorDataset):
         limit = int(cfg["int8"]["calibration_batches"]) * int(ckpt["recipe"].get("train", {}).get("batch_size") or 64)
     return materialize(data.train, limit=limit, seed=seed, collate_fn=data.collate_fn)[0].numpy()
-
-
-def _code_dirs(exp_dir: Path) -> list[str]:
-    """Where the sweep imported user code from (recorded in its run file; none for older runs)."""
-    from raytune_opt.sweep import RUN_META
-
-    try:
-        dirs = json.loads((Path(exp_dir) / RUN_META).read_text()).get("code_dirs") or []
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [d for d in dirs if isinstance(d, str)]
 
 
 def _inputs(data) -> dict:
