@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from raytune_opt.errors import RaytuneOptError
 
-__all__ = ["Entry", "Registry", "ImportTargetError", "MODELS", "DATASETS", "INJECTED", "DATA_INJECTED",
+__all__ = ["Entry", "Registry", "ImportTargetError", "MODELS", "DATASETS", "LOOPS", "INJECTED", "DATA_INJECTED",
            "is_import_path", "import_target", "code_path", "add_code_paths", "Signature", "signature_of"]
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
@@ -284,3 +284,12 @@ for _name in ("cifar10", "cifar100"):
 DATASETS.register("imagefolder", f"{_D}:imagefolder", doc="one sub-folder of images per class under data.root, "
                   "resized to data.image_size", inputs=2, needs_root=True, keys=("root", "image_size", "val_fraction"))
 del _name
+
+
+# ---------------------------------------------------------------- training loops
+
+#: Training loops by name: ``fn(config, ctx)`` with a
+#: :class:`~raytune_opt.recipe.context.TrialContext`; ``train.loop`` names one, or gives a
+#: ``module:callable`` itself. The built-in recipe is one of them.
+LOOPS = Registry("loop")
+LOOPS.register("builtin", "raytune_opt.recipe.loop:builtin_loop", doc="the built-in recipe: every train.* key")

@@ -16,25 +16,23 @@ the micro-batch that diverged is still named exactly.
 
 from __future__ import annotations
 
-import copy
 import math
-import random
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from raytune_opt import registry
 from raytune_opt.recipe.augment import Augmenter
-from raytune_opt.recipe.checkpoint import load_checkpoint, make_checkpoint, write_checkpoints
+from raytune_opt.recipe.bundle import collate, make_loader, train_labels
+from raytune_opt.recipe.context import TrialContext, epoch_seed, run_loop
 from raytune_opt.recipe.errors import RecipeConfigError
-from raytune_opt.recipe.bundle import collate, load_bundle, make_loader, train_labels
 from raytune_opt.recipe.losses import build_loss
-from raytune_opt.recipe.models import build_model_from_spec, model_spec, output_problem
+from raytune_opt.recipe.models import output_problem
 from raytune_opt.recipe.optim import build_optimizer, build_scheduler, hyperparameters, reapply_hyperparameters
 from raytune_opt.recipe.session import Session
 from raytune_opt.strategies import build_strategy
@@ -81,18 +79,34 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
         MissingDependencyError: train.strategy is deepspeed and DeepSpeed is not installed.
     """
     cfg = _with_defaults(cfg)
+    fn, label = loop_callable(cfg["train"].get("loop", "builtin"))
     strategy = build_strategy(session, cfg["train"])
     try:
-        return _train(cfg, session, strategy, spec_sha256, resume_from)
+        return run_loop(fn, label, cfg, session, strategy, spec_sha256=spec_sha256, resume_from=resume_from)
     finally:
         strategy.close()
 
 
-def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from: str | None) -> dict:
-    run = _setup(cfg, session, strategy, spec_sha256, resume_from)
-    if run.resumed is not None and run.start_epoch <= run.epochs:
-        _replay_unrecorded_epoch(run)
-    for epoch in range(run.start_epoch, run.epochs + 1):
+def loop_callable(name: str) -> tuple[Callable, str]:
+    """The loop ``train.loop`` names (a registered name or ``module:callable``) and its label.
+
+    Raises:
+        RecipeConfigError: it does not import or is not callable.
+    """
+    entry = registry.LOOPS.get(name)
+    target = entry.target if entry is not None else name
+    try:
+        return registry.import_target(target), target
+    except registry.ImportTargetError as exc:
+        raise RecipeConfigError(f"train.loop: {exc}; {exc.fix}") from None
+
+
+def builtin_loop(config: dict, ctx: TrialContext) -> None:
+    """The built-in recipe, registered as the loop ``builtin``: the spec's optimizer, schedule,
+    loss, augmentation, precision, accumulation, clipping, early stopping and metrics."""
+    run = _setup(config, ctx)
+    session = ctx.session
+    for epoch in range(ctx.start_epoch, run.epochs + 1):
         epoch_start = time.perf_counter()
         _reseed(run, epoch)
         sums, diverged_at = _train_epoch(run)
@@ -100,31 +114,27 @@ def _train(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
         if diverged_at is not None:
             metrics = _diverged_metrics(run, epoch, diverged_at, epoch_start)
             session.report(metrics, None)
-            return metrics
+            ctx.last_metrics = metrics
+            ctx.reports += 1
+            return
         metrics = _validate(run, epoch, sums, train_s)
         _early_stopping(run, metrics, epoch)
         checkpoint_dir, shards = _checkpoint(run, metrics, epoch, epoch_start)
         metrics["epoch_s"] = time.perf_counter() - epoch_start
         session.report(metrics, checkpoint_dir, shards)
         mark("reported", rank=session.rank, epoch=epoch)
-        run.last_metrics = metrics
+        ctx.last_metrics = metrics
+        ctx.reports += 1
         if metrics["stop_reason"] is not None:
             break
-    if run.start_epoch > run.epochs:  # resumed from a finished run: nothing left to train
-        _report_finished_run(run)
-    return run.last_metrics
 
 
 @dataclass
 class _Run:
-    """One trial's parts and the state the epochs carry forward (best value, bad epochs)."""
+    """One trial's parts and the state the epochs carry forward (bad epochs; the context keeps the best value)."""
 
     cfg: dict
-    session: Session
-    strategy: Any
-    spec_sha256: str
-    data: Any
-    spec: dict  # the model's self-description, stored in checkpoints
+    ctx: TrialContext
     model: torch.nn.Module  # as the strategy wrapped it
     loss_fn: Any
     augment: Augmenter
@@ -134,14 +144,22 @@ class _Run:
     autocast: Any
     batches_per_epoch: int
     epochs: int
-    start_epoch: int = 1
-    best: float | None = None
     bad_epochs: int = 0
-    last_metrics: dict = field(default_factory=dict)
     confusion: Any = None  # the last validation's (true x predicted) counts
-    resumed: dict | None = None  # the checkpoint this run continued from
     stepped: bool = False  # an optimizer step has been taken (the timeline's first_step mark)
     shape_checked: bool = False  # the model's output shape was checked on a first batch
+
+    @property
+    def session(self) -> Session:
+        return self.ctx.session
+
+    @property
+    def strategy(self):
+        return self.ctx.strategy
+
+    @property
+    def data(self):
+        return self.ctx.data
 
     @property
     def tcfg(self) -> dict:
@@ -159,18 +177,13 @@ class _Run:
         return a > b if self.mode == "max" else a < b
 
 
-def _setup(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from: str | None) -> _Run:
+def _setup(cfg: dict, ctx: TrialContext) -> _Run:
     """Data, model, loss, augmentation, loaders, optimizer and schedule; restored when resuming."""
-    tcfg, seed, device = cfg["train"], int(cfg["seed"]), session.device
-    if session.num_threads:
-        torch.set_num_threads(session.num_threads)
-    # The model is initialised from the same seed on every rank (DDP would broadcast rank 0's weights anyway).
-    _seed_all(seed)
+    tcfg, seed, device, session = cfg["train"], int(cfg["seed"]), ctx.device, ctx.session
     mark("loop_start", rank=session.rank)
-    data = load_bundle(cfg["data"], seed)
+    data = ctx.data
     mark("data_loaded", rank=session.rank)
-    spec = model_spec(cfg["model"], data.input_shape, data.num_classes)
-    model = build_model_from_spec(spec).to(device)
+    model = ctx.build_model()
     mark("model_built", rank=session.rank)
     # Only balanced class weights read the labels (a user data set may have to be iterated for them).
     labels = train_labels(data.train) if tcfg["loss"].get("class_weights") == "balanced" else None
@@ -185,22 +198,16 @@ def _setup(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
     optimizer = build_optimizer(model.parameters(), tcfg["optimizer"])
     configured = hyperparameters(optimizer)  # before the schedule scales the lr
     schedule = build_scheduler(optimizer, tcfg["lr_schedule"], steps_per_epoch, int(tcfg["epochs"]))
-
-    ckpt = load_checkpoint(resume_from, map_location=device) if resume_from is not None else None
     # Wraps the model (DDP / a DeepSpeed engine) and restores its weights and optimizer state.
-    model = strategy.setup(model, optimizer, resume=ckpt, resume_path=resume_from)
+    model = ctx.prepare_model(model, optimizer)
     mark("setup_done", rank=session.rank)
-    run = _Run(cfg=cfg, session=session, strategy=strategy, spec_sha256=spec_sha256, data=data, spec=spec,
-               model=model, loss_fn=loss_fn, augment=augment, train_loader=train_loader, val_loader=val_loader,
-               schedule=schedule, autocast=strategy.autocast(), batches_per_epoch=batches_per_epoch,
-               epochs=int(tcfg["epochs"]), resumed=ckpt)
-    if ckpt is not None:
-        if ckpt.get("scheduler_state") is not None:
-            schedule.load_state_dict(ckpt["scheduler_state"])
-        run.start_epoch = int(ckpt["epoch"]) + 1
-        loop_state = ckpt.get("loop_state") or {}
-        run.best, run.bad_epochs = loop_state.get("best"), int(loop_state.get("bad_epochs", 0))
-        run.last_metrics = dict(ckpt.get("metrics") or {})
+    run = _Run(cfg=cfg, ctx=ctx, model=model, loss_fn=loss_fn, augment=augment, train_loader=train_loader,
+               val_loader=val_loader, schedule=schedule, autocast=ctx.strategy.autocast(),
+               batches_per_epoch=batches_per_epoch, epochs=int(tcfg["epochs"]))
+    if ctx.resumed is not None:
+        if ctx.resumed.get("scheduler_state") is not None:
+            schedule.load_state_dict(ctx.resumed["scheduler_state"])
+        run.bad_epochs = int(ctx.loop_state.get("bad_epochs", 0))
         # The optimizer and schedule states carry the lr, momentum... they were saved with. A
         # PBT trial that adopted another trial's checkpoint trains on with its own, perturbed
         # values (for a plain resume they are the same).
@@ -210,10 +217,8 @@ def _setup(cfg: dict, session: Session, strategy, spec_sha256: str, resume_from:
 
 def _reseed(run: _Run, epoch: int) -> None:
     """Per-epoch seeds (dropout, augmentation, shuffling): a resumed run draws what a straight run would."""
-    epoch_seed = _epoch_seed(int(run.cfg["seed"]), epoch, run.session.rank)
-    torch.manual_seed(epoch_seed)
-    run.augment.reseed(epoch_seed)
-    _set_loader_epoch(run.train_loader, epoch, epoch_seed)
+    run.ctx.begin_epoch(epoch, run.train_loader)
+    run.augment.reseed(epoch_seed(int(run.cfg["seed"]), epoch, run.session.rank))
 
 
 def _train_epoch(run: _Run) -> tuple[dict, int | None]:
@@ -263,7 +268,7 @@ def _train_epoch(run: _Run) -> tuple[dict, int | None]:
 def _check_output(run: _Run, x: torch.Tensor, out: Any) -> None:
     problem = output_problem(out, x, run.data.num_classes)
     if problem:
-        raise RecipeConfigError(f"model {run.spec.get('name')}: {problem}")
+        raise RecipeConfigError(f"model {run.ctx.model_spec.get('name')}: {problem}")
     run.shape_checked = True
 
 
@@ -271,7 +276,7 @@ def _diverged_metrics(run: _Run, epoch: int, step: int, epoch_start: float) -> d
     nan = float("nan")
     return {"epoch": epoch, "train_loss": nan, "val_loss": nan, "val_accuracy": nan, "val_precision": nan,
             "val_recall": nan, "val_f1": nan, "grad_norm": nan, "lr": run.schedule.lr, "samples_per_s": nan,
-            "epoch_s": time.perf_counter() - epoch_start, f"best_{run.metric}": run.best,
+            "epoch_s": time.perf_counter() - epoch_start, f"best_{run.metric}": run.ctx.best,
             "stop_reason": f"diverged: non-finite loss at epoch {epoch} step {step}"}
 
 
@@ -309,14 +314,12 @@ def _early_stopping(run: _Run, metrics: dict, epoch: int) -> None:
     """Track the best value of the sweep's metric; set ``best_<metric>`` and ``stop_reason``."""
     stopping = run.tcfg["early_stopping"]
     patience, min_delta = stopping["patience"], float(stopping["min_delta"])
+    best_before = run.ctx.best
+    metrics["is_best"] = run.ctx.track(metrics)  # sets best_<metric>
     value = metrics[run.metric]
-    metrics["is_best"] = math.isfinite(value) and (run.best is None or run.better(value, run.best))
     margin = min_delta if run.mode == "max" else -min_delta
-    improved = math.isfinite(value) and (run.best is None or run.better(value, run.best + margin))
+    improved = math.isfinite(value) and (best_before is None or run.better(value, best_before + margin))
     run.bad_epochs = 0 if improved else run.bad_epochs + 1
-    if metrics["is_best"]:
-        run.best = value
-    metrics[f"best_{run.metric}"] = run.best
     stop_reason = None
     if patience is not None and run.bad_epochs >= patience and epoch < run.epochs:
         stop_reason = "early_stopping"
@@ -328,53 +331,11 @@ def _early_stopping(run: _Run, metrics: dict, epoch: int) -> None:
 def _checkpoint(run: _Run, metrics: dict, epoch: int, epoch_start: float) -> tuple[str | None, Sequence[str]]:
     """Write the epoch's checkpoint (if on); the directory to report and this rank's shard files."""
     is_best = metrics.pop("is_best")
-    if not run.tcfg["checkpoint"]:
-        return None, ()
-    session, strategy = run.session, run.strategy
     metrics["epoch_s"] = time.perf_counter() - epoch_start  # provisional, for the file
-    root = session.checkpoint_root()
-    # Shards first (every rank; DeepSpeed only), then the consolidated checkpoint that
-    # names them: a crash in between leaves last.pt pointing at complete shards.
-    shards = strategy.save_shards(root, epoch)
-    model_state = strategy.model_state_dict()  # full fp32 weights on rank zero; a collective
-    if session.is_rank_zero:
-        recipe = {key: copy.deepcopy(run.cfg[key]) for key in ("data", "model", "train")}
-        ckpt = make_checkpoint(
-            model_spec=run.spec, model_state=model_state, optimizer_state=strategy.optimizer_state_dict(),
-            scheduler_state=run.schedule.state_dict(), epoch=epoch, metrics=metrics, recipe=recipe,
-            spec_sha256=run.spec_sha256,
-            extra={"loop_state": {"best": run.best, "bad_epochs": run.bad_epochs},
-                   # true x predicted counts on the validation set: the report's per-class view
-                   "val_confusion": run.confusion.round().long().tolist(),
-                   **strategy.checkpoint_extra(epoch)})
-        write_checkpoints(ckpt, root, is_best=is_best)
-    return (str(root) if session.is_rank_zero or shards else None), shards
-
-
-def _replay_unrecorded_epoch(run: _Run) -> None:
-    """Report the checkpoint's epoch again if its runner never recorded it.
-
-    A driver killed after a trial saved epoch E but before it took E's report loses that
-    report; the resumed trial continues from E's checkpoint, so without this its history
-    would have no epoch E (and schedulers no result at E). Marked ``replayed``: should the
-    report have arrived after all, the history keeps the first one.
-    """
-    done = run.start_epoch - 1
-    recorded = run.session.recorded_epoch()
-    if recorded is None or recorded >= done:
-        return
-    run.session.report({**run.last_metrics, "epoch": done, "replayed": 1}, None)
-
-
-def _report_finished_run(run: _Run) -> None:
-    """Report a finished run's last metrics once more, so that a restarted trial (a resumed
-    sweep) still ends with a result and its checkpoint."""
-    session = run.session
-    run.last_metrics["stop_reason"] = "completed"
-    run.last_metrics["replayed"] = 1  # not a new epoch: the history keeps the first report of it
-    has_files = run.tcfg["checkpoint"] and session.is_rank_zero
-    shards = run.strategy.resumed_shards(session.checkpoint_root(), run.resumed) if run.tcfg["checkpoint"] else ()
-    session.report(dict(run.last_metrics), session.checkpoint_root() if has_files else None, shards)
+    # true x predicted counts on the validation set: the report's per-class view
+    confusion = run.confusion.round().long().tolist() if run.confusion is not None else None
+    return run.ctx.save(metrics, epoch, is_best, scheduler_state=run.schedule.state_dict(),
+                        loop_state={"bad_epochs": run.bad_epochs}, extra={"val_confusion": confusion})
 
 
 # --- the parts the loop calls ----------------------------------------------------------------
@@ -392,17 +353,6 @@ def _with_defaults(cfg: dict) -> dict:
         return given
 
     return merge(schema.defaults(), cfg)
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
-    # Distinct, reproducible streams per (seed, epoch, rank), independent of resuming.
-    return (seed * 1_000_003 + epoch * 10_007 + rank) % 2**63
 
 
 def _any_nonfinite(total: torch.Tensor, world_size: int) -> bool:
@@ -446,16 +396,6 @@ def _batches(loader: DataLoader):
         yield x[index], y[index]
 
 
-def _set_loader_epoch(loader: DataLoader, epoch: int, epoch_seed: int) -> None:
-    """Make this epoch's data order a function of the seed and the epoch only."""
-    sampler = loader.sampler
-    if hasattr(sampler, "set_epoch"):  # DistributedSampler
-        sampler.set_epoch(epoch)
-    elif getattr(sampler, "generator", None) is not None:
-        sampler.generator.manual_seed(epoch_seed)
-
-
-@torch.no_grad()
 def _evaluate(model, loader, autocast, device: torch.device, num_classes: int):
     """Summed cross-entropy and the (true x predicted) confusion matrix over ``loader``.
 

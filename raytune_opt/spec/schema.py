@@ -180,6 +180,9 @@ SPEC = Section("A sweep spec.", {
         "limit_batches": Field("int", None, "Stop each epoch after this many micro-batches (dry runs, smoke tests); a "
                                "partial accumulation group still takes an optimizer step.",
                                nullable=True, ge=1),
+        "loop": Field("str", "builtin", "The training loop: builtin (the recipe every other train key configures), "
+                      "or your own as 'module:callable', fn(config, ctx) (see 'Bring your own training loop').",
+                      registry=registry.LOOPS, tunable=False),
         "strategy": Field("str", "ddp", "Distributed strategy per trial: ddp | deepspeed.", choices=STRATEGIES),
         "deepspeed": Section("DeepSpeed's own config, passed through (train.strategy: deepspeed only).", open=True),
         "optimizer": Section("The optimizer.", {
@@ -244,8 +247,8 @@ SPEC = Section("A sweep spec.", {
     "search": Section("How configurations are proposed.", {
         "algorithm": Field("str", "random", "grid | random | optuna | hyperopt.", choices=ALGORITHMS, tunable=False),
         "sampler": Field("str", "tpe", "optuna only: tpe | gp | cmaes | random.", choices=SAMPLERS, tunable=False),
-        "metric": Field("str", "val_accuracy", "Metric to optimize: " + " | ".join(METRICS) + ".",
-                        choices=tuple(METRICS), tunable=False),
+        "metric": Field("str", "val_accuracy", "Metric to optimize: " + " | ".join(METRICS) + " (a user "
+                        "train.loop: any metric it reports).", tunable=False),
         "mode": Field("str", "max", "max | min.", choices=("max", "min"), tunable=False),
         "num_samples": Field("int", 8, "Trials to run (grid: repeats of the whole grid).", ge=1, tunable=False),
         "seed": Field("int", None, "Searcher seed; null: the top-level seed.", nullable=True, ge=0, tunable=False),

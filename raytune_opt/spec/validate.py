@@ -543,7 +543,7 @@ def parse_space(ck: _Checker, raw: Any) -> Space:
 
 def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     """Rules across keys, each skipped when a setting it reads was already reported invalid."""
-    for rules in (_data_rules, _model_rules, _precision_rules, _optimizer_rules, _search_rules, _scheduler_rules,
+    for rules in (_data_rules, _model_rules, _loop_rules, _precision_rules, _optimizer_rules, _search_rules, _scheduler_rules,
                   _hyperband_rules, _pbt_rules,
                   _promotion_rules, _strategy_rules, _resource_rules, _loss_rules, _searcher_rules):
         rules(ck, d, space)
@@ -674,6 +674,27 @@ def _check_user_callable(ck: _Checker, kind: _UserKind, name: str, args: dict, s
                    f"{fmt(args)})", f"set {prefix}{required}, or search {prefix}{required} in space", at=at)
 
 
+def _loop_rules(ck: _Checker, d: dict, space: Space) -> None:
+    """A user loop must import, be callable, and take ``(config, ctx)``."""
+    if not ck.ok("train.loop") or not _user_loop(d):
+        return
+    target = registry.LOOPS.target_of(d["train"]["loop"])
+    try:
+        obj = registry.import_target(target, ck.code_dirs)
+    except registry.ImportTargetError as exc:
+        ck.add(("train", "loop"), f"{exc} (got {fmt(target)})", f"{exc.fix}; {CODE_PATH_FIX}")
+        return
+    import inspect
+
+    try:
+        inspect.signature(obj).bind(None, None)
+    except TypeError:
+        ck.add(("train", "loop"), f"{target} must take (config, ctx) (got a signature {inspect.signature(obj)})",
+               "define it as def train(config, ctx): ...")
+    except ValueError:  # no signature Python can read (a C callable): the trial will tell
+        pass
+
+
 def _precision_rules(ck: _Checker, d: dict, space: Space) -> None:
     if "fp16" in _values_of(d, space, "train.precision") and d["resources"]["gpus_per_worker"] == 0:
         ck.rule("resources.gpus_per_worker", ("train", "precision"),
@@ -689,10 +710,25 @@ def _optimizer_rules(ck: _Checker, d: dict, space: Space) -> None:
                 "set train.optimizer.momentum > 0 or nesterov: false")
 
 
+def _user_loop(d: dict) -> bool:
+    entry = registry.LOOPS.get(d["train"]["loop"])
+    return entry is None or entry.name != "builtin"
+
+
 def _search_rules(ck: _Checker, d: dict, space: Space) -> None:
     search = d["search"]
-    direction = schema.METRICS[search["metric"]]
-    if search["mode"] != direction:
+    if ck.ok("search.metric") and search["metric"] not in schema.METRICS:
+        if not _user_loop(d):
+            hint = did_you_mean(search["metric"], schema.METRICS)
+            ck.add(("search", "metric"), f"unknown value (got {fmt(search['metric'])})",
+                   (hint + " " if hint else "") + "valid: " + ", ".join(schema.METRICS) + " (or a metric your own "
+                   "train.loop reports)")
+        elif not search["metric"].isidentifier():
+            ck.add(("search", "metric"), f"must be a metric name (got {fmt(search['metric'])})",
+                   "name one your train.loop reports, e.g. val_auc")
+        return
+    direction = schema.METRICS.get(search["metric"])
+    if direction is not None and search["mode"] != direction:
         ck.rule("search.metric search.mode", ("search", "mode"),
                 f"{search['metric']} is better when {'higher' if direction == 'max' else 'lower'} "
                 f"(got mode={search['mode']})", f"set search.mode: {direction}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,9 +54,23 @@ def _worker(rank: int, world: int, port: int, out: str, jobs: list) -> None:
             session = SpawnSession(rank, world, ckpt_dir)
             train(cfg, session, resume_from=resume)
             torch.save(session.reports, f"{out}/{name}.rank{rank}.pt")
+            if session.model is not None:  # DDP: the prepared model, to compare the ranks' parameters
+                params = {k: v.detach().clone() for k, v in session.model.module.named_parameters()}
+                torch.save(params, f"{out}/{name}.params{rank}.pt")
             dist.barrier()  # rank 0 writes last.pt after the others are done: a resume job must wait for it
     finally:
         dist.destroy_process_group()
+
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "search_spaces" / "examples"
+
+
+def _user_cfg(strategy: str, deepspeed: dict, epochs: int = EPOCHS) -> dict:
+    """The shipped example's own data, model and loop (search_spaces/examples/user_text/)."""
+    return {"seed": 0, "data": {"dataset": "user_text.data:topics", "args": {"n": 800, "vocab_size": 100}},
+            "model": {"name": "user_text.models:BagOfEmbeddings", "args": {"vocab_size": 100}},
+            "train": {"loop": "user_text.loop:train", "epochs": epochs, "batch_size": 32, "grad_clip_norm": 5.0,
+                      "optimizer": {"name": "adamw", "lr": 2e-2}, "strategy": strategy, "deepspeed": deepspeed}}
 
 
 def _spawn(world: int, out: Path, jobs: list) -> None:
@@ -78,7 +93,17 @@ def runs(tmp_path_factory):
     jobs.append(("zero2_short", _cfg(*RUNS["zero2"], epochs=2), str(out / "zero2_short"), None))
     jobs.append(("zero2_resumed", _cfg(*RUNS["zero2"]), str(out / "zero2_short"),
                  str(out / "zero2_short" / "last.pt")))
-    _spawn(WORLD, out, jobs)
+    # A user loop through the same TrialContext: DDP, and ZeRO-2 straight and resumed.
+    jobs.append(("user_ddp", _user_cfg(*RUNS["ddp"]), str(out / "user_ddp"), None))
+    jobs.append(("user_zero2", _user_cfg(*RUNS["zero2"]), str(out / "user_zero2"), None))
+    jobs.append(("user_zero2_short", _user_cfg(*RUNS["zero2"], epochs=2), str(out / "user_zero2_short"), None))
+    jobs.append(("user_zero2_resumed", _user_cfg(*RUNS["zero2"]), str(out / "user_zero2_short"),
+                 str(out / "user_zero2_short" / "last.pt")))
+    sys.path.insert(0, str(EXAMPLES))  # spawned ranks start with the parent's sys.path
+    try:
+        _spawn(WORLD, out, jobs)
+    finally:
+        sys.path.remove(str(EXAMPLES))
     return out
 
 
@@ -138,3 +163,21 @@ def test_resume_at_another_world_size_falls_back_to_the_consolidated_weights(run
     assert "fresh optimizer" in log and "written by 2 rank(s) and this run has 1" in log
     (report,) = _reports(tmp_path, "one_rank")
     assert report["epoch"] == EPOCHS + 1 and report["val_accuracy"] > 0.85
+
+
+def test_a_user_loop_keeps_its_ranks_in_sync_under_ddp_and_runs_under_zero2(runs, monkeypatch):
+    """The example's own loop (ctx.prepare_model / loader / backward / step / all_sum / report)."""
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    for name in ("user_ddp", "user_zero2"):
+        r0, r1 = _reports(runs, name, 0), _reports(runs, name, 1)
+        assert [r["epoch"] for r in r0] == [1, 2, 3] and r0[-1]["stop_reason"] == "completed"
+        assert [r["val_accuracy"] for r in r0] == [r["val_accuracy"] for r in r1]  # the same numbers on both ranks
+        assert r0[-1]["val_accuracy"] > 0.6, (name, r0[-1])
+        model, ckpt = load_model(runs / name / "last.pt")  # consolidated, no DeepSpeed needed
+        assert ckpt["model"]["target"] == "user_text.models:BagOfEmbeddings" and ckpt["epoch"] == EPOCHS
+    p0, p1 = (torch.load(runs / f"user_ddp.params{r}.pt") for r in range(WORLD))
+    assert p0.keys() == p1.keys() and all(torch.equal(p0[k], p1[k]) for k in p0)
+    # ZeRO-2 resumed after 2 epochs: the third epoch as the straight run had it.
+    straight, resumed = _reports(runs, "user_zero2"), _reports(runs, "user_zero2_resumed")
+    assert [r["epoch"] for r in resumed] == [EPOCHS]
+    assert resumed[0]["val_loss"] == pytest.approx(straight[-1]["val_loss"], rel=1e-4)
