@@ -19,8 +19,17 @@ def resolve_address(address: str | None) -> str | None:
     return address or os.environ.get("RAY_ADDRESS") or None
 
 
-def start(address: str | None, num_cpus: int | None = None) -> bool:
+def in_ray_job() -> bool:
+    """Whether this process is a Ray job's driver (``ray job submit`` / ``raytune-opt
+    submit``): its working directory reaches every node through the job's own runtime env."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def start(address: str | None, num_cpus: int | None = None, py_modules: list | None = None) -> bool:
     """Start an embedded local Ray (address None) or join ``address``; True if embedded.
+
+    ``py_modules``: user modules Ray ships to every node of a joined cluster (its
+    ``runtime_env``), for trials to import there.
 
     Raises:
         UsageError: the cluster cannot be reached.
@@ -37,7 +46,8 @@ def start(address: str | None, num_cpus: int | None = None) -> bool:
         return True
     _probe(address)
     try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+        ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                 runtime_env={"py_modules": py_modules} if py_modules else None)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(f"{_source(address)} {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]}); "
                          "check the address (e.g. 127.0.0.1:6379 or ray://host:10001) and that the cluster runs") from None

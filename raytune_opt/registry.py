@@ -30,7 +30,8 @@ from typing import Any, Callable, Iterator, Sequence
 from raytune_opt.errors import RaytuneOptError
 
 __all__ = ["Entry", "Registry", "ImportTargetError", "MODELS", "DATASETS", "LOOPS", "INJECTED", "DATA_INJECTED",
-           "is_import_path", "import_target", "code_path", "add_code_paths", "Signature", "signature_of"]
+           "is_import_path", "import_target", "code_path", "add_code_paths", "Signature", "signature_of",
+           "user_modules"]
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _IMPORT_PATH = re.compile(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}(\.{_IDENT})*")
@@ -200,6 +201,30 @@ def import_target(path: str, dirs: Sequence[str] = ()) -> Callable:
         raise ImportTargetError(f"{path!r} names an object of type {type(obj).__name__}, not a class or function",
                                 "point it at an nn.Module class or a function that returns one")
     return obj
+
+
+def user_modules(targets: Sequence[str], dirs: Sequence[str]) -> list:
+    """The top-level modules of ``targets`` (import paths) that live under ``dirs`` (the
+    user's project, as opposed to installed packages), imported: what a joined cluster's
+    other nodes need shipped (Ray's ``runtime_env`` ``py_modules`` takes module objects, a
+    package or a single file). Targets that do not import are left out (validation said so)."""
+    roots = [os.path.abspath(d) for d in dirs]
+    out: dict[str, Any] = {}
+    for target in targets:
+        if not is_import_path(target):
+            continue
+        top = target.partition(":")[0].split(".")[0]
+        if top in out:
+            continue
+        with code_path(dirs):
+            try:
+                module = importlib.import_module(top)
+            except Exception:  # validation reports it
+                continue
+        paths = list(getattr(module, "__path__", []) or []) or [getattr(module, "__file__", None) or ""]
+        if any(p and os.path.commonpath([os.path.abspath(p), r]) == r for p in paths for r in roots):
+            out[top] = module
+    return list(out.values())
 
 
 @dataclass(frozen=True)

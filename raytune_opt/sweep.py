@@ -126,13 +126,37 @@ def _scheduler(spec: Spec, loc: stores.Location):
                                              "endpoint_url": loc.endpoint_url})
 
 
-def _trainable(spec: Spec, loc: stores.Location, dry_run: bool):
+def _trainable(spec: Spec, loc: stores.Location, dry_run: bool, shipped: list):
     from ray import tune
 
+    # Shipped modules are what trials import on a joined cluster; the driver's directories
+    # mean nothing on other machines (and on this one would shadow what was shipped).
     trainable = trial.make_trainable(spec.data, spec.space, spec.sha256(), loc.fs_path,
-                                     force=DRY_RUN_FORCE if dry_run else None,
-                                     endpoint_url=loc.endpoint_url, remote=loc.remote, code_dirs=spec.code_dirs)
+                                     force=DRY_RUN_FORCE if dry_run else None, endpoint_url=loc.endpoint_url,
+                                     remote=loc.remote, code_dirs=() if shipped else spec.code_dirs)
     return tune.with_resources(trainable, _trial_resources(spec))
+
+
+def code_to_ship(spec: Spec, address: str | None) -> list:
+    """The user modules a joined cluster's nodes need (model, data set, loop named by import
+    path, searched options too), from the spec's directories; none for the embedded local Ray
+    and inside a Ray job (its working directory travels with it)."""
+    if address is None or ray_runtime.in_ray_job():
+        return []
+    from raytune_opt import registry
+
+    targets = []
+    for reg, key in ((registry.MODELS, "model.name"), (registry.DATASETS, "data.dataset"),
+                     (registry.LOOPS, "train.loop")):
+        section, name = key.split(".")
+        values = {spec.data[section][name]}
+        p = spec.space.by_key.get(key)
+        if p is not None and p.domain.categorical:
+            values |= set(p.domain.args)
+        targets += [reg.target_of(v) for v in values if isinstance(v, str)]
+    # raytune_opt itself is installed on every node (and may sit in the current directory).
+    targets = [t for t in targets if not t.startswith("raytune_opt.")]
+    return registry.user_modules(sorted(targets), spec.code_dirs)
 
 
 def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = None,
@@ -170,7 +194,8 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     search_alg, param_space = searchers.build_searcher(spec)
     if address is None:  # a bad storage path fails before Ray starts
         _write_inputs(loc, spec, source_text, dry_run)
-    embedded = ray_runtime.start(address)
+    shipped = code_to_ship(spec, address)
+    embedded = ray_runtime.start(address, py_modules=shipped)
     try:
         if address is not None:
             if not loc.remote:  # before anything is written there
@@ -178,7 +203,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 stores.check_shared(exp_dir.parent)
             _write_inputs(loc, spec, source_text, dry_run)
         tuner = tune.Tuner(
-            _trainable(spec, loc, dry_run),
+            _trainable(spec, loc, dry_run, shipped),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 metric=search["metric"], mode=search["mode"], search_alg=search_alg,
@@ -272,7 +297,8 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
         raise UsageError(f"{loc.uri}: Ray Tune's experiment state is missing (tuner.pkl / experiment_state-*.json); "
                          "the sweep cannot be resumed — results.csv and trial_*/ still hold what finished")
     address = ray_runtime.resolve_address(address)
-    embedded = ray_runtime.start(address)
+    shipped = code_to_ship(spec, address)
+    embedded = ray_runtime.start(address, py_modules=shipped)
     try:
         try:
             # Trials keep the same Tune ids (RESUME), so the restored searcher and its
@@ -283,7 +309,7 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
             if restart_errored:
                 _forget_errored_checkpoints(loc)
             again = tune.ResumeConfig.ResumeType.RESUME
-            tuner = tune.Tuner.restore(restore_path, trainable=_trainable(spec, loc, dry_run),
+            tuner = tune.Tuner.restore(restore_path, trainable=_trainable(spec, loc, dry_run, shipped),
                                        storage_filesystem=loc.filesystem(),
                                        _resume_config=tune.ResumeConfig(unfinished=again, errored=again))
         except (EOFError, OSError, ValueError, RuntimeError) as exc:  # truncated state (ray#58179)

@@ -132,11 +132,35 @@ class KeepState(tune.Callback):
                 self._warn(exc)
 
 
+# A kept copy older than the live state by more than this is not put back over a readable one.
+MIXED_MAX_AGE_S = 60.0
+
+
+def _mixed(files: list[Path], copy: list[Path], copy_dir: Path) -> bool:
+    """Whether the live files differ from the kept copy (a complete set from one save), which
+    is no older than :data:`MIXED_MAX_AGE_S` than them.
+
+    Tune writes a save's files into its staging directory, then copies that directory in a
+    background thread: a kill during the copy, or a save during a copy (Ray warns of
+    "consistency issues upon restoration"), leaves the experiment_state of one save beside the
+    search generator's state of another; the generator then proposes a trial the state
+    already has (one trial too many) or forgets one. The kept copy is always one save's: it
+    wins whenever the two differ, going back at most a few seconds (the copying is bounded to
+    a share of the driver's time, so it can lag Tune's last save a little).
+    """
+    live = {f.name: f for f in files}
+    if all(live[c.name].read_bytes() == c.read_bytes() for c in copy):
+        return False
+    newest_live = max(f.stat().st_mtime for f in files)
+    return newest_live - copy_dir.stat().st_mtime <= MIXED_MAX_AGE_S
+
+
 def repair(exp_dir: str | Path) -> list[str]:
     """Make the experiment's newest Tune state readable before a resume; what was done.
 
     A session whose files in the experiment directory do not read back (or lack one its
-    kept copy has) gets its kept copy back; without one it is moved to
+    kept copy has), or differ from its kept copy (not one save's, see :func:`_mixed`), gets
+    its kept copy back; an unreadable one without a copy is moved to
     ``.tune-state/unreadable-<session>/`` and the session before it is tried.
     """
     exp = Path(exp_dir)
@@ -154,6 +178,11 @@ def repair(exp_dir: str | Path) -> list[str]:
         copy = sorted(kept[session].iterdir()) if session in kept else []
         whole = {f.name for f in copy} <= {f.name for f in files}
         if files and whole and _readable(files):
+            if copy and _mixed(files, copy, kept[session]) and _readable(copy):
+                for f in copy:
+                    _atomic.write_bytes(exp / f.name, f.read_bytes())
+                notes.append(f"{exp}: Ray Tune's state files of session {session} differ from its last complete "
+                             "copy (Tune's own copy of them may have been cut short); resuming from that copy")
             return notes
         if copy and _readable(copy):
             for f in copy:

@@ -104,3 +104,31 @@ def test_add_code_paths_puts_directories_first_once(tmp_path, monkeypatch):
     registry.add_code_paths([str(tmp_path), str(tmp_path)])
     registry.add_code_paths([str(tmp_path)])
     assert sys.path[0] == str(tmp_path) and sys.path.count(str(tmp_path)) == 1
+
+
+def test_user_modules_are_those_of_the_users_project_not_installed_packages(tmp_path, monkeypatch):
+    """What `run --address` ships to a joined cluster's nodes (tests/cluster/test_multinode.py runs it)."""
+    import sys
+
+    from raytune_opt.sweep import code_to_ship
+    from raytune_opt.spec import load_spec
+
+    pkg = f"ship_pkg_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / pkg).mkdir()
+    (tmp_path / pkg / "__init__.py").write_text("")
+    (tmp_path / pkg / "nets.py").write_text("from torch import nn\n\ndef net(num_classes):\n    return nn.Linear(64, "
+                                            "num_classes)\n")
+    single = f"ship_one_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{single}.py").write_text("def train(config, ctx):\n    pass\n")
+    for name in (pkg, single):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    mods = registry.user_modules([f"{pkg}.nets:net", f"{single}:train", "torch.nn:Linear", "nope.x:y"],
+                                 [str(tmp_path)])
+    assert [m.__name__ for m in mods] == [pkg, single]  # torch is installed, nope does not import
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(f"model: {{name: '{pkg}.nets:net'}}\ntrain: {{loop: '{single}:train'}}\n")
+    spec = load_spec(spec_path)
+    assert sorted(m.__name__ for m in code_to_ship(spec, "127.0.0.1:6379")) == sorted([pkg, single])
+    assert code_to_ship(spec, None) == []  # the embedded local Ray: every path is this machine's
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
+    assert code_to_ship(spec, "127.0.0.1:6379") == []  # a Ray job's working directory travels with it

@@ -125,3 +125,30 @@ def test_a_copy_that_cannot_be_written_warns_once_and_the_sweep_goes_on(tmp_path
         cb.on_step_end(0, [trial])
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "keeping a copy of Ray Tune's state" in err[0] and "the sweep goes on" in err[0], err
+
+
+def test_repair_puts_back_the_kept_copy_over_files_of_two_saves(tmp_path):
+    """Tune's background copy cut between its files (or overlapping the next save): the
+    experiment_state of save 2 beside the searcher state of save 1 would make the searcher
+    propose a trial the state already has."""
+    import os
+    import time
+
+    staging = tmp_path / "staging"
+    _write_session(staging, S1, n_trials=2)
+    exp = tmp_path / "exp"
+    _write_session(exp, S1, n_trials=2)
+    _write_session(staging, S1, n_trials=3)
+    keeper = _Keeper(exp, min_interval_s=0, max_share=1)
+    assert keeper.keep(staging)  # the copy of save 2
+    (exp / f"experiment_state-{S1}.json").write_bytes((staging / f"experiment_state-{S1}.json").read_bytes())
+    assert _state(exp, S1) == ({"trial_data": [0, 1, 2]}, {"trials": 2})  # mixed
+    [note] = repair(exp)
+    assert "differ from its last complete copy" in note and _state(exp, S1) == ({"trial_data": [0, 1, 2]}, {"trials": 3})
+    assert repair(exp) == []  # now one save's
+    # A kept copy far older than the live files (the keeping fell behind) is not put back.
+    _write_session(exp, S1, n_trials=5)
+    [kept] = (exp / KEPT).iterdir()
+    old = time.time() - 3600
+    os.utime(kept, (old, old))
+    assert repair(exp) == [] and _state(exp, S1) == ({"trial_data": [0, 1, 2, 3, 4]}, {"trials": 5})

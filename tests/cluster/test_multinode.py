@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -209,3 +210,27 @@ def test_bad_s3_storage_exits_2_with_one_line_before_ray_starts(s3, tmp_path, ca
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"storage.path {path}"), proc.stderr
     assert {"no-bucket": "does not exist", "unreachable": "endpoint_url"}[case] in err[0]
+
+
+def test_user_code_the_worker_node_cannot_see_is_shipped_to_it(cluster, s3, tmp_path):
+    """The shipped text example (its own data, model and loop) in a directory only the head
+    sees: trials on the worker node import it from what `run --address` ships (Ray's
+    runtime_env py_modules), not from the driver's path."""
+    head, worker, private = cluster
+    if private is None:
+        pytest.skip("no private mount namespace here (unshare --mount needs root): every node sees every path")
+    repo = Path(__file__).resolve().parents[2]
+    project = tempfile.mkdtemp(prefix="usercode", dir=private)  # the worker node sees an empty tmpfs here
+    try:
+        shutil.copytree(repo / "search_spaces" / "examples" / "user_text", os.path.join(project, "user_text"))
+        shutil.copy(repo / "search_spaces" / "examples" / "text_user_data.yaml", project)
+        proc = _cli(["run", os.path.join(project, "text_user_data.yaml"), "name=shipped",
+                     f"storage.path=s3://{s3.bucket}/exp", f"storage.endpoint_url={s3.endpoint}", "train.epochs=2",
+                     "search.num_samples=4", "resources.max_concurrent_trials=2", "promote.enabled=false",
+                     "--address", head.gcs], _env(head, s3, tmp_path))
+    finally:
+        shutil.rmtree(project, ignore_errors=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = list(csv.DictReader(io.StringIO(_object(s3, "exp/shipped/results.csv").decode())))
+    assert len(rows) == 4 and all(r["status"] == "ok" for r in rows), [(r["status"], r["error"][-300:]) for r in rows]
+    assert worker.node_id in {r["node_id"] for r in rows}, "no trial ran on the node that cannot see the code"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import sys
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from raytune_opt import registry
 from raytune_opt.recipe import bundle as bundle_mod
 from raytune_opt.recipe.bundle import DataBundle, as_bundle, load_bundle, materialize, train_labels
 from raytune_opt.recipe.errors import DataError
+from tests._user_code import user_module
 
 
 def _pair(n=20, classes=3, shape=(5,)):
@@ -124,10 +124,7 @@ def broken(**kwargs):
 
 @pytest.fixture
 def user_pkg(tmp_path):
-    name = f"udata_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{name}.py").write_text(USER)
-    yield tmp_path, name
-    sys.modules.pop(name, None)
+    yield from user_module(tmp_path, "udata", USER)
     bundle_mod._MEMO.clear()
 
 

@@ -3,14 +3,12 @@ and a data callable that fails or returns the wrong thing stopping `run` with on
 
 from __future__ import annotations
 
-import sys
-import textwrap
 
 import pytest
 
 from raytune_opt.cli import main
-from raytune_opt.errors import SpecError
 from raytune_opt.spec import load_spec
+from tests._user_code import spec_problems, user_module, write_spec
 
 DATA = '''
 import torch
@@ -34,27 +32,12 @@ def raises(n: int = 4):
 
 @pytest.fixture
 def spec_dir(tmp_path):
-    name = f"udata_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / f"{name}.py").write_text(DATA)
-    yield tmp_path, name
-    sys.modules.pop(name, None)
-
-
-def _write(directory, body: str):
-    path = directory / "spec.yaml"
-    path.write_text(textwrap.dedent(body))
-    return path
-
-
-def _problems(path, overrides=()):
-    with pytest.raises(SpecError) as info:
-        load_spec(path, list(overrides))
-    return [str(p) for p in info.value.problems]
+    yield from user_module(tmp_path, "udata", DATA)
 
 
 def test_a_user_data_set_validates_with_fixed_and_searched_args(spec_dir):
     directory, mod = spec_dir
-    path = _write(directory, f"""
+    path = write_spec(directory, f"""
         data:
           dataset: {mod}:load
           args: {{n: 64}}
@@ -68,14 +51,14 @@ def test_a_user_data_set_validates_with_fixed_and_searched_args(spec_dir):
 
 def test_every_data_args_problem_at_once(spec_dir):
     directory, mod = spec_dir
-    path = _write(directory, f"""
+    path = write_spec(directory, f"""
         data:
           dataset: {mod}:load
           args: {{nn: 64, seed: 3}}
         space:
           data.args.nois: {{uniform: [0.0, 0.5]}}
     """)
-    problems = _problems(path)
+    problems = spec_problems(path)
     assert len(problems) == 4, problems
     assert any(f"data.args.nn: {mod}:load takes no argument 'nn' (got 64); did you mean 'n'?" in p for p in problems)
     assert any("data.args.seed: seed is given by the spec (got 3)" in p for p in problems)
@@ -85,19 +68,19 @@ def test_every_data_args_problem_at_once(spec_dir):
 
 def test_a_data_set_that_does_not_import_is_one_line_at_its_key(spec_dir):
     directory, mod = spec_dir
-    path = _write(directory, f"data:\n  dataset: {mod}.nope:load\n")
-    assert _problems(path) == [f"{path}:2:3: data.dataset: cannot import '{mod}.nope:load' (No module named "
+    path = write_spec(directory, f"data:\n  dataset: {mod}.nope:load\n")
+    assert spec_problems(path) == [f"{path}:2:3: data.dataset: cannot import '{mod}.nope:load' (No module named "
                                f"'{mod}.nope'; '{mod}' is not a package) (got '{mod}.nope:load'); check the module "
                                f"path; user code is imported from the spec's directory, the current directory, then "
                                f"sys.path"]
-    path = _write(directory, f"data:\n  dataset: {mod}:lod\n")
-    assert "has no attribute 'lod'; did you mean 'load'?" in _problems(path)[0]
+    path = write_spec(directory, f"data:\n  dataset: {mod}:lod\n")
+    assert "has no attribute 'lod'; did you mean 'load'?" in spec_problems(path)[0]
 
 
 def test_built_in_data_sets_take_no_args(spec_dir):
     directory, _ = spec_dir
-    path = _write(directory, "data:\n  dataset: digits\n  args: {n: 3}\n")
-    assert _problems(path) == [f"{path}:3:3: data.args: only user datasets take args; built-in digits reads "
+    path = write_spec(directory, "data:\n  dataset: digits\n  args: {n: 3}\n")
+    assert spec_problems(path) == [f"{path}:3:3: data.args: only user datasets take args; built-in digits reads "
                                "data.root, data.val_fraction... (got {\"n\": 3}); remove it, or set data.dataset to your "
                                "own 'module:callable'"]
 
@@ -108,7 +91,7 @@ def test_built_in_data_sets_take_no_args(spec_dir):
 ])
 def test_run_stops_before_ray_on_a_data_callable_that_fails(spec_dir, fn, message, capsys):
     directory, mod = spec_dir
-    path = _write(directory, f"data:\n  dataset: {mod}:{fn}\nmodel: {{name: mlp}}\n")
+    path = write_spec(directory, f"data:\n  dataset: {mod}:{fn}\nmodel: {{name: mlp}}\n")
     assert main(["run", str(path), "--storage", str(directory / "out")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and f"data.dataset {mod}:{fn} {message}" in err

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import textwrap
 
 import pytest
 
 from raytune_opt import registry
 from raytune_opt.cli import main
-from raytune_opt.errors import SpecError
 from raytune_opt.spec import load_spec
+from tests._user_code import spec_problems, user_module, write_spec
 
 NET = '''
 from torch import nn
@@ -32,28 +31,13 @@ def anything(**kwargs):
 @pytest.fixture
 def spec_dir(tmp_path):
     """A directory holding a user package (unique name per test) and nothing else."""
-    name = f"umodels_{tmp_path.name.replace('-', '_')}"
-    (tmp_path / name).mkdir()
-    (tmp_path / name / "__init__.py").write_text(NET)
-    return tmp_path, name
-
-
-def _write(directory, body: str):
-    path = directory / "spec.yaml"
-    path.write_text(textwrap.dedent(body))
-    return path
-
-
-def _problems(path, overrides=()):
-    with pytest.raises(SpecError) as info:
-        load_spec(path, list(overrides))
-    return [str(p) for p in info.value.problems]
+    yield from user_module(tmp_path, "umodels", NET, package=True)
 
 
 def test_a_user_model_next_to_the_spec_validates_with_fixed_and_searched_args(spec_dir, tmp_path, monkeypatch):
     directory, pkg = spec_dir
     monkeypatch.chdir(tmp_path.parent)  # found through the spec's directory, not the current one
-    path = _write(directory, f"""
+    path = write_spec(directory, f"""
         model:
           name: {pkg}:Net
           args: {{hidden: 16}}
@@ -69,26 +53,26 @@ def test_a_user_model_next_to_the_spec_validates_with_fixed_and_searched_args(sp
 
 def test_a_required_arg_may_be_supplied_by_the_space_alone(spec_dir):
     directory, pkg = spec_dir
-    path = _write(directory, f"model: {{name: '{pkg}:Net'}}\nspace:\n  model.args.hidden: {{choice: [8, 16]}}\n")
+    path = write_spec(directory, f"model: {{name: '{pkg}:Net'}}\nspace:\n  model.args.hidden: {{choice: [8, 16]}}\n")
     assert load_spec(path).space.by_key["model.args.hidden"].domain.args == (8, 16)
     # ... and without the space it is missing.
-    assert _problems(path, ["space={}"]) == [
+    assert spec_problems(path, ["space={}"]) == [
         f"{path}:1:9: model.name: {pkg}:Net needs argument 'hidden', which nothing supplies (got model.args {{}}); "
         "set model.args.hidden, or search model.args.hidden in space"]
 
 
 def test_a_kwargs_signature_takes_any_arg(spec_dir):
     directory, pkg = spec_dir
-    path = _write(directory, f"model:\n  name: {pkg}:anything\n  args: {{whatever: 1, colour: red}}\n")
+    path = write_spec(directory, f"model:\n  name: {pkg}:anything\n  args: {{whatever: 1, colour: red}}\n")
     assert load_spec(path).data["model"]["args"] == {"whatever": 1, "colour": "red"}
 
 
 def test_model_name_and_args_from_overrides(spec_dir):
     directory, pkg = spec_dir
-    path = _write(directory, "name: x\n")
+    path = write_spec(directory, "name: x\n")
     spec = load_spec(path, [f"model.name={pkg}:Net", "model.args.hidden=4"])
     assert spec.data["model"] == {**spec.data["model"], "name": f"{pkg}:Net", "args": {"hidden": 4}}
-    problems = _problems(path, [f"model.name={pkg}:Net", "model.args.hiden=4"])
+    problems = spec_problems(path, [f"model.name={pkg}:Net", "model.args.hiden=4"])
     assert len(problems) == 2 and problems[0].startswith(f"override 'model.args.hiden=4': model.args.hiden: "
                                                          f"{pkg}:Net takes no argument 'hiden' (got 4); did you mean "
                                                          f"'hidden'?")
@@ -104,10 +88,10 @@ def test_searching_a_builtin_against_a_user_model_checks_args_per_option(spec_di
               small_cnn: {{}}
               "{pkg}:Net": {{model.args.hidden: {{choice: [8, 16]}}}}
     """
-    assert set(load_spec(_write(directory, body)).space.by_key) == {"model.name", "model.args.hidden"}
+    assert set(load_spec(write_spec(directory, body)).space.by_key) == {"model.name", "model.args.hidden"}
     # An arg only the built-in option would get is no problem of the user model's, and vice versa.
     bad = body.replace("model.args.hidden", "model.args.hiddn")
-    problems = _problems(_write(directory, bad))
+    problems = spec_problems(write_spec(directory, bad))
     assert len(problems) == 2, problems
     assert "space.model.args.hiddn: " in problems[0] and "takes no argument 'hiddn'" in problems[0]
     assert "space.model.name: " in problems[1] and "needs argument 'hidden'" in problems[1]
@@ -115,7 +99,7 @@ def test_searching_a_builtin_against_a_user_model_checks_args_per_option(spec_di
 
 def test_every_problem_at_once_through_the_cli(spec_dir, capsys):
     directory, pkg = spec_dir
-    path = _write(directory, f"""
+    path = write_spec(directory, f"""
         model:
           name: {pkg}:Net
           args: {{hiddn: 3, num_classes: 4}}
@@ -139,9 +123,9 @@ def test_a_registered_user_model_and_its_check_hook(spec_dir, monkeypatch):
             (("args", "hidden"), f"must be a multiple of 8 (got {args.get('hidden')})", "use 8, 16, 24...")]
 
     registry.MODELS.register("my_net", f"{pkg}:Net", check=check)
-    path = _write(directory, "model:\n  name: my_net\n  args: {hidden: 16}\n")
+    path = write_spec(directory, "model:\n  name: my_net\n  args: {hidden: 16}\n")
     assert load_spec(path).data["model"]["name"] == "my_net"
-    assert _problems(path, ["model.args.hidden=12"]) == [
+    assert spec_problems(path, ["model.args.hidden=12"]) == [
         "override 'model.args.hidden=12': model.args.hidden: must be a multiple of 8 (got 12); use 8, 16, 24..."]
 
 
