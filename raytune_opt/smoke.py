@@ -87,8 +87,9 @@ def smoke(spec, echo: Callable[[str], None] = print) -> dict:
     torch.manual_seed(seed)
     data = load_bundle(cfg["data"], seed, spec.code_dirs)
     dtype = str(data.input_example.dtype).removeprefix("torch.")
+    what = f"{data.num_classes} classes" if data.task == "classification" else "a regression (one output)"
     echo(f"smoke: data {cfg['data']['dataset']}: {len(data.train)} train / {len(data.val)} val samples, "
-         f"inputs {data.input_shape} {dtype}, {data.num_classes} classes")
+         f"inputs {data.input_shape} {dtype}, {what}")
     name = cfg["model"]["name"]
     with registry.code_path(spec.code_dirs):
         try:
@@ -106,7 +107,10 @@ def smoke(spec, echo: Callable[[str], None] = print) -> dict:
     problem = output_problem(out, x, data.num_classes)
     if problem:
         raise SmokeError(f"smoke: model.name {name}: {problem}")
-    loss = F.cross_entropy(out.float(), y)
+    if data.task == "regression":
+        loss = F.mse_loss(out.float().reshape(y.shape), y.float())
+    else:
+        loss = F.cross_entropy(out.float(), y)
     if not loss.requires_grad:
         raise SmokeError(f"smoke: model.name {name}: no parameter got a gradient from the loss; the output must "
                          f"depend on trainable parameters")

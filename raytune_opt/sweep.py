@@ -19,7 +19,7 @@ from pathlib import Path
 from raytune_opt import _atomic, ray_runtime, report, results, schedulers, searchers, tracking, trial
 from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
 from raytune_opt.errors import UsageError
-from raytune_opt.spec import Spec
+from raytune_opt.spec import Spec, schema
 
 # What --dry-run forces on every trial, after the trial's own config: toy scale, one worker.
 DRY_RUN_FORCE = {
@@ -448,7 +448,8 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
         ids = df["trial_id"].dropna() if df is not None and "trial_id" in df else ()
         trial_id = (ids.iloc[-1] if len(ids) else None) or m.get("trial_id") or Path(res.path).name
         if df is not None and len(df):
-            keep = [c for c in df.columns if c in _HISTORY_KEYS]
+            # Ours, and the sweep's metric whatever its name (a user loop may report its own).
+            keep = [c for c in df.columns if c in _HISTORY_KEYS or c == metric or c == f"best_{metric}"]
             history = [_history_row(rec, spec) for rec in df[keep + [c for c in ("replayed",) if c in df]]
                        .to_dict("records")]
             history = _without_replays(history)
@@ -484,9 +485,8 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
     return sorted(rows, key=lambda r: r.trial_id)
 
 
-_HISTORY_KEYS = {"epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
-                 "grad_norm", "lr", "samples_per_s", "epoch_s", "stop_reason", "rank_param_max_diff",
-                 trial.TRIAL_CONFIG}
+_HISTORY_KEYS = {"epoch", "grad_norm", "lr", "samples_per_s", "epoch_s", "stop_reason", "rank_param_max_diff",
+                 trial.TRIAL_CONFIG, *schema.METRICS}
 
 
 def _without_replays(history: list[dict]) -> list[dict]:

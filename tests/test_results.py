@@ -69,3 +69,18 @@ def test_a_full_disk_leaves_the_previous_results_intact(full_disk):
     assert after == before  # no half-written results.csv / best.json, no temporary files left
     assert not [p for p in full_disk.rglob("*.tmp")]
     os.remove(full_disk / "filler")
+
+
+def test_a_metric_of_a_user_loop_gets_its_columns_and_picks_the_best(tmp_path):
+    def row(tid, auc):
+        hist = [{"epoch": 1, "val_auc": auc / 2}, {"epoch": 2, "val_auc": auc}]
+        return TrialRow(trial_id=tid, status="ok", stop_reason="completed", config={}, epochs=2, seconds=1.0,
+                        train_seconds=0.5, best=results.best_epoch(hist, "val_auc", "max"), last=hist[-1],
+                        checkpoint=f"/x/{tid}", history=hist)
+
+    best = results.write_results(tmp_path, [row("a", 0.7), row("b", 0.8)], [], "val_auc", "max", "abc")
+    assert best.trial_id == "b"
+    with open(tmp_path / "results.csv") as f:
+        recs = list(csv.DictReader(f))
+    assert recs[1]["best_val_auc"] == "0.8" and recs[1]["best_val_accuracy"] == ""
+    assert "best_val_rmse" not in recs[0]  # a recipe metric nobody reported gets no column

@@ -95,6 +95,10 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     with registry.code_path(code_dirs_of(source.exp_dir)):  # a user model or data set imports as in the sweep
         model, ckpt = load_model(source.checkpoint)
         data = load_bundle(ckpt["recipe"]["data"], int(source.spec["seed"]))
+    if data.task != "classification":
+        raise PromotionError(f"{source.exp_dir}: trial {source.trial_id} is a {data.task} model, and promotion "
+                             f"measures accuracy (its INT8 gate is an accuracy gate); {data.task} models are not "
+                             f"promoted yet: set promote.enabled: false")
     threads = measure.threads_for(cfg.get("ort_threads"))  # experiments of older versions have no such key
     x_val, y_val = materialize(data.val, collate_fn=data.collate_fn)
     run = _Run(source, cfg, out_dir, x_val.numpy(), y_val.numpy(), log, threads)

@@ -41,9 +41,10 @@ class DataBundle:
         train, val: torch Datasets of ``(input, label)`` samples. A ``TensorDataset`` of
             (inputs, labels) is sliced a batch at a time (the fastest path).
         num_classes: classes of a classification task; None: one more than the largest
-            label of either split.
-        task: ``"classification"`` (labels are class indices). None: inferred from the first
-            label (an integer is classification).
+            label of either split. A regression has one output (1).
+        task: ``"classification"`` (labels are class indices) or ``"regression"`` (labels
+            are numbers). None: the spec's ``data.task``, else the first label's type (an
+            integer classifies, a float regresses).
         input_example: a batch of inputs (batch first) with the shape and dtype the model
             takes; ONNX export traces with it. None: the first training sample's input.
         class_names: one name per class (the report and the promotion manifest); None:
@@ -96,17 +97,19 @@ def make_loader(data: DataBundle, split: str, batch_size: int, **kwargs) -> Data
                       **kwargs)
 
 
-def as_bundle(result: Any, label: str) -> DataBundle:
+def as_bundle(result: Any, label: str, task: str | None = None) -> DataBundle:
     """Check what a data set callable returned and fill in what it left out.
 
     Args:
         result: a :class:`DataBundle` or a ``(train, val)`` pair.
         label: the callable, for messages (``mypkg.data:load``).
+        task: the spec's ``data.task`` (None: the bundle's, else its labels': an integer
+            classifies, a float regresses).
 
     Raises:
         DataError: not a bundle or a pair, a split that is not a non-empty Dataset of
-            ``(input, label)`` pairs, labels that are not class indices below num_classes,
-            or a task this version cannot train.
+            ``(input, label)`` pairs, labels that do not fit the task (class indices below
+            num_classes; numbers for a regression), or a task other than the spec's.
     """
     fix_return = "return raytune_opt.DataBundle(train=..., val=...) or a (train, val) pair of torch Datasets"
     if isinstance(result, (tuple, list)) and len(result) == 2:
@@ -115,20 +118,19 @@ def as_bundle(result: Any, label: str) -> DataBundle:
         kind = _describe(result) if isinstance(result, (tuple, list)) else _a(type(result).__name__)
         raise DataError(f"data.dataset {label} returned {kind}, not a DataBundle or a (train, val) pair; {fix_return}")
     first = {name: _first_sample(getattr(result, name), name, label) for name in ("train", "val")}
-    task = result.task
-    if task is None:
-        task = "classification" if _is_index(first["train"][1]) else "regression"
+    if result.task is not None and task is not None and result.task != task:
+        raise DataError(f"data.dataset {label}: its DataBundle says task {result.task!r} but data.task is {task!r}; "
+                        f"remove data.task or make them agree")
+    task = result.task or task or ("classification" if _is_index(first["train"][1]) else "regression")
     if task not in TASKS:
         raise DataError(f"data.dataset {label}: task must be one of {', '.join(TASKS)} (got {task!r}); set "
                         f"DataBundle(task=...) accordingly")
-    if task != "classification":
-        # Regression (losses mse/l1/huber, metrics val_rmse/mae/r2) is issue 12's next slice.
-        raise DataError(f"data.dataset {label}: its labels are {_describe(first['train'][1])}, i.e. a "
-                        f"{task} task, which this version cannot train yet; return class indices (int64)")
+    if task == "regression":
+        return _regression(result, first, label)
     for name, (_, y) in first.items():
         if not _is_index(y):
             raise DataError(f"data.dataset {label}: a {name} label is {_describe(y)}, not a class index; "
-                            f"return integer labels (0 .. num_classes-1)")
+                            f"return integer labels (0 .. num_classes-1), or set data.task: regression")
     num_classes = result.num_classes
     if num_classes is None or isinstance(result.train, TensorDataset):
         top = max(int(train_labels(result.train).max()), int(train_labels(result.val).max()))
@@ -139,20 +141,37 @@ def as_bundle(result: Any, label: str) -> DataBundle:
                             f"labels run from 0 to num_classes-1")
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 2:
         raise DataError(f"data.dataset {label}: num_classes must be an integer of at least 2 (got {num_classes!r})")
-    example = result.input_example
-    if example is None:
-        example = torch.as_tensor(first["train"][0]).unsqueeze(0)
-    elif not isinstance(example, torch.Tensor) or example.dim() < 1:
-        raise DataError(f"data.dataset {label}: input_example must be a batch tensor (batch first) (got "
-                        f"{_describe(example)}); pass e.g. train[0][0].unsqueeze(0)")
     names = result.class_names
     if names is None:
         names = tuple(str(i) for i in range(num_classes))
     elif len(names) != num_classes:
         raise DataError(f"data.dataset {label}: {len(names)} class_names for {num_classes} classes; give one "
                         f"name per class")
-    return replace(result, num_classes=num_classes, task=task, input_example=example,
+    return replace(result, num_classes=num_classes, task=task, input_example=_example(result, first, label),
                    class_names=tuple(str(n) for n in names))
+
+
+def _regression(result: DataBundle, first: dict, label: str) -> DataBundle:
+    """A regression bundle: one numeric target per sample, one output."""
+    for name, (_, y) in first.items():
+        if not _is_number(y):
+            raise DataError(f"data.dataset {label}: a {name} label is {_describe(y)}, not a number; a regression "
+                            f"takes one number per sample")
+    if result.num_classes not in (None, 1):
+        raise DataError(f"data.dataset {label}: a regression has one output (got num_classes={result.num_classes!r}); "
+                        f"leave num_classes out")
+    return replace(result, num_classes=1, task="regression", input_example=_example(result, first, label),
+                   class_names=())
+
+
+def _example(result: DataBundle, first: dict, label: str):
+    example = result.input_example
+    if example is None:
+        return torch.as_tensor(first["train"][0]).unsqueeze(0)
+    if not isinstance(example, torch.Tensor) or example.dim() < 1:
+        raise DataError(f"data.dataset {label}: input_example must be a batch tensor (batch first) (got "
+                        f"{_describe(example)}); pass e.g. train[0][0].unsqueeze(0)")
+    return example
 
 
 def load_bundle(data_cfg: dict, seed: int, dirs: Sequence[str] = ()) -> DataBundle:
@@ -172,14 +191,18 @@ def load_bundle(data_cfg: dict, seed: int, dirs: Sequence[str] = ()) -> DataBund
     entry = registry.DATASETS.get(name)
     if entry is not None and "keys" in entry.meta:  # a built-in: it reads data section keys
         kwargs = {k: data_cfg[k] for k in entry.meta["keys"] if k in data_cfg}
-        return entry.load()(**kwargs, seed=int(seed))
+        bundle = entry.load()(**kwargs, seed=int(seed))
+        if data_cfg.get("task") and bundle.task != data_cfg["task"]:
+            raise DataError(f"data.dataset {name} holds a {bundle.task} task but data.task is {data_cfg['task']!r}; "
+                            f"remove data.task")
+        return bundle
     if entry is None and not registry.is_import_path(name):
         raise DataError(f"data.dataset {name!r} is not a data set; use one of {', '.join(registry.DATASETS)}, or "
                         f"a 'module:callable' import path")
     target = registry.DATASETS.target_of(name)
     args = dict(data_cfg.get("args") or {})
     injected_values = {"seed": int(seed), "val_fraction": float(data_cfg.get("val_fraction", 0.2))}
-    key = (target, repr(sorted(args.items())), repr(sorted(injected_values.items())))
+    key = (target, repr(sorted(args.items())), repr(sorted(injected_values.items())), data_cfg.get("task"))
     if key in _MEMO:
         return _MEMO[key]
     try:
@@ -196,7 +219,7 @@ def load_bundle(data_cfg: dict, seed: int, dirs: Sequence[str] = ()) -> DataBund
     except Exception as exc:  # the user's code: one line naming where it raised; the cause keeps the rest
         raise DataError(f"data.dataset {target} raised {describe_raised(exc)}; fix the data callable (raytune-opt "
                         f"validate --smoke SPEC runs it, and one batch through the model)") from exc
-    bundle = as_bundle(result, target)
+    bundle = as_bundle(result, target, data_cfg.get("task"))
     _MEMO.clear()  # one data set per process
     _MEMO[key] = bundle
     return bundle
@@ -258,6 +281,16 @@ def _first_sample(dataset: Any, split: str, label: str) -> tuple:
         raise DataError(f"data.dataset {label}: a {split} input is {_describe(sample[0])}, not a tensor; "
                         f"return torch tensors")
     return tuple(sample)
+
+
+def _is_number(y: Any) -> bool:
+    if isinstance(y, bool):
+        return False
+    if isinstance(y, (int, float)):
+        return True
+    if isinstance(y, torch.Tensor):
+        return y.numel() == 1 and y.dim() <= 1 and not y.is_complex() and y.dtype != torch.bool
+    return False
 
 
 def _is_index(y: Any) -> bool:

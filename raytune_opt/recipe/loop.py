@@ -38,15 +38,18 @@ from raytune_opt.recipe.session import Session
 from raytune_opt.strategies import build_strategy
 from raytune_opt.timeline import mark
 
-__all__ = ["train", "METRIC_KEYS", "classification_metrics"]
+__all__ = ["train", "METRIC_KEYS", "REGRESSION_KEYS", "classification_metrics", "regression_metrics"]
 
 # Micro-batches between non-finite checks: even on one CPU process, reading the loss every
 # step cut the digits CNN's throughput from 0.98x to 0.96x of a plain loop
 # (benchmarks/loop_throughput.py).
 CHECK_EVERY = 16
-# Reported after every epoch, plus best_<search.metric> and stop_reason.
+# Reported after every epoch, plus best_<search.metric> and stop_reason (REGRESSION_KEYS for
+# a regression data set).
 METRIC_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
                "grad_norm", "lr", "samples_per_s", "epoch_s")
+REGRESSION_KEYS = ("epoch", "train_loss", "val_loss", "val_rmse", "val_mae", "val_r2", "grad_norm", "lr",
+                   "samples_per_s", "epoch_s")
 
 
 def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: str | None = None) -> dict:
@@ -187,7 +190,8 @@ def _setup(cfg: dict, ctx: TrialContext) -> _Run:
     mark("model_built", rank=session.rank)
     # Only balanced class weights read the labels (a user data set may have to be iterated for them).
     labels = train_labels(data.train) if tcfg["loss"].get("class_weights") == "balanced" else None
-    loss_fn = build_loss(tcfg["loss"], labels, data.num_classes).to(device)
+    loss_fn = build_loss(tcfg["loss"], labels, data.num_classes, data.task).to(device)
+    _check_task(cfg, data.task)
     augment = Augmenter(tcfg["augment"], data.num_classes, data.in_channels or 1, seed=seed, device=device)
     workers = int(cfg["data"]["loader_workers"])
     train_loader = session.prepare_loader(_loader(data, "train", tcfg["batch_size"], True, workers, device))
@@ -272,10 +276,25 @@ def _check_output(run: _Run, x: torch.Tensor, out: Any) -> None:
     run.shape_checked = True
 
 
+def _check_task(cfg: dict, task: str) -> None:
+    """The sweep's metric and the augmentation must suit the data set's task."""
+    from raytune_opt.spec.schema import METRIC_TASK
+
+    metric = cfg["search"]["metric"]
+    if METRIC_TASK.get(metric, task) != task:
+        fit = ", ".join(m for m, t in METRIC_TASK.items() if t == task)
+        raise RecipeConfigError(f"search.metric {metric} is a {METRIC_TASK[metric]} metric but the data set holds a "
+                                f"{task} task; use {fit}, or val_loss")
+    augment = cfg["train"]["augment"]
+    if task == "regression" and (augment["mixup_alpha"] or augment["cutmix_alpha"]):
+        raise RecipeConfigError("train.augment: Mixup and CutMix mix class labels, and the data set holds a "
+                                "regression task; set mixup_alpha and cutmix_alpha to 0")
+
+
 def _diverged_metrics(run: _Run, epoch: int, step: int, epoch_start: float) -> dict:
     nan = float("nan")
-    return {"epoch": epoch, "train_loss": nan, "val_loss": nan, "val_accuracy": nan, "val_precision": nan,
-            "val_recall": nan, "val_f1": nan, "grad_norm": nan, "lr": run.schedule.lr, "samples_per_s": nan,
+    keys = REGRESSION_KEYS if run.data.task == "regression" else METRIC_KEYS
+    return {**{k: nan for k in keys}, "epoch": epoch, "lr": run.schedule.lr,
             "epoch_s": time.perf_counter() - epoch_start, f"best_{run.metric}": run.ctx.best,
             "stop_reason": f"diverged: non-finite loss at epoch {epoch} step {step}"}
 
@@ -284,7 +303,11 @@ def _validate(run: _Run, epoch: int, sums: dict, train_s: float) -> dict:
     """Validate, and average the epoch's numbers over ranks (every rank gets the same)."""
     device, world_size = run.session.device, run.session.world_size
     run.strategy.before_validation()
-    val_loss_sum, confusion = _evaluate(run.model, run.val_loader, run.autocast, device, run.data.num_classes)
+    regression = run.data.task == "regression"
+    if regression:
+        val_loss_sum, scores = _evaluate_regression(run.model, run.val_loader, run.autocast, device)
+    else:
+        val_loss_sum, scores = _evaluate(run.model, run.val_loader, run.autocast, device, run.data.num_classes)
     f64 = {"dtype": torch.float64, "device": device}
     totals = torch.stack([sums["loss"], torch.tensor(float(sums["samples"]), **f64), sums["norm"],
                           torch.tensor(sums["steps"] - run.strategy.pop_skipped_steps(), **f64),
@@ -292,11 +315,11 @@ def _validate(run: _Run, epoch: int, sums: dict, train_s: float) -> dict:
     times = torch.tensor([train_s], **f64)
     if world_size > 1 and dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
-        dist.all_reduce(confusion)
+        dist.all_reduce(scores)  # the confusion matrix, or the regression's sums
         dist.all_reduce(times, op=dist.ReduceOp.MAX)  # the slowest rank sets the pace
     loss_total, sample_total, norm_total, norm_n, val_loss_total = totals.tolist()
-    val_scores = classification_metrics(confusion)
-    run.confusion = confusion
+    val_scores = regression_metrics(scores) if regression else classification_metrics(scores)
+    run.confusion = None if regression else scores
     metrics = {
         "epoch": epoch,
         "train_loss": loss_total / max(sample_total, 1),
@@ -396,6 +419,7 @@ def _batches(loader: DataLoader):
         yield x[index], y[index]
 
 
+@torch.no_grad()
 def _evaluate(model, loader, autocast, device: torch.device, num_classes: int):
     """Summed cross-entropy and the (true x predicted) confusion matrix over ``loader``.
 
@@ -412,6 +436,36 @@ def _evaluate(model, loader, autocast, device: torch.device, num_classes: int):
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
         confusion += torch.bincount(y * num_classes + logits.argmax(1), minlength=num_classes ** 2)
     return loss_sum, confusion.view(num_classes, num_classes)
+
+
+@torch.no_grad()
+def _evaluate_regression(model, loader, autocast, device: torch.device):
+    """Summed squared error (the validation loss: plain MSE whatever the training loss) and
+    the sums :func:`regression_metrics` needs, over ``loader``."""
+    model.eval()
+    sums = torch.zeros(5, device=device, dtype=torch.float64)  # n, sum err^2, sum |err|, sum y, sum y^2
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast():
+            out = model(x)
+        pred, y = out.double().reshape(y.shape), y.double()
+        err = pred - y
+        sums += torch.stack([torch.tensor(float(len(y)), device=device, dtype=torch.float64), (err * err).sum(),
+                             err.abs().sum(), y.sum(), (y * y).sum()])
+    return sums[1].clone(), sums
+
+
+def regression_metrics(sums: torch.Tensor) -> dict:
+    """RMSE, MAE and R² (as scikit-learn's ``r2_score``: 1 - SSE / SST) from
+    (n, sum of squared errors, sum of absolute errors, sum of targets, sum of squared targets).
+
+    Returns:
+        ``val_rmse``, ``val_mae``, ``val_r2`` and ``support`` (the number of samples).
+    """
+    n, sse, sae, sy, syy = sums.tolist()
+    sst = syy - sy * sy / n if n else 0.0
+    return {"val_rmse": math.sqrt(sse / n) if n else float("nan"), "val_mae": sae / n if n else float("nan"),
+            "val_r2": 1.0 - sse / sst if sst > 0 else float("nan"), "support": n}
 
 
 def classification_metrics(confusion: torch.Tensor) -> dict:

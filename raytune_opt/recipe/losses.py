@@ -1,4 +1,5 @@
-"""Classification losses: cross-entropy and focal, with class weights.
+"""Losses: cross-entropy and focal (classification, with class weights); mse, l1 and huber
+(regression: a (N, 1) output against (N,) numeric targets).
 
 Both take logits and either class indices (N,) or soft targets (N, C) that sum to one per
 row (Mixup/CutMix produce those). Reduction is a mean that matches
@@ -14,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from raytune_opt.recipe.errors import RecipeConfigError
+from raytune_opt.spec.schema import LOSS_TASK as TASK_OF  # the task each loss trains
 
-__all__ = ["build_loss", "class_weights", "CrossEntropy", "FocalLoss"]
+__all__ = ["build_loss", "class_weights", "CrossEntropy", "FocalLoss", "RegressionLoss", "TASK_OF"]
 
 
 def class_weights(spec, y_train: torch.Tensor, num_classes: int) -> torch.Tensor | None:
@@ -87,7 +89,22 @@ class FocalLoss(nn.Module):
         return total / logits.shape[0]
 
 
-def build_loss(loss_cfg: dict, y_train: torch.Tensor | None, num_classes: int) -> nn.Module:
+class RegressionLoss(nn.Module):
+    """``mse``, ``l1`` or ``huber`` (delta 1) between a (N, 1) output and (N,) targets, mean over the batch."""
+
+    _FN = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.huber_loss}
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+        self.fn = self._FN[name]
+
+    def forward(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.fn(output.float().reshape(target.shape), target.float())
+
+
+def build_loss(loss_cfg: dict, y_train: torch.Tensor | None, num_classes: int,
+               task: str = "classification") -> nn.Module:
     """The training loss from the spec's ``train.loss`` section.
 
     ``label_smoothing`` applies to cross_entropy only (the schema documents it so); focal
@@ -97,14 +114,21 @@ def build_loss(loss_cfg: dict, y_train: torch.Tensor | None, num_classes: int) -
         loss_cfg: ``name``, ``label_smoothing``, ``class_weights``, ``focal_gamma``.
         y_train: training labels, read only for ``class_weights: balanced`` (else may be None).
         num_classes: number of classes.
+        task: the data set's task; the loss must be one of its.
 
     Raises:
-        RecipeConfigError: an unknown loss name or bad class weights.
+        RecipeConfigError: an unknown loss name, one of the other task, or bad class weights.
     """
     name = loss_cfg.get("name", "cross_entropy")
+    if TASK_OF.get(name, task) != task:
+        losses = ", ".join(n for n, t in TASK_OF.items() if t == task)
+        raise RecipeConfigError(f"train.loss.name {name} is a {TASK_OF[name]} loss but the data set holds a {task} "
+                                f"task; use {losses}")
+    if task == "regression":
+        return RegressionLoss(name)
     weight = class_weights(loss_cfg.get("class_weights"), y_train, num_classes)
     if name == "cross_entropy":
         return CrossEntropy(weight, loss_cfg.get("label_smoothing", 0.0))
     if name == "focal":
         return FocalLoss(loss_cfg.get("focal_gamma", 2.0), weight)
-    raise RecipeConfigError(f"train.loss.name {name!r} is not a loss; use cross_entropy or focal")
+    raise RecipeConfigError(f"train.loss.name {name!r} is not a loss; use {', '.join(TASK_OF)}")

@@ -179,6 +179,19 @@ def mlp(*, input_shape: Sequence[int], num_classes: int, width: int = 32, depth:
     return nn.Sequential(*layers)
 
 
+def tabular_mlp(*, input_shape: Sequence[int], num_classes: int, width: int = 32, depth: int = 2,
+                dropout: float = 0.0) -> nn.Module:
+    """``depth`` blocks of linear, layer norm, ReLU and dropout over a row of features, then
+    the head (``num_classes`` outputs; one for a regression)."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    features = math.prod(input_shape)
+    for _ in range(depth):
+        layers += [nn.Linear(features, width), nn.LayerNorm(width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        features = width
+    layers.append(nn.Linear(features, num_classes))
+    return nn.Sequential(*layers)
+
+
 def small_cnn(*, input_shape: Sequence[int], num_classes: int, width: int = 32, depth: int = 2,
               dropout: float = 0.0) -> nn.Module:
     """``depth`` conv blocks (``width`` channels, doubling per block) on images."""

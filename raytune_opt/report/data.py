@@ -18,8 +18,9 @@ from pathlib import Path
 
 from raytune_opt.errors import RaytuneOptError, UsageError
 
-_NUMERIC_HISTORY = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
-                    "grad_norm", "lr", "samples_per_s", "epoch_s", "rank_param_max_diff")
+# Text columns of a history file; every other column is a number (the recipe's metrics for
+# either task, or whatever a user loop reported).
+_TEXT_HISTORY = ("stop_reason",)
 
 
 @dataclass
@@ -137,7 +138,7 @@ def _history(path: Path) -> list[dict]:
         return []
     out = []
     for r in rows:
-        rec = {k: _num(r.get(k)) for k in _NUMERIC_HISTORY if k in r}
+        rec = {k: _num(v) for k, v in r.items() if k not in _TEXT_HISTORY and not k.startswith("config")}
         if rec.get("epoch") is not None:
             out.append(rec)
     return out

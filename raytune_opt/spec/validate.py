@@ -543,7 +543,7 @@ def parse_space(ck: _Checker, raw: Any) -> Space:
 
 def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     """Rules across keys, each skipped when a setting it reads was already reported invalid."""
-    for rules in (_data_rules, _model_rules, _loop_rules, _precision_rules, _optimizer_rules, _search_rules, _scheduler_rules,
+    for rules in (_data_rules, _model_rules, _loop_rules, _task_rules, _precision_rules, _optimizer_rules, _search_rules, _scheduler_rules,
                   _hyperband_rules, _pbt_rules,
                   _promotion_rules, _strategy_rules, _resource_rules, _loss_rules, _searcher_rules):
         rules(ck, d, space)
@@ -570,6 +570,11 @@ def _data_rules(ck: _Checker, d: dict, space: Space) -> None:
     if needs_root and not data["root"] and ck.ok("data.download"):
         ck.add(("data", "root"), f"required for dataset {data['dataset']} (got null)",
                "set data.root to the directory holding the data", at=("data", "dataset"))
+    for key in (entry.meta.get("requires", ()) if builtin else ()):
+        if not data[key] and ck.ok(f"data.{key}"):
+            ck.add(("data", key), f"required for dataset {data['dataset']} (got null)",
+                   f"set data.{key} ({schema.lookup(('data', key)).doc.split(';')[0].split(' (')[0]})",
+                   at=("data", "dataset"))
     if "data.dataset" not in space.by_key and builtin:
         _input_kind_checks(ck, d, space, lambda key: _values_of(d, space, key))
     if ck.ok("data.dataset", "data.args"):
@@ -693,6 +698,49 @@ def _loop_rules(ck: _Checker, d: dict, space: Space) -> None:
                "define it as def train(config, ctx): ...")
     except ValueError:  # no signature Python can read (a C callable): the trial will tell
         pass
+
+
+def _task_rules(ck: _Checker, d: dict, space: Space) -> None:
+    """data.task, a task-specific search.metric and the loss must agree on the task; a
+    regression trains with a regression loss, no Mixup/CutMix, and is not promoted yet."""
+    said: list[tuple[str, tuple, str]] = []  # (task, key path, how it says so)
+    entry = registry.DATASETS.get(d["data"]["dataset"]) if ck.ok("data.dataset") else None
+    if entry is not None and entry.meta.get("task") and "data.dataset" not in space.by_key:
+        said.append((entry.meta["task"], ("data", "dataset"), f"data.dataset {entry.name}"))
+    if d["data"]["task"] is not None and ck.ok("data.task"):
+        said.append((d["data"]["task"], ("data", "task"), f"data.task {d['data']['task']}"))
+    metric = d["search"]["metric"]
+    if metric in schema.METRIC_TASK and ck.ok("search.metric"):
+        said.append((schema.METRIC_TASK[metric], ("search", "metric"), f"search.metric {metric}"))
+    losses = _values_of(d, space, "train.loss.name")
+    loss_given = ck.given(("train", "loss", "name")) or "train.loss.name" in space.by_key
+    if loss_given and ck.ok("train.loss.name"):
+        for name in sorted(losses):
+            at = ("space", "train.loss.name") if "train.loss.name" in space.by_key else ("train", "loss", "name")
+            said.append((schema.LOSS_TASK[name], at, f"train.loss.name {name}"))
+    tasks = {t for t, _, _ in said}
+    if len(tasks) > 1:
+        first = said[0]
+        for task, path, how in said[1:]:
+            if task != first[0]:
+                ck.add(path, f"{how.split()[-1]} is for {task}, but {first[2]} is for {first[0]} "
+                       f"(got {fmt(how.split()[-1])})",
+                       f"make them agree: regression takes mse/l1/huber and val_rmse/val_mae/val_r2 (or val_loss)",
+                       at=ck.param_at.get(path[1]) if path[0] == "space" else None)
+        return
+    if tasks != {"regression"}:
+        return
+    if not loss_given:
+        ck.add(("train", "loss", "name"), f"cross_entropy is a classification loss, and {said[0][2]} makes this a "
+               f"regression (got the default cross_entropy)", "set train.loss.name: mse (or l1, huber)")
+    for key in ("mixup_alpha", "cutmix_alpha"):
+        dotted = f"train.augment.{key}"
+        if (dotted in space.by_key or d["train"]["augment"][key]) and ck.ok(dotted):
+            ck.add(("train", "augment", key), f"mixes labels of a classification; {said[0][2]} makes this a "
+                   f"regression (got {fmt(d['train']['augment'][key])})", "set it to 0")
+    if d["promote"]["enabled"] and ck.ok("promote.enabled"):
+        ck.add(("promote", "enabled"), f"promotion measures accuracy, and {said[0][2]} makes this a regression "
+               "(got true)", "set promote.enabled: false (regression models are not promoted yet)")
 
 
 def _precision_rules(ck: _Checker, d: dict, space: Space) -> None:
@@ -861,16 +909,20 @@ def _searcher_rules(ck: _Checker, d: dict, space: Space) -> None:
             ck.add(("space", pkey), what, fix, at=ck.param_at.get(pkey))
 
 
+_KINDS = {0: "feature vectors", 1: "1-D signals", 2: "images"}
+
+
 def _input_kind_checks(ck: _Checker, d: dict, space: Space, values_of) -> None:
     """The model (fixed or every searched option) must take the data set's inputs, and
-    1-D signals take no image augmentation. (A searched data set is checked by each trial.)"""
+    inputs other than images take no image augmentation. (A searched data set is checked by
+    each trial.)"""
     dataset = d["data"]["dataset"]
-    signals = dataset in schema.SIGNAL_DATASETS
-    fit = schema.SIGNAL_MODELS if signals else schema.IMAGE_MODELS
-    kind = "1-D signals" if signals else "images"
+    dims = registry.DATASETS[dataset].meta["inputs"]
+    kind = _KINDS[dims]
+    fit = [m for m in registry.MODELS if dims in registry.MODELS[m].meta.get("inputs", ())]
     searched = space.by_key.get("model.name")
     # Models that say which inputs they take (user models by import path do not: --smoke would).
-    described = set(schema.SIGNAL_MODELS) | set(schema.IMAGE_MODELS)
+    described = {m for m in registry.MODELS if "inputs" in registry.MODELS[m].meta}
     for name in sorted((values_of("model.name") & described) - set(fit)):
         if searched is not None:
             ck.add(("space", "model.name"), f"option {name} does not take {kind} (data.dataset {dataset}) (got {fmt(name)})",
@@ -878,17 +930,17 @@ def _input_kind_checks(ck: _Checker, d: dict, space: Space, values_of) -> None:
         elif ck.ok("model.name"):
             ck.add(("model", "name"), f"does not take {kind} (data.dataset {dataset}) (got {fmt(name)})",
                    f"use one of {', '.join(fit)}, or another data.dataset")
-    if not signals:
+    if dims == 2:
         return
     for key in IMAGE_AUGMENTATIONS:
         dotted = f"train.augment.{key}"
         values = values_of(dotted)
         if dotted in space.by_key and (not values or any(v for v in values)):
-            ck.add(("space", dotted), f"an image augmentation; {dataset} holds 1-D signals (got a searched "
-                   f"{dotted})", "remove it from space (mixup_alpha works on signals)", at=ck.param_at.get(dotted))
+            ck.add(("space", dotted), f"an image augmentation; {dataset} holds {kind} (got a searched "
+                   f"{dotted})", "remove it from space (mixup_alpha works on any input)", at=ck.param_at.get(dotted))
         elif dotted not in space.by_key and any(v for v in values) and ck.ok(dotted):
-            ck.add(("train", "augment", key), f"an image augmentation; {dataset} holds 1-D signals "
-                   f"(got {fmt(d['train']['augment'][key])})", "set it to 0 (mixup_alpha works on signals)")
+            ck.add(("train", "augment", key), f"an image augmentation; {dataset} holds {kind} "
+                   f"(got {fmt(d['train']['augment'][key])})", "set it to 0 (mixup_alpha works on any input)")
 
 
 DEEPSPEED_DOCS = "see https://www.deepspeed.ai/docs/config-json/"
@@ -1016,4 +1068,9 @@ def load_spec(path: str | Path, overrides: list[str] | tuple = (), *, local: boo
     if ck.problems:
         raise SpecError(ck.problems)
     resolved["space"] = raw.get("space") or {}
+    data_path = resolved["data"]["path"]
+    if data_path and not os.path.isabs(os.path.expanduser(data_path)):
+        # Relative to the spec file (the first code directory; resume passes the run's own), so
+        # that every process, wherever it starts, reads the same file.
+        resolved["data"]["path"] = os.path.normpath(os.path.join(code_dirs[0], data_path))
     return Spec(resolved, space, str(path), tuple(overrides), code_dirs=tuple(code_dirs))

@@ -13,6 +13,7 @@ from raytune_opt import registry
 from raytune_opt.recipe import bundle as bundle_mod
 from raytune_opt.recipe.bundle import DataBundle, as_bundle, load_bundle, materialize, train_labels
 from raytune_opt.recipe.errors import DataError
+from raytune_opt.spec import schema
 from tests._user_code import user_module
 
 
@@ -73,8 +74,11 @@ def test_materialize_draws_a_seeded_sample():
      "the val split is empty"),
     (lambda: (TensorDataset(torch.zeros(4, 5)), _pair()[1]), "a train sample is a 1-item tuple, not an (input, label) pair"),
     (lambda: (_Listed([[1.0]] * 4, torch.zeros(4)), _pair()[1]), "a train input is a 1-item list, not a tensor"),
-    (lambda: (TensorDataset(torch.zeros(4, 5), torch.zeros(4)), _pair()[1]),
-     "labels are a torch.float32 tensor of shape (), i.e. a regression task, which this version cannot train yet"),
+    (lambda: (TensorDataset(torch.zeros(4, 5), torch.zeros(4)), _Listed(torch.zeros(4, 5), torch.zeros(4), str)),
+     "a val label is a str ('tensor(0.)'), not a number"),  # float train labels: a regression
+    (lambda: DataBundle(*_pair(), task="regression", num_classes=3), "a regression has one output"),
+    (lambda: DataBundle(TensorDataset(torch.zeros(4, 5), torch.zeros(4, 2)), _pair()[1], task="regression"),
+     "a train label is a torch.float32 tensor of shape (2,), not a number"),
     (lambda: DataBundle(*_pair(), task="ranking"), "task must be one of classification, regression"),
     (lambda: DataBundle(*_pair(classes=3), num_classes=2), "label 2 is out of range for num_classes=2"),
     (lambda: DataBundle(*_pair(classes=3), class_names=("a", "b")), "2 class_names for 3 classes"),
@@ -165,6 +169,10 @@ def test_every_registered_data_set_is_a_keyword_callable_returning_a_bundle(name
     monkeypatch.setenv("RAYTUNE_OPT_CACHE", str(tmp_path / "cache"))
     entry = registry.DATASETS[name]
     cfg = {"dataset": name}
+    if name == "csv":
+        (tmp_path / "t.csv").write_text("a,b,label\n" + "".join(f"{i},{'xy'[i % 2]},{'pq'[i % 2]}\n"
+                                                                   for i in range(12)))
+        cfg.update(path=str(tmp_path / "t.csv"), target="label")
     if entry.meta["needs_root"]:
         root = tmp_path / "data"
         if name == "imagefolder":
@@ -179,4 +187,4 @@ def test_every_registered_data_set_is_a_keyword_callable_returning_a_bundle(name
     x, y = b.train[0]
     assert tuple(x.shape) == b.input_shape and b.input_example.dtype == torch.float32
     assert len(b.input_shape) == 1 + entry.meta["inputs"]
-    assert set(entry.meta["keys"]) <= {"root", "download", "image_size", "val_fraction"}
+    assert set(entry.meta["keys"]) <= set(schema.SPEC.fields["data"].fields)  # data section keys

@@ -82,5 +82,15 @@ def test_every_schema_loss_builds():
 
     y = torch.tensor([0, 1, 1])
     logits = torch.randn(3, 2)
+    targets, outputs = torch.tensor([0.5, -1.0, 2.0]), torch.randn(3, 1)
     for name in schema.LOSSES:
-        assert torch.isfinite(build_loss({"name": name}, y, 2)(logits, y))
+        if schema.LOSS_TASK[name] == "regression":
+            loss = build_loss({"name": name}, None, 1, "regression")(outputs, targets)
+            assert loss.shape == () and torch.isfinite(loss), name
+            with pytest.raises(RecipeConfigError, match=f"train.loss.name {name} is a regression loss but the data "
+                                                        f"set holds a classification task"):
+                build_loss({"name": name}, y, 2)
+        else:
+            assert torch.isfinite(build_loss({"name": name}, y, 2)(logits, y))
+    mse = build_loss({"name": "mse"}, None, 1, "regression")(outputs, targets)
+    assert mse == pytest.approx(((outputs.flatten() - targets) ** 2).mean().item())  # (N, 1) against (N,)
