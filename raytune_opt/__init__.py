@@ -7,14 +7,16 @@ module when first used):
 - :func:`validate`: every problem of a spec, as a list (empty: valid);
 - :func:`load`: the validated spec;
 - :func:`load_model`: a trained model from a checkpoint or an experiment directory;
-- :class:`DataBundle`: what a data set callable (``data.dataset: module:callable``) returns.
+- :class:`DataBundle`: what a data set callable (``data.dataset: module:callable``) returns;
+- :class:`TrialContext`: what a training loop (``train.loop: module:callable``) gets.
 """
 
 __version__ = "0.1.0"
-__all__ = ["run", "validate", "load", "load_model", "DataBundle", "__version__"]
+__all__ = ["run", "validate", "load", "load_model", "DataBundle", "TrialContext", "__version__"]
 
 _LAZY = {"run": "raytune_opt.api", "validate": "raytune_opt.api", "load": "raytune_opt.api",
-         "load_model": "raytune_opt.api", "DataBundle": "raytune_opt.recipe.bundle"}
+         "load_model": "raytune_opt.api", "DataBundle": "raytune_opt.recipe.bundle",
+         "TrialContext": "raytune_opt.recipe.context"}
 
 
 def __getattr__(name: str):
