@@ -29,10 +29,11 @@ def _rows(exp: Path) -> list[dict]:
 
 
 def test_submit_follow_runs_the_sweep_on_the_cluster(head_node, tmp_path, monkeypatch, capsys):
+    """The text example: its own data, model and loop travel in the job's working directory."""
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     monkeypatch.chdir(ROOT)
-    rc = main(["submit", "search_spaces/digits_cnn.yaml", *SMALL, "name=submitted", "--storage", str(tmp_path),
-               "--address", head_node.address, "--follow"])
+    rc = main(["submit", "search_spaces/examples/text_user_data.yaml", *SMALL, "name=submitted", "--storage",
+               str(tmp_path), "--address", head_node.address, "--follow"])
     out = capsys.readouterr().out
     assert rc == 0, out[-3000:]
     assert "submitted job" in out and "succeeded" in out
