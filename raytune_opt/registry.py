@@ -29,7 +29,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from raytune_opt.errors import RaytuneOptError
 
-__all__ = ["Entry", "Registry", "ImportTargetError", "MODELS", "DATASETS", "LOOPS", "INJECTED", "DATA_INJECTED",
+__all__ = ["Entry", "Registry", "ImportTargetError", "MODELS", "DATASETS", "LOOPS", "LOSSES", "STRATEGIES",
+           "INJECTED", "DATA_INJECTED",
            "is_import_path", "import_target", "code_path", "add_code_paths", "Signature", "signature_of",
            "user_modules"]
 
@@ -325,3 +326,30 @@ del _name
 #: ``module:callable`` itself. The built-in recipe is one of them.
 LOOPS = Registry("loop")
 LOOPS.register("builtin", "raytune_opt.recipe.loop:builtin_loop", doc="the built-in recipe: every train.* key")
+
+
+# ---------------------------------------------------------------- losses
+
+#: Training losses by name: a target called with the ``train.loss`` section's keys it names
+#: (and ``weight``: class weights) returns an ``nn.Module`` taking (output, target). ``task``:
+#: what it trains.
+LOSSES = Registry("loss")
+_L = "raytune_opt.recipe.losses"
+# meta: task; args (train.loss key -> constructor argument); a classification loss also
+# gets weight (the class weights); fixed: constructor arguments of the entry itself.
+LOSSES.register("cross_entropy", f"{_L}:CrossEntropy", doc="cross-entropy, label smoothing, class weights",
+                task="classification", args={"label_smoothing": "label_smoothing"})
+LOSSES.register("focal", f"{_L}:FocalLoss", doc="focal loss (focal_gamma), class weights", task="classification",
+                args={"focal_gamma": "gamma"})
+for _name, _doc in (("mse", "mean squared error"), ("l1", "mean absolute error"), ("huber", "Huber, delta 1")):
+    LOSSES.register(_name, f"{_L}:RegressionLoss", doc=_doc, task="regression", fixed={"name": _name})
+del _name, _doc
+
+# ---------------------------------------------------------------- distributed strategies
+
+#: Distributed strategies by name (``train.strategy``): a :class:`~raytune_opt.strategies.Strategy`
+#: subclass, constructed with the trial's session and ``train`` section.
+STRATEGIES = Registry("strategy")
+STRATEGIES.register("ddp", "raytune_opt.strategies.ddp:DDPStrategy", doc="PyTorch DDP (and the single process)")
+STRATEGIES.register("deepspeed", "raytune_opt.strategies.deepspeed:DeepSpeedStrategy",
+                    doc="DeepSpeed ZeRO stage 1-3 (pip install 'raytune-opt[deepspeed]')")

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from raytune_opt.recipe.errors import RecipeConfigError
-from raytune_opt.spec.schema import LOSS_TASK as TASK_OF  # the task each loss trains
+from raytune_opt import registry
 
-__all__ = ["build_loss", "class_weights", "CrossEntropy", "FocalLoss", "RegressionLoss", "TASK_OF"]
+__all__ = ["build_loss", "class_weights", "CrossEntropy", "FocalLoss", "RegressionLoss"]
 
 
 def class_weights(spec, y_train: torch.Tensor, num_classes: int) -> torch.Tensor | None:
@@ -120,15 +120,15 @@ def build_loss(loss_cfg: dict, y_train: torch.Tensor | None, num_classes: int,
         RecipeConfigError: an unknown loss name, one of the other task, or bad class weights.
     """
     name = loss_cfg.get("name", "cross_entropy")
-    if TASK_OF.get(name, task) != task:
-        losses = ", ".join(n for n, t in TASK_OF.items() if t == task)
-        raise RecipeConfigError(f"train.loss.name {name} is a {TASK_OF[name]} loss but the data set holds a {task} "
-                                f"task; use {losses}")
-    if task == "regression":
-        return RegressionLoss(name)
-    weight = class_weights(loss_cfg.get("class_weights"), y_train, num_classes)
-    if name == "cross_entropy":
-        return CrossEntropy(weight, loss_cfg.get("label_smoothing", 0.0))
-    if name == "focal":
-        return FocalLoss(loss_cfg.get("focal_gamma", 2.0), weight)
-    raise RecipeConfigError(f"train.loss.name {name!r} is not a loss; use {', '.join(TASK_OF)}")
+    entry = registry.LOSSES.get(name)
+    if entry is None:
+        raise RecipeConfigError(f"train.loss.name {name!r} is not a loss; use {', '.join(registry.LOSSES)}")
+    if entry.meta["task"] != task:
+        fit = ", ".join(n for n in registry.LOSSES if registry.LOSSES[n].meta["task"] == task)
+        raise RecipeConfigError(f"train.loss.name {name} is a {entry.meta['task']} loss but the data set holds a "
+                                f"{task} task; use {fit}")
+    kwargs = dict(entry.meta.get("fixed", {}))
+    kwargs.update({arg: loss_cfg[key] for key, arg in entry.meta.get("args", {}).items() if key in loss_cfg})
+    if task == "classification":
+        kwargs["weight"] = class_weights(loss_cfg.get("class_weights"), y_train, num_classes)
+    return entry.load()(**kwargs)

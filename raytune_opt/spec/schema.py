@@ -23,13 +23,12 @@ SIGNAL_MODELS = tuple(m for m in MODELS if 1 in registry.MODELS[m].meta.get("inp
 IMAGE_MODELS = tuple(m for m in MODELS if 2 in registry.MODELS[m].meta.get("inputs", ()))
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 LR_SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
-LOSSES = ("cross_entropy", "focal", "mse", "l1", "huber")
+LOSSES = registry.LOSSES.names()
 # The task each loss trains, and each task-specific metric measures.
-LOSS_TASK = {"cross_entropy": "classification", "focal": "classification", "mse": "regression", "l1": "regression",
-             "huber": "regression"}
+LOSS_TASK = {name: registry.LOSSES[name].meta["task"] for name in LOSSES}
 TASKS = ("classification", "regression")
 PRECISIONS = ("fp32", "bf16", "fp16")
-STRATEGIES = ("ddp", "deepspeed")
+STRATEGIES = registry.STRATEGIES.names()
 ALGORITHMS = ("grid", "random", "optuna", "hyperopt")
 SAMPLERS = ("tpe", "gp", "cmaes", "random")
 SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")

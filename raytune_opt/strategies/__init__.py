@@ -8,29 +8,28 @@ DeepSpeed itself is imported only when a DeepSpeed trial starts.
 
 from __future__ import annotations
 
+from raytune_opt import registry
 from raytune_opt.strategies.base import Strategy
 from raytune_opt.strategies.ddp import DDPStrategy
 
 __all__ = ["Strategy", "DDPStrategy", "build_strategy", "strategy_class", "NAMES"]
 
-NAMES = ("ddp", "deepspeed")
+NAMES = registry.STRATEGIES.names()
 
 
 def strategy_class(name: str) -> type[Strategy]:
-    """The Strategy class for ``train.strategy``.
+    """The Strategy class for ``train.strategy`` (a :data:`raytune_opt.registry.STRATEGIES`
+    entry, imported when first used: DeepSpeed only for a DeepSpeed trial).
 
     Raises:
         RecipeConfigError: an unknown name.
     """
-    if name == "ddp":
-        return DDPStrategy
-    if name == "deepspeed":
-        from raytune_opt.strategies.deepspeed import DeepSpeedStrategy
+    entry = registry.STRATEGIES.get(name)
+    if entry is None:
+        from raytune_opt.recipe.errors import RecipeConfigError
 
-        return DeepSpeedStrategy
-    from raytune_opt.recipe.errors import RecipeConfigError
-
-    raise RecipeConfigError(f"train.strategy {name!r} is not a strategy; use one of {', '.join(NAMES)}")
+        raise RecipeConfigError(f"train.strategy {name!r} is not a strategy; use one of {', '.join(NAMES)}")
+    return entry.load()
 
 
 def build_strategy(session, train_cfg: dict) -> Strategy:
