@@ -207,3 +207,14 @@ def test_the_refresh_takes_a_bounded_share_of_the_driver(tmp_path, monkeypatch):
     cb._next -= 2.0  # two seconds later
     cb.on_trial_complete(0, [], None)
     assert len(builds) == 2
+
+
+def test_a_history_row_longer_than_its_header_does_not_stop_the_report(tmp_path):
+    """A history appended to while it grew (a resumed trial's extra column) has unnamed values."""
+    exp = make_experiment(tmp_path, 3)
+    hist = sorted((exp / "history").glob("*.csv"))[0]
+    last = hist.read_text().rstrip("\n").splitlines()[-1]
+    hist.write_text(hist.read_text() + last + ",1\n")
+    assert write_report(exp).is_file()
+    trial = next(t for t in report_data.load(exp).trials if t.history and len(t.history) > 1)
+    assert all(isinstance(k, str) for h in trial.history for k in h)

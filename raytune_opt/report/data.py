@@ -138,7 +138,10 @@ def _history(path: Path) -> list[dict]:
         return []
     out = []
     for r in rows:
-        rec = {k: _num(v) for k, v in r.items() if k not in _TEXT_HISTORY and not k.startswith("config")}
+        # A row longer than the header (a history appended to as it grew) has its extra
+        # values under the key None: they have no name, so they are left out.
+        rec = {k: _num(v) for k, v in r.items()
+               if isinstance(k, str) and k not in _TEXT_HISTORY and not k.startswith("config")}
         if rec.get("epoch") is not None:
             out.append(rec)
     return out
