@@ -17,6 +17,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports on 127.0.0.1 (held open together while picked: one at a
+    time, the OS may hand out the same port twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def kill_tree(pid: int, first: int = signal.SIGTERM, grace: float = 5.0) -> None:
     """Signal a process and all its descendants by PID; SIGKILL what is left after ``grace`` s.
 

@@ -13,17 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from tests._procs import free_port, kill_tree, wait_for_http
+from tests._procs import free_port, free_ports, kill_tree, wait_for_http
 
 VENV_BIN = Path(sys.executable).parent
 
 
-def _node_ports() -> list[str]:
+def _node_ports(ports: list[int]) -> list[str]:
     # Fixed default ports (52365 for the job agent's HTTP server) collide between two nodes on
     # one machine: the second agent then cannot bind and job submission answers "No available
-    # agent". Every node gets its own.
-    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}", f"--metrics-export-port={free_port()}"]
+    # agent". Every node gets its own, picked together so that no two are the same (CI once
+    # got one port for the dashboard and the agent).
+    listen, grpc, runtime_env, metrics = ports
+    return [f"--dashboard-agent-listen-port={listen}", f"--dashboard-agent-grpc-port={grpc}",
+            f"--runtime-env-agent-port={runtime_env}", f"--metrics-export-port={metrics}"]
 
 
 def _node_env(extra_env: dict | None) -> dict:
@@ -35,14 +37,14 @@ class HeadNode:
     def __init__(self, extra_env: dict | None = None, num_cpus: int = 2):
         # Unix socket paths are limited to 107 bytes: a short temp dir, not pytest's tmp_path.
         self.temp_dir = tempfile.mkdtemp(prefix="rtray", dir="/tmp")
-        self.port, self.dashboard_port = free_port(), free_port()
+        self.port, self.dashboard_port, *agent_ports = free_ports(6)
         self.env = _node_env(extra_env)
         self.log = open(os.path.join(self.temp_dir, "head.log"), "w")
         self.proc = subprocess.Popen(
             [str(VENV_BIN / "ray"), "start", "--head", "--block", f"--port={self.port}",
              f"--dashboard-port={self.dashboard_port}", "--dashboard-host=127.0.0.1",
              "--node-ip-address=127.0.0.1", f"--num-cpus={num_cpus}", f"--temp-dir={self.temp_dir}",
-             "--include-dashboard=true", "--disable-usage-stats", *_node_ports()],
+             "--include-dashboard=true", "--disable-usage-stats", *_node_ports(agent_ports)],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.address = f"http://127.0.0.1:{self.dashboard_port}"
         self.gcs = f"127.0.0.1:{self.port}"
@@ -98,7 +100,7 @@ class WorkerNode:
         self.env = _node_env({**head.env, **(extra_env or {})})
         self.log = open(os.path.join(self.temp_dir, "worker.log"), "w")
         cmd = [str(VENV_BIN / "ray"), "start", "--block", f"--address={head.gcs}", "--node-ip-address=127.0.0.1",
-               f"--num-cpus={num_cpus}", f"--temp-dir={self.temp_dir}", "--disable-usage-stats", *_node_ports()]
+               f"--num-cpus={num_cpus}", f"--temp-dir={self.temp_dir}", "--disable-usage-stats", *_node_ports(free_ports(4))]
         if private_dir is not None:
             script = f'mount -t tmpfs raytune-opt-private "{private_dir}" && exec "$@"'
             cmd = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *cmd]
