@@ -54,9 +54,8 @@ class MissingDependencyError(RaytuneOptError):
 def describe_raised(exc: BaseException) -> str:
     """``"KeyError: 'x' (at /home/me/mypkg/data.py:12)"``: a user's exception in one line, with
     the innermost frame outside raytune-opt and installed packages (the user's own code)."""
-    import traceback
-
     import re
+    import traceback
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # some exporters colour their messages
     frames = [f for f in traceback.extract_tb(exc.__traceback__)

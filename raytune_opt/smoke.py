@@ -103,7 +103,8 @@ def smoke(spec, echo: Callable[[str], None] = print) -> dict:
     try:
         out = model(x)
     except Exception as exc:
-        raise SmokeError(f"smoke: model.name {name}: forward on a batch of {_shape(x)} raised {describe_raised(exc)}") from exc
+        raise SmokeError(f"smoke: model.name {name}: forward on a batch of {_shape(x)} raised "
+                         f"{describe_raised(exc)}") from exc
     problem = output_problem(out, x, data.num_classes)
     if problem:
         raise SmokeError(f"smoke: model.name {name}: {problem}")
@@ -111,17 +112,17 @@ def smoke(spec, echo: Callable[[str], None] = print) -> dict:
         loss = F.mse_loss(out.float().reshape(y.shape), y.float())
     else:
         loss = F.cross_entropy(out.float(), y)
+    no_gradient = SmokeError(f"smoke: model.name {name}: no parameter got a gradient from the loss; the output "
+                             f"must depend on trainable parameters")
     if not loss.requires_grad:
-        raise SmokeError(f"smoke: model.name {name}: no parameter got a gradient from the loss; the output must "
-                         f"depend on trainable parameters")
+        raise no_gradient
     try:
         loss.backward()
     except Exception as exc:
         raise SmokeError(f"smoke: model.name {name}: backward raised {describe_raised(exc)}") from exc
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     if not grads:
-        raise SmokeError(f"smoke: model.name {name}: no parameter got a gradient from the loss; the output must "
-                         f"depend on trainable parameters")
+        raise no_gradient
     if not all(torch.isfinite(g).all() for g in grads):
         raise SmokeError(f"smoke: model.name {name}: a gradient is not finite after one batch (loss "
                          f"{loss.item():.4g}); check the model's numerics")

@@ -449,7 +449,7 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
         trial_id = (ids.iloc[-1] if len(ids) else None) or m.get("trial_id") or Path(res.path).name
         if df is not None and len(df):
             # Ours, and the sweep's metric whatever its name (a user loop may report its own).
-            keep = [c for c in df.columns if c in _HISTORY_KEYS or c == metric or c == f"best_{metric}"]
+            keep = [c for c in df.columns if c in _HISTORY_KEYS or c == metric]
             history = [_history_row(rec, spec) for rec in df[keep + [c for c in ("replayed",) if c in df]]
                        .to_dict("records")]
             history = _without_replays(history)

@@ -177,18 +177,18 @@ def repair(exp_dir: str | Path) -> list[str]:
         files = live.get(session, [])
         copy = sorted(kept[session].iterdir()) if session in kept else []
         whole = {f.name for f in copy} <= {f.name for f in files}
-        if files and whole and _readable(files):
-            if copy and _mixed(files, copy, kept[session]) and _readable(copy):
-                for f in copy:
-                    _atomic.write_bytes(exp / f.name, f.read_bytes())
-                notes.append(f"{exp}: Ray Tune's state files of session {session} differ from its last complete "
-                             "copy (Tune's own copy of them may have been cut short); resuming from that copy")
+        live_ok = bool(files) and whole and _readable(files)
+        if live_ok and not (copy and _mixed(files, copy, kept[session])):
             return notes
         if copy and _readable(copy):
             for f in copy:
                 _atomic.write_bytes(exp / f.name, f.read_bytes())
-            notes.append(f"{exp}: Ray Tune's state of session {session} was cut short by the crash; "
-                         "resuming from its last complete copy (a few seconds older)")
+            notes.append(f"{exp}: Ray Tune's state files of session {session} differ from its last complete copy "
+                         "(Tune's own copy of them may have been cut short); resuming from that copy" if live_ok else
+                         f"{exp}: Ray Tune's state of session {session} was cut short by the crash; resuming from "
+                         "its last complete copy (a few seconds older)")
+            return notes
+        if live_ok:  # mixed, but the kept copy does not read back: the live files are all there is
             return notes
         aside = root / f"unreadable-{session}"
         aside.mkdir(parents=True, exist_ok=True)

@@ -199,8 +199,7 @@ class _Run:
             self.add(manifest.artifact(name, "skipped", reason="the ONNX model failed; nothing to quantize"))
             return None
         icfg = self.cfg["int8"]
-        batch_size = int(ckpt["recipe"].get("train", {}).get("batch_size") or 64)
-        batches = calibration_batches(x_train, batch_size, int(icfg["calibration_batches"]),
+        batches = calibration_batches(x_train, _calibration_batch_size(ckpt), int(icfg["calibration_batches"]),
                                       int(self.source.spec["seed"]))
         path = self.out_dir / filename
         try:
@@ -276,6 +275,11 @@ def calibration_batches(x_train: np.ndarray, batch_size: int, n: int, seed: int)
     return quantize.calibration_batches(x_train, batch_size, n, seed)
 
 
+def _calibration_batch_size(ckpt: dict) -> int:
+    """Calibration batches are the trial's training batches."""
+    return int(ckpt["recipe"].get("train", {}).get("batch_size") or 64)
+
+
 def _calibration_pool(data, cfg: dict, ckpt: dict, seed: int) -> np.ndarray:
     """The training inputs calibration draws its batches from: all of an in-memory data set;
     of one that must be iterated sample by sample, a seeded draw of as many as calibration takes."""
@@ -285,7 +289,7 @@ def _calibration_pool(data, cfg: dict, ckpt: dict, seed: int) -> np.ndarray:
 
     limit = None
     if not isinstance(data.train, TensorDataset):
-        limit = int(cfg["int8"]["calibration_batches"]) * int(ckpt["recipe"].get("train", {}).get("batch_size") or 64)
+        limit = int(cfg["int8"]["calibration_batches"]) * _calibration_batch_size(ckpt)
     return materialize(data.train, limit=limit, seed=seed, collate_fn=data.collate_fn)[0].numpy()
 
 

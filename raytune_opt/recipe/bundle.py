@@ -25,6 +25,7 @@ from torch.utils.data._utils.collate import default_collate
 from raytune_opt import registry
 from raytune_opt.errors import describe_raised
 from raytune_opt.recipe.errors import DataError
+from raytune_opt.recipe.models import in_channels_of
 
 __all__ = ["DataBundle", "TensorPairs", "TASKS", "as_bundle", "collate", "load_bundle", "make_loader", "materialize",
            "train_labels"]
@@ -71,7 +72,7 @@ class DataBundle:
     @property
     def in_channels(self) -> int | None:
         """The channels of a channels-first sample (one with two or more dims), else None."""
-        return self.input_shape[0] if len(self.input_shape) >= 2 else None
+        return in_channels_of(self.input_shape)
 
 
 class TensorPairs(TensorDataset):

@@ -156,9 +156,10 @@ class TrialContext:
                              **kwargs)
         return self.prepare_loader(loader)
 
-    def begin_epoch(self, epoch: int, *loaders: DataLoader) -> None:
+    def begin_epoch(self, epoch: int, *loaders: DataLoader) -> int:
         """Seed this epoch's randomness (dropout, shuffling) from the seed, the epoch and the
-        rank only, so that a resumed trial draws what a straight one would."""
+        rank only, so that a resumed trial draws what a straight one would; the seed (for
+        the loop's own generators)."""
         self._epoch_start = time.perf_counter()
         seed = epoch_seed(int(self.config["seed"]), epoch, self.rank)
         torch.manual_seed(seed)
@@ -168,6 +169,7 @@ class TrialContext:
                 sampler.set_epoch(epoch)
             elif getattr(sampler, "generator", None) is not None:
                 sampler.generator.manual_seed(seed)
+        return seed
 
     # ---- the step, through the strategy ---------------------------------------------------
     def autocast(self):
@@ -225,8 +227,13 @@ class TrialContext:
         is_best = self.track(out)
         out.setdefault("stop_reason", "completed" if epoch >= self.epochs else None)
         directory, shards = self.save(out, epoch, is_best, extra={"user_state": copy.deepcopy(state)})
-        self.session.report(out, directory, shards)
-        self.last_metrics = out
+        self.send(out, directory, shards)
+
+    def send(self, metrics: dict, directory: str | None = None, shards: Sequence[str] = ()) -> None:
+        """Hand one epoch's finished metrics (and its checkpoint) to the runner and count it:
+        :meth:`report`'s last step, and the built-in loop's, which checks and saves itself."""
+        self.session.report(metrics, directory, shards)
+        self.last_metrics = metrics
         self.reports += 1
         self._epoch_start = time.perf_counter()
 

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from raytune_opt import registry
 from raytune_opt.recipe.augment import Augmenter
 from raytune_opt.recipe.bundle import collate, make_loader, train_labels
-from raytune_opt.recipe.context import TrialContext, epoch_seed, run_loop
+from raytune_opt.recipe.context import TrialContext, run_loop
 from raytune_opt.recipe.errors import RecipeConfigError
 from raytune_opt.recipe.losses import build_loss
 from raytune_opt.recipe.models import output_problem
@@ -96,8 +96,7 @@ def loop_callable(name: str) -> tuple[Callable, str]:
     Raises:
         RecipeConfigError: it does not import or is not callable.
     """
-    entry = registry.LOOPS.get(name)
-    target = entry.target if entry is not None else name
+    target = registry.LOOPS.target_of(name)
     try:
         return registry.import_target(target), target
     except registry.ImportTargetError as exc:
@@ -108,26 +107,20 @@ def builtin_loop(config: dict, ctx: TrialContext) -> None:
     """The built-in recipe, registered as the loop ``builtin``: the spec's optimizer, schedule,
     loss, augmentation, precision, accumulation, clipping, early stopping and metrics."""
     run = _setup(config, ctx)
-    session = ctx.session
     for epoch in range(ctx.start_epoch, run.epochs + 1):
         epoch_start = time.perf_counter()
         _reseed(run, epoch)
         sums, diverged_at = _train_epoch(run)
         train_s = time.perf_counter() - epoch_start
         if diverged_at is not None:
-            metrics = _diverged_metrics(run, epoch, diverged_at, epoch_start)
-            session.report(metrics, None)
-            ctx.last_metrics = metrics
-            ctx.reports += 1
+            ctx.send(_diverged_metrics(run, epoch, diverged_at, epoch_start))
             return
         metrics = _validate(run, epoch, sums, train_s)
         _early_stopping(run, metrics, epoch)
         checkpoint_dir, shards = _checkpoint(run, metrics, epoch, epoch_start)
         metrics["epoch_s"] = time.perf_counter() - epoch_start
-        session.report(metrics, checkpoint_dir, shards)
-        mark("reported", rank=session.rank, epoch=epoch)
-        ctx.last_metrics = metrics
-        ctx.reports += 1
+        ctx.send(metrics, checkpoint_dir, shards)
+        mark("reported", rank=ctx.rank, epoch=epoch)
         if metrics["stop_reason"] is not None:
             break
 
@@ -221,8 +214,7 @@ def _setup(cfg: dict, ctx: TrialContext) -> _Run:
 
 def _reseed(run: _Run, epoch: int) -> None:
     """Per-epoch seeds (dropout, augmentation, shuffling): a resumed run draws what a straight run would."""
-    run.ctx.begin_epoch(epoch, run.train_loader)
-    run.augment.reseed(epoch_seed(int(run.cfg["seed"]), epoch, run.session.rank))
+    run.augment.reseed(run.ctx.begin_epoch(epoch, run.train_loader))
 
 
 def _train_epoch(run: _Run) -> tuple[dict, int | None]:

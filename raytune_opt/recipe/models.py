@@ -29,7 +29,7 @@ from raytune_opt import registry
 from raytune_opt.recipe.errors import RecipeConfigError
 
 __all__ = ["MODELS", "SPATIAL_DIMS", "build_model", "model_spec", "build_model_from_spec", "call_model",
-           "output_problem"]
+           "in_channels_of", "output_problem"]
 
 _SPEC_KEYS = ("name", "width", "depth", "kernel_size", "dropout", "cifar_stem", "squeeze_excitation")
 _DEFAULTS = {"width": 32, "depth": 2, "kernel_size": 5, "dropout": 0.0, "cifar_stem": True,
@@ -62,7 +62,7 @@ def model_spec(model_cfg: dict, input_shape: Sequence[int], num_classes: int) ->
     """
     name = model_cfg.get("name", "small_cnn")
     shape = [int(n) for n in input_shape]
-    data = {"input_shape": shape, "num_classes": int(num_classes), "in_channels": shape[0] if len(shape) >= 2 else None,
+    data = {"input_shape": shape, "num_classes": int(num_classes), "in_channels": in_channels_of(shape),
             "image_size": shape[-1], "spatial_dims": len(shape) - 1}
     if _builtin(name) is None:
         if name not in registry.MODELS and not registry.is_import_path(name):
@@ -107,8 +107,7 @@ def build_model_from_spec(spec: dict, dirs: Sequence[str] = ()) -> nn.Module:
         spec["input_shape"] = [spec["in_channels"]] + [spec["image_size"]] * spec.get("spatial_dims", 2)
     shape = tuple(spec["input_shape"])
     spec["spatial_dims"] = len(shape) - 1
-    data = {"num_classes": spec["num_classes"], "in_channels": shape[0] if len(shape) >= 2 else None,
-            "input_shape": shape}
+    data = {"num_classes": spec["num_classes"], "in_channels": in_channels_of(shape), "input_shape": shape}
     if "target" in spec:
         try:
             target = registry.import_target(spec["target"], dirs)
@@ -142,6 +141,11 @@ def call_model(target: Callable, args: dict, data: dict, label: str) -> nn.Modul
         raise RecipeConfigError(f"model {label} returned a {type(model).__name__}, not a torch.nn.Module; "
                                 f"return the network")
     return model
+
+
+def in_channels_of(input_shape: Sequence[int]) -> int | None:
+    """The channels of a channels-first sample shape (two or more dims), else None (features)."""
+    return int(input_shape[0]) if len(input_shape) >= 2 else None
 
 
 def output_problem(out, x: torch.Tensor, num_classes: int) -> str | None:

@@ -95,15 +95,13 @@ def _read(path: str | None):
     if not p.is_file():
         raise DataError(f"data.path {path}: no such file; check the path (relative paths start from the directory "
                         f"raytune-opt runs in)")
+    parquet = p.suffix.lower() in (".parquet", ".pq")
     try:
-        if p.suffix.lower() in (".parquet", ".pq"):
-            table = pd.read_parquet(p)
-        else:
-            table = pd.read_csv(p)
+        table = pd.read_parquet(p) if parquet else pd.read_csv(p)
     except Exception as exc:  # pandas' and pyarrow's many parser errors
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise DataError(f"data.path {path}: cannot be read as a {'Parquet' if p.suffix.lower() in ('.parquet', '.pq') else 'CSV'} "
-                        f"table ({first}); check the file") from None
+        raise DataError(f"data.path {path}: cannot be read as a {'Parquet' if parquet else 'CSV'} table ({first}); "
+                        f"check the file") from None
     if table.empty:
         raise DataError(f"data.path {path}: the table has no rows; give it data")
     return table

@@ -543,9 +543,9 @@ def parse_space(ck: _Checker, raw: Any) -> Space:
 
 def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     """Rules across keys, each skipped when a setting it reads was already reported invalid."""
-    for rules in (_data_rules, _model_rules, _loop_rules, _task_rules, _precision_rules, _optimizer_rules, _search_rules, _scheduler_rules,
-                  _hyperband_rules, _pbt_rules,
-                  _promotion_rules, _strategy_rules, _resource_rules, _loss_rules, _searcher_rules):
+    for rules in (_data_rules, _model_rules, _loop_rules, _task_rules, _precision_rules, _optimizer_rules,
+                  _search_rules, _scheduler_rules, _hyperband_rules, _pbt_rules, _promotion_rules, _strategy_rules,
+                  _resource_rules, _loss_rules, _searcher_rules):
         rules(ck, d, space)
 
 
@@ -715,9 +715,8 @@ def _task_rules(ck: _Checker, d: dict, space: Space) -> None:
     losses = _values_of(d, space, "train.loss.name")
     loss_given = ck.given(("train", "loss", "name")) or "train.loss.name" in space.by_key
     if loss_given and ck.ok("train.loss.name"):
-        for name in sorted(losses):
-            at = ("space", "train.loss.name") if "train.loss.name" in space.by_key else ("train", "loss", "name")
-            said.append((schema.LOSS_TASK[name], at, f"train.loss.name {name}"))
+        at = ("space", "train.loss.name") if "train.loss.name" in space.by_key else ("train", "loss", "name")
+        said += [(schema.LOSS_TASK[name], at, f"train.loss.name {name}") for name in sorted(losses)]
     tasks = {t for t, _, _ in said}
     if len(tasks) > 1:
         first = said[0]
