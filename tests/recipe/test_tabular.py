@@ -101,3 +101,16 @@ def test_the_diabetes_example_trains_a_regression(tmp_path):
                      {"search": {"metric": "val_accuracy", "mode": "max"}}):
         with pytest.raises(RecipeConfigError, match="the data set holds a regression task"):
             train({**spec.data, **override}, LocalSession(str(tmp_path / "x")))
+
+
+def test_run_stops_before_ray_on_a_bad_table(tmp_path, capsys):
+    from raytune_opt.cli import main
+
+    (tmp_path / "t.csv").write_text("a,y\n1,2\n,3\n4,5\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("data: {dataset: csv, path: t.csv, target: y, task: regression}\nmodel: {name: tabular_mlp}\n"
+                    "train: {loss: {name: mse}}\nsearch: {metric: val_rmse, mode: min}\npromote: {enabled: false}\n")
+    assert main(["run", str(spec), "--storage", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "column 'a' has 1 missing value(s)" in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written

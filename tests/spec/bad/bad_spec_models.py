@@ -26,3 +26,7 @@ class Net(nn.Module):
 def any_args(**kwargs):
     """A **kwargs factory: every arg binds."""
     return Net(kwargs.get("hidden", 8), kwargs["num_classes"], kwargs["input_shape"])
+
+
+def loop_without_ctx(config):
+    """A training loop that forgot its context (train.loop must take (config, ctx))."""
