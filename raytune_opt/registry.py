@@ -25,12 +25,13 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from raytune_opt.errors import RaytuneOptError
 
-__all__ = ["Entry", "Registry", "ImportTargetError", "MODELS", "DATASETS", "LOOPS", "LOSSES", "STRATEGIES",
-           "INJECTED", "DATA_INJECTED",
+__all__ = ["Entry", "Registry", "ImportTargetError", "Finding", "SpecView",
+           "MODELS", "DATASETS", "LOOPS", "LOSSES", "STRATEGIES", "SEARCHERS", "OPTUNA_SAMPLERS", "SCHEDULERS",
+           "PROMOTION_STEPS", "INJECTED", "DATA_INJECTED",
            "is_import_path", "import_target", "code_path", "add_code_paths", "Signature", "signature_of",
            "user_modules"]
 
@@ -52,6 +53,33 @@ class ImportTargetError(RaytuneOptError):
         self.fix = fix
 
 
+class Finding(NamedTuple):
+    """A problem an entry's ``check`` finds in a spec.
+
+    ``path``: the key it is reported at (a tuple, e.g. ``("scheduler", "grace_period")``);
+    ``what`` and ``fix`` as every problem has them; ``reads``: space-separated dotted keys
+    the rule reads (it is dropped when one of them was already reported invalid, since it
+    would only repeat that problem); ``at``: a searched key whose place in the file the
+    problem points at, instead of ``path``'s."""
+
+    path: tuple
+    what: str
+    fix: str
+    reads: str = ""
+    at: str | None = None
+
+
+@dataclass(frozen=True)
+class SpecView:
+    """What a searcher's, scheduler's or promotion step's ``check`` gets: the spec's settings
+    (defaults filled in, every value already valid on its own), its parsed search space, and
+    ``given(path)``: whether the user wrote a key (rather than it holding its default)."""
+
+    data: dict
+    space: Any  # raytune_opt.space.Space
+    given: Callable[[tuple], bool]
+
+
 @dataclass(frozen=True)
 class Entry:
     """One registered component.
@@ -60,10 +88,12 @@ class Entry:
         name: what a spec writes.
         target: ``"module:callable"``, imported when first used.
         doc: one line for the README and the schema's documentation.
-        check: ``check(args) -> [(key_path, what, fix), ...]``: rules of this entry on the
-            arguments a spec gives it (for a model, ``model.args``; key paths are relative to
-            the ``model`` section, e.g. ``("args", "hidden")``), run by the validator after
-            the generic import and signature checks. None: only those.
+        check: the entry's own validation rules, a callable or a ``"module:callable"`` import
+            path loaded when a spec is checked (it must import neither torch nor Ray). What it
+            gets depends on the registry: a model or data set gets the arguments the spec
+            gives it and returns ``[(key_path, what, fix), ...]`` relative to its section; a
+            searcher, scheduler or promotion step gets a :class:`SpecView` and returns
+            :class:`Finding` s. None: no rules beyond the generic ones.
         meta: plain facts the validator reads without importing the target (a model's
             input kinds, the section keys a built-in reads).
     """
@@ -71,12 +101,19 @@ class Entry:
     name: str
     target: str
     doc: str = ""
-    check: Callable[[dict], list[tuple[tuple, str, str]]] | None = None
+    check: Callable | str | None = None
     meta: dict = field(default_factory=dict)
 
     def load(self, dirs: Sequence[str] = ()) -> Callable:
         """The target callable (see :func:`import_target`)."""
         return import_target(self.target, dirs)
+
+    def checks(self, arg: Any) -> list:
+        """Run this entry's ``check`` on ``arg`` (nothing when it has none)."""
+        if self.check is None:
+            return []
+        fn = import_target(self.check) if isinstance(self.check, str) else self.check
+        return list(fn(arg))
 
 
 class Registry:
@@ -86,8 +123,8 @@ class Registry:
         self.kind = kind
         self._entries: dict[str, Entry] = {}
 
-    def register(self, name: str, target: str, *, doc: str = "",
-                 check: Callable[[dict], list[tuple[tuple, str, str]]] | None = None, **meta: Any) -> Entry:
+    def register(self, name: str, target: str, *, doc: str = "", check: Callable | str | None = None,
+                 **meta: Any) -> Entry:
         """Register ``target`` (``"module:callable"``) under ``name``.
 
         Raises:
@@ -99,6 +136,8 @@ class Registry:
             raise ValueError(f"a {self.kind} name must be letters, digits, '_', '.' or '-' (got {name!r})")
         if not is_import_path(target):
             raise ValueError(f"a {self.kind} target must be 'module:callable' (got {target!r})")
+        if isinstance(check, str) and not is_import_path(check):
+            raise ValueError(f"a {self.kind} check must be a callable or 'module:callable' (got {check!r})")
         entry = Entry(name, target, doc, check, dict(meta))
         self._entries[name] = entry
         return entry
@@ -303,12 +342,12 @@ DATASETS = Registry("dataset")
 
 _D = "raytune_opt.recipe.data"
 DATASETS.register("digits", f"{_D}:digits", doc="8x8 digits that ship with scikit-learn (1,797 images)",
-                  inputs=2, needs_root=False, task="classification", keys=("val_fraction",))
+                  inputs=2, needs_root=False, task="classification", num_classes=10, keys=("val_fraction",))
 DATASETS.register("mnist1d", f"{_D}:mnist1d", doc="1-D signals generated by the mnist1d package (4,000)",
-                  inputs=1, needs_root=False, task="classification", keys=("val_fraction",))
-for _name in ("cifar10", "cifar100"):
+                  inputs=1, needs_root=False, task="classification", num_classes=10, keys=("val_fraction",))
+for _name, _n in (("cifar10", 10), ("cifar100", 100)):
     DATASETS.register(_name, f"{_D}:{_name}", doc=f"{_name.upper()} in torchvision's on-disk format under data.root",
-                      inputs=2, needs_root=True, downloads=True, task="classification",
+                      inputs=2, needs_root=True, downloads=True, task="classification", num_classes=_n,
                       keys=("root", "download", "val_fraction"))
 DATASETS.register("imagefolder", f"{_D}:imagefolder", doc="one sub-folder of images per class under data.root, "
                   "resized to data.image_size", inputs=2, needs_root=True, task="classification",
@@ -316,7 +355,7 @@ DATASETS.register("imagefolder", f"{_D}:imagefolder", doc="one sub-folder of ima
 DATASETS.register("csv", "raytune_opt.recipe.tabular:csv", doc="a CSV or Parquet table: data.path, data.target, "
                   "data.features", inputs=0, needs_root=False, requires=("path", "target"),
                   keys=("path", "target", "features", "task", "val_fraction"))
-del _name
+del _name, _n
 
 
 # ---------------------------------------------------------------- training loops
@@ -353,3 +392,66 @@ STRATEGIES = Registry("strategy")
 STRATEGIES.register("ddp", "raytune_opt.strategies.ddp:DDPStrategy", doc="PyTorch DDP (and the single process)")
 STRATEGIES.register("deepspeed", "raytune_opt.strategies.deepspeed:DeepSpeedStrategy",
                     doc="DeepSpeed ZeRO stage 1-3 (pip install 'raytune-opt[deepspeed]')")
+
+
+# ---------------------------------------------------------------- searchers
+
+#: Search algorithms by name (``search.algorithm``). A target is called as
+#: ``target(spec, seed=, metric=, mode=, limit=)`` and returns ``(search_alg, param_space)``
+#: for ``tune.Tuner`` (:func:`raytune_opt.searchers.build_searcher`). Meta: ``caps``, what the
+#: searcher can express (:class:`raytune_opt.searchers.Capabilities`; ``"sampler"``: what the
+#: chosen :data:`OPTUNA_SAMPLERS` entry can); ``sequential``: it proposes one trial at a time
+#: (``"conditional"``: only for a conditional space); ``explores``: it learns from results
+#: (PBT, which explores by itself, takes only those that do not). ``check`` gets a
+#: :class:`SpecView`: rules beyond the capabilities.
+SEARCHERS = Registry("searcher")
+_S = "raytune_opt.searchers"
+SEARCHERS.register("grid", f"{_S}:build_basic", doc="every point of the grid, num_samples times",
+                   caps=dict(grid=True, conditional=False, normal=False, categorical=True, qloguniform=False,
+                             all_grid=True), sequential=False, explores=False)
+SEARCHERS.register("random", f"{_S}:build_random", doc="random samples (Ray's variant generator; Optuna's "
+                   "RandomSampler for a conditional space)", check=f"{_S}:check_random",
+                   caps=dict(grid=True, conditional=True, normal=True, categorical=True, qloguniform=True),
+                   sequential="conditional", explores=False)
+SEARCHERS.register("optuna", f"{_S}:build_optuna", doc="Optuna with search.sampler (define-by-run for a "
+                   "conditional space)", caps="sampler", sequential=True, explores=True)
+SEARCHERS.register("hyperopt", f"{_S}:build_hyperopt", doc="HyperOpt TPE (nested hp.choice for a conditional "
+                   "space)", check=f"{_S}:check_hyperopt",
+                   caps=dict(grid=False, conditional=True, normal=True, categorical=True, qloguniform=True),
+                   sequential=True, explores=True)
+
+#: Optuna samplers by name (``search.sampler``, with ``search.algorithm: optuna``): a target
+#: is an ``optuna.samplers.BaseSampler`` class or factory called with ``seed=``. Meta ``caps``
+#: as for :data:`SEARCHERS`. Ray's Optuna adapter drops a log-uniform quantization silently:
+#: no Optuna sampler claims ``qloguniform``.
+OPTUNA_SAMPLERS = Registry("optuna sampler")
+OPTUNA_SAMPLERS.register("tpe", "optuna.samplers:TPESampler", doc="tree-structured Parzen estimator",
+                         caps=dict(grid=False, conditional=True, normal=False, categorical=True, qloguniform=False))
+OPTUNA_SAMPLERS.register("gp", "optuna.samplers:GPSampler", doc="Gaussian-process Bayesian optimization",
+                         caps=dict(grid=False, conditional=False, normal=False, categorical=True, qloguniform=False))
+OPTUNA_SAMPLERS.register("cmaes", "optuna.samplers:CmaEsSampler", doc="CMA evolution strategy (numeric spaces)",
+                         caps=dict(grid=False, conditional=False, normal=False, categorical=False,
+                                   qloguniform=False))
+OPTUNA_SAMPLERS.register("random", "optuna.samplers:RandomSampler", doc="independent random samples",
+                         caps=dict(grid=False, conditional=True, normal=False, categorical=True, qloguniform=False))
+
+
+# ---------------------------------------------------------------- schedulers
+
+#: Trial schedulers by name (``scheduler.name``): a target is called as ``target(spec, where)``
+#: (``where``: the experiment's storage, for a scheduler that keeps files there) and returns a
+#: ``ray.tune.schedulers.TrialScheduler`` (:func:`raytune_opt.schedulers.build_scheduler`).
+#: Meta ``keys``: the ``scheduler.*`` settings it reads (setting another is a problem);
+#: ``needs_storage``: it keeps files in the experiment. ``check`` gets a :class:`SpecView`.
+SCHEDULERS = Registry("scheduler")
+_T = "raytune_opt.schedulers"
+SCHEDULERS.register("fifo", f"{_T}:fifo", doc="runs every trial to the end", keys=())
+SCHEDULERS.register("asha", f"{_T}:asha", doc="asynchronous successive halving", check=f"{_T}:check_grace_period",
+                    keys=("max_t", "grace_period", "reduction_factor", "brackets"))
+SCHEDULERS.register("hyperband", f"{_T}:hyperband", doc="synchronous Hyperband (brackets admitted at once)",
+                    check=f"{_T}:check_hyperband", keys=("max_t", "reduction_factor"))
+SCHEDULERS.register("median", f"{_T}:median", doc="median stopping rule", check=f"{_T}:check_grace_period",
+                    keys=("grace_period", "min_samples_required"))
+SCHEDULERS.register("pbt", f"{_T}:pbt", doc="population-based training (exploits snapshots of trials' own "
+                    "checkpoints)", check=f"{_T}:check_pbt",
+                    keys=("perturbation_interval", "quantile_fraction", "synch"), needs_storage=True)

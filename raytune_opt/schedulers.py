@@ -1,6 +1,8 @@
 """Schedulers: thin adapters over ``ray.tune.schedulers``, chosen by name.
 
-Train V2 reports no ``training_iteration``-style counters of its own, so every scheduler
+The names, the settings each reads and each one's validation rules are entries of
+:data:`raytune_opt.registry.SCHEDULERS`; the builders and ``check_*`` rules below are their
+targets. Train V2 reports no ``training_iteration``-style counters of its own, so every scheduler
 uses the epoch number the recipe reports (:data:`TIME_ATTR`) as its time unit.
 """
 
@@ -10,30 +12,40 @@ import contextlib
 import functools
 import os
 import random
-from typing import Callable
+from typing import TYPE_CHECKING
 
-from raytune_opt.spec import Spec
+from raytune_opt import registry
+from raytune_opt.registry import Finding, SpecView
+
+if TYPE_CHECKING:
+    from raytune_opt.spec import Spec
 
 TIME_ATTR = "epoch"
 
 
-def _max_t(spec: Spec) -> int:
-    sched, train = spec.data["scheduler"], spec.data["train"]
-    if sched["max_t"]:
-        return sched["max_t"]
-    p = spec.space.by_key.get("train.epochs")
+def max_epochs(data: dict, space) -> int:
+    """The most epochs a trial can run: train.epochs, or the top of its searched domain."""
+    p = space.by_key.get("train.epochs")
     if p is None:
-        return train["epochs"]
+        return data["train"]["epochs"]
     return max(p.domain.args) if p.domain.categorical else int(p.domain.args[1])
 
 
-def _fifo(spec: Spec, where: dict):
+def _max_t(spec: Spec) -> int:
+    return spec.data["scheduler"]["max_t"] or max_epochs(spec.data, spec.space)
+
+
+# ---------------------------------------------------------------- the built-in schedulers
+# registry.SCHEDULERS targets: target(spec, where) -> a Ray Tune TrialScheduler.
+
+
+def fifo(spec: Spec, where: dict):
     from ray.tune.schedulers import FIFOScheduler
 
     return FIFOScheduler()
 
 
-def _asha(spec: Spec, where: dict):
+def asha(spec: Spec, where: dict):
     from ray.tune.schedulers import ASHAScheduler
 
     s = spec.data["scheduler"]
@@ -41,7 +53,7 @@ def _asha(spec: Spec, where: dict):
                          reduction_factor=s["reduction_factor"], brackets=s["brackets"])
 
 
-def _hyperband(spec: Spec, where: dict):
+def hyperband(spec: Spec, where: dict):
     s = spec.data["scheduler"]
     return _resumable_hyperband_class()(time_attr=TIME_ATTR, max_t=_max_t(spec), reduction_factor=s["reduction_factor"])
 
@@ -68,7 +80,7 @@ def _resumable_hyperband_class():
     return ResumableHyperBand
 
 
-def _median(spec: Spec, where: dict):
+def median(spec: Spec, where: dict):
     from ray.tune.schedulers import MedianStoppingRule
 
     s = spec.data["scheduler"]
@@ -76,7 +88,7 @@ def _median(spec: Spec, where: dict):
                               min_samples_required=s["min_samples_required"])
 
 
-def _pbt(spec: Spec, where: dict):
+def pbt(spec: Spec, where: dict):
     s = spec.data["scheduler"]
     seed = spec.data["search"]["seed"] if spec.data["search"]["seed"] is not None else spec.data["seed"]
     return _checkpointed_pbt_class()(
@@ -278,11 +290,6 @@ def _persist_driver_logs(trial) -> None:
                           destination_filesystem=trial.storage.storage_filesystem)
 
 
-SCHEDULERS: dict[str, Callable[[Spec, dict], object]] = {
-    "fifo": _fifo, "asha": _asha, "hyperband": _hyperband, "median": _median, "pbt": _pbt,
-}
-
-
 def build_scheduler(spec: Spec, where: dict | None = None):
     """The Ray Tune scheduler the spec names (metric and mode come from TuneConfig).
 
@@ -290,6 +297,67 @@ def build_scheduler(spec: Spec, where: dict | None = None):
         where: the experiment's storage, for schedulers that keep files there (PBT's
             snapshots): ``{"exp_dir": fs path, "remote": bool, "endpoint_url": str | None}``.
     """
-    name = spec.data["scheduler"]["name"]
-    assert where is not None or name != "pbt", "PBT keeps snapshots in the experiment: pass where"
-    return SCHEDULERS[name](spec, where or {})
+    entry = registry.SCHEDULERS[spec.data["scheduler"]["name"]]
+    assert where is not None or not entry.meta.get("needs_storage"), f"{entry.name} keeps files: pass where"
+    return entry.load()(spec, where or {})
+
+
+# ---------------------------------------------------------------- the schedulers' rules
+# registry.SCHEDULERS checks: check(view) -> [Finding], run by validation for the chosen one.
+
+
+def check_grace_period(view: SpecView) -> list[Finding]:
+    sched = view.data["scheduler"]
+    max_t = sched.get("max_t") or max_epochs(view.data, view.space)
+    if sched["grace_period"] > max_t:
+        return [Finding(("scheduler", "grace_period"), f"exceeds the epochs a trial can run (got "
+                        f"{sched['grace_period']} > {max_t})", "lower scheduler.grace_period",
+                        reads="train.epochs scheduler.max_t")]
+    return []
+
+
+def check_hyperband(view: SpecView) -> list[Finding]:
+    """Ray's HyperBand is synchronous: it pauses a bracket's trials until the whole bracket has
+    been admitted. Behind a concurrency limit, or a searcher that proposes one trial at a time,
+    brackets never fill and it stops nothing (measured: every trial ran to max_t)."""
+    from raytune_opt.searchers import proposes_one_at_a_time
+
+    out = []
+    limit, algorithm = view.data["resources"]["max_concurrent_trials"], view.data["search"]["algorithm"]
+    if limit is not None:
+        out.append(Finding(("resources", "max_concurrent_trials"), f"hyperband fills its brackets before it "
+                           f"halves them; a limit of {limit} keeps them from filling and it stops no trial",
+                           "remove it (resources per trial bound concurrency), or use scheduler.name: asha",
+                           reads="scheduler.name"))
+    if proposes_one_at_a_time(algorithm, view.space):
+        out.append(Finding(("scheduler", "name"), "hyperband needs its brackets admitted at once, and "
+                           f"{algorithm} proposes one trial at a time (it would stop no trial)",
+                           "use search.algorithm: random or grid with hyperband, or scheduler.name: asha",
+                           reads="search.algorithm"))
+    return out
+
+
+def check_pbt(view: SpecView) -> list[Finding]:
+    d, space = view.data, view.space
+    out = []
+    algorithm = d["search"]["algorithm"]
+    if registry.SEARCHERS[algorithm].meta["explores"]:
+        usable = [n for n in registry.SEARCHERS if not registry.SEARCHERS[n].meta["explores"]]
+        out.append(Finding(("scheduler", "name"), "pbt explores by itself and cannot be combined with a searcher "
+                           f"(got search.algorithm={algorithm})", f"set search.algorithm: {' or '.join(usable)}",
+                           reads="search.algorithm"))
+    if not space:
+        out.append(Finding(("scheduler", "name"), "pbt needs a space to mutate (got an empty space)",
+                           "add space entries", reads="space"))
+    if space.is_conditional:
+        out.append(Finding(("scheduler", "name"), "pbt cannot mutate a conditional space (got conditional "
+                           "parameters)", "remove the conditions or use asha", reads="space"))
+    if space and not any(pbt_mutable(p.key) for p in space.params):
+        out.append(Finding(("scheduler", "name"), "pbt can perturb none of the searched keys (got "
+                           f"{', '.join(p.key for p in space.params)}: they change the model, the data or the run)",
+                           "search an optimizer, loss, augmentation or schedule setting, train.batch_size or "
+                           "model.dropout", reads="space"))
+    if not d["train"]["checkpoint"]:
+        out.append(Finding(("train", "checkpoint"), "pbt copies checkpoints between trials (got false)",
+                           "set it to true", reads="train.checkpoint"))
+    return out

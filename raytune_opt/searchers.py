@@ -1,6 +1,8 @@
 """Searchers: which one can take which space, and (lazily) the Ray Tune adapter for each.
 
-A searcher only proposes configs. Unconditional spaces go to Ray as Tune domains and Ray
+The searchers and Optuna's samplers are entries of :data:`raytune_opt.registry.SEARCHERS`
+and :data:`~raytune_opt.registry.OPTUNA_SAMPLERS` (their names, capabilities and rules);
+the adapters below are their targets. A searcher only proposes configs. Unconditional spaces go to Ray as Tune domains and Ray
 converts them for Optuna / HyperOpt itself; conditional spaces, which Tune domains cannot
 express, are written as an Optuna define-by-run function or a HyperOpt nested ``hp.choice``.
 """
@@ -12,6 +14,7 @@ import os
 import pickle
 from dataclasses import dataclass
 
+from raytune_opt import registry
 from raytune_opt.space import Space
 
 
@@ -27,25 +30,33 @@ class Capabilities:
     all_grid: bool = False  # every dimension must be a grid
 
 
-CAPABILITIES = {
-    "grid": Capabilities(grid=True, conditional=False, normal=False, categorical=True, qloguniform=False,
-                         all_grid=True),
-    "random": Capabilities(grid=True, conditional=True, normal=True, categorical=True, qloguniform=True),
-    "optuna/tpe": Capabilities(grid=False, conditional=True, normal=False, categorical=True, qloguniform=False),
-    "optuna/random": Capabilities(grid=False, conditional=True, normal=False, categorical=True, qloguniform=False),
-    "optuna/gp": Capabilities(grid=False, conditional=False, normal=False, categorical=True, qloguniform=False),
-    "optuna/cmaes": Capabilities(grid=False, conditional=False, normal=False, categorical=False, qloguniform=False),
-    "hyperopt": Capabilities(grid=False, conditional=True, normal=True, categorical=True, qloguniform=True),
-}
+def capabilities(algorithm: str, sampler: str = "tpe") -> Capabilities:
+    """What searcher ``algorithm`` (with Optuna sampler ``sampler``) can express, from the registries."""
+    caps = registry.SEARCHERS[algorithm].meta["caps"]
+    if caps == "sampler":
+        caps = registry.OPTUNA_SAMPLERS[sampler].meta["caps"]
+    return Capabilities(**caps)
 
 
 def searcher_key(algorithm: str, sampler: str) -> str:
-    return f"optuna/{sampler}" if algorithm == "optuna" else algorithm
+    """How a searcher is shown: ``optuna/<sampler>`` for Optuna, else the algorithm."""
+    return f"optuna/{sampler}" if registry.SEARCHERS[algorithm].meta["caps"] == "sampler" else algorithm
 
 
-def refusals(space: Space, key: str) -> list[tuple[str, str, str]]:
-    """Why searcher ``key`` cannot take ``space``: a list of (space key, what, fix)."""
-    caps = CAPABILITIES[key]
+def searcher_keys() -> list[tuple[str, str]]:
+    """Every (algorithm, sampler) a spec can choose (the sampler matters to Optuna only)."""
+    out = []
+    for algorithm in registry.SEARCHERS:
+        samplers = registry.OPTUNA_SAMPLERS.names() if registry.SEARCHERS[algorithm].meta["caps"] == "sampler" \
+            else ("tpe",)
+        out += [(algorithm, s) for s in samplers]
+    return out
+
+
+def refusals(space: Space, algorithm: str, sampler: str = "tpe") -> list[tuple[str, str, str]]:
+    """Why the searcher cannot take ``space``: a list of (space key, what, fix)."""
+    key = searcher_key(algorithm, sampler)
+    caps = capabilities(algorithm, sampler)
     out = []
     for p in space.params:
         kind = p.domain.kind
@@ -67,28 +78,46 @@ def refusals(space: Space, key: str) -> list[tuple[str, str, str]]:
         if p.conditions and not caps.conditional:
             out.append((p.key, f"{key} cannot search conditional parameters",
                         "use search.algorithm: optuna with sampler tpe, hyperopt or random"))
-    if key == "hyperopt":
-        # HyperOpt nests conditional parameters inside the branches of their parent's
-        # hp.choice: each parameter may hang from one parent (which may itself hang).
-        for p in space.params:
-            if p.conditions:
-                parent = space.by_key.get(p.conditions[-1].parent)
-                if parent is None or parent.conditions != p.conditions[:-1] or parent.domain.kind != "choice":
-                    out.append((p.key, "hyperopt needs each conditional parameter to depend on one choice "
-                                "(got conditions on several parameters)",
-                                "nest the sub-space under one choice, or use search.algorithm: optuna"))
-    if key == "random" and space.is_conditional:
-        # Conditional random search runs on Optuna's RandomSampler (define-by-run).
-        for p in space.params:
-            if p.domain.kind in ("grid", "normal"):
-                out.append((p.key, f"random search over a conditional space cannot take a {p.domain.kind} "
-                            "dimension", "use choice/uniform, or search.algorithm: hyperopt"))
+    view = registry.SpecView({"search": {"algorithm": algorithm, "sampler": sampler}}, space, lambda path: False)
+    out += [(f.at, f.what, f.fix) for f in registry.SEARCHERS[algorithm].checks(view)]
     return out
 
 
+def check_hyperopt(view: registry.SpecView) -> list[registry.Finding]:
+    """HyperOpt nests conditional parameters inside the branches of their parent's
+    ``hp.choice``: each parameter may hang from one parent (which may itself hang)."""
+    space, out = view.space, []
+    for p in space.params:
+        if p.conditions:
+            parent = space.by_key.get(p.conditions[-1].parent)
+            if parent is None or parent.conditions != p.conditions[:-1] or parent.domain.kind != "choice":
+                out.append(registry.Finding(("space", p.key), "hyperopt needs each conditional parameter to depend "
+                                            "on one choice (got conditions on several parameters)",
+                                            "nest the sub-space under one choice, or use search.algorithm: optuna",
+                                            at=p.key))
+    return out
+
+
+def check_random(view: registry.SpecView) -> list[registry.Finding]:
+    """Conditional random search runs on Optuna's RandomSampler (define-by-run), which has no
+    grid and no normal distribution."""
+    if not view.space.is_conditional:
+        return []
+    return [registry.Finding(("space", p.key), f"random search over a conditional space cannot take a "
+                             f"{p.domain.kind} dimension", "use choice/uniform, or search.algorithm: hyperopt",
+                             at=p.key)
+            for p in view.space.params if p.domain.kind in ("grid", "normal")]
+
+
 def accepting(space: Space) -> list[str]:
-    """The searcher keys that can take ``space``."""
-    return [k for k in CAPABILITIES if not refusals(space, k)]
+    """The searchers (as :func:`searcher_key` shows them) that can take ``space``."""
+    return [searcher_key(a, s) for a, s in searcher_keys() if not refusals(space, a, s)]
+
+
+def proposes_one_at_a_time(algorithm: str, space: Space) -> bool:
+    """Whether the searcher proposes a trial only once the last was admitted (no batch)."""
+    sequential = registry.SEARCHERS[algorithm].meta["sequential"]
+    return bool(space.is_conditional if sequential == "conditional" else sequential)
 
 
 # ---------------------------------------------------------------- the Ray adapters
@@ -100,14 +129,7 @@ def _seed(spec) -> int:
 
 
 def _optuna_sampler(name: str, seed: int):
-    import optuna
-
-    return {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
-        "gp": lambda: optuna.samplers.GPSampler(seed=seed),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
-    }[name]()
+    return registry.OPTUNA_SAMPLERS[name].load()(seed=seed)
 
 
 class OptunaDefineByRun:
@@ -262,11 +284,13 @@ def build_searcher(spec):
     """``(search_alg, param_space)`` for ``tune.Tuner`` as the spec asks, seeded from the spec."""
     search = spec.data["search"]
     space = spec.space
-    key = searcher_key(search["algorithm"], search["sampler"])
     seed = _seed(spec)
-    metric, mode = search["metric"], search["mode"]
     limit = spec.data["resources"]["max_concurrent_trials"] or 0
-    searcher, param_space = _searcher(spec, key, seed, metric, mode, limit)
+    kwargs = dict(seed=seed, metric=search["metric"], mode=search["mode"], limit=limit)
+    if not space:  # num_samples copies of the fixed config, whatever the algorithm
+        searcher, param_space = build_basic(spec, **kwargs)
+    else:
+        searcher, param_space = registry.SEARCHERS[search["algorithm"]].load()(spec, **kwargs)
     from ray.tune.search import Searcher
 
     if limit and isinstance(searcher, Searcher):  # a generator limits itself
@@ -274,24 +298,43 @@ def build_searcher(spec):
     return searcher, param_space
 
 
-def _searcher(spec, key: str, seed: int, metric: str, mode: str, limit: int):
+# The built-in searchers (registry.SEARCHERS): target(spec, seed=, metric=, mode=, limit=).
+
+
+def build_basic(spec, *, seed: int, metric: str, mode: str, limit: int):
+    """Ray's variant generator: grid points and random samples of Tune domains (it takes the
+    concurrency limit itself)."""
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    return BasicVariantGenerator(random_state=seed, max_concurrent=limit), spec.space.to_tune()
+
+
+def build_random(spec, *, seed: int, metric: str, mode: str, limit: int):
+    """Random search; over a conditional space (which Tune domains cannot express), Optuna's
+    RandomSampler define-by-run."""
+    if not spec.space.is_conditional:
+        return build_basic(spec, seed=seed, metric=metric, mode=mode, limit=limit)
+    return _optuna(spec, "random", seed, metric, mode)
+
+
+def build_optuna(spec, *, seed: int, metric: str, mode: str, limit: int):
+    return _optuna(spec, spec.data["search"]["sampler"], seed, metric, mode)
+
+
+def _optuna(spec, sampler_name: str, seed: int, metric: str, mode: str):
+    from ray.tune.search.optuna import OptunaSearch
+
     space = spec.space
-    if not space or (key in ("grid", "random") and not space.is_conditional):
-        # An empty space runs num_samples copies of the fixed config, whatever the algorithm.
-        # A generator takes the concurrency limit itself.
-        from ray.tune.search.basic_variant import BasicVariantGenerator
+    sampler = _optuna_sampler(sampler_name, seed)
+    if space.is_conditional:
+        return OptunaSearch(space=OptunaDefineByRun(space), metric=metric, mode=mode, sampler=sampler), {}
+    return OptunaSearch(metric=metric, mode=mode, sampler=sampler), space.to_tune()
 
-        return BasicVariantGenerator(random_state=seed, max_concurrent=limit), space.to_tune()
-    if key.startswith("optuna") or key == "random":
-        from ray.tune.search.optuna import OptunaSearch
 
-        sampler = _optuna_sampler("random" if key == "random" else spec.data["search"]["sampler"], seed)
-        if space.is_conditional:
-            return OptunaSearch(space=OptunaDefineByRun(space), metric=metric, mode=mode, sampler=sampler), {}
-        return OptunaSearch(metric=metric, mode=mode, sampler=sampler), space.to_tune()
-    assert key == "hyperopt", key
+def build_hyperopt(spec, *, seed: int, metric: str, mode: str, limit: int):
     from ray.tune.search.hyperopt import HyperOptSearch
 
+    space = spec.space
     if space.is_conditional:
         return HyperOptSearch(space=hyperopt_space(space), metric=metric, mode=mode, random_state_seed=seed), {}
     return HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed), space.to_tune()

@@ -29,9 +29,9 @@ LOSS_TASK = {name: registry.LOSSES[name].meta["task"] for name in LOSSES}
 TASKS = ("classification", "regression")
 PRECISIONS = ("fp32", "bf16", "fp16")
 STRATEGIES = registry.STRATEGIES.names()
-ALGORITHMS = ("grid", "random", "optuna", "hyperopt")
-SAMPLERS = ("tpe", "gp", "cmaes", "random")
-SCHEDULERS = ("fifo", "asha", "hyperband", "median", "pbt")
+ALGORITHMS = registry.SEARCHERS.names()
+SAMPLERS = registry.OPTUNA_SAMPLERS.names()
+SCHEDULERS = registry.SCHEDULERS.names()
 PROMOTION_TARGETS = ("onnx", "int8", "tensorrt")
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Metrics the training recipe reports after every epoch, and the direction that is better.
@@ -202,7 +202,8 @@ SPEC = Section("A sweep spec.", {
         "loop": Field("str", "builtin", "The training loop: builtin (the recipe every other train key configures), "
                       "or your own as 'module:callable', fn(config, ctx) (see 'Bring your own training loop').",
                       registry=registry.LOOPS, tunable=False),
-        "strategy": Field("str", "ddp", "Distributed strategy per trial: ddp | deepspeed.", choices=STRATEGIES),
+        "strategy": Field("str", "ddp", "Distributed strategy per trial: " + " | ".join(STRATEGIES) + ".",
+                          choices=STRATEGIES),
         "deepspeed": Section("DeepSpeed's own config, passed through (train.strategy: deepspeed only).", open=True),
         "optimizer": Section("The optimizer.", {
             "name": Field("str", "adamw", "Optimizer: " + " | ".join(OPTIMIZERS) + ".", choices=OPTIMIZERS),
@@ -265,8 +266,9 @@ SPEC = Section("A sweep spec.", {
                                        nullable=True, ge=1),
     }),
     "search": Section("How configurations are proposed.", {
-        "algorithm": Field("str", "random", "grid | random | optuna | hyperopt.", choices=ALGORITHMS, tunable=False),
-        "sampler": Field("str", "tpe", "optuna only: tpe | gp | cmaes | random.", choices=SAMPLERS, tunable=False),
+        "algorithm": Field("str", "random", " | ".join(ALGORITHMS) + ".", choices=ALGORITHMS, tunable=False),
+        "sampler": Field("str", "tpe", "optuna only: " + " | ".join(SAMPLERS) + ".", choices=SAMPLERS,
+                         tunable=False),
         "metric": Field("str", "val_accuracy", "Metric to optimize: " + " | ".join(METRICS) + " (a user "
                         "train.loop: any metric it reports).", tunable=False),
         "mode": Field("str", "max", "max | min.", choices=("max", "min"), tunable=False),
@@ -274,7 +276,7 @@ SPEC = Section("A sweep spec.", {
         "seed": Field("int", None, "Searcher seed; null: the top-level seed.", nullable=True, ge=0, tunable=False),
     }),
     "scheduler": Section("Trial scheduler (early stopping across trials); time unit: epochs.", {
-        "name": Field("str", "fifo", "fifo | asha | hyperband | median | pbt.", choices=SCHEDULERS, tunable=False),
+        "name": Field("str", "fifo", " | ".join(SCHEDULERS) + ".", choices=SCHEDULERS, tunable=False),
         "max_t": Field("int", None, "asha/hyperband: most epochs a trial may run; null: train.epochs.",
                        nullable=True, ge=1, tunable=False),
         "grace_period": Field("int", 1, "asha/median: epochs before a trial can be stopped.", ge=1, tunable=False),
@@ -302,6 +304,8 @@ SPEC = Section("A sweep spec.", {
                                         "gate fails).", choices=CALIBRATION_METHODS, tunable=False),
             "max_accuracy_drop": Field("float", 1.0, "Accuracy gate: most accuracy points INT8 may lose vs fp32.",
                                        ge=0, tunable=False),
+            "max_relative_change": Field("float", 0.05, "Regression gate: most relative worsening of the metric "
+                                         "vs fp32.", ge=0, tunable=False),
         }),
     }),
     "tracking": Section("Where the sweep is also logged besides its own files (report.html is always written).", {

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from raytune_opt import registry, searchers
+from raytune_opt import registry, schedulers, searchers
 from raytune_opt.errors import Problem, SpecError
 from raytune_opt.registry import is_import_path
 from raytune_opt.space import CATEGORICAL_KINDS, KINDS, NUMERIC_KINDS, Condition, Domain, Param, Space
@@ -25,21 +25,10 @@ from raytune_opt.spec import schema
 from raytune_opt.spec.schema import Field, Section
 from raytune_opt.spec.yaml_loader import Located, load_value, load_yaml_file
 
-NUM_CLASSES = {"digits": 10, "mnist1d": 10, "cifar10": 10, "cifar100": 100}
+NUM_CLASSES = {n: registry.DATASETS[n].meta["num_classes"] for n in registry.DATASETS
+               if "num_classes" in registry.DATASETS[n].meta}
 # Augmentations that move or recolour image pixels; 1-D signals take Mixup only.
 IMAGE_AUGMENTATIONS = ("hflip", "random_crop_padding", "rotation_degrees", "color_jitter", "cutmix_alpha")
-# Scheduler keys and the schedulers that read them; setting one for another is a problem.
-SCHEDULER_KEYS = {
-    "max_t": ("asha", "hyperband"),
-    "grace_period": ("asha", "median"),
-    "reduction_factor": ("asha", "hyperband"),
-    "brackets": ("asha",),
-    "min_samples_required": ("median",),
-    "perturbation_interval": ("pbt",),
-    "quantile_fraction": ("pbt",),
-    "synch": ("pbt",),
-}
-
 
 @dataclass
 class Spec:
@@ -544,8 +533,8 @@ def parse_space(ck: _Checker, raw: Any) -> Space:
 def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     """Rules across keys, each skipped when a setting it reads was already reported invalid."""
     for rules in (_data_rules, _model_rules, _loop_rules, _task_rules, _precision_rules, _optimizer_rules,
-                  _search_rules, _scheduler_rules, _hyperband_rules, _pbt_rules, _promotion_rules, _strategy_rules,
-                  _resource_rules, _loss_rules, _searcher_rules):
+                  _search_rules, _scheduler_rules, _promotion_rules, _strategy_rules, _resource_rules, _loss_rules,
+                  _searcher_rules):
         rules(ck, d, space)
 
 
@@ -781,77 +770,36 @@ def _search_rules(ck: _Checker, d: dict, space: Space) -> None:
                 f"(got mode={search['mode']})", f"set search.mode: {direction}")
     # The default sampler (tpe) left in a spec whose algorithm is switched is harmless;
     # any other sampler outside optuna would silently do nothing.
-    if ck.given(("search", "sampler")) and search["algorithm"] != "optuna" and search["sampler"] != "tpe":
+    takes_sampler = [n for n in registry.SEARCHERS if registry.SEARCHERS[n].meta["caps"] == "sampler"]
+    if ck.given(("search", "sampler")) and search["algorithm"] not in takes_sampler and search["sampler"] != "tpe":
         ck.rule("search.algorithm", ("search", "sampler"),
-                f"only optuna uses a sampler (got algorithm={search['algorithm']})",
-                "remove search.sampler or set search.algorithm: optuna")
+                f"only {' and '.join(takes_sampler)} uses a sampler (got algorithm={search['algorithm']})",
+                f"remove search.sampler or set search.algorithm: {takes_sampler[0]}")
 
 
-def _max_epochs(d: dict, space: Space) -> int:
-    """The most epochs a trial can run: train.epochs, or the top of its searched domain."""
-    p = space.by_key.get("train.epochs")
-    if p is not None and not p.domain.categorical:
-        return p.domain.args[1]
-    return max(_values_of(d, space, "train.epochs") or {d["train"]["epochs"]})
+def _entry_rules(ck: _Checker, entry: registry.Entry, view: registry.SpecView) -> None:
+    """Record what a searcher's, scheduler's or promotion step's own ``check`` finds."""
+    for f in entry.checks(view):
+        if ck.ok(*f.reads.split()):
+            ck.add(f.path, f.what, f.fix, at=ck.param_at.get(f.at) if f.at else None)
 
 
 def _scheduler_rules(ck: _Checker, d: dict, space: Space) -> None:
     sched = d["scheduler"]
-    for key, users in SCHEDULER_KEYS.items():
-        if ck.given(("scheduler", key)) and sched["name"] not in users:
+    entry = registry.SCHEDULERS[sched["name"]]
+    settings = dict.fromkeys(k for n in registry.SCHEDULERS for k in registry.SCHEDULERS[n].meta["keys"])
+    for key in settings:
+        if ck.given(("scheduler", key)) and key not in entry.meta["keys"]:
+            users = [n for n in registry.SCHEDULERS if key in registry.SCHEDULERS[n].meta["keys"]]
             ck.rule("scheduler.name", ("scheduler", key),
                     f"not used by scheduler {sched['name']} (got {fmt(sched[key])})",
                     f"remove it, or use scheduler.name: {' / '.join(users)}")
-    epochs = _max_epochs(d, space)
-    max_t = sched["max_t"] or epochs
+    epochs = schedulers.max_epochs(d, space)
     if sched["max_t"] is not None and sched["max_t"] > epochs:
         ck.rule("train.epochs", ("scheduler", "max_t"), f"exceeds train.epochs (got {sched['max_t']} > {epochs})",
                 "lower scheduler.max_t or raise train.epochs")
-    if sched["name"] in ("asha", "median") and sched["grace_period"] > max_t:
-        ck.rule("train.epochs scheduler.max_t", ("scheduler", "grace_period"),
-                f"exceeds the epochs a trial can run (got {sched['grace_period']} > {max_t})",
-                "lower scheduler.grace_period")
-
-
-def _pbt_rules(ck: _Checker, d: dict, space: Space) -> None:
-    if d["scheduler"]["name"] != "pbt":
-        return
-    algorithm = d["search"]["algorithm"]
-    if algorithm not in ("random", "grid"):
-        ck.rule("search.algorithm", ("scheduler", "name"), "pbt explores by itself and cannot be combined with a "
-                f"searcher (got search.algorithm={algorithm})", "set search.algorithm: random")
-    if not space:
-        ck.rule("space", ("scheduler", "name"), "pbt needs a space to mutate (got an empty space)", "add space entries")
-    if space.is_conditional:
-        ck.rule("space", ("scheduler", "name"), "pbt cannot mutate a conditional space (got conditional parameters)",
-                "remove the conditions or use asha")
-    from raytune_opt.schedulers import pbt_mutable
-
-    if space and not any(pbt_mutable(p.key) for p in space.params):
-        ck.rule("space", ("scheduler", "name"), "pbt can perturb none of the searched keys (got "
-                f"{', '.join(p.key for p in space.params)}: they change the model, the data or the run)",
-                "search an optimizer, loss, augmentation or schedule setting, train.batch_size or model.dropout")
-    if not d["train"]["checkpoint"]:
-        ck.rule("train.checkpoint", ("train", "checkpoint"), "pbt copies checkpoints between trials (got false)",
-                "set it to true")
-
-
-def _hyperband_rules(ck: _Checker, d: dict, space: Space) -> None:
-    """Ray's HyperBand is synchronous: it pauses a bracket's trials until the whole bracket has
-    been admitted. Behind a concurrency limit, or a searcher that proposes one trial at a time,
-    brackets never fill and it stops nothing (measured: every trial ran to max_t)."""
-    if d["scheduler"]["name"] != "hyperband":
-        return
-    limit, algorithm = d["resources"]["max_concurrent_trials"], d["search"]["algorithm"]
-    if limit is not None:
-        ck.rule("scheduler.name", ("resources", "max_concurrent_trials"),
-                f"hyperband fills its brackets before it halves them; a limit of {limit} keeps them from filling "
-                "and it stops no trial", "remove it (resources per trial bound concurrency), or use "
-                "scheduler.name: asha")
-    if algorithm in ("optuna", "hyperopt") or (algorithm == "random" and space.is_conditional):
-        ck.rule("search.algorithm", ("scheduler", "name"), "hyperband needs its brackets admitted at once, and "
-                f"{algorithm} proposes one trial at a time (it would stop no trial)",
-                "use search.algorithm: random or grid with hyperband, or scheduler.name: asha")
+    if ck.ok("scheduler.name"):
+        _entry_rules(ck, entry, registry.SpecView(d, space, ck.given))
 
 
 def _promotion_rules(ck: _Checker, d: dict, space: Space) -> None:
@@ -903,8 +851,7 @@ def _searcher_rules(ck: _Checker, d: dict, space: Space) -> None:
     """What the chosen searcher cannot take (grid points with optuna, conditions with gp...)."""
     search = d["search"]
     if ck.ok("search.algorithm", "search.sampler"):
-        key = searchers.searcher_key(search["algorithm"], search["sampler"])
-        for pkey, what, fix in searchers.refusals(space, key):
+        for pkey, what, fix in searchers.refusals(space, search["algorithm"], search["sampler"]):
             ck.add(("space", pkey), what, fix, at=ck.param_at.get(pkey))
 
 
