@@ -103,3 +103,100 @@ def test_hyperopt_refuses_a_parameter_with_two_parents(tmp_path):
         load_spec(path)
     path.write_text(path.read_text().replace("hyperopt", "optuna"))
     assert load_spec(path).space.is_conditional
+
+
+# ---------------------------------------------------------------- conformance over the registry
+
+CANDIDATE_SPACES = {
+    "numeric": "space={train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}, model.dropout: {uniform: [0.0, 0.5]}, "
+               "model.width: {randint: [8, 64]}}",
+    "mixed": "space={train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}, model.width: {choice: [16, 32]}}",
+    "grid": "space={train.optimizer.lr: {grid: [0.001, 0.01]}, model.dropout: {grid: [0.0, 0.2]}}",
+    "conditional": None,  # digits_conditional.yaml's own space
+}
+
+
+def _inside(domain, value) -> bool:
+    if domain.categorical:
+        return value in domain.args
+    if domain.kind == "normal":
+        return isinstance(value, float)
+    return domain.args[0] <= value <= domain.args[1] and (not domain.integer or float(value).is_integer())
+
+
+def _cases() -> list:
+    """Every registered searcher (and Optuna sampler) with every candidate space validation lets it take."""
+    from raytune_opt.errors import SpecError
+
+    out = []
+    for algorithm, sampler in searchers.searcher_keys():
+        for name, override in CANDIDATE_SPACES.items():
+            overrides = [f"search.algorithm={algorithm}", f"search.sampler={sampler}", "search.num_samples=64"]
+            try:
+                spec = load_spec(CONDITIONAL if override is None else DIGITS, overrides + ([override] if override else []))
+            except SpecError:
+                continue  # refused at validation (tests/spec covers the refusals)
+            out.append(pytest.param(spec, id=f"{searchers.searcher_key(algorithm, sampler)}-{name}"))
+    return out
+
+
+CASES = _cases()
+
+
+def test_the_conformance_test_runs_every_registered_searcher():
+    ran = {c.id.rsplit("-", 1)[0] for c in CASES}
+    assert ran == {searchers.searcher_key(a, s) for a, s in searchers.searcher_keys()}
+
+
+def _proposer(spec):
+    """Build the spec's searcher as a sweep does; ``next_config() -> (trial_id, config)`` and
+    the object to report to (a Searcher, or Ray's variant generator, which learns nothing)."""
+    from ray.tune.experiment import Experiment
+    from ray.tune.search import Searcher
+
+    alg, param_space = searchers.build_searcher(spec)
+    if isinstance(alg, Searcher):
+        if param_space:
+            alg.set_search_properties(spec.data["search"]["metric"], spec.data["search"]["mode"], param_space)
+        ids = iter(range(10**6))
+
+        def next_config():
+            trial_id = f"t{next(ids)}"
+            return trial_id, alg.suggest(trial_id)
+
+        return next_config, alg
+
+    alg.add_configurations([Experiment("conformance", lambda config: None, config=param_space, num_samples=64)])
+
+    def next_variant():
+        trial = alg.next_trial()
+        return trial.trial_id, trial.config
+
+    return next_variant, alg
+
+
+@pytest.mark.parametrize("spec", CASES)
+def test_every_searcher_proposes_configs_inside_the_space_learns_and_resumes(tmp_path, spec):
+    from ray.tune.search import Searcher
+
+    next_config, alg = _proposer(spec)
+    metric = spec.data["search"]["metric"]
+    for i in range(6):
+        trial_id, raw = next_config()
+        config = searchers.flatten_config(raw, spec.space)
+        active = {p.key for p in spec.space.params if spec.space.is_active(p.key, config)}
+        assert set(config) == active, (config, active)
+        for key, value in config.items():
+            assert _inside(spec.space.by_key[key].domain, value), (key, value)
+        alg.on_trial_complete(trial_id, {metric: 0.1 * i, "epoch": 1})
+    if not isinstance(alg, Searcher):
+        return  # the variant generator's own state is Tune's experiment state (tests/test_resume.py)
+    # What a resume relies on: the saved state proposes what the live searcher proposes next.
+    alg.save(str(tmp_path / "state.pkl"))
+    _, expected = next_config()
+    again, param_space = searchers.build_searcher(spec)
+    if param_space:
+        again.set_search_properties(metric, spec.data["search"]["mode"], param_space)
+    again.restore(str(tmp_path / "state.pkl"))
+    got = again.suggest("t-next")
+    assert searchers.flatten_config(got, spec.space) == searchers.flatten_config(expected, spec.space)
