@@ -100,13 +100,14 @@ def check_hyperopt(view: registry.SpecView) -> list[registry.Finding]:
 
 def check_random(view: registry.SpecView) -> list[registry.Finding]:
     """Conditional random search runs on Optuna's RandomSampler (define-by-run), which has no
-    grid and no normal distribution."""
+    grid, no normal distribution and no quantized log-uniform (Optuna's log and step exclude
+    each other)."""
     if not view.space.is_conditional:
         return []
     return [registry.Finding(("space", p.key), f"random search over a conditional space cannot take a "
                              f"{p.domain.kind} dimension", "use choice/uniform, or search.algorithm: hyperopt",
                              at=p.key)
-            for p in view.space.params if p.domain.kind in ("grid", "normal")]
+            for p in view.space.params if p.domain.kind in ("grid", "normal", "qloguniform")]
 
 
 def accepting(space: Space) -> list[str]:
