@@ -17,7 +17,7 @@ from raytune_opt.cli import main
 from raytune_opt.report import REPORT, write_report
 from raytune_opt.report import data as report_data
 from raytune_opt.report.study import JOURNAL, build_study
-from tests._chromium import needs_chromium, page_check
+from tests._chromium import BROWSER, needs_chromium, page_check
 from tests._experiments import make_experiment
 
 SECTIONS = ("leaderboard", "history", "curves", "losses", "parallel", "slices", "contour", "importance", "best",
@@ -121,6 +121,32 @@ def test_a_restarted_trial_supersedes_its_first_run_and_is_not_listed_twice(tmp_
     (again / "progress.csv").write_text(progress)
     ids = [t.trial_id for t in report_data.load(exp).trials]
     assert ids.count("t0002x") == 1 and "t0002" not in ids and len(ids) == 6
+
+
+def test_a_regression_promotion_is_shown_by_its_metric(tmp_path):
+    from raytune_opt.promote import manifest
+
+    exp = make_experiment(tmp_path, 3, name="regression", promoted=False)
+    prom = exp / "promotion"
+    prom.mkdir()
+    lat = {"batch_1": {"p50_ms": 0.02, "p95_ms": 0.03}, "batch_64": {"p50_ms": 0.05, "p95_ms": 0.06}}
+    for name in ("pytorch", "onnx", "int8"):
+        (prom / f"{name}.bin").write_bytes(b"\0" * 30_000)
+    arts = [manifest.artifact(name, status, path=prom / f"{name}.bin", root=prom, metric="rmse", score=score,
+                              fp32_score=60.07, relative_change=(score - 60.07) / 60.07, latency_ms=lat, reason=reason)
+            for name, status, score, reason in (
+                ("pytorch", "ok", 60.07, ""), ("onnx", "ok", 60.07, ""),
+                ("int8", "rejected", 66.0, "metric gate: INT8's rmse is worse than fp32's by more than "
+                                           "promote.int8.max_relative_change=0.05 (relative)"))]
+    manifest.write(prom, {"format": manifest.FORMAT, "status": "ok", "experiment": str(exp),
+                          "source": {"trial_id": "t0001", "metric": "val_rmse", "value": 60.07}, "artifacts": arts})
+    page = write_report(exp)
+    section = page.read_text().split('id="promotion"')[1]
+    assert "rmse (validation set)" in section and "accuracy (%)" not in section
+    assert "66" in section and "max_relative_change=0.05" in section
+    if BROWSER is not None:
+        drawn = page_check(page)["sections"]["promotion"]
+        assert drawn["charts"] == drawn["drawn"] == 4 and drawn["none"] == 0, drawn
 
 
 def test_report_cli_writes_the_page_where_asked(finished, tmp_path, capsys):

@@ -1,10 +1,13 @@
 """``promotion/manifest.json``: what was promoted, from where, and how each artifact did.
 
 The manifest is written atomically. Each artifact records its file (path relative to the
-promotion directory, sha256, size), accuracy on the validation set (a fraction) and its
-difference to fp32 PyTorch (percentage points), latency p50/p95 at batch 1 and 64, and a
-status: ``ok``, ``rejected`` (failed the accuracy gate; the file is kept), ``skipped`` or
-``failed`` (with the reason).
+promotion directory, sha256, size), its score on the validation set and how it compares to
+fp32 PyTorch, latency p50/p95 at batch 1 and 64, and a status: ``ok``, ``rejected`` (failed
+the gate; the file is kept), ``skipped`` or ``failed`` (with the reason). The score of a
+classification is ``accuracy`` (a fraction) with ``delta_points`` (percentage points vs
+fp32); of a regression, ``metric`` (rmse, mae or r2), ``score``, ``fp32_score`` and
+``relative_change`` (the relative worsening vs fp32, see
+:class:`~raytune_opt.promote.measure.Scorer`), with ``accuracy`` and ``delta_points`` null.
 """
 
 from __future__ import annotations
@@ -26,8 +29,15 @@ STATUSES = ("ok", "rejected", "skipped", "failed")
 
 def artifact(name: str, status: str, *, path: str | Path | None = None, root: Path | None = None,
              reason: str = "", accuracy: float | None = None, fp32_accuracy: float | None = None,
-             latency_ms: dict | None = None, runtime: str = "", **extra) -> dict:
-    """One artifact's record; ``path`` is hashed and stored relative to ``root`` when inside it."""
+             metric: str | None = None, score: float | None = None, fp32_score: float | None = None,
+             relative_change: float | None = None, latency_ms: dict | None = None, runtime: str = "",
+             **extra) -> dict:
+    """One artifact's record; ``path`` is hashed and stored relative to ``root`` when inside it.
+
+    A classification's artifact passes ``accuracy`` and ``fp32_accuracy``; a regression's passes
+    ``metric``, ``score``, ``fp32_score`` and ``relative_change`` (recorded only when ``metric``
+    is given, so a classification's record keeps the keys it always had).
+    """
     assert status in STATUSES, status
     rec: dict = {"name": name, "status": status, "reason": reason, "built": _now(), "path": None, "sha256": None,
                  "size_bytes": None}
@@ -38,6 +48,9 @@ def artifact(name: str, status: str, *, path: str | Path | None = None, root: Pa
     rec["accuracy"] = accuracy
     rec["delta_points"] = (None if accuracy is None or fp32_accuracy is None
                            else round((accuracy - fp32_accuracy) * 100.0, 4))
+    if metric is not None:
+        rec.update(metric=metric, score=score, fp32_score=fp32_score,
+                   relative_change=None if relative_change is None else round(relative_change, 6))
     rec["latency_ms"] = latency_ms
     rec["runtime"] = runtime
     rec.update(extra)
@@ -136,19 +149,42 @@ def write(promotion_dir: Path, manifest: dict) -> Path:
 
 
 def table(manifest: dict) -> str:
-    """One row per artifact: name, status, accuracy, Δ vs fp32, p50 at batch 1 and 64, size."""
-    lines = [f"{'artifact':<18} {'status':<9} {'accuracy':>8} {'Δ vs fp32':>9} {'p50@1 ms':>9} {'p50@64 ms':>9} "
+    """One row per artifact: name, status, score (accuracy, or a regression's metric, named in
+    the header), Δ vs fp32 (points of accuracy, or a regression's relative change), p50 at batch
+    1 and 64, size."""
+    metric = score_metric(manifest)
+    head = "accuracy" if metric is None else metric
+    # A regression's change is relative, of the metric itself; for r2, of 1 - r2 (measure.Scorer).
+    delta = "Δ 1-r2" if metric == "r2" else "Δ vs fp32"
+    lines = [f"{'artifact':<18} {'status':<9} {head:>8} {delta:>9} {'p50@1 ms':>9} {'p50@64 ms':>9} "
              f"{'size':>9}"]
     for a in manifest["artifacts"]:
         lat = a.get("latency_ms") or {}
-        lines.append(
-            f"{a['name']:<18} {a['status']:<9} {_pct(a.get('accuracy')):>8} {_pts(a.get('delta_points')):>9} "
-            f"{_ms(lat.get('batch_1')):>9} {_ms(lat.get('batch_64')):>9} {_size(a.get('size_bytes')):>9}")
+        if metric is None:
+            score, change = _pct(a.get("accuracy")), _pts(a.get("delta_points"))
+        else:
+            score, change = _num(a.get("score")), _rel(a.get("relative_change"))
+        lines.append(f"{a['name']:<18} {a['status']:<9} {score:>8} {change:>9} {_ms(lat.get('batch_1')):>9} "
+                     f"{_ms(lat.get('batch_64')):>9} {_size(a.get('size_bytes')):>9}")
     return "\n".join(lines)
+
+
+def score_metric(manifest: dict) -> str | None:
+    """The regression metric the artifacts are scored by (``rmse``, ``mae``, ``r2``); None for
+    accuracy (a classification, and every manifest written before regressions were promoted)."""
+    return next((a["metric"] for a in manifest.get("artifacts", []) if a.get("metric")), None)
 
 
 def _pct(x) -> str:
     return "-" if x is None else f"{x * 100:.2f}%"
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _rel(x) -> str:
+    return "-" if x is None else f"{x:+.2%}"
 
 
 def _pts(x) -> str:

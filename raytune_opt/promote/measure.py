@@ -1,4 +1,5 @@
-"""Accuracy and latency of a model on the CPU: PyTorch or an ONNX Runtime session.
+"""Scores (accuracy, or a regression metric) and latency of a model on the CPU: PyTorch or
+an ONNX Runtime session.
 
 Shared by the promotion pipeline and ``benchmarks/promotion_latency.py`` so both measure
 the same way: warm-up runs first, then the median (p50) and 95th percentile of wall time.
@@ -7,8 +8,10 @@ the same way: warm-up runs first, then the median (p50) and 95th percentile of w
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -86,6 +89,129 @@ def predict(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int =
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy as a fraction."""
     return float((logits.argmax(axis=1) == y).mean())
+
+
+def regression_scores(outputs: np.ndarray, y: np.ndarray) -> dict:
+    """``rmse``, ``mae`` and ``r2`` of a (N, 1) output against N targets, computed by the
+    training loop's own function (so the fp32 score is the sweep's; r2 is NaN when the
+    targets are constant)."""
+    from raytune_opt.recipe.loop import regression_metrics
+
+    y = y.astype(np.float64).reshape(-1)
+    err = outputs.astype(np.float64).reshape(y.shape) - y
+    sums = torch.tensor([len(y), np.sum(err * err), np.sum(np.abs(err)), np.sum(y), np.sum(y * y)],
+                        dtype=torch.float64)
+    m = regression_metrics(sums)
+    return {"rmse": m["val_rmse"], "mae": m["val_mae"], "r2": m["val_r2"]}
+
+
+SCORES = ("accuracy", "rmse", "mae", "r2")
+_SEARCH_METRIC_SCORE = {"val_rmse": "rmse", "val_mae": "mae", "val_r2": "r2"}
+_EPS = 1e-9  # changes are differences of floats: forgive rounding only
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """What promotion scores on the validation set, and how much a converted model (INT8, a
+    TensorRT engine) may lose against the fp32 PyTorch model.
+
+    - ``accuracy`` (classification): top-1 accuracy, a fraction. The change is INT8 minus
+      fp32 in percentage points (``delta_points``); the gate: at most ``limit`` points lost
+      (``promote.int8.max_accuracy_drop``).
+    - ``rmse`` / ``mae`` / ``r2`` (regression, of the model's (N, 1) output): the change is
+      the relative worsening (``relative_change``, positive when worse); the gate: at most
+      ``limit`` (``promote.int8.max_relative_change``). For rmse and mae it is
+      ``(new - ref) / ref``. For r2 it is the relative increase of the unexplained variance
+      ``1 - r2`` (SSE / SST, so the same as the relative increase of the MSE): a change of
+      r2 itself would mean little near 0 and be tiny near 1.
+
+    Args:
+        metric: one of :data:`SCORES`.
+        limit: the gate, in the change's unit (>= 0).
+
+    Raises:
+        ValueError: an unknown metric or a negative limit (our bug: both come from the schema).
+    """
+
+    metric: str
+    limit: float
+
+    def __post_init__(self):
+        if self.metric not in SCORES or not self.limit >= 0:
+            raise ValueError(f"Scorer: metric must be one of {SCORES} and limit >= 0, but got {self.metric=} "
+                             f"{self.limit=}")
+
+    @property
+    def regression(self) -> bool:
+        return self.metric != "accuracy"
+
+    @property
+    def key(self) -> str:
+        """The spec key that sets the gate."""
+        return "promote.int8.max_relative_change" if self.regression else "promote.int8.max_accuracy_drop"
+
+    def score(self, outputs: np.ndarray, y: np.ndarray) -> float:
+        """The score of a model's ``outputs`` (logits, or a (N, 1) regression output) against ``y``."""
+        return regression_scores(outputs, y)[self.metric] if self.regression else accuracy(outputs, y)
+
+    def change(self, score: float, ref: float) -> float:
+        """``score`` against the fp32 ``ref``: Δ points for accuracy (positive: better), the
+        relative worsening for a regression metric (positive: worse)."""
+        if not self.regression:
+            return (score - ref) * 100.0
+        if self.metric == "r2":
+            score, ref = 1.0 - score, 1.0 - ref  # the unexplained variance, lower is better as rmse's
+        if ref == 0:  # a perfect fp32 model: any error is an infinite relative worsening
+            return 0.0 if score == 0 else math.inf
+        return (score - ref) / ref
+
+    def lost(self, score: float, ref: float) -> float:
+        """How much worse than ``ref`` ``score`` is, in the gate's unit (points, or relative);
+        a NaN score (r2 of constant targets) is infinitely worse."""
+        change = self.change(score, ref)
+        lost = change if self.regression else -change
+        return math.inf if math.isnan(lost) else lost
+
+    def passes(self, score: float, ref: float) -> bool:
+        """Whether ``score`` is within the gate."""
+        return self.lost(score, ref) <= self.limit + _EPS
+
+    @property
+    def gate(self) -> str:
+        return "metric gate" if self.regression else "accuracy gate"
+
+    @property
+    def measured(self) -> str:
+        """What the regression gate compares, for a reason line."""
+        return "1 - r2 (the unexplained variance)" if self.metric == "r2" else self.metric
+
+    def rejection(self, score: float, ref: float) -> str:
+        """Why ``score`` fails the gate against ``ref``; empty when it passes."""
+        if self.passes(score, ref):
+            return ""
+        change = self.change(score, ref)
+        if not self.regression:
+            return f"{self.gate}: loses {-change:.2f} points vs fp32 > {self.key}={self.limit:g}"
+        return f"{self.gate}: {self.measured} is {change:.2%} worse than fp32's > {self.key}={self.limit:g} (relative)"
+
+    def settings(self) -> dict:
+        """The gate as the manifest's ``settings`` records it for a regression."""
+        rule = ("((1 - r2) - (1 - r2_fp32)) / (1 - r2_fp32)" if self.metric == "r2"
+                else f"({self.metric} - {self.metric}_fp32) / {self.metric}_fp32")
+        return {"metric": self.metric, "max_relative_change": self.limit, "relative_change": rule}
+
+
+def scorer_for(task: str, search_metric: str, int8_cfg: dict, default_relative_change: float) -> Scorer:
+    """The scorer of a promotion: accuracy for a classification; for a regression the sweep's
+    metric when it is a regression metric (``val_rmse``, ``val_mae``, ``val_r2``), else rmse.
+
+    ``default_relative_change`` stands in for ``max_relative_change`` in experiments written
+    before it existed.
+    """
+    if task != "regression":
+        return Scorer("accuracy", float(int8_cfg["max_accuracy_drop"]))
+    limit = int8_cfg.get("max_relative_change", default_relative_change)
+    return Scorer(_SEARCH_METRIC_SCORE.get(search_metric, "rmse"), float(limit))
 
 
 def latency(run: Callable[[np.ndarray], np.ndarray], x: np.ndarray, batch: int, *, warmup: int = 5,

@@ -1,5 +1,8 @@
 """The promotion pipeline: best trial -> ONNX (parity) -> INT8 (gate) -> TensorRT -> manifest.
 
+A classification is scored by accuracy, a regression by its metric (:class:`measure.Scorer`);
+the INT8 and TensorRT gates compare that score with the fp32 PyTorch model's.
+
 Each step records an artifact; a step that cannot run (its input failed, no GPU) records
 why instead. Only problems with the experiment itself raise (exit 2); a failed artifact is
 reported in the manifest and makes the manifest's status ``failed`` (exit 1).
@@ -95,19 +98,16 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     with registry.code_path(code_dirs_of(source.exp_dir)):  # a user model or data set imports as in the sweep
         model, ckpt = load_model(source.checkpoint)
         data = load_bundle(ckpt["recipe"]["data"], int(source.spec["seed"]))
-    if data.task != "classification":
-        raise PromotionError(f"{source.exp_dir}: trial {source.trial_id} is a {data.task} model, and promotion "
-                             f"measures accuracy (its INT8 gate is an accuracy gate); {data.task} models are not "
-                             f"promoted yet: set promote.enabled: false")
     threads = measure.threads_for(cfg.get("ort_threads"))  # experiments of older versions have no such key
+    scorer = measure.scorer_for(data.task, source.metric, cfg["int8"], _default("max_relative_change"))
     x_val, y_val = materialize(data.val, collate_fn=data.collate_fn)
-    run = _Run(source, cfg, out_dir, x_val.numpy(), y_val.numpy(), log, threads)
+    run = _Run(source, cfg, out_dir, x_val.numpy(), y_val.numpy(), log, threads, scorer)
 
     with measure.torch_threads(threads):
         with progress.step("pytorch: measuring the fp32 reference"):
             ref = run.reference(model)
         with progress.step("onnx: exporting, checking parity, measuring latency"):
-            onnx_bytes = run.onnx(model, ref)
+            onnx_bytes = run.onnx(model, ref, data.input_example)
     qdq_bytes = None
     x_train = _calibration_pool(data, cfg, ckpt, int(source.spec["seed"]))
     if "int8" in targets:
@@ -119,13 +119,15 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
             run.tensorrt(place, onnx_bytes, qdq_bytes)
 
     old = manifest.previous_artifacts(out_dir, source)
+    settings = {"parity_atol": cfg["parity_atol"], "int8": cfg["int8"], "ort_threads": threads,
+                "latency": f"CPU: onnxruntime CPUExecutionProvider and torch, {threads} intra-op "
+                           f"threads, 5 warm-up runs, then p50/p95 of 10-200 runs; TensorRT: CUDA, "
+                           f"device-resident input, synchronized"}
+    if scorer.regression:  # a classification's settings stay as they always were
+        settings["gate"] = scorer.settings()
     result = manifest.build(
         source, targets=targets, artifacts=manifest.merge(old, run.artifacts), inputs=_inputs(data),
-        settings={"parity_atol": cfg["parity_atol"], "int8": cfg["int8"], "ort_threads": threads,
-                  "latency": f"CPU: onnxruntime CPUExecutionProvider and torch, {threads} intra-op "
-                             f"threads, 5 warm-up runs, then p50/p95 of 10-200 runs; TensorRT: CUDA, "
-                             f"device-resident input, synchronized"},
-        tensorrt_version=run.tensorrt_version)
+        settings=settings, tensorrt_version=run.tensorrt_version)
     manifest.write(out_dir, result)
     return result
 
@@ -134,11 +136,12 @@ class _Run:
     """One promotion's state: the artifacts so far and what later steps need."""
 
     def __init__(self, source: Source, cfg: dict, out_dir: Path, x_val: np.ndarray, y_val: np.ndarray,
-                 log: Callable[[str], None], threads: int):
+                 log: Callable[[str], None], threads: int, scorer: measure.Scorer):
         self.source, self.cfg, self.out_dir, self.log = source, cfg, out_dir, log
         self.threads = threads  # intra-op threads of ONNX Runtime and torch
         self.x_val, self.y_val = x_val, y_val
-        self.fp32 = 0.0
+        self.scorer = scorer
+        self.fp32 = 0.0  # the fp32 PyTorch model's score, the gates' reference
         self.artifacts: list[dict] = []
         self.tensorrt_version: str | None = None
 
@@ -149,6 +152,13 @@ class _Run:
             self.log(f"{rec['name']}: {rec['status']}{' — ' + detail if detail else ''}")
         return rec
 
+    def _scored(self, score: float | None) -> dict:
+        """The score fields of an artifact record (manifest.artifact's keywords)."""
+        if not self.scorer.regression:
+            return {"accuracy": score, "fp32_accuracy": self.fp32}
+        return {"metric": self.scorer.metric, "score": score, "fp32_score": self.fp32,
+                "relative_change": None if score is None else self.scorer.change(score, self.fp32)}
+
     def _failed(self, name: str, exc: Exception) -> None:
         """Record a step that failed, with the traceback in the manifest (for a bug report)."""
         _log.warning("promotion step %s failed", name, exc_info=True)
@@ -157,26 +167,29 @@ class _Run:
 
     # ---- PyTorch, the fp32 reference ------------------------------------------------------
     def reference(self, model) -> np.ndarray:
-        """fp32 PyTorch logits on the validation set; records the ``pytorch`` row."""
+        """fp32 PyTorch outputs (logits, or a regression's (N, 1)) on the validation set;
+        records the ``pytorch`` row."""
         run = measure.torch_runner(model)
-        logits = measure.predict(run, self.x_val)
-        self.fp32 = measure.accuracy(logits, self.y_val)
-        self.add(manifest.artifact("pytorch", "ok", path=self.source.checkpoint, accuracy=self.fp32,
-                                   fp32_accuracy=self.fp32, latency_ms=measure.latencies(run, self.x_val),
+        outputs = measure.predict(run, self.x_val)
+        self.fp32 = self.scorer.score(outputs, self.y_val)
+        self.add(manifest.artifact("pytorch", "ok", path=self.source.checkpoint, **self._scored(self.fp32),
+                                   latency_ms=measure.latencies(run, self.x_val),
                                    runtime=f"pytorch cpu, {self.threads} threads"))
-        return logits
+        return outputs
 
     # ---- ONNX ---------------------------------------------------------------------------
-    def onnx(self, model, ref: np.ndarray) -> bytes | None:
-        """Export and check parity; the ONNX bytes, or None when the export failed either way."""
+    def onnx(self, model, ref: np.ndarray, example) -> bytes | None:
+        """Export (traced with the data set's ``input_example``: its shape and dtype) and check
+        parity; the ONNX bytes, or None when the export failed either way."""
         import torch
 
         path = self.out_dir / "model.onnx"
         try:
-            data = export.export_onnx(model, torch.from_numpy(measure.batch_of(self.x_val, 2)), path)
+            # Two rows, so the exporter keeps the batch axis dynamic (as validate --smoke exports).
+            data = export.export_onnx(model, torch.from_numpy(measure.batch_of(example.numpy(), 2)), path)
             runner = measure.ort_runner(measure.ort_session(path, self.threads))
-            logits = measure.predict(runner, self.x_val)
-            par = export.parity(ref, logits, float(self.cfg["parity_atol"]))
+            outputs = measure.predict(runner, self.x_val)
+            par = export.parity(ref, outputs, float(self.cfg["parity_atol"]))
             latency = measure.latencies(runner, self.x_val)
         except (RuntimeError, OSError, MemoryError, *measure.ort_errors()) as exc:
             # The exporter (torch.onnx's errors are RuntimeErrors) or ONNX Runtime refusing this model is
@@ -184,8 +197,8 @@ class _Run:
             self._failed("onnx", exc)
             return None
         self.add(manifest.artifact("onnx", "ok" if par.ok else "failed", path=path, root=self.out_dir,
-                                   reason=par.reason, accuracy=measure.accuracy(logits, self.y_val),
-                                   fp32_accuracy=self.fp32, latency_ms=latency,
+                                   reason=par.reason, **self._scored(self.scorer.score(outputs, self.y_val)),
+                                   latency_ms=latency,
                                    runtime=f"onnxruntime cpu, {self.threads} threads",
                                    opset=export.OPSET, parity=par.as_dict()))
         return data if par.ok else None
@@ -205,8 +218,7 @@ class _Run:
         try:
             gate = quantize.quantize_with_gate(
                 self.out_dir / "model.onnx", path, batches, flavor=flavor, first_method=icfg["calibration_method"],
-                x_val=self.x_val, y_val=self.y_val, fp32_accuracy=self.fp32,
-                max_drop_points=float(icfg["max_accuracy_drop"]), name=name)
+                x_val=self.x_val, y_val=self.y_val, scorer=self.scorer, fp32_score=self.fp32, name=name)
             # The S8S8 form is TensorRT's input; ORT's CPU kernels run it slowly, so it is not timed here.
             with progress.step(f"{name}: measuring latency"):
                 latency = (measure.latencies(measure.ort_runner(measure.ort_session(path, self.threads)),
@@ -218,8 +230,8 @@ class _Run:
         runtime = (f"onnxruntime cpu, {self.threads} threads" if flavor == "cpu"
                    else "accuracy: onnxruntime cpu; for TensorRT explicit quantization")
         self.add(manifest.artifact(
-            name, gate.status, path=path, root=self.out_dir, reason=gate.reason, accuracy=gate.accuracy,
-            fp32_accuracy=self.fp32, latency_ms=latency, runtime=runtime,
+            name, gate.status, path=path, root=self.out_dir, reason=gate.reason, **self._scored(gate.score),
+            latency_ms=latency, runtime=runtime,
             quantization={"format": "QDQ", "per_channel": True,
                           "activations": "uint8 asymmetric" if flavor == "cpu" else "int8 symmetric",
                           "weights": "int8 symmetric", "bias": "int32" if flavor == "cpu" else "float",
@@ -237,7 +249,7 @@ class _Run:
             self.add(manifest.artifact("tensorrt", "skipped", reason="the ONNX model failed; nothing to build"))
             return
         try:
-            res = tensorrt.build(place, onnx_bytes, qdq_bytes, self.x_val, self.y_val)
+            res = tensorrt.build(place, onnx_bytes, qdq_bytes, self.x_val, self.y_val, self.scorer)
         except ArtifactError as exc:
             self._failed("tensorrt", exc)
             return
@@ -245,27 +257,20 @@ class _Run:
             self.add(manifest.artifact("tensorrt", "skipped", reason=res["skipped"]))
             return
         self.tensorrt_version = res["tensorrt_version"]
-        max_drop = float(self.cfg["int8"]["max_accuracy_drop"])
         for name, filename in (("tensorrt-fp16", "model.fp16.engine"), ("tensorrt-int8", "model.int8.engine")):
             eng = res["engines"].get(name)
             if eng is None:  # only the INT8 engine can be missing: no QDQ model passed its gate
-                self.add(manifest.artifact(name, "skipped", reason="no TensorRT-ready QDQ model passed the accuracy "
-                                                                   "gate (see int8-tensorrt-qdq)"))
+                self.add(manifest.artifact(name, "skipped", reason=f"no TensorRT-ready QDQ model passed the "
+                                                                   f"{self.scorer.gate} (see int8-tensorrt-qdq)"))
                 continue
             if eng["status"] != "ok":
                 self.add(manifest.artifact(name, "failed", reason=eng["reason"], traceback=eng.get("traceback", "")))
                 continue
             path = self.out_dir / filename
             _atomic.write_bytes(path, eng["plan"])
-            drop = (self.fp32 - eng["accuracy"]) * 100.0
-            status, reason = "ok", ""
-            if drop > max_drop + 1e-9:
-                status = "rejected"
-                reason = (f"accuracy gate: loses {drop:.2f} points vs fp32 > promote.int8.max_accuracy_drop="
-                          f"{max_drop:g}")
-            self.add(manifest.artifact(name, status, path=path, root=self.out_dir, reason=reason,
-                                       accuracy=eng["accuracy"], fp32_accuracy=self.fp32,
-                                       latency_ms=eng["latency_ms"],
+            reason = self.scorer.rejection(eng["score"], self.fp32)
+            self.add(manifest.artifact(name, "rejected" if reason else "ok", path=path, root=self.out_dir,
+                                       reason=reason, **self._scored(eng["score"]), latency_ms=eng["latency_ms"],
                                        runtime=f"tensorrt {res['tensorrt_version']} on {res['device']}",
                                        max_batch=tensorrt.MAX_BATCH))
 
@@ -273,6 +278,13 @@ class _Run:
 def calibration_batches(x_train: np.ndarray, batch_size: int, n: int, seed: int) -> list[np.ndarray]:
     """The calibration data (a seam for tests that need deliberately bad calibration)."""
     return quantize.calibration_batches(x_train, batch_size, n, seed)
+
+
+def _default(key: str):
+    """The schema's default of ``promote.int8.<key>``, for experiments written before the key existed."""
+    from raytune_opt.spec import schema
+
+    return schema.lookup(("promote", "int8", key)).default
 
 
 def _calibration_batch_size(ckpt: dict) -> int:
@@ -307,11 +319,15 @@ def _summary(rec: dict) -> str:
     parts = []
     if rec.get("parity"):
         p = rec["parity"]
-        parts.append(f"parity max |Δ| {p['max_abs_diff']:.2g}, top-1 agree {p['top1_agreement']:.2%}")
+        top1 = "" if rec.get("metric") else f", top-1 agree {p['top1_agreement']:.2%}"  # a regression has no classes
+        parts.append(f"parity max |Δ| {p['max_abs_diff']:.2g}{top1}")
     if rec.get("quantization"):
         parts.append(f"{rec['quantization']['calibration_method']} calibration")
     if rec.get("delta_points") is not None:
         parts.append(f"Δ {rec['delta_points']:+.2f} points vs fp32")
+    if rec.get("relative_change") is not None:
+        what = "1 - r2" if rec["metric"] == "r2" else rec["metric"]
+        parts.append(f"{what} {rec['relative_change']:+.2%} vs fp32")
     return ", ".join(parts)
 
 

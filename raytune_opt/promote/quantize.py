@@ -1,4 +1,4 @@
-"""INT8 with ONNX Runtime static quantization, behind an accuracy gate.
+"""INT8 with ONNX Runtime static quantization, behind an accuracy gate (a metric gate for a regression).
 
 Two flavours of the same QDQ model, per-channel weights, calibrated on training batches:
 
@@ -9,8 +9,10 @@ Two flavours of the same QDQ model, per-channel weights, calibrated on training 
   with ORT's Q/DQ fusion off (what the Q/DQ nodes compute, as TensorRT does): ORT's fused
   S8S8 CPU kernels saturate on x86 without VNNI and would reject a sound model.
 
-If the quantized model loses more than ``max_accuracy_drop`` points against fp32, the other
-calibration methods are tried; if none passes, the best attempt is kept, marked rejected.
+If the quantized model loses more than the gate allows against fp32 (a
+:class:`~raytune_opt.promote.measure.Scorer`: ``max_accuracy_drop`` points of accuracy, or
+for a regression ``max_relative_change`` of its metric), the other calibration methods are
+tried; if none passes, the best attempt is kept, marked rejected.
 """
 
 from __future__ import annotations
@@ -29,29 +31,31 @@ from raytune_opt.promote import measure
 
 METHODS = ("minmax", "entropy", "percentile")
 FLAVORS = ("cpu", "tensorrt")
-_EPS_POINTS = 1e-9  # accuracy deltas are differences of fractions: forgive float rounding only
 
 
 @dataclass
 class Attempt:
     method: str
-    accuracy: float
-    delta_points: float  # INT8 minus fp32 accuracy, in percentage points
+    score: float  # accuracy (a fraction), or the regression metric
+    change: float  # vs fp32: Δ points of accuracy, or the metric's relative worsening (Scorer.change)
     passed: bool
+    metric: str = "accuracy"
 
     def as_dict(self) -> dict:
-        return {"method": self.method, "accuracy": self.accuracy, "delta_points": self.delta_points,
+        if self.metric == "accuracy":  # the keys manifests have always had
+            return {"method": self.method, "accuracy": self.score, "delta_points": self.change, "passed": self.passed}
+        return {"method": self.method, "metric": self.metric, "score": self.score, "relative_change": self.change,
                 "passed": self.passed}
 
 
 @dataclass
 class GateResult:
-    """What the accuracy gate decided, with every calibration method it tried."""
+    """What the gate decided, with every calibration method it tried."""
 
     status: str  # ok | rejected
     method: str  # the kept model's calibration method
-    accuracy: float
-    delta_points: float
+    score: float
+    change: float
     reason: str = ""
     attempts: list[Attempt] = field(default_factory=list)
 
@@ -131,13 +135,14 @@ def quantize(model_path: str | Path, out_path: str | Path, batches: list[np.ndar
 
 
 def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, batches: list[np.ndarray], *, flavor: str,
-                       first_method: str, x_val: np.ndarray, y_val: np.ndarray, fp32_accuracy: float,
-                       max_drop_points: float, name: str = "int8") -> GateResult:
-    """Quantize, evaluate on the validation set, and try other methods until one passes the gate.
+                       first_method: str, x_val: np.ndarray, y_val: np.ndarray, scorer: measure.Scorer,
+                       fp32_score: float, name: str = "int8") -> GateResult:
+    """Quantize, score on the validation set, and try other methods until one passes the gate.
 
     ``first_method`` is tried first, then the others in :data:`METHODS` order. The model
-    kept at ``out_path`` (written atomically) is the first that passes, else the most
-    accurate attempt, marked rejected. ``name`` labels each attempt's progress line.
+    kept at ``out_path`` (written atomically) is the first that passes ``scorer``'s gate
+    against ``fp32_score``, else the attempt that lost least, marked rejected. ``name``
+    labels each attempt's progress line.
     """
     order = [first_method] + [m for m in METHODS if m != first_method]
     attempts: list[Attempt] = []
@@ -152,11 +157,12 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, batches: lis
                 # The S8S8 model is TensorRT's input: score what its Q/DQ nodes compute, not ORT's
                 # fused CPU kernels (saturating int16 sums on AVX2 without VNNI: -23.7 points here).
                 session = measure.ort_session(candidate, fuse_qdq=flavor == "cpu")
-                acc = measure.accuracy(measure.predict(measure.ort_runner(session), x_val), y_val)
-            delta = (acc - fp32_accuracy) * 100.0
-            attempt = Attempt(method, acc, delta, passed=-delta <= max_drop_points + _EPS_POINTS)
+                score = scorer.score(measure.predict(measure.ort_runner(session), x_val), y_val)
+            attempt = Attempt(method, score, scorer.change(score, fp32_score), scorer.passes(score, fp32_score),
+                              metric=scorer.metric)
             attempts.append(attempt)
-            if best is None or attempt.accuracy > best[0].accuracy or attempt.passed:
+            lost = scorer.lost(score, fp32_score)
+            if best is None or lost < scorer.lost(best[0].score, fp32_score) or attempt.passed:
                 best = (attempt, candidate.read_bytes())
             if attempt.passed:
                 break
@@ -164,8 +170,16 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, batches: lis
     kept, data = best
     _atomic.write_bytes(out_path, data)
     if kept.passed:
-        return GateResult("ok", kept.method, kept.accuracy, kept.delta_points, attempts=attempts)
-    tried = ", ".join(f"{a.method} {a.delta_points:+.2f}" for a in attempts)
-    reason = (f"accuracy gate: INT8 loses more than promote.int8.max_accuracy_drop={max_drop_points:g} points vs "
-              f"fp32 with every calibration method ({tried}); kept {kept.method}")
-    return GateResult("rejected", kept.method, kept.accuracy, kept.delta_points, reason=reason, attempts=attempts)
+        return GateResult("ok", kept.method, kept.score, kept.change, attempts=attempts)
+    return GateResult("rejected", kept.method, kept.score, kept.change, reason=_reason(scorer, attempts, kept),
+                      attempts=attempts)
+
+
+def _reason(scorer: measure.Scorer, attempts: list[Attempt], kept: Attempt) -> str:
+    if not scorer.regression:
+        tried = ", ".join(f"{a.method} {a.change:+.2f}" for a in attempts)
+        return (f"accuracy gate: INT8 loses more than {scorer.key}={scorer.limit:g} points vs fp32 with every "
+                f"calibration method ({tried}); kept {kept.method}")
+    tried = ", ".join(f"{a.method} {a.change:+.2%}" for a in attempts)
+    return (f"{scorer.gate}: INT8's {scorer.measured} is worse than fp32's by more than {scorer.key}="
+            f"{scorer.limit:g} (relative) with every calibration method ({tried}); kept {kept.method}")

@@ -23,12 +23,16 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from raytune_opt import ray_runtime
 from raytune_opt._imports import is_available, require
 from raytune_opt.promote.errors import ArtifactError
+
+if TYPE_CHECKING:
+    from raytune_opt.promote.measure import Scorer
 
 MAX_BATCH = 64
 TASK_TIMEOUT_S = 1800  # building two engines of a ResNet-50 takes minutes, not half an hour
@@ -74,7 +78,7 @@ def placement(address: str | None, exp_dir: str) -> Placement:
 
 
 def build(place: Placement, onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.ndarray,
-          y_val: np.ndarray) -> dict:
+          y_val: np.ndarray, scorer: Scorer) -> dict:
     """Build and measure the engines where ``place`` says; see :func:`build_and_measure`.
 
     Raises:
@@ -83,12 +87,12 @@ def build(place: Placement, onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.
     """
     assert place.where in ("local", "cluster"), place
     if place.where == "local":
-        return build_and_measure(onnx_fp32, onnx_qdq, x_val, y_val)
+        return build_and_measure(onnx_fp32, onnx_qdq, x_val, y_val, scorer)
     import ray
     from ray import exceptions as rex
 
     task = ray.remote(num_gpus=1, max_retries=0)(build_and_measure)
-    ref = task.remote(onnx_fp32, onnx_qdq, x_val, y_val)
+    ref = task.remote(onnx_fp32, onnx_qdq, x_val, y_val, scorer)
     try:
         return ray.get(ref, timeout=TASK_TIMEOUT_S)
     except rex.GetTimeoutError:
@@ -110,13 +114,16 @@ def leave(place: Placement | None) -> None:
         ray.shutdown()
 
 
-def build_and_measure(onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.ndarray, y_val: np.ndarray) -> dict:
-    """Build the FP16 and INT8 engines, run the validation set through each, time them.
+def build_and_measure(onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.ndarray, y_val: np.ndarray,
+                      scorer: Scorer) -> dict:
+    """Build the FP16 and INT8 engines, run the validation set through each, score and time them.
 
-    Runs on the GPU node. Returns plain values only (engines as bytes), so a Ray task can
-    hand them back to the driver, which writes the files:
+    Runs on the GPU node. Each engine's outputs are scored there by ``scorer`` (accuracy, or a
+    regression's metric: the same measure as the CPU artifacts), so only a number comes back,
+    not the validation set's outputs. Returns plain values only (engines as bytes), so a Ray
+    task can hand them back to the driver, which writes the files and applies the gate:
     ``{"tensorrt_version", "device", "skipped"?, "engines": {name: {"status", "reason"?,
-    "plan"?, "accuracy"?, "latency_ms"?}}}``.
+    "plan"?, "score"?, "latency_ms"?}}}``.
     """
     import torch
 
@@ -132,9 +139,9 @@ def build_and_measure(onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.ndarra
         try:
             plan = build_engine(trt, onnx_bytes, precision)
             runner = EngineRunner(trt, plan)
-            logits = np.concatenate([runner(x_val[i:i + MAX_BATCH]) for i in range(0, len(x_val), MAX_BATCH)])
+            outputs = np.concatenate([runner(x_val[i:i + MAX_BATCH]) for i in range(0, len(x_val), MAX_BATCH)])
             out["engines"][name] = {
-                "status": "ok", "plan": plan, "accuracy": float((logits.argmax(1) == y_val).mean()),
+                "status": "ok", "plan": plan, "score": scorer.score(outputs, y_val),
                 "latency_ms": {f"batch_{b}": runner.latency(x_val, b) for b in (1, MAX_BATCH)},
             }
         except (RuntimeError, OSError, MemoryError) as exc:  # TensorRT, CUDA (OOM too) and file errors
@@ -199,6 +206,8 @@ class EngineRunner:
         self.input, self.output = inputs[0], outputs[0]
         dtypes = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
                   trt.DataType.INT8: torch.int8, trt.DataType.INT32: torch.int32}
+        if hasattr(trt.DataType, "INT64"):  # token ids (TensorRT 10 has int64 I/O)
+            dtypes[trt.DataType.INT64] = torch.int64
         self.in_dtype = dtypes[self.engine.get_tensor_dtype(self.input)]
         self.out_dtype = dtypes[self.engine.get_tensor_dtype(self.output)]
         # Not the legacy default stream: TensorRT would synchronize around every call on it.

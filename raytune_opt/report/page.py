@@ -355,14 +355,24 @@ def _promotion(exp: Experiment) -> str:
         return _none("not promoted (no promotion/manifest.json): 'raytune-opt promote EXPERIMENT' writes it")
     arts = m.get("artifacts", [])
     names = [a["name"] for a in arts]
-    acc = [a["accuracy"] * 100 if svg.finite(a.get("accuracy")) else None for a in arts]
+    # A regression's artifacts are scored by its metric (rmse, mae, r2); a classification's, and
+    # every manifest from before regressions were promoted, by accuracy.
+    metric = next((a["metric"] for a in arts if a.get("metric")), None)
+    if metric is None:
+        scores = [a["accuracy"] * 100 if svg.finite(a.get("accuracy")) else None for a in arts]
+        score_chart = svg.bar_chart(names, scores, title="accuracy (%)", xlabel="%", width=380,
+                                    value_fmt=lambda v: f"{v:.2f}")
+    else:
+        scores = [a["score"] if svg.finite(a.get("score")) else None for a in arts]
+        score_chart = svg.bar_chart(names, scores, title=f"{metric} (validation set)", xlabel=metric, width=380,
+                                    value_fmt=lambda v: f"{v:.4g}")
     size = [a["size_bytes"] / 1e6 if svg.finite(a.get("size_bytes")) else None for a in arts]
 
     def lat(a, b):
         rec = (a.get("latency_ms") or {}).get(b) or {}
         return rec.get("p50_ms")
 
-    charts = [svg.bar_chart(names, acc, title="accuracy (%)", xlabel="%", width=380, value_fmt=lambda v: f"{v:.2f}"),
+    charts = [score_chart,
               svg.bar_chart(names, size, title="size (MB)", xlabel="MB", width=380, value_fmt=lambda v: f"{v:.3f}"),
               svg.bar_chart(names, [lat(a, "batch_1") for a in arts], title="latency p50, batch 1 (ms)", xlabel="ms",
                             width=380, value_fmt=lambda v: f"{v:.3f}"),

@@ -1,4 +1,5 @@
-"""A small trained experiment on disk, made without Ray, and helpers to copy and break it."""
+"""Small trained experiments on disk (a digits classification, the diabetes regression), made
+without Ray, and helpers to copy and break them."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "search_spaces" / "digits_cnn.yaml"
+DIABETES = REPO / "search_spaces" / "examples" / "diabetes_regression.yaml"
 TRIAL = "aaaa0001"
 
 
-@pytest.fixture(scope="session")
-def base_experiment(tmp_path_factory) -> Path:
-    """STORAGE/NAME as ``raytune-opt run`` writes it, with one trained trial and one failed one."""
+def trained_experiment(root: Path, spec_path: Path, overrides: list[str], config: dict, *,
+                       failed: bool = False) -> tuple[Path, object]:
+    """STORAGE/NAME (``root/exp``) as ``raytune-opt run`` writes it, with one trial of ``spec_path``
+    trained in this process (no Ray) and, if ``failed``, one errored trial; returns it and its best row."""
     import torch
 
     from raytune_opt import _atomic, results
@@ -23,12 +26,10 @@ def base_experiment(tmp_path_factory) -> Path:
     from raytune_opt.recipe.session import LocalSession
     from raytune_opt.spec import load_spec
 
-    root = tmp_path_factory.mktemp("promote")
     with pytest.MonkeyPatch.context() as mp:
         # Decoded data goes to this session's own cache, never the machine's shared one.
         mp.setenv("RAYTUNE_OPT_CACHE", str(root / "data_cache"))
-        spec = load_spec(DIGITS, ["name=exp", "train.epochs=3", "model.width=16", "train.lr_schedule.name=constant",
-                                  "train.batch_size=64"])
+        spec = load_spec(spec_path, ["name=exp", *overrides])
         exp = root / "exp"
         ckpt_dir = exp / f"trial_{TRIAL}" / "checkpoint_000002"
         session = LocalSession(checkpoint_dir=str(ckpt_dir), num_threads=1)
@@ -39,35 +40,64 @@ def base_experiment(tmp_path_factory) -> Path:
             torch.set_num_threads(previous)
         metric, mode = spec.data["search"]["metric"], spec.data["search"]["mode"]
         history = session.reports
-        rows = [
-            results.TrialRow(trial_id=TRIAL, status="ok", stop_reason=final["stop_reason"], config={"model.width": 16},
-                             epochs=len(history), seconds=1.0, train_seconds=1.0,
-                             best=results.best_epoch(history, metric, mode), last=history[-1],
-                             checkpoint=str(ckpt_dir), history=history),
-            results.TrialRow(trial_id="bbbb0002", status="error", stop_reason="error: RuntimeError",
-                             config={"model.width": 8}, epochs=0, seconds=0.5, train_seconds=0.0,
-                             error="RuntimeError: boom"),
-        ]
+        rows = [results.TrialRow(trial_id=TRIAL, status="ok", stop_reason=final["stop_reason"], config=config,
+                                 epochs=len(history), seconds=1.0, train_seconds=1.0,
+                                 best=results.best_epoch(history, metric, mode), last=history[-1],
+                                 checkpoint=str(ckpt_dir), history=history)]
+        if failed:
+            rows.append(results.TrialRow(trial_id="bbbb0002", status="error", stop_reason="error: RuntimeError",
+                                         config={"model.width": 8}, epochs=0, seconds=0.5, train_seconds=0.0,
+                                         error="RuntimeError: boom"))
         _atomic.write_text(exp / "spec.yaml", spec.to_yaml())
         best = results.write_results(exp, rows, [p.key for p in spec.space.params], metric, mode, spec.sha256())
-        assert best is not None and best.trial_id == TRIAL and best.best["val_accuracy"] > 0.8
+    assert best is not None and best.trial_id == TRIAL
+    return exp, best
+
+
+def private_copy(base: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A copy of the experiment ``base`` under ``tmp_path`` (best.json points at the copy's checkpoint)."""
+    from raytune_opt.promote import measure
+
+    monkeypatch.setenv("RAYTUNE_OPT_CACHE", str(base.parent / "data_cache"))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(measure, "LATENCY_BUDGET_S", 0.01)  # 10 timed runs: the numbers are not the point here
+    exp = tmp_path / "exp"
+    shutil.copytree(base, exp)
+    best = json.loads((exp / "best.json").read_text())
+    best["checkpoint"] = best["checkpoint"].replace(str(base), str(exp))
+    (exp / "best.json").write_text(json.dumps(best))
+    return exp
+
+
+@pytest.fixture(scope="session")
+def base_experiment(tmp_path_factory) -> Path:
+    """A digits CNN, 3 epochs, with one trained trial and one failed one."""
+    exp, best = trained_experiment(tmp_path_factory.mktemp("promote"), DIGITS,
+                                   ["train.epochs=3", "model.width=16", "train.lr_schedule.name=constant",
+                                    "train.batch_size=64"], {"model.width": 16}, failed=True)
+    assert best.best["val_accuracy"] > 0.8
     return exp
 
 
 @pytest.fixture
 def experiment(base_experiment, tmp_path, monkeypatch) -> Path:
-    """A private copy of the experiment (best.json points at the copy's checkpoint)."""
-    from raytune_opt.promote import measure
+    """A private copy of the digits experiment."""
+    return private_copy(base_experiment, tmp_path, monkeypatch)
 
-    monkeypatch.setenv("RAYTUNE_OPT_CACHE", str(base_experiment.parent / "data_cache"))
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(measure, "LATENCY_BUDGET_S", 0.01)  # 10 timed runs: the numbers are not the point here
-    exp = tmp_path / "exp"
-    shutil.copytree(base_experiment, exp)
-    best = json.loads((exp / "best.json").read_text())
-    best["checkpoint"] = best["checkpoint"].replace(str(base_experiment), str(exp))
-    (exp / "best.json").write_text(json.dumps(best))
+
+@pytest.fixture(scope="session")
+def base_regression(tmp_path_factory) -> Path:
+    """The shipped diabetes regression example as it is (40 epochs, about a second), one trial."""
+    exp, best = trained_experiment(tmp_path_factory.mktemp("promote_regression"), DIABETES, [],
+                                   {"model.width": 64})
+    assert best.best["val_r2"] > 0.3
     return exp
+
+
+@pytest.fixture
+def regression_experiment(base_regression, tmp_path, monkeypatch) -> Path:
+    """A private copy of the diabetes regression experiment."""
+    return private_copy(base_regression, tmp_path, monkeypatch)
 
 
 def set_promote(exp: Path, **settings) -> None:

@@ -92,7 +92,7 @@ def test_a_cluster_task_that_times_out_or_is_lost_is_an_artifact_error(monkeypat
     fake = _FakeRay(exc)
     monkeypatch.setitem(sys.modules, "ray", fake)
     with pytest.raises(ArtifactError, match=fragment.replace("(", r"\(")):
-        tensorrt.build(tensorrt.Placement("cluster"), b"onnx", None, None, None)
+        tensorrt.build(tensorrt.Placement("cluster"), b"onnx", None, None, None, measure.Scorer("accuracy", 1.0))
     assert fake.cancelled == (error == "timeout")
 
 
@@ -126,7 +126,8 @@ def test_an_engine_failure_keeps_the_other_engine_and_its_traceback(monkeypatch)
     import numpy as np
 
     _engine_runs_failing_with(monkeypatch, RuntimeError("CUDA out of memory"))
-    out = tensorrt.build_and_measure(b"fp32", b"qdq", np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, np.int64))
+    out = tensorrt.build_and_measure(b"fp32", b"qdq", np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, np.int64),
+                                     measure.Scorer("accuracy", 1.0))
     assert set(out["engines"]) == {"tensorrt-fp16", "tensorrt-int8"}
     for eng in out["engines"].values():
         assert eng["status"] == "failed" and eng["reason"] == "RuntimeError: CUDA out of memory"
@@ -138,4 +139,5 @@ def test_a_bug_while_building_engines_propagates(monkeypatch):
 
     _engine_runs_failing_with(monkeypatch, KeyError("plan"))
     with pytest.raises(KeyError):
-        tensorrt.build_and_measure(b"fp32", None, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, np.int64))
+        tensorrt.build_and_measure(b"fp32", None, np.zeros((2, 1, 8, 8), np.float32), np.zeros(2, np.int64),
+                                   measure.Scorer("accuracy", 1.0))

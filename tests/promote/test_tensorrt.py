@@ -146,13 +146,13 @@ def test_engines_from_the_gpu_are_written_gated_and_recorded(experiment, monkeyp
 
     seen = {}
 
-    def fake_build_and_measure(onnx_fp32, onnx_qdq, x_val, y_val):
-        seen.update(fp32=onnx_fp32, qdq=onnx_qdq, n=len(x_val))
+    def fake_build_and_measure(onnx_fp32, onnx_qdq, x_val, y_val, scorer):
+        seen.update(fp32=onnx_fp32, qdq=onnx_qdq, n=len(x_val), metric=scorer.metric)
         lat = {"batch_1": {"p50_ms": 0.1, "p95_ms": 0.2, "runs": 100}, "batch_64": {"p50_ms": 0.3, "p95_ms": 0.4,
                                                                                      "runs": 100}}
         return {"tensorrt_version": "10.9.0", "device": "NVIDIA H100", "engines": {
-            "tensorrt-fp16": {"status": "ok", "plan": b"fp16 plan", "accuracy": 0.9, "latency_ms": lat},
-            "tensorrt-int8": {"status": "ok", "plan": b"int8 plan", "accuracy": 0.1, "latency_ms": lat}}}
+            "tensorrt-fp16": {"status": "ok", "plan": b"fp16 plan", "score": 0.9, "latency_ms": lat},
+            "tensorrt-int8": {"status": "ok", "plan": b"int8 plan", "score": 0.1, "latency_ms": lat}}}
 
     monkeypatch.setattr(tensorrt, "placement", lambda address, exp_dir: tensorrt.Placement("local"))
     monkeypatch.setattr(tensorrt, "build_and_measure", fake_build_and_measure)
@@ -160,7 +160,7 @@ def test_engines_from_the_gpu_are_written_gated_and_recorded(experiment, monkeyp
     arts = {a["name"]: a for a in manifest["artifacts"]}
     assert list(arts) == ["pytorch", "onnx", "int8-tensorrt-qdq", "tensorrt-fp16", "tensorrt-int8"]
     promo = experiment / "promotion"
-    assert seen["fp32"] == (promo / "model.onnx").read_bytes() and seen["n"] == 359
+    assert seen["fp32"] == (promo / "model.onnx").read_bytes() and seen["n"] == 359 and seen["metric"] == "accuracy"
     assert seen["qdq"] == (promo / arts["int8-tensorrt-qdq"]["path"]).read_bytes()
     fp16, int8 = arts["tensorrt-fp16"], arts["tensorrt-int8"]
     assert (promo / fp16["path"]).read_bytes() == b"fp16 plan" and fp16["runtime"] == "tensorrt 10.9.0 on NVIDIA H100"
