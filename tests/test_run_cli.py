@@ -120,3 +120,23 @@ def test_the_user_data_example_runs_to_promotion_and_promotes_again_from_anywher
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.chdir("/")
     assert main(["promote", str(exp)]) == 0, capfd.readouterr()
+
+
+@pytest.mark.slow
+def test_the_regression_example_runs_to_promotion(local_ray, tmp_path, capfd):
+    """search_spaces/examples/diabetes_regression.yaml end to end: a CSV table, a regression
+    metric, and promotion's metric gate (INT8 judged on the relative change of val_rmse)."""
+    import json
+
+    spec = ROOT / "search_spaces" / "examples" / "diabetes_regression.yaml"
+    rc = main(["run", str(spec), "train.epochs=10", "search.num_samples=2", "--storage", str(tmp_path)])
+    out = capfd.readouterr().out
+    assert rc == 0, out
+    exp = tmp_path / "diabetes_regression"
+    best = json.loads((exp / "best.json").read_text())
+    manifest = json.loads((exp / "promotion" / "manifest.json").read_text())
+    assert manifest["source"]["trial_id"] == best["trial_id"] and manifest["settings"]["gate"]["metric"] == "rmse"
+    arts = {a["name"]: a for a in manifest["artifacts"]}
+    assert arts["onnx"]["status"] == "ok" and arts["onnx"]["fp32_score"] == pytest.approx(best["value"])
+    assert arts["int8"]["status"] in ("ok", "rejected") and arts["int8"]["metric"] == "rmse", arts["int8"]
+    assert "rmse" in out  # the printed table names the metric it gates on

@@ -189,7 +189,7 @@ class _Run:
             data = export.export_onnx(model, torch.from_numpy(measure.batch_of(example.numpy(), 2)), path)
             runner = measure.ort_runner(measure.ort_session(path, self.threads))
             outputs = measure.predict(runner, self.x_val)
-            par = export.parity(ref, outputs, float(self.cfg["parity_atol"]))
+            par = export.parity(ref, outputs, float(self.cfg["parity_atol"]), scaled=self.scorer.regression)
             latency = measure.latencies(runner, self.x_val)
         except (RuntimeError, OSError, MemoryError, *measure.ort_errors()) as exc:
             # The exporter (torch.onnx's errors are RuntimeErrors) or ONNX Runtime refusing this model is

@@ -294,7 +294,8 @@ SPEC = Section("A sweep spec.", {
         "enabled": Field("bool", True, "Run promotion at the end of `raytune-opt run`.", tunable=False),
         "targets": Field("list", list(PROMOTION_TARGETS), "Artifacts to build: onnx | int8 | tensorrt.",
                          check=_targets_check, tunable=False),
-        "parity_atol": Field("float", 1e-4, "Largest allowed |ONNX - PyTorch| logit difference.", gt=0, tunable=False),
+        "parity_atol": Field("float", 1e-4, "Largest allowed |ONNX - PyTorch| logit difference (a regression: "
+                             "times its largest |output| when above 1).", gt=0, tunable=False),
         "ort_threads": Field("int", None, "Intra-op threads of ONNX Runtime and PyTorch when measuring latency "
                              "(recorded in the manifest); null: the machine's cores.", nullable=True, ge=1,
                              tunable=False),

@@ -691,7 +691,8 @@ def _loop_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 def _task_rules(ck: _Checker, d: dict, space: Space) -> None:
     """data.task, a task-specific search.metric and the loss must agree on the task; a
-    regression trains with a regression loss, no Mixup/CutMix, and is not promoted yet."""
+    regression trains with a regression loss and no Mixup/CutMix (its promotion gates INT8 on
+    the relative change of its metric, promote.int8.max_relative_change)."""
     said: list[tuple[str, tuple, str]] = []  # (task, key path, how it says so)
     entry = registry.DATASETS.get(d["data"]["dataset"]) if ck.ok("data.dataset") else None
     if entry is not None and entry.meta.get("task") and "data.dataset" not in space.by_key:
@@ -726,9 +727,6 @@ def _task_rules(ck: _Checker, d: dict, space: Space) -> None:
         if (dotted in space.by_key or d["train"]["augment"][key]) and ck.ok(dotted):
             ck.add(("train", "augment", key), f"mixes labels of a classification; {said[0][2]} makes this a "
                    f"regression (got {fmt(d['train']['augment'][key])})", "set it to 0")
-    if d["promote"]["enabled"] and ck.ok("promote.enabled"):
-        ck.add(("promote", "enabled"), f"promotion measures accuracy, and {said[0][2]} makes this a regression "
-               "(got true)", "set promote.enabled: false (regression models are not promoted yet)")
 
 
 def _precision_rules(ck: _Checker, d: dict, space: Space) -> None:

@@ -97,7 +97,7 @@ def test_run_stops_before_ray_on_a_data_callable_that_fails(spec_dir, fn, messag
     assert err.count("\n") == 1 and "Traceback" not in err and f"data.dataset {mod}:{fn} {message}" in err
 
 
-def test_the_task_is_checked_across_data_metric_loss_augmentation_and_promotion(tmp_path):
+def test_the_task_is_checked_across_data_metric_loss_and_augmentation(tmp_path):
     path = write_spec(tmp_path, "data: {dataset: csv}\nmodel: {name: tabular_mlp}\n")
     assert [p.split(": ", 1)[1] for p in spec_problems(path)] == [
         "data.path: required for dataset csv (got null); set data.path (csv: the CSV or Parquet file)",
@@ -105,12 +105,11 @@ def test_the_task_is_checked_across_data_metric_loss_augmentation_and_promotion(
     base = "data: {dataset: csv, path: t.csv, target: y}\nmodel: {name: tabular_mlp}\n"
     path = write_spec(tmp_path, base + "search: {metric: val_rmse, mode: min}\ntrain: {augment: {mixup_alpha: 0.2}}\n")
     problems = spec_problems(path)
-    assert len(problems) == 3, problems
+    assert len(problems) == 2, problems  # promotion takes a regression too (its gate is relative)
     assert "train.loss.name: cross_entropy is a classification loss, and search.metric val_rmse makes this a " \
            "regression (got the default cross_entropy); set train.loss.name: mse" in problems[0]
     assert "train.augment.mixup_alpha: mixes labels of a classification" in problems[1]
-    assert "promote.enabled: promotion measures accuracy" in problems[2]
-    ok = base + "search: {metric: val_r2, mode: max}\ntrain: {loss: {name: huber}}\npromote: {enabled: false}\n"
+    ok = base + "search: {metric: val_r2, mode: max}\ntrain: {loss: {name: huber}}\n"
     assert load_spec(write_spec(tmp_path, ok)).data["data"]["path"] == str(tmp_path / "t.csv")  # next to the spec
     clash = "data: {dataset: csv, path: t.csv, target: y, task: classification}\nmodel: {name: tabular_mlp}\n" \
             "search: {metric: val_mae, mode: min}\n"
