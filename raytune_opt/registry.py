@@ -455,3 +455,38 @@ SCHEDULERS.register("median", f"{_T}:median", doc="median stopping rule", check=
 SCHEDULERS.register("pbt", f"{_T}:pbt", doc="population-based training (exploits snapshots of trials' own "
                     "checkpoints)", check=f"{_T}:check_pbt",
                     keys=("perturbation_interval", "quantile_fraction", "synch"), needs_storage=True)
+
+
+# ---------------------------------------------------------------- promotion steps
+
+#: Promotion steps by name (``promote.targets``), run in this order: a target is ``step(run)``
+#: with the pipeline's run (:mod:`raytune_opt.promote.pipeline`: the model, the data, what
+#: earlier steps made, ``add(artifact)`` for the manifest). Meta ``needs``: steps that run
+#: first (built even when not listed; validation asks for them to be listed). ``check`` gets a
+#: :class:`SpecView`: the step's own rules on the spec.
+PROMOTION_STEPS = Registry("promotion step")
+_P = "raytune_opt.promote.pipeline"
+PROMOTION_STEPS.register("onnx", f"{_P}:onnx_step", doc="ONNX export (dynamic batch axis), parity against PyTorch, "
+                         "latency on ONNX Runtime", needs=())
+PROMOTION_STEPS.register("int8", f"{_P}:int8_step", doc="INT8 QDQ by ONNX Runtime static quantization, behind the "
+                         "accuracy gate (a regression: the metric's relative change)", needs=("onnx",))
+PROMOTION_STEPS.register("tensorrt", f"{_P}:tensorrt_step", doc="fp16 and INT8 TensorRT engines, built and timed on "
+                         "a GPU node", needs=("onnx",))
+
+
+# ---------------------------------------------------------------- the README's table
+
+#: Every registry, with the spec key that names its entries.
+EXTENSION_POINTS = (("MODELS", MODELS, "model.name"), ("DATASETS", DATASETS, "data.dataset"),
+                    ("LOOPS", LOOPS, "train.loop"), ("LOSSES", LOSSES, "train.loss.name"),
+                    ("STRATEGIES", STRATEGIES, "train.strategy"), ("SEARCHERS", SEARCHERS, "search.algorithm"),
+                    ("OPTUNA_SAMPLERS", OPTUNA_SAMPLERS, "search.sampler"), ("SCHEDULERS", SCHEDULERS, "scheduler.name"),
+                    ("PROMOTION_STEPS", PROMOTION_STEPS, "promote.targets"))
+
+
+def extension_points_markdown() -> str:
+    """The README's table of registries and their built-in entries, generated so it cannot drift."""
+    rows = ["| registry | spec key | built-in entries |", "|---|---|---|"]
+    for attr, reg, key in EXTENSION_POINTS:
+        rows.append(f"| `{attr}` | `{key}` | {', '.join(reg)} |")
+    return "\n".join(rows)

@@ -43,6 +43,36 @@ def searcher_key(algorithm: str, sampler: str) -> str:
     return f"optuna/{sampler}" if registry.SEARCHERS[algorithm].meta["caps"] == "sampler" else algorithm
 
 
+def capabilities_markdown() -> str:
+    """The README's table of what each searcher can take, generated from the registries."""
+    rows = ["| searcher | grid | conditional | normal | categorical | qloguniform |", "|---|---|---|---|---|---|"]
+    yes = {True: "yes", False: "no"}
+    for algorithm, sampler in searcher_keys():
+        caps = capabilities(algorithm, sampler)
+        # Refused only inside a conditional space (the searcher's own check says so).
+        only_flat = {kind for kind in ("grid", "normal", "qloguniform")
+                     if getattr(caps, kind) and caps.conditional and _refuses_when_conditional(algorithm, kind)}
+        cells = []
+        for kind in ("grid", "conditional", "normal", "categorical", "qloguniform"):
+            if caps.all_grid:
+                cells.append({"grid": "only grids", "categorical": "via grid"}.get(kind, "no"))
+            else:
+                cells.append(yes[getattr(caps, kind)] + ("*" if kind in only_flat else ""))
+        label = f"`{algorithm}` + `{sampler}`" if searcher_key(algorithm, sampler) != algorithm else f"`{algorithm}`"
+        rows.append(f"| {label} | {' | '.join(cells)} |")
+    return "\n".join(rows)
+
+
+def _refuses_when_conditional(algorithm: str, kind: str) -> bool:
+    from raytune_opt.space import Condition, Domain, Param
+
+    args = {"grid": (1, 2), "normal": (0.0, 1.0), "qloguniform": (1.0, 10.0, 1.0)}[kind]
+    space = Space([Param("a", Domain("choice", ("x", "y"))),
+                   Param("b", Domain(kind, args), (Condition("a", ("x",)),))])
+    view = registry.SpecView({"search": {"algorithm": algorithm}}, space, lambda path: False)
+    return bool(registry.SEARCHERS[algorithm].checks(view))
+
+
 def searcher_keys() -> list[tuple[str, str]]:
     """Every (algorithm, sampler) a spec can choose (the sampler matters to Optuna only)."""
     out = []

@@ -132,3 +132,25 @@ def test_user_modules_are_those_of_the_users_project_not_installed_packages(tmp_
     assert code_to_ship(spec, None) == []  # the embedded local Ray: every path is this machine's
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
     assert code_to_ship(spec, "127.0.0.1:6379") == []  # a Ray job's working directory travels with it
+
+
+def test_the_readme_tables_of_registries_and_searchers_are_generated_from_the_registries():
+    from pathlib import Path
+
+    from raytune_opt import searchers
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert registry.extension_points_markdown() in readme, \
+        "regenerate: python -c 'from raytune_opt.registry import extension_points_markdown as t; print(t())'"
+    assert searchers.capabilities_markdown() in readme, \
+        "regenerate: python -c 'from raytune_opt.searchers import capabilities_markdown as t; print(t())'"
+
+
+def test_every_registry_entry_has_a_doc_line_and_a_target_that_imports():
+    for attr, reg, key in registry.EXTENSION_POINTS:
+        for name in reg:
+            entry = reg[name]
+            assert entry.doc, (attr, name)
+            assert callable(entry.load()), (attr, name)
+            if isinstance(entry.check, str):
+                assert callable(registry.import_target(entry.check)), (attr, name)

@@ -1,5 +1,9 @@
 """The promotion pipeline: best trial -> ONNX (parity) -> INT8 (gate) -> TensorRT -> manifest.
 
+The steps are the entries of :data:`raytune_opt.registry.PROMOTION_STEPS` (``promote.targets``),
+run in their registration order, each with the steps it ``needs`` first; a step is a function
+``step(run)`` of the :class:`_Run` that holds the model, the data and what earlier steps made.
+
 A classification is scored by accuracy, a regression by its metric (:class:`measure.Scorer`);
 the INT8 and TensorRT gates compare that score with the fp32 PyTorch model's.
 
@@ -22,7 +26,7 @@ from raytune_opt.promote import export, manifest, measure, quantize, tensorrt
 from raytune_opt.promote.errors import ArtifactError, PromotionError
 from raytune_opt.promote.select import Source, select_source
 
-TARGETS = ("onnx", "int8", "tensorrt")
+TARGETS = registry.PROMOTION_STEPS.names()
 DIRNAME = "promotion"
 _log = logging.getLogger(__name__)
 
@@ -35,12 +39,28 @@ def parse_targets(targets) -> list[str]:
     """
     items = targets.split(",") if isinstance(targets, str) else list(targets)
     items = [str(t).strip() for t in items if str(t).strip()]
-    unknown = [t for t in items if t not in TARGETS]
+    steps = registry.PROMOTION_STEPS.names()
+    unknown = [t for t in items if t not in steps]
     if unknown or not items:
         raise PromotionError(f"targets {','.join(items) or '(none)'}: "
                              f"{'unknown target ' + ', '.join(unknown) if unknown else 'no target given'}; "
-                             f"use a comma-separated subset of {','.join(TARGETS)}")
-    return [t for t in TARGETS if t in items]
+                             f"use a comma-separated subset of {','.join(steps)}")
+    return [t for t in steps if t in items]
+
+
+def steps_for(targets: list[str]) -> list[str]:
+    """The steps that build ``targets``: each target and what it needs, in pipeline order."""
+    wanted: set[str] = set()
+
+    def add(name: str) -> None:
+        if name not in wanted:
+            wanted.add(name)
+            for need in registry.PROMOTION_STEPS[name].meta.get("needs", ()):
+                add(need)
+
+    for t in targets:
+        add(t)
+    return [s for s in registry.PROMOTION_STEPS.names() if s in wanted]
 
 
 def promote(exp_dir: str | Path, targets=None, address: str | None = None, *,
@@ -102,21 +122,13 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     scorer = measure.scorer_for(data.task, source.metric, cfg["int8"], _default("max_relative_change"))
     x_val, y_val = materialize(data.val, collate_fn=data.collate_fn)
     run = _Run(source, cfg, out_dir, x_val.numpy(), y_val.numpy(), log, threads, scorer)
+    run.model, run.data, run.ckpt, run.place, run.targets = model, data, ckpt, place, targets
 
     with measure.torch_threads(threads):
         with progress.step("pytorch: measuring the fp32 reference"):
-            ref = run.reference(model)
-        with progress.step("onnx: exporting, checking parity, measuring latency"):
-            onnx_bytes = run.onnx(model, ref, data.input_example)
-    qdq_bytes = None
-    x_train = _calibration_pool(data, cfg, ckpt, int(source.spec["seed"]))
-    if "int8" in targets:
-        run.int8(x_train, ckpt, flavor="cpu", usable=onnx_bytes is not None)
-    if "int8" in targets or (place is not None and place.where != "skip"):
-        qdq_bytes = run.int8(x_train, ckpt, flavor="tensorrt", usable=onnx_bytes is not None)
-    if place is not None:
-        with progress.step("tensorrt: building and timing engines"):
-            run.tensorrt(place, onnx_bytes, qdq_bytes)
+            run.ref = run.reference(model)
+        for name in steps_for(targets):
+            registry.PROMOTION_STEPS[name].load()(run)
 
     old = manifest.previous_artifacts(out_dir, source)
     settings = {"parity_atol": cfg["parity_atol"], "int8": cfg["int8"], "ort_threads": threads,
@@ -133,7 +145,13 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
 
 
 class _Run:
-    """One promotion's state: the artifacts so far and what later steps need."""
+    """One promotion's state: the artifacts so far and what later steps need.
+
+    Besides the constructor's: ``model`` (fp32, eval), ``ref`` (its outputs on the validation
+    set), ``data`` (the DataBundle), ``ckpt``, ``targets``, ``place`` (where TensorRT builds,
+    None when it is not a target), and what steps leave: ``onnx_bytes`` (None when the
+    export failed), ``qdq_bytes`` (TensorRT's S8S8 QDQ model when it passed its gate) and
+    ``qdq_done`` (whether that was tried)."""
 
     def __init__(self, source: Source, cfg: dict, out_dir: Path, x_val: np.ndarray, y_val: np.ndarray,
                  log: Callable[[str], None], threads: int, scorer: measure.Scorer):
@@ -144,6 +162,19 @@ class _Run:
         self.fp32 = 0.0  # the fp32 PyTorch model's score, the gates' reference
         self.artifacts: list[dict] = []
         self.tensorrt_version: str | None = None
+        self.model = self.data = self.ckpt = self.place = self.ref = None
+        self.targets: list[str] = []
+        self.onnx_bytes: bytes | None = None
+        self.qdq_bytes: bytes | None = None
+        self.qdq_done = False
+        self._x_train: np.ndarray | None = None
+
+    @property
+    def x_train(self) -> np.ndarray:
+        """The training inputs calibration draws from (read once, when a step first asks)."""
+        if self._x_train is None:
+            self._x_train = _calibration_pool(self.data, self.cfg, self.ckpt, int(self.source.spec["seed"]))
+        return self._x_train
 
     def add(self, rec: dict) -> dict:
         self.artifacts.append(rec)
@@ -273,6 +304,35 @@ class _Run:
                                        reason=reason, **self._scored(eng["score"]), latency_ms=eng["latency_ms"],
                                        runtime=f"tensorrt {res['tensorrt_version']} on {res['device']}",
                                        max_batch=tensorrt.MAX_BATCH))
+
+
+# ---- the steps: registry.PROMOTION_STEPS targets, step(run) -> None ------------------------------
+
+
+def onnx_step(run: _Run) -> None:
+    """ONNX export traced with the data set's input example, parity against PyTorch, latency."""
+    with progress.step("onnx: exporting, checking parity, measuring latency"):
+        run.onnx_bytes = run.onnx(run.model, run.ref, run.data.input_example)
+
+
+def int8_step(run: _Run) -> None:
+    """INT8 for ONNX Runtime's CPU kernels, and TensorRT's symmetric S8S8 form, each behind the gate."""
+    run.int8(run.x_train, run.ckpt, flavor="cpu", usable=run.onnx_bytes is not None)
+    _tensorrt_qdq(run)
+
+
+def tensorrt_step(run: _Run) -> None:
+    """fp16 and INT8 engines built and timed on a GPU node (skipped, with the reason, without one)."""
+    if run.place.where != "skip":
+        _tensorrt_qdq(run)
+    with progress.step("tensorrt: building and timing engines"):
+        run.tensorrt(run.place, run.onnx_bytes, run.qdq_bytes)
+
+
+def _tensorrt_qdq(run: _Run) -> None:
+    if not run.qdq_done:
+        run.qdq_bytes = run.int8(run.x_train, run.ckpt, flavor="tensorrt", usable=run.onnx_bytes is not None)
+        run.qdq_done = True
 
 
 def calibration_batches(x_train: np.ndarray, batch_size: int, n: int, seed: int) -> list[np.ndarray]:

@@ -32,7 +32,7 @@ STRATEGIES = registry.STRATEGIES.names()
 ALGORITHMS = registry.SEARCHERS.names()
 SAMPLERS = registry.OPTUNA_SAMPLERS.names()
 SCHEDULERS = registry.SCHEDULERS.names()
-PROMOTION_TARGETS = ("onnx", "int8", "tensorrt")
+PROMOTION_TARGETS = registry.PROMOTION_STEPS.names()
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Metrics the training recipe reports after every epoch, and the direction that is better.
 # val_loss is always plain cross-entropy (no weights, no smoothing) for classification and
@@ -292,7 +292,7 @@ SPEC = Section("A sweep spec.", {
     "space": Section("Search space: dotted recipe key -> domain (see README).", open=True),
     "promote": Section("What happens to the best trial when the sweep ends.", {
         "enabled": Field("bool", True, "Run promotion at the end of `raytune-opt run`.", tunable=False),
-        "targets": Field("list", list(PROMOTION_TARGETS), "Artifacts to build: onnx | int8 | tensorrt.",
+        "targets": Field("list", list(PROMOTION_TARGETS), "Artifacts to build: " + " | ".join(PROMOTION_TARGETS) + ".",
                          check=_targets_check, tunable=False),
         "parity_atol": Field("float", 1e-4, "Largest allowed |ONNX - PyTorch| logit difference (a regression: "
                              "times its largest |output| when above 1).", gt=0, tunable=False),

@@ -805,11 +805,16 @@ def _promotion_rules(ck: _Checker, d: dict, space: Space) -> None:
     if promote["enabled"] and not d["train"]["checkpoint"]:
         ck.rule("promote.enabled", ("train", "checkpoint"), "promotion needs the best trial's checkpoint (got false)",
                 "set train.checkpoint: true or promote.enabled: false")
-    for target in ("int8", "tensorrt"):
-        if target in promote["targets"] and "onnx" not in promote["targets"]:
-            ck.rule("promote.targets", ("promote", "targets"),
-                    f"{target} is built from the ONNX model (got {fmt(promote['targets'])})",
-                    "add onnx to promote.targets")
+    if not ck.ok("promote.targets"):
+        return
+    view = registry.SpecView(d, space, ck.given)
+    for target in promote["targets"]:
+        entry = registry.PROMOTION_STEPS[target]
+        for need in entry.meta.get("needs", ()):
+            if need not in promote["targets"]:
+                ck.add(("promote", "targets"), f"{target} is built from what the {need} step makes (got "
+                       f"{fmt(promote['targets'])})", f"add {need} to promote.targets")
+        _entry_rules(ck, entry, view)
 
 
 def _strategy_rules(ck: _Checker, d: dict, space: Space) -> None:
