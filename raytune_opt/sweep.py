@@ -485,8 +485,7 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
     return sorted(rows, key=lambda r: r.trial_id)
 
 
-_HISTORY_KEYS = {"epoch", "grad_norm", "lr", "samples_per_s", "epoch_s", "stop_reason", "rank_param_max_diff",
-                 trial.TRIAL_CONFIG, *schema.METRICS}
+_HISTORY_KEYS = {"epoch", "stop_reason", trial.TRIAL_CONFIG, *schema.METRICS, *schema.EPOCH_STATS}
 
 
 def _without_replays(history: list[dict]) -> list[dict]:

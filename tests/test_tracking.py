@@ -253,3 +253,37 @@ def test_a_real_mlflow_server_gets_the_runs_and_its_death_mid_sweep_only_warns(t
     assert len(ours) == 1 and "MLflow logging to" in ours[0], ours
     with pytest.raises(UsageError, match="cannot reach MLflow"):
         check_mlflow(uri, "srv")
+
+
+@pytest.mark.parametrize("metric,mode,reported", [
+    ("val_rmse", "min", {"val_rmse": 12.5, "val_mae": 9.0, "val_r2": 0.4}),  # a regression's metrics
+    ("val_auc", "max", {"val_auc": 0.91}),  # a user loop's own metric
+])
+def test_the_trackers_log_a_regression_and_a_user_loops_own_metric(tmp_path, metric, mode, reported):
+    from mlflow.tracking import MlflowClient
+
+    from raytune_opt.tracking.mlflow import MLflowCallback
+    from raytune_opt.tracking.tensorboard import TensorBoardCallback
+
+    spec = load_spec(CONDITIONAL)
+    spec.data["search"].update(metric=metric, mode=mode)  # all the callbacks read of the spec's task
+    trial = FakeTrial("ccc03", {"train.optimizer.lr": 0.01, "train.optimizer.name": "adam",
+                                "train.optimizer.beta1": 0.9, "model.name": "mlp", "model.dropout": 0.1})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for cb in (TensorBoardCallback(tmp_path / "tb", spec), MLflowCallback(uri, "reg", spec, tmp_path)):
+        cb.setup()
+        cb.on_trial_start(0, [], trial)
+        for e in (1, 2):
+            result = {"epoch": e, "val_loss": 1.0 / e, "time_total_s": float(e), **reported,
+                      "stop_reason": "completed" if e == 2 else None}
+            trial.last_result = result
+            cb.on_trial_result(0, [], trial, result)
+        cb.on_trial_complete(0, [], trial)
+        cb.on_experiment_end([trial])
+    logged = scalars(tmp_path / "tb" / "ccc03")
+    for key in reported:
+        assert [s for s, _ in logged[key]] == [1, 2], (key, sorted(logged))
+    client = MlflowClient(tracking_uri=uri)
+    run = [r for r in client.search_runs([client.get_experiment_by_name("reg").experiment_id])
+           if "mlflow.parentRunId" in r.data.tags][0]
+    assert set(reported) <= set(run.data.metrics), run.data.metrics

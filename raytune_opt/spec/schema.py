@@ -46,6 +46,9 @@ METRICS = {
 METRIC_TASK = {"val_accuracy": "classification", "val_f1": "classification", "val_precision": "classification",
                "val_recall": "classification", "val_rmse": "regression", "val_mae": "regression",
                "val_r2": "regression"}
+# What the recipe also reports after every epoch (history/<trial>.csv, TensorBoard, MLflow keep
+# these, the METRICS, and the sweep's own metric whatever its name).
+EPOCH_STATS = ("grad_norm", "lr", "samples_per_s", "epoch_s", "rank_param_max_diff")
 # Sections whose leaves a search space may tune.
 TUNABLE_SECTIONS = ("data", "model", "train")
 

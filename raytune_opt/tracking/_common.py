@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import math
 
+from raytune_opt.spec import schema
+
 # The recipe's per-epoch numbers (what history/<trial>.csv holds), not Ray's bookkeeping.
-EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1", "grad_norm",
-                 "lr", "samples_per_s", "epoch_s", "rank_param_max_diff")
+EPOCH_METRICS = (*schema.METRICS, *schema.EPOCH_STATS)
 
 
-def epoch_metrics(result: dict) -> tuple[int | None, dict]:
-    """(epoch, {metric: finite float}) of one Tune result."""
+def epoch_metrics(result: dict, metric: str) -> tuple[int | None, dict]:
+    """(epoch, {metric: finite float}) of one Tune result: the recipe's numbers and the sweep's
+    ``metric`` (a user loop may report one of its own)."""
     epoch = result.get("epoch")
     out = {}
-    for k in EPOCH_METRICS:
+    for k in (*EPOCH_METRICS, *(() if metric in EPOCH_METRICS else (metric,))):
         v = result.get(k)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             out[k] = float(v)

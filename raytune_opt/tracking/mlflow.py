@@ -67,7 +67,7 @@ class MLflowCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         try:
             run_id = self._run(trial)
-            epoch, metrics = epoch_metrics(result)
+            epoch, metrics = epoch_metrics(result, self.spec.data["search"]["metric"])
             if run_id is None or epoch is None:
                 return
             from mlflow.entities import Metric

@@ -35,7 +35,7 @@ class TensorBoardCallback(Callback):
         if self._warn.warned:  # off after its first failure
             return
         try:
-            epoch, metrics = epoch_metrics(result)
+            epoch, metrics = epoch_metrics(result, self.spec.data["search"]["metric"])
             if epoch is None:
                 return
             w = self._writer(trial)
