@@ -140,3 +140,6 @@ def test_the_regression_example_runs_to_promotion(local_ray, tmp_path, capfd):
     assert arts["onnx"]["status"] == "ok" and arts["onnx"]["fp32_score"] == pytest.approx(best["value"])
     assert arts["int8"]["status"] in ("ok", "rejected") and arts["int8"]["metric"] == "rmse", arts["int8"]
     assert "rmse" in out  # the printed table names the metric it gates on
+    page = (exp / "report.html").read_text()
+    board = page[page.index('id="leaderboard"'):page.index('id="history"')]
+    assert "best val_rmse" in board and "best val_r2" in board and "best val_accuracy" not in board

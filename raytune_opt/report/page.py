@@ -111,7 +111,9 @@ def _ranked(exp: Experiment) -> list[Trial]:
 def _leaderboard(exp: Experiment) -> str:
     keys = _keys(exp)
     rank = {t.trial_id: i for i, t in enumerate(_ranked(exp), 1)}
-    extra = [m for m in ("val_accuracy", "val_f1", "val_loss") if m != exp.metric]
+    # Beside the sweep's metric, the others people compare by, for the task the trials report.
+    reported = {m for t in exp.trials for m in t.best}
+    extra = [m for m in ("val_accuracy", "val_f1", "val_rmse", "val_r2", "val_loss") if m != exp.metric and m in reported]
     head = (["rank", "trial", "status", "stop reason", "epochs", f"best {exp.metric}"]
             + [f"best {m}" for m in extra] + ["seconds"] + [k for k in keys])
     rows = []
