@@ -105,8 +105,14 @@ def test_the_user_data_example_runs_to_promotion_and_promotes_again_from_anywher
     import json
     import sys
 
+    import shutil
+
+    # The user's project, written by the test into a directory of its own (nothing on sys.path).
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "search_spaces" / "examples" / "user_text", project / "user_text")
+    shutil.copy(ROOT / "search_spaces" / "examples" / "text_user_data.yaml", project)
     monkeypatch.chdir(tmp_path)  # not the spec's directory: found through it all the same
-    spec = ROOT / "search_spaces" / "examples" / "text_user_data.yaml"
+    spec = project / "text_user_data.yaml"
     rc = main(["run", str(spec), "train.epochs=2", "search.num_samples=2", "--storage", str(tmp_path / "out")])
     out = capfd.readouterr().out
     assert rc == 0, out
