@@ -103,9 +103,8 @@ def test_the_user_data_example_runs_to_promotion_and_promotes_again_from_anywher
     found next to the spec by the driver and by every trial, and promotion exports and quantizes
     them; a later `promote` from another directory finds them through the experiment's record."""
     import json
-    import sys
-
     import shutil
+    import sys
 
     # The user's project, written by the test into a directory of its own (nothing on sys.path).
     project = tmp_path / "project"
