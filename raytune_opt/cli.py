@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from raytune_opt import objectives
 from raytune_opt import __version__, searchers, timeline
 from raytune_opt.errors import RaytuneOptError, UsageError
 
@@ -117,9 +118,16 @@ def space_summary(spec) -> list[str]:
              f"space: {len(space)} dimension(s), {n_cond} conditional, grid points: {space.grid_size()}"]
     lines += [f"  {line}" for line in space.summary()]
     trials = search["num_samples"] * (space.grid_size() if search["algorithm"] in ("grid", "random") else 1)
-    lines.append(f"searchers that can take it: {', '.join(searchers.accepting(space))}")
-    lines.append(f"search: {chosen}, metric {search['metric']} ({search['mode']}), {trials} trial(s); "
+    objs = objectives.objectives(search)
+    able = [k for k in searchers.accepting(space)
+            if len(objs) == 1 or searchers.takes_several_objectives(*(k.split("/") if "/" in k else (k, "tpe")))]
+    lines.append(f"searchers that can take it: {', '.join(able)}")
+    said = ", ".join(f"{m} ({mode})" for m, mode in objs)
+    lines.append(f"search: {chosen}, {'metrics' if len(objs) > 1 else 'metric'} {said}, {trials} trial(s); "
                  f"scheduler: {spec.data['scheduler']['name']}")
+    if search.get("constraints"):
+        lines.append("constraints: " + ", ".join(f"{k} {side} {b[side]:g}" for k, b in search["constraints"].items()
+                                                 for side in ("min", "max") if side in b))
     return lines
 
 
@@ -174,14 +182,16 @@ def _finish(outcome, spec, address) -> int:
 
     search = spec.data["search"]
     print()
-    print(results.leaderboard(outcome.rows, search["metric"], search["mode"]))
+    print(results.leaderboard(outcome.rows, *objectives.primary(search)))
     _say(f"results: {outcome.where} (results.csv, best.json, history/, report.html) in {outcome.wall_seconds:.0f} s")
     if outcome.best is None:
         print("raytune-opt: no trial succeeded; see the error column of results.csv", file=sys.stderr)
         return 1
-    b = outcome.best
-    _say(f"best: trial {b.trial_id} {search['metric']}={b.best[search['metric']]:.4f} (epoch {b.best.get('epoch')}), "
+    b, (metric, _) = outcome.best, objectives.primary(search)
+    _say(f"best: trial {b.trial_id} {metric}={b.best[metric]:.4f} (epoch {b.best.get('epoch')}), "
          f"checkpoint {b.checkpoint}")
+    if objectives.is_multi(search):
+        _say("pareto front (the non-dominated feasible trials): pareto.csv")
     for line in results.config_lines(b.config):
         print(line)
     code = outcome.exit_code

@@ -14,6 +14,7 @@ import time
 
 from ray.tune import Callback
 
+from raytune_opt import objectives
 from raytune_opt.progress import WIDTH
 from raytune_opt.results import short_config
 PLAIN_STATUS_EVERY_S = 30.0
@@ -50,7 +51,7 @@ class LiveView(Callback):
         if total < 1:
             raise ValueError(f"total must be >= 1, but got {total=}")
         s = spec.data
-        self.metric, self.mode = s["search"]["metric"], s["search"]["mode"]
+        self.metric, self.mode = objectives.primary(s["search"])
         algo = s["search"]["algorithm"] + (f" ({s['search']['sampler']})" if s["search"]["algorithm"] == "optuna"
                                            else "")
         self.header = [f"sweep {spec.name}: {total} trials, {algo}, scheduler {s['scheduler']['name']}, "

@@ -408,32 +408,42 @@ SEARCHERS = Registry("searcher")
 _S = "raytune_opt.searchers"
 SEARCHERS.register("grid", f"{_S}:build_basic", doc="every point of the grid, num_samples times",
                    caps=dict(grid=True, conditional=False, normal=False, categorical=True, qloguniform=False,
-                             all_grid=True), sequential=False, explores=False)
+                             all_grid=True), sequential=False, explores=False, multi_objective=True)
 SEARCHERS.register("random", f"{_S}:build_random", doc="random samples (Ray's variant generator; Optuna's "
                    "RandomSampler for a conditional space)", check=f"{_S}:check_random",
                    caps=dict(grid=True, conditional=True, normal=True, categorical=True, qloguniform=True),
-                   sequential="conditional", explores=False)
+                   sequential="conditional", explores=False, multi_objective=True)
 SEARCHERS.register("optuna", f"{_S}:build_optuna", doc="Optuna with search.sampler (define-by-run for a "
-                   "conditional space)", caps="sampler", sequential=True, explores=True)
+                   "conditional space)", caps="sampler", sequential=True, explores=True, multi_objective="sampler")
 SEARCHERS.register("hyperopt", f"{_S}:build_hyperopt", doc="HyperOpt TPE (nested hp.choice for a conditional "
                    "space)", check=f"{_S}:check_hyperopt",
                    caps=dict(grid=False, conditional=True, normal=True, categorical=True, qloguniform=True),
-                   sequential=True, explores=True)
+                   sequential=True, explores=True, multi_objective=False)
 
 #: Optuna samplers by name (``search.sampler``, with ``search.algorithm: optuna``): a target
 #: is an ``optuna.samplers.BaseSampler`` class or factory called with ``seed=``. Meta ``caps``
-#: as for :data:`SEARCHERS`. Ray's Optuna adapter drops a log-uniform quantization silently:
-#: no Optuna sampler claims ``qloguniform``.
+#: as for :data:`SEARCHERS`; ``multi_objective``: it takes several objectives; ``constraints``:
+#: it takes Optuna's ``constraints_func`` (``search.constraints`` are told to it). Ray's Optuna
+#: adapter drops a log-uniform quantization silently: no Optuna sampler claims ``qloguniform``.
 OPTUNA_SAMPLERS = Registry("optuna sampler")
 OPTUNA_SAMPLERS.register("tpe", "optuna.samplers:TPESampler", doc="tree-structured Parzen estimator",
-                         caps=dict(grid=False, conditional=True, normal=False, categorical=True, qloguniform=False))
+                         caps=dict(grid=False, conditional=True, normal=False, categorical=True, qloguniform=False),
+                         multi_objective=True, constraints=True)
 OPTUNA_SAMPLERS.register("gp", "optuna.samplers:GPSampler", doc="Gaussian-process Bayesian optimization",
-                         caps=dict(grid=False, conditional=False, normal=False, categorical=True, qloguniform=False))
+                         caps=dict(grid=False, conditional=False, normal=False, categorical=True, qloguniform=False),
+                         multi_objective=True, constraints=True)
 OPTUNA_SAMPLERS.register("cmaes", "optuna.samplers:CmaEsSampler", doc="CMA evolution strategy (numeric spaces)",
                          caps=dict(grid=False, conditional=False, normal=False, categorical=False,
-                                   qloguniform=False))
+                                   qloguniform=False), multi_objective=False, constraints=False)
 OPTUNA_SAMPLERS.register("random", "optuna.samplers:RandomSampler", doc="independent random samples",
-                         caps=dict(grid=False, conditional=True, normal=False, categorical=True, qloguniform=False))
+                         caps=dict(grid=False, conditional=True, normal=False, categorical=True, qloguniform=False),
+                         multi_objective=True, constraints=False)
+OPTUNA_SAMPLERS.register("nsga2", "raytune_opt.optuna_samplers:NSGAIISampler", doc="NSGA-II, the genetic multi-objective "
+                         "classic", caps=dict(grid=False, conditional=True, normal=False, categorical=True,
+                                              qloguniform=False), multi_objective=True, constraints=True)
+OPTUNA_SAMPLERS.register("nsga3", "raytune_opt.optuna_samplers:NSGAIIISampler", doc="NSGA-III, reference points for many "
+                         "objectives", caps=dict(grid=False, conditional=True, normal=False, categorical=True,
+                                                 qloguniform=False), multi_objective=True, constraints=True)
 
 
 # ---------------------------------------------------------------- schedulers
@@ -445,7 +455,7 @@ OPTUNA_SAMPLERS.register("random", "optuna.samplers:RandomSampler", doc="indepen
 #: ``needs_storage``: it keeps files in the experiment. ``check`` gets a :class:`SpecView`.
 SCHEDULERS = Registry("scheduler")
 _T = "raytune_opt.schedulers"
-SCHEDULERS.register("fifo", f"{_T}:fifo", doc="runs every trial to the end", keys=())
+SCHEDULERS.register("fifo", f"{_T}:fifo", doc="runs every trial to the end", keys=(), multi_objective=True)
 SCHEDULERS.register("asha", f"{_T}:asha", doc="asynchronous successive halving", check=f"{_T}:check_grace_period",
                     keys=("max_t", "grace_period", "reduction_factor", "brackets"))
 SCHEDULERS.register("hyperband", f"{_T}:hyperband", doc="synchronous Hyperband (brackets admitted at once)",
@@ -462,10 +472,20 @@ SCHEDULERS.register("pbt", f"{_T}:pbt", doc="population-based training (exploits
 #: Promotion steps by name (``promote.targets``), run in this order: a target is ``step(run)``
 #: with the pipeline's run (:mod:`raytune_opt.promote.pipeline`: the model, the data, what
 #: earlier steps made, ``add(artifact)`` for the manifest). Meta ``needs``: steps that run
-#: first (built even when not listed; validation asks for them to be listed). ``check`` gets a
-#: :class:`SpecView`: the step's own rules on the spec.
+#: first (built even when not listed; validation asks for them to be listed); ``compresses``:
+#: it makes a smaller model the later steps convert; ``by_default`` (default true): in the
+#: default ``promote.targets``. ``check`` gets a :class:`SpecView`: the step's own rules on the spec.
 PROMOTION_STEPS = Registry("promotion step")
 _P = "raytune_opt.promote.pipeline"
+# Compression steps (meta compresses): run first, each replaces the model the later steps
+# convert when it passes its gate; by_default False: not in promote.targets unless listed.
+PROMOTION_STEPS.register("prune", "raytune_opt.promote.prune:prune_step", doc="structured channel pruning "
+                         "(Torch-Pruning removes channels), fine-tuned with distillation from the unpruned model, "
+                         "behind its gate", check="raytune_opt.promote.prune:check", needs=(), compresses=True,
+                         by_default=False)
+PROMOTION_STEPS.register("distill", "raytune_opt.promote.distill:distill_step", doc="a student model "
+                         "(promote.distill.model) trained with distillation from the trial, behind its gate",
+                         check="raytune_opt.promote.distill:check", needs=(), compresses=True, by_default=False)
 PROMOTION_STEPS.register("onnx", f"{_P}:onnx_step", doc="ONNX export (dynamic batch axis), parity against PyTorch, "
                          "latency on ONNX Runtime", needs=())
 PROMOTION_STEPS.register("int8", f"{_P}:int8_step", doc="INT8 QDQ by ONNX Runtime static quantization, behind the "

@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raytune_opt import _atomic
+from raytune_opt import _atomic, objectives
 from raytune_opt.spec.schema import METRICS
 
 METRIC_COLUMNS = ("val_accuracy", "val_f1", "val_precision", "val_recall", "val_loss", "train_loss")
@@ -22,7 +22,7 @@ METRIC_COLUMNS = ("val_accuracy", "val_f1", "val_precision", "val_recall", "val_
 @dataclass
 class TrialRow:
     trial_id: str
-    status: str  # ok | stopped | diverged | error
+    status: str  # ok | stopped | diverged | infeasible | error
     stop_reason: str
     config: dict
     epochs: int
@@ -62,20 +62,28 @@ def select_best(rows: list[TrialRow], metric: str, mode: str) -> TrialRow | None
     return max(ok, key=lambda r: (sign * r.best[metric], -r.epochs))
 
 
-def metric_columns(rows: list[TrialRow], metric: str) -> list[str]:
+def metric_columns(rows: list[TrialRow], *metrics: str) -> list[str]:
     """The metric columns of results.csv: the classification recipe's (always, as before),
-    then any other recipe metric some trial reported (regression), then the sweep's metric
-    if it is none of those (a user loop's own)."""
+    then any other recipe metric some trial reported (regression), the deployment measures
+    when trials reported them, then the sweep's metrics that are none of those (a user loop's own)."""
     seen = {k for r in rows for k in (*r.best, *r.last)}
-    cols = list(METRIC_COLUMNS) + [m for m in METRICS if m not in METRIC_COLUMNS and m in seen]
-    return cols + ([metric] if metric not in cols else [])
+    cols = list(METRIC_COLUMNS) + [m for m in (*METRICS, *objectives.MEASURES) if m not in METRIC_COLUMNS and m in seen]
+    return cols + [m for m in metrics if m not in cols]
 
 
 def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], metric: str, mode: str,
-                  spec_sha256: str) -> TrialRow | None:
-    """Write results.csv, history/<trial>.csv and best.json; return the best row."""
+                  spec_sha256: str, *, more: tuple = ()) -> TrialRow | None:
+    """Write results.csv, history/<trial>.csv and best.json (and, with ``more`` objectives
+    beside ``metric``, pareto.csv); return the best row by ``metric``.
+
+    Args:
+        more: further ``(metric, mode)`` objectives. best.json then also holds the best trial
+            of each objective and the Pareto front (the non-dominated successful trials, by
+            their best epoch's values).
+    """
     out = io.StringIO()
-    metrics = metric_columns(rows, metric)
+    objs = [(metric, mode), *more]
+    metrics = metric_columns(rows, *(m for m, _ in objs))
     cols = (["trial_id", "status", "stop_reason", "epochs", "seconds", "train_seconds"]
             + [f"best_{m}" for m in metrics] + [f"last_{m}" for m in metrics]
             + [f"config.{k}" for k in space_keys] + ["config", "checkpoint", "node_id", "error"])
@@ -102,14 +110,47 @@ def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], me
             hw.writerows(r.history)
             _atomic.write_text(exp_dir / "history" / f"{r.trial_id}.csv", buf.getvalue())
     best = select_best(rows, metric, mode)
+    front = pareto(rows, objs) if more else []
+    if more:
+        write_pareto(exp_dir, front, objs)
     if best is not None:
-        _atomic.write_json(exp_dir / "best.json", {
+        record = {
             "trial_id": best.trial_id, "metric": metric, "mode": mode, "value": best.best[metric],
             "config": best.config, "metrics": best.best, "epochs": best.epochs,
             "checkpoint": f"{best.checkpoint.rstrip('/')}/best.pt" if best.checkpoint else None,
             "spec_sha256": spec_sha256,
-        })
+        }
+        if more:
+            record["objectives"] = [_best_of(rows, m, md) for m, md in objs]
+            record["pareto"] = [r.trial_id for r in front]
+        _atomic.write_json(exp_dir / "best.json", record)
     return best
+
+
+def _best_of(rows: list[TrialRow], metric: str, mode: str) -> dict:
+    top = select_best(rows, metric, mode)
+    return {"metric": metric, "mode": mode, "trial_id": top.trial_id if top else None,
+            "value": top.best[metric] if top else None}
+
+
+def pareto(rows: list[TrialRow], objs: list[tuple[str, str]]) -> list[TrialRow]:
+    """The successful (so feasible) trials no other dominates, by their best epoch's values."""
+    ok = {r.trial_id: r for r in rows if r.successful}
+    keep = set(objectives.pareto_front(((t, r.best) for t, r in ok.items()), objs))
+    return sorted((r for t, r in ok.items() if t in keep), key=lambda r: r.best[objs[0][0]],
+                  reverse=objs[0][1] == "max")
+
+
+def write_pareto(exp_dir: Path, front: list[TrialRow], objs: list[tuple[str, str]]) -> None:
+    """pareto.csv: the front, best first by the first objective."""
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=["trial_id", *(m for m, _ in objs), "epochs", "config", "checkpoint"])
+    w.writeheader()
+    for r in front:
+        w.writerow({"trial_id": r.trial_id, **{m: r.best.get(m, "") for m, _ in objs}, "epochs": r.epochs,
+                    "config": json.dumps(r.config, sort_keys=True),
+                    "checkpoint": f"{r.checkpoint.rstrip('/')}/best.pt" if r.checkpoint else ""})
+    _atomic.write_text(exp_dir / "pareto.csv", out.getvalue())
 
 
 def leaderboard(rows: list[TrialRow], metric: str, mode: str, top: int = 10, width: int = 80) -> str:

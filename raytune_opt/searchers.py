@@ -14,6 +14,7 @@ import os
 import pickle
 from dataclasses import dataclass
 
+from raytune_opt import objectives as objectives_
 from raytune_opt import registry
 from raytune_opt.space import Space
 
@@ -161,6 +162,11 @@ def _seed(spec) -> int:
 
 def _optuna_sampler(name: str, seed: int):
     return registry.OPTUNA_SAMPLERS[name].load()(seed=seed)
+
+
+def takes_several_objectives(algorithm: str, sampler: str = "tpe") -> bool:
+    takes = registry.SEARCHERS[algorithm].meta.get("multi_objective", False)
+    return bool(registry.OPTUNA_SAMPLERS[sampler].meta.get("multi_objective") if takes == "sampler" else takes)
 
 
 class OptunaDefineByRun:
@@ -352,14 +358,63 @@ def build_optuna(spec, *, seed: int, metric: str, mode: str, limit: int):
     return _optuna(spec, spec.data["search"]["sampler"], seed, metric, mode)
 
 
-def _optuna(spec, sampler_name: str, seed: int, metric: str, mode: str):
+def _optuna(spec, sampler_name: str, seed: int, metric, mode):
+    space = spec.space
+    constraints = spec.data["search"].get("constraints") or {}
+    sampler = _optuna_sampler(sampler_name, seed)
+    told = bool(registry.OPTUNA_SAMPLERS[sampler_name].meta.get("constraints"))
+    cls = _constrained_optuna_class()
+    kwargs = dict(metric=metric, mode=mode, sampler=sampler)
+    if space.is_conditional:
+        return cls(constraints, told, space=OptunaDefineByRun(space), **kwargs), {}
+    return cls(constraints, told, **kwargs), space.to_tune()
+
+
+@functools.cache
+def _constrained_optuna_class():
     from ray.tune.search.optuna import OptunaSearch
 
-    space = spec.space
-    sampler = _optuna_sampler(sampler_name, seed)
-    if space.is_conditional:
-        return OptunaSearch(space=OptunaDefineByRun(space), metric=metric, mode=mode, sampler=sampler), {}
-    return OptunaSearch(metric=metric, mode=mode, sampler=sampler), space.to_tune()
+    class ConstrainedOptunaSearch(OptunaSearch):
+        """Ray's OptunaSearch, which also tells Optuna how far a trial broke ``search.constraints``
+        (``Trial.set_constraint``, one value per bound, which Optuna 5's TPE, GP and NSGA
+        samplers read; its older ``constraints_func`` is deprecated), and what an untrained,
+        infeasible trial is.
+
+        An infeasible trial (its model broke a bound known before training) reports no
+        metrics. Ray would tell Optuna nothing usable (PRUNED, or an exception with several
+        objectives, which left the Optuna trial running). A sampler that takes constraints
+        ranks infeasible trials by their violation alone, never by their values: it is told
+        COMPLETE with the worst finite value of each objective. Other samplers are told FAIL.
+        """
+
+        def __init__(self, constraints: dict, told: bool, **kwargs):
+            super().__init__(**kwargs)
+            self._constraints, self._told = dict(constraints), told
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            if result and self._constraints:
+                for key, value in objectives_.constraint_values(result, self._constraints).items():
+                    ot_trial.set_constraint(key, value)
+            if result and str(result.get("stop_reason") or "").startswith(objectives_.INFEASIBLE):
+                from optuna.trial import TrialState
+
+                metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+                modes = self.mode if isinstance(self.mode, list) else [self.mode]
+                told = self._told and bool(self._constraints)
+                worst = [-1e30 if m == "max" else 1e30 for m in modes]
+                try:
+                    self._ot_study.tell(ot_trial, (worst if len(metrics) > 1 else worst[0]) if told else None,
+                                        state=TrialState.COMPLETE if told else TrialState.FAIL)
+                finally:
+                    self._completed_trials.add(trial_id)
+                return None
+            return super().on_trial_complete(trial_id, result, error)
+
+    ConstrainedOptunaSearch.__module__ = __name__
+    return ConstrainedOptunaSearch
 
 
 def build_hyperopt(spec, *, seed: int, metric: str, mode: str, limit: int):

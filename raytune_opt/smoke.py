@@ -8,7 +8,9 @@ Steps (each a line of output, the first failure a one-line :class:`SmokeError`):
 3. build the model, run one training batch forward, check the output is ``(batch, num_classes)``,
    then backward, and check that some parameter got a finite gradient;
 4. when promotion is on, export to ONNX and run the file in ONNX Runtime on the same inputs,
-   so that an export problem shows now rather than after the sweep.
+   so that an export problem shows now rather than after the sweep;
+5. when ``prune`` is a promotion target, prune a copy of the model as ``promote.prune`` says
+   (Torch-Pruning traces it), so that a model it cannot trace or prune shows now.
 """
 
 from __future__ import annotations
@@ -65,7 +67,8 @@ def smoke(spec, echo: Callable[[str], None] = print) -> dict:
     """Run the smoke test of ``spec`` (a validated :class:`~raytune_opt.spec.Spec`).
 
     Returns:
-        What was checked: ``config``, ``input_shape``, ``num_classes``, ``output_shape``, ``onnx`` (bool).
+        What was checked: ``config``, ``input_shape``, ``num_classes``, ``output_shape``, ``onnx`` and
+        ``prune`` (bools).
 
     Raises:
         SmokeError: a step failed; the message names the step, the component and where it raised.
@@ -129,13 +132,28 @@ def smoke(spec, echo: Callable[[str], None] = print) -> dict:
     params = sum(p.numel() for p in model.parameters())
     echo(f"smoke: model {name}: {params:,} parameters, a batch {_shape(x)} -> {_shape(out)}, loss "
          f"{loss.item():.4g}, backward ok")
-    exported = False
+    exported = pruned = False
     promote = spec.data["promote"]
     if promote["enabled"] and promote["targets"]:
         _onnx(model, data, name, echo)
         exported = True
+    if promote["enabled"] and "prune" in promote["targets"]:
+        _prune(model, data, name, promote["prune"], echo)
+        pruned = True
     return {"config": config, "input_shape": data.input_shape, "num_classes": data.num_classes,
-            "output_shape": tuple(out.shape), "onnx": exported}
+            "output_shape": tuple(out.shape), "onnx": exported, "prune": pruned}
+
+
+def _prune(model, data, name: str, cfg: dict, echo: Callable[[str], None]) -> None:
+    """Prune a copy of the model as promotion's prune step would (no fine-tuning)."""
+    from raytune_opt.promote.errors import CompressionError
+    from raytune_opt.promote.prune import dry_run
+
+    try:
+        before, after = dry_run(model, data.input_example, cfg)
+    except CompressionError as exc:
+        raise SmokeError(f"smoke: model.name {name}: {exc}") from None
+    echo(f"smoke: prune dry run ok (ratio {cfg['ratio']:g}): {before:,} -> {after:,} parameters")
 
 
 def _onnx(model, data, name: str, echo: Callable[[str], None]) -> None:

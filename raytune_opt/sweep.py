@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from raytune_opt import objectives
 from raytune_opt import _atomic, ray_runtime, report, results, schedulers, searchers, tracking, trial
 from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
 from raytune_opt.errors import UsageError
@@ -206,7 +207,9 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
             _trainable(spec, loc, dry_run, shipped),
             param_space=param_space,
             tune_config=tune.TuneConfig(
-                metric=search["metric"], mode=search["mode"], search_alg=search_alg,
+                # Several objectives: the searcher holds them; Tune would overwrite them with one.
+                metric=None if objectives.is_multi(search) else search["metric"],
+                mode=None if objectives.is_multi(search) else search["mode"], search_alg=search_alg,
                 scheduler=_scheduler(spec, loc), num_samples=search["num_samples"],
                 max_concurrent_trials=None,  # build_searcher applies resources.max_concurrent_trials
                 trial_dirname_creator=_trial_dirname,
@@ -408,8 +411,9 @@ def _fit_and_record(tuner, spec: Spec, loc: stores.Location, quiet_console: bool
     rows = collect_rows(grid, spec, remote=loc.remote)
     search = spec.data["search"]
     try:  # atomic: a full or read-only disk leaves no half-written results.csv / best.json
-        best = results.write_results(exp_dir, rows, [p.key for p in spec.space.params], search["metric"],
-                                     search["mode"], spec.sha256())
+        (metric, mode), *more = objectives.objectives(search)
+        best = results.write_results(exp_dir, rows, [p.key for p in spec.space.params], metric, mode,
+                                     spec.sha256(), more=tuple(more))
     except OSError as exc:
         raise UsageError(f"{exp_dir}: cannot write results.csv / best.json ({exc.strerror or exc}); the trials "
                          f"and their checkpoints are kept: free the disk, then 'raytune-opt resume {exp_dir}' "
@@ -436,7 +440,9 @@ def _environ(values: dict[str, str]):
 
 def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRow]:
     """One row per trial of a Tune ResultGrid, in our terms."""
-    metric, mode = spec.data["search"]["metric"], spec.data["search"]["mode"]
+    metric, mode = objectives.primary(spec.data["search"])
+    constraints = spec.data["search"].get("constraints") or {}
+    wanted = {m for m, _ in objectives.objectives(spec.data["search"])} | set(constraints)
     planned = spec.data["train"]["epochs"]
     rows = []
     for res in grid:
@@ -449,7 +455,7 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
         trial_id = (ids.iloc[-1] if len(ids) else None) or m.get("trial_id") or Path(res.path).name
         if df is not None and len(df):
             # Ours, and the sweep's metric whatever its name (a user loop may report its own).
-            keep = [c for c in df.columns if c in _HISTORY_KEYS or c == metric]
+            keep = [c for c in df.columns if c in _HISTORY_KEYS or c in wanted]
             history = [_history_row(rec, spec) for rec in df[keep + [c for c in ("replayed",) if c in df]]
                        .to_dict("records")]
             history = _without_replays(history)
@@ -462,12 +468,17 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
             status, reason = "error", f"error: {type(res.error).__name__}"
         elif reason.startswith("diverged"):
             status = "diverged"
+        elif reason.startswith(objectives.INFEASIBLE):
+            status = objectives.INFEASIBLE
         elif reason in ("completed", "early_stopping"):
             status = "ok"
         elif epochs < trial_planned:
             status, reason = "stopped", f"stopped by {spec.data['scheduler']['name']} at epoch {epochs}"
         else:
             status, reason = "ok", reason or "completed"
+        broken = objectives.violations(best, constraints) if status in ("ok", "stopped") else []
+        if broken:  # a bound only its results could show (a metric's)
+            status, reason = objectives.INFEASIBLE, f"{objectives.INFEASIBLE}: {'; '.join(broken)}"
         ckpt = m.get(trial.TRIAL_CHECKPOINT) or m.get("checkpoint_path") or (res.checkpoint.path if res.checkpoint
                                                                              else None)
         if ckpt and remote and not stores.is_remote(ckpt):  # Ray's paths on S3 are bucket/key

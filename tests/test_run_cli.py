@@ -148,3 +148,48 @@ def test_the_regression_example_runs_to_promotion(local_ray, tmp_path, capfd):
     page = (exp / "report.html").read_text()
     board = page[page.index('id="leaderboard"'):page.index('id="history"')]
     assert "best val_rmse" in board and "best val_r2" in board and "best val_accuracy" not in board
+
+
+@pytest.mark.slow
+def test_the_pareto_example_runs_two_objectives_with_a_constraint_to_a_front_and_a_selected_promotion(
+        local_ray, tmp_path, capfd):
+    """search_spaces/digits_pareto.yaml: val_accuracy against latency_ms by NSGA-II, a parameter
+    bound that keeps the big models from training, pareto.csv, and promote.select's rule."""
+    import csv
+    import json
+
+    from raytune_opt import objectives
+
+    spec = ROOT / "search_spaces" / "digits_pareto.yaml"
+    rc = main(["run", str(spec), "train.epochs=2", "search.num_samples=8", "search.constraints={params: {max: 2.0e+4}}",
+               "--storage", str(tmp_path)])
+    out = capfd.readouterr().out
+    assert rc == 0, out
+    exp = tmp_path / "digits_pareto"
+    with open(exp / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    infeasible = [r for r in rows if r["status"] == "infeasible"]
+    # The seeded sampler proposes models over 20k parameters (width 64 or 128, or 32 with 3 blocks).
+    assert infeasible, [(r["config.model.width"], r["config.model.depth"]) for r in rows]
+    for r in infeasible:  # never trained: no epoch, its size measured, the reason said
+        assert r["epochs"] == "0" and r["stop_reason"].startswith("infeasible: params") and \
+            float(r["best_params"] or r["last_params"]) > 2.0e4, r
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and all(float(r["best_params"]) <= 2.0e4 and float(r["best_latency_ms"]) > 0 for r in ok)
+    with open(exp / "pareto.csv") as f:
+        front = list(csv.DictReader(f))
+    objs = [("val_accuracy", "max"), ("latency_ms", "min")]
+    point = {r["trial_id"]: {m: float(r[f"best_{m}"]) for m, _ in objs} for r in ok}
+    ids = [r["trial_id"] for r in front]
+    assert ids and set(ids) <= set(point)
+    for tid, p in point.items():  # the front is exactly the non-dominated feasible trials
+        dominated = any(objectives.dominates(q, p, objs) for t, q in point.items() if t != tid)
+        assert (tid in ids) == (not dominated), (tid, p)
+    best = json.loads((exp / "best.json").read_text())
+    assert best["pareto"] == ids and [o["metric"] for o in best["objectives"]] == ["val_accuracy", "latency_ms"]
+    manifest = json.loads((exp / "promotion" / "manifest.json").read_text())
+    chosen = manifest["source"]
+    assert chosen["rule"]["select"]["where"] == {"latency_ms": {"max": 1.0}}
+    assert "val_accuracy" in chosen["rule"]["why"] and "latency_ms max 1" in chosen["rule"]["why"]
+    fast = [t for t, p in point.items() if p["latency_ms"] <= 1.0]
+    assert chosen["trial_id"] == max(fast, key=lambda t: point[t]["val_accuracy"])

@@ -24,3 +24,9 @@ class NoSuccessfulTrialError(PromotionError):
 class ArtifactError(PromotionError):
     """One artifact could not be built (a TensorRT task timed out or was lost); it is recorded
     as ``failed`` in the manifest with this message, and the other artifacts are kept."""
+
+
+class CompressionError(PromotionError):
+    """A compression step cannot compress this model (Torch-Pruning cannot trace or prune it,
+    the student does not build, fine-tuning diverged): recorded as ``failed`` in the manifest
+    with this one line, and the chain goes on with the model it had."""

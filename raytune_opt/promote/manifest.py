@@ -8,6 +8,12 @@ classification is ``accuracy`` (a fraction) with ``delta_points`` (percentage po
 fp32); of a regression, ``metric`` (rmse, mae or r2), ``score``, ``fp32_score`` and
 ``relative_change`` (the relative worsening vs fp32, see
 :class:`~raytune_opt.promote.measure.Scorer`), with ``accuracy`` and ``delta_points`` null.
+
+A model's artifact (ok or rejected) also records ``params`` and ``macs`` of the model it
+holds or was converted from. When a compression step ran (``prune``, ``distill``), "fp32"
+above is the trial's model: every change is against it. The compression step's own record
+says how much of the trial's params and MACs it kept (``of_trial``), and the artifacts
+converted from its model name it (``from_step``); their gates compare with that model.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import platform
 from importlib import metadata
 from pathlib import Path
 
-from raytune_opt import _atomic, __version__
+from raytune_opt import _atomic, __version__, registry
 from raytune_opt.promote.select import Source, sha256_file
 
 FORMAT = "raytune-opt/promotion/v1"
@@ -90,6 +96,9 @@ def build(source: Source, *, targets: list[str], artifacts: list[dict], inputs: 
             "trial_id": source.trial_id, "metric": source.metric, "mode": source.mode, "value": source.value,
             "epochs": source.epochs, "config": source.config, "checkpoint": source.checkpoint_origin or str(source.checkpoint),
             "checkpoint_sha256": source.checkpoint_sha256, "spec_sha256": source.spec_sha256,
+            # How the trial was chosen: promote.select's rule and why, else the sweep's best by its first metric.
+            "rule": source.rule or {"select": None, "why": f"the best {source.metric} ({source.mode}) of the sweep "
+                                                           "among its successful (feasible) trials (best.json)"},
         },
         "targets": targets,
         "settings": settings,
@@ -134,12 +143,20 @@ def merge(old: list[dict], new: list[dict]) -> list[dict]:
         names.add("tensorrt")
     elif "tensorrt" in names and any(a["name"] in engines for a in old):
         new = [a for a in new if a["name"] != "tensorrt"]
+    onnx = next((a for a in new if a["name"] == "onnx"), None)
+    if onnx is not None:
+        # The chain was rebuilt: what an earlier run compressed, or converted from another model, is not its.
+        source = onnx.get("from_step")
+        old = [a for a in old if a["name"] not in COMPRESSION and a.get("from_step") == source]
     merged = [a for a in old if a["name"] not in names] + new
     order = {n: i for i, n in enumerate(ARTIFACT_ORDER)}
     return sorted(merged, key=lambda a: order.get(a["name"], len(order)))
 
 
-ARTIFACT_ORDER = ("pytorch", "onnx", "int8", "int8-tensorrt-qdq", "tensorrt", "tensorrt-fp16", "tensorrt-int8")
+#: The promotion steps that compress the model before it is converted (prune, distill).
+COMPRESSION = tuple(n for n in registry.PROMOTION_STEPS if registry.PROMOTION_STEPS[n].meta.get("compresses"))
+ARTIFACT_ORDER = ("pytorch", *COMPRESSION, "onnx", "int8", "int8-tensorrt-qdq", "tensorrt", "tensorrt-fp16",
+                  "tensorrt-int8")
 
 
 def write(promotion_dir: Path, manifest: dict) -> Path:
@@ -151,8 +168,11 @@ def write(promotion_dir: Path, manifest: dict) -> Path:
 def table(manifest: dict) -> str:
     """One row per artifact: name, status, score (accuracy, or a regression's metric, named in
     the header), Δ vs fp32 (points of accuracy, or a regression's relative change), p50 at batch
-    1 and 64, size."""
+    1 and 64, size. When a compression step ran, the stages side by side: Δ vs the trial,
+    params, MACs and p50/p95 at batch 1 and 64 too."""
     metric = score_metric(manifest)
+    if any(a["name"] in COMPRESSION for a in manifest["artifacts"]):
+        return _stage_table(manifest, metric)
     head = "accuracy" if metric is None else metric
     # A regression's change is relative, of the metric itself; for r2, of 1 - r2 (measure.Scorer).
     delta = "Δ 1-r2" if metric == "r2" else "Δ vs fp32"
@@ -166,6 +186,23 @@ def table(manifest: dict) -> str:
             score, change = _num(a.get("score")), _rel(a.get("relative_change"))
         lines.append(f"{a['name']:<18} {a['status']:<9} {score:>8} {change:>9} {_ms(lat.get('batch_1')):>9} "
                      f"{_ms(lat.get('batch_64')):>9} {_size(a.get('size_bytes')):>9}")
+    return "\n".join(lines)
+
+
+def _stage_table(manifest: dict, metric: str | None) -> str:
+    head = "accuracy" if metric is None else metric
+    delta = "Δ 1-r2" if metric == "r2" else "Δ vs trial"
+    lines = [f"{'artifact':<18} {'status':<9} {head:>8} {delta:>10} {'params':>7} {'MACs':>7} "
+             f"{'p50/p95@1 ms':>15} {'p50/p95@64 ms':>15} {'size':>9}"]
+    for a in manifest["artifacts"]:
+        lat = a.get("latency_ms") or {}
+        if metric is None:
+            score, change = _pct(a.get("accuracy")), _pts(a.get("delta_points"))
+        else:
+            score, change = _num(a.get("score")), _rel(a.get("relative_change"))
+        lines.append(f"{a['name']:<18} {a['status']:<9} {score:>8} {change:>10} {_count(a.get('params')):>7} "
+                     f"{_count(a.get('macs')):>7} {_ms2(lat.get('batch_1')):>15} {_ms2(lat.get('batch_64')):>15} "
+                     f"{_size(a.get('size_bytes')):>9}")
     return "\n".join(lines)
 
 
@@ -193,6 +230,22 @@ def _pts(x) -> str:
 
 def _ms(rec) -> str:
     return "-" if not rec else f"{rec['p50_ms']:.3f}"
+
+
+def _ms2(rec) -> str:
+    if not rec:
+        return "-"
+    p95 = rec.get("p95_ms")
+    return f"{rec['p50_ms']:.3f}/{'-' if p95 is None else format(p95, '.3f')}"
+
+
+def _count(n) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
 
 
 def _size(n) -> str:

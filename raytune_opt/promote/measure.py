@@ -128,6 +128,10 @@ class Scorer:
     Args:
         metric: one of :data:`SCORES`.
         limit: the gate, in the change's unit (>= 0).
+        section: the ``promote`` section whose keys set the gate (``int8``; ``prune`` and
+            ``distill`` gate their own steps).
+        against: what the reference score belongs to, for a reason line (``fp32``: the
+            trial's model; after a compression step, e.g. ``the pruned fp32 model``).
 
     Raises:
         ValueError: an unknown metric or a negative limit (our bug: both come from the schema).
@@ -135,6 +139,8 @@ class Scorer:
 
     metric: str
     limit: float
+    section: str = "int8"
+    against: str = "fp32"
 
     def __post_init__(self):
         if self.metric not in SCORES or not self.limit >= 0:
@@ -148,7 +154,7 @@ class Scorer:
     @property
     def key(self) -> str:
         """The spec key that sets the gate."""
-        return "promote.int8.max_relative_change" if self.regression else "promote.int8.max_accuracy_drop"
+        return f"promote.{self.section}.{'max_relative_change' if self.regression else 'max_accuracy_drop'}"
 
     def score(self, outputs: np.ndarray, y: np.ndarray) -> float:
         """The score of a model's ``outputs`` (logits, or a (N, 1) regression output) against ``y``."""
@@ -191,8 +197,9 @@ class Scorer:
             return ""
         change = self.change(score, ref)
         if not self.regression:
-            return f"{self.gate}: loses {-change:.2f} points vs fp32 > {self.key}={self.limit:g}"
-        return f"{self.gate}: {self.measured} is {change:.2%} worse than fp32's > {self.key}={self.limit:g} (relative)"
+            return f"{self.gate}: loses {-change:.2f} points vs {self.against} > {self.key}={self.limit:g}"
+        return (f"{self.gate}: {self.measured} is {change:.2%} worse than {self.against}'s > {self.key}={self.limit:g} "
+                f"(relative)")
 
     def settings(self) -> dict:
         """The gate as the manifest's ``settings`` records it for a regression."""

@@ -5,7 +5,14 @@ run in their registration order, each with the steps it ``needs`` first; a step 
 ``step(run)`` of the :class:`_Run` that holds the model, the data and what earlier steps made.
 
 A classification is scored by accuracy, a regression by its metric (:class:`measure.Scorer`);
-the INT8 and TensorRT gates compare that score with the fp32 PyTorch model's.
+the INT8 and TensorRT gates compare that score with the fp32 PyTorch model's they were made from.
+
+Compression steps (``prune``, ``distill``: :mod:`.prune`, :mod:`.distill`) run first when
+listed. Each gates its model against the trial's; one that passes replaces the model the
+later steps convert (:meth:`_Run.use`): ONNX's parity is then checked against the compressed
+model's own outputs, and the INT8 and TensorRT gates compare with its score, while every
+artifact's change is still reported against the trial. A rejected one changes nothing: the
+chain goes on from the last accepted model.
 
 Each step records an artifact; a step that cannot run (its input failed, no GPU) records
 why instead. Only problems with the experiment itself raise (exit 2); a failed artifact is
@@ -20,6 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+import dataclasses
 
 from raytune_opt import _atomic, progress, registry, storage
 from raytune_opt.promote import export, manifest, measure, quantize, tensorrt
@@ -115,7 +124,8 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     out_dir = source.exp_dir / DIRNAME
     out_dir.mkdir(exist_ok=True)
     log(f"promotion: trial {source.trial_id} ({source.metric}={source.value:.4f}), targets {','.join(targets)}")
-    with registry.code_path(code_dirs_of(source.exp_dir)):  # a user model or data set imports as in the sweep
+    code_dirs = code_dirs_of(source.exp_dir)
+    with registry.code_path(code_dirs):  # a user model or data set imports as in the sweep
         model, ckpt = load_model(source.checkpoint)
         data = load_bundle(ckpt["recipe"]["data"], int(source.spec["seed"]))
     threads = measure.threads_for(cfg.get("ort_threads"))  # experiments of older versions have no such key
@@ -123,6 +133,7 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     x_val, y_val = materialize(data.val, collate_fn=data.collate_fn)
     run = _Run(source, cfg, out_dir, x_val.numpy(), y_val.numpy(), log, threads, scorer)
     run.model, run.data, run.ckpt, run.place, run.targets = model, data, ckpt, place, targets
+    run.trial_model, run.code_dirs = model, code_dirs
 
     with measure.torch_threads(threads):
         with progress.step("pytorch: measuring the fp32 reference"):
@@ -137,6 +148,11 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
                            f"device-resident input, synchronized"}
     if scorer.regression:  # a classification's settings stay as they always were
         settings["gate"] = scorer.settings()
+    for name in targets:
+        if registry.PROMOTION_STEPS[name].meta.get("compresses"):
+            from raytune_opt.promote.compress import settings as section
+
+            settings[name] = section(cfg, name)
     result = manifest.build(
         source, targets=targets, artifacts=manifest.merge(old, run.artifacts), inputs=_inputs(data),
         settings=settings, tensorrt_version=run.tensorrt_version)
@@ -147,11 +163,17 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
 class _Run:
     """One promotion's state: the artifacts so far and what later steps need.
 
-    Besides the constructor's: ``model`` (fp32, eval), ``ref`` (its outputs on the validation
-    set), ``data`` (the DataBundle), ``ckpt``, ``targets``, ``place`` (where TensorRT builds,
-    None when it is not a target), and what steps leave: ``onnx_bytes`` (None when the
-    export failed), ``qdq_bytes`` (TensorRT's S8S8 QDQ model when it passed its gate) and
-    ``qdq_done`` (whether that was tried)."""
+    Besides the constructor's: ``model`` (fp32, eval: the model the ONNX, INT8 and TensorRT
+    steps convert; the trial's until a compression step is accepted), ``ref`` (its outputs on
+    the validation set), ``trial_model`` (the trial's, the teacher of distillation), ``data``
+    (the DataBundle), ``ckpt`` (the trial's checkpoint), ``code_dirs`` (where user code
+    imports from), ``targets``, ``place`` (where TensorRT builds, None when it is not a
+    target), and what steps leave: ``onnx_bytes`` (None when the export failed),
+    ``qdq_bytes`` (TensorRT's S8S8 QDQ model when it passed its gate) and ``qdq_done``
+    (whether that was tried). ``fp32`` is the trial's score (every artifact's change is
+    against it); ``input``, ``input_score``, ``gate`` and ``footprint`` describe ``model``:
+    the compression step that made it (None: the trial), its score and the scorer the later
+    gates compare with it, its params and MACs."""
 
     def __init__(self, source: Source, cfg: dict, out_dir: Path, x_val: np.ndarray, y_val: np.ndarray,
                  log: Callable[[str], None], threads: int, scorer: measure.Scorer):
@@ -159,10 +181,15 @@ class _Run:
         self.threads = threads  # intra-op threads of ONNX Runtime and torch
         self.x_val, self.y_val = x_val, y_val
         self.scorer = scorer
-        self.fp32 = 0.0  # the fp32 PyTorch model's score, the gates' reference
+        self.fp32 = 0.0  # the trial's fp32 PyTorch model's score: what every change is reported against
+        self.input: str | None = None  # the compression step whose model the later steps convert (None: the trial's)
+        self.input_score = 0.0  # that model's score, the ONNX, INT8 and TensorRT gates' reference
+        self.gate = scorer  # those gates' scorer (its reason lines name the model they compare with)
+        self.footprint: dict = {}  # params and macs of that model
         self.artifacts: list[dict] = []
         self.tensorrt_version: str | None = None
-        self.model = self.data = self.ckpt = self.place = self.ref = None
+        self.model = self.data = self.ckpt = self.place = self.ref = self.trial_model = None
+        self.code_dirs: list[str] = []
         self.targets: list[str] = []
         self.onnx_bytes: bytes | None = None
         self.qdq_bytes: bytes | None = None
@@ -177,14 +204,27 @@ class _Run:
         return self._x_train
 
     def add(self, rec: dict) -> dict:
+        if rec["status"] in ("ok", "rejected"):
+            for key, value in self.footprint.items():  # a compressed model's record has its own
+                rec.setdefault(key, value)
+        if self.input is not None and rec["name"] != "pytorch":
+            rec.setdefault("from_step", self.input)  # converted from a compressed model, not the trial's
         self.artifacts.append(rec)
         if rec["name"] != "pytorch":
             detail = rec["reason"] or _summary(rec)
             self.log(f"{rec['name']}: {rec['status']}{' — ' + detail if detail else ''}")
         return rec
 
-    def _scored(self, score: float | None) -> dict:
-        """The score fields of an artifact record (manifest.artifact's keywords)."""
+    def use(self, name: str, model, outputs: np.ndarray, score: float, footprint: dict, *, against: str) -> None:
+        """Make ``model``, accepted by compression step ``name``, the one the later steps
+        convert: ``outputs`` (its validation outputs) become ONNX's parity reference, ``score``
+        the INT8 and TensorRT gates' (``against`` names it in their reason lines)."""
+        self.model, self.ref, self.input, self.input_score = model, outputs, name, score
+        self.footprint = footprint
+        self.gate = dataclasses.replace(self.scorer, against=against)
+
+    def scored(self, score: float | None) -> dict:
+        """The score fields of an artifact record (manifest.artifact's keywords), against the trial."""
         if not self.scorer.regression:
             return {"accuracy": score, "fp32_accuracy": self.fp32}
         return {"metric": self.scorer.metric, "score": score, "fp32_score": self.fp32,
@@ -200,10 +240,13 @@ class _Run:
     def reference(self, model) -> np.ndarray:
         """fp32 PyTorch outputs (logits, or a regression's (N, 1)) on the validation set;
         records the ``pytorch`` row."""
+        from raytune_opt.promote.compress import footprint_of
+
         run = measure.torch_runner(model)
         outputs = measure.predict(run, self.x_val)
-        self.fp32 = self.scorer.score(outputs, self.y_val)
-        self.add(manifest.artifact("pytorch", "ok", path=self.source.checkpoint, **self._scored(self.fp32),
+        self.fp32 = self.input_score = self.scorer.score(outputs, self.y_val)
+        self.footprint = footprint_of(model, self.data.input_example)
+        self.add(manifest.artifact("pytorch", "ok", path=self.source.checkpoint, **self.scored(self.fp32),
                                    latency_ms=measure.latencies(run, self.x_val),
                                    runtime=f"pytorch cpu, {self.threads} threads"))
         return outputs
@@ -228,7 +271,7 @@ class _Run:
             self._failed("onnx", exc)
             return None
         self.add(manifest.artifact("onnx", "ok" if par.ok else "failed", path=path, root=self.out_dir,
-                                   reason=par.reason, **self._scored(self.scorer.score(outputs, self.y_val)),
+                                   reason=par.reason, **self.scored(self.scorer.score(outputs, self.y_val)),
                                    latency_ms=latency,
                                    runtime=f"onnxruntime cpu, {self.threads} threads",
                                    opset=export.OPSET, parity=par.as_dict()))
@@ -249,7 +292,7 @@ class _Run:
         try:
             gate = quantize.quantize_with_gate(
                 self.out_dir / "model.onnx", path, batches, flavor=flavor, first_method=icfg["calibration_method"],
-                x_val=self.x_val, y_val=self.y_val, scorer=self.scorer, fp32_score=self.fp32, name=name)
+                x_val=self.x_val, y_val=self.y_val, scorer=self.gate, fp32_score=self.input_score, name=name)
             # The S8S8 form is TensorRT's input; ORT's CPU kernels run it slowly, so it is not timed here.
             with progress.step(f"{name}: measuring latency"):
                 latency = (measure.latencies(measure.ort_runner(measure.ort_session(path, self.threads)),
@@ -261,7 +304,7 @@ class _Run:
         runtime = (f"onnxruntime cpu, {self.threads} threads" if flavor == "cpu"
                    else "accuracy: onnxruntime cpu; for TensorRT explicit quantization")
         self.add(manifest.artifact(
-            name, gate.status, path=path, root=self.out_dir, reason=gate.reason, **self._scored(gate.score),
+            name, gate.status, path=path, root=self.out_dir, reason=gate.reason, **self.scored(gate.score),
             latency_ms=latency, runtime=runtime,
             quantization={"format": "QDQ", "per_channel": True,
                           "activations": "uint8 asymmetric" if flavor == "cpu" else "int8 symmetric",
@@ -299,9 +342,9 @@ class _Run:
                 continue
             path = self.out_dir / filename
             _atomic.write_bytes(path, eng["plan"])
-            reason = self.scorer.rejection(eng["score"], self.fp32)
+            reason = self.gate.rejection(eng["score"], self.input_score)
             self.add(manifest.artifact(name, "rejected" if reason else "ok", path=path, root=self.out_dir,
-                                       reason=reason, **self._scored(eng["score"]), latency_ms=eng["latency_ms"],
+                                       reason=reason, **self.scored(eng["score"]), latency_ms=eng["latency_ms"],
                                        runtime=f"tensorrt {res['tensorrt_version']} on {res['device']}",
                                        max_batch=tensorrt.MAX_BATCH))
 
@@ -383,11 +426,14 @@ def _summary(rec: dict) -> str:
         parts.append(f"parity max |Δ| {p['max_abs_diff']:.2g}{top1}")
     if rec.get("quantization"):
         parts.append(f"{rec['quantization']['calibration_method']} calibration")
+    if rec.get("of_trial"):  # a compressed model: how much of the trial's it kept
+        parts.append(", ".join(f"{k} {v:.0%}" for k, v in rec["of_trial"].items() if v is not None) + " of the trial's")
+    against = "the trial" if "from_step" in rec else "fp32"  # after a compression step, fp32 is ambiguous
     if rec.get("delta_points") is not None:
-        parts.append(f"Δ {rec['delta_points']:+.2f} points vs fp32")
+        parts.append(f"Δ {rec['delta_points']:+.2f} points vs {against}")
     if rec.get("relative_change") is not None:
         what = "1 - r2" if rec["metric"] == "r2" else rec["metric"]
-        parts.append(f"{what} {rec['relative_change']:+.2%} vs fp32")
+        parts.append(f"{what} {rec['relative_change']:+.2%} vs {against}")
     return ", ".join(parts)
 
 

@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from raytune_opt import results, storage
+from raytune_opt import objectives, results, storage
 from raytune_opt.promote.errors import NoSuccessfulTrialError, NotAnExperimentError
 from raytune_opt.spec.resolved import read_resolved
 
@@ -37,6 +37,7 @@ class Source:
     checkpoint_sha256: str
     spec_sha256: str
     checkpoint_origin: str = ""  # where best.json says it is (an s3:// URI for S3 experiments)
+    rule: dict | None = None  # promote.select's rule and why it chose this trial (None: best.json's best)
 
     @property
     def promote_cfg(self) -> dict:
@@ -59,7 +60,9 @@ def select_source(exp_dir: str | Path) -> Source:
             f"{exp_dir}: not a raytune-opt experiment ({what}); pass the directory 'raytune-opt run' wrote, "
             f"STORAGE/NAME (e.g. ./results/sweep)")
     spec = read_resolved(spec_path, NotAnExperimentError, _RERUN, sections=("promote",))
-    metric, mode = spec["search"]["metric"], spec["search"]["mode"]
+    metric, mode = objectives.primary(spec["search"])
+    if spec["promote"].get("select"):
+        return _selected(exp_dir, spec, spec["promote"]["select"])
 
     best_path = exp_dir / "best.json"
     if not best_path.is_file():
@@ -76,6 +79,10 @@ def select_source(exp_dir: str | Path) -> Source:
             f"{best_path}: names trial {best.get('trial_id')} but results.csv's best by {metric} ({mode}) is trial "
             f"{expected}; the files disagree, {_RERUN}")
 
+    return _source(exp_dir, spec, best, metric, mode)
+
+
+def _source(exp_dir: Path, spec: dict, best: dict, metric: str, mode: str, rule: dict | None = None) -> Source:
     checkpoint = _locate_checkpoint(exp_dir, best, (spec.get("storage") or {}).get("endpoint_url"))
     from raytune_opt.recipe.checkpoint import load_checkpoint
 
@@ -89,7 +96,62 @@ def select_source(exp_dir: str | Path) -> Source:
                   value=float(best["value"]), epochs=int(best.get("epochs") or 0),
                   config=dict(best.get("config") or {}), checkpoint=checkpoint,
                   checkpoint_sha256=sha256_file(checkpoint), spec_sha256=spec_sha,
-                  checkpoint_origin=str(best["checkpoint"]) if storage.is_remote(best["checkpoint"]) else "")
+                  checkpoint_origin=str(best["checkpoint"]) if storage.is_remote(best["checkpoint"]) else "",
+                  rule=rule)
+
+
+def _direction(spec: dict, metric: str, given: str | None) -> str:
+    from raytune_opt.spec.schema import METRICS
+
+    return (given or dict(objectives.objectives(spec["search"])).get(metric) or METRICS.get(metric)
+            or ("min" if metric in objectives.MEASURES else "max"))
+
+
+def _selected(exp_dir: Path, spec: dict, select: dict) -> Source:
+    """The trial ``promote.select`` picks: the best by its metric among the successful trials of
+    results.csv whose best epoch keeps every bound of ``where``.
+
+    Raises:
+        NoSuccessfulTrialError: no results.csv, a column the rule reads is missing, or no trial
+            keeps the bounds.
+    """
+    metric, where = select["metric"], select.get("where") or {}
+    mode = _direction(spec, metric, select.get("mode"))
+    path = exp_dir / "results.csv"
+    if not path.is_file():
+        raise NoSuccessfulTrialError(f"{exp_dir}: no results.csv to apply promote.select to; {_RERUN}")
+    with open(path, newline="") as f:
+        recs = list(csv.DictReader(f))
+    for key in (metric, *where):
+        if recs and f"best_{key}" not in recs[0]:
+            raise NoSuccessfulTrialError(f"{path}: promote.select reads {key}, which no trial reported (no best_{key} "
+                                         "column); select by a metric or measure the trials report")
+    ok = [r for r in recs if r.get("status") in ("ok", "stopped") and _float(r.get(f"best_{metric}")) is not None]
+    values = [{k: _float(r.get(f"best_{k}")) for k in (metric, *where)} for r in ok]
+    keep = [(r, v) for r, v in zip(ok, values) if not objectives.violations(v, where)
+            and all(v[k] is not None for k in where)]
+    bounds = ", ".join(f"{k} {side} {b[side]:g}" for k, b in where.items() for side in ("min", "max") if side in b)
+    if not keep:
+        raise NoSuccessfulTrialError(
+            f"{path}: no successful trial keeps promote.select.where ({bounds}); {len(ok)} successful trial(s) "
+            "were judged: loosen the bounds, or set promote.select: null to promote the best trial")
+    sign = 1 if mode == "max" else -1
+    rec, vals = max(keep, key=lambda rv: (sign * rv[1][metric], -int(_float(rv[0].get("epochs")) or 0)))
+    why = (f"the best {metric} ({mode}) = {vals[metric]:.6g} among {len(keep)} of {len(ok)} successful trials"
+           + (f" with {bounds}" if bounds else ""))
+    best = {"trial_id": rec["trial_id"], "value": vals[metric], "epochs": rec.get("epochs"),
+            "config": json.loads(rec.get("config") or "{}"),
+            "checkpoint": f"{rec['checkpoint'].rstrip('/')}/best.pt" if rec.get("checkpoint") else None,
+            "spec_sha256": _best_sha(exp_dir)}
+    return _source(exp_dir, spec, best, metric, mode, rule={"select": select, "why": why})
+
+
+def _best_sha(exp_dir: Path) -> str:
+    """The sweep's spec hash, as best.json records it (checkpoints carry the same)."""
+    try:
+        return str(json.loads((exp_dir / "best.json").read_text()).get("spec_sha256") or "")
+    except (OSError, ValueError):
+        return ""
 
 
 def _read_best(path: Path) -> dict:

@@ -40,6 +40,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
+from raytune_opt import objectives
 from raytune_opt.recipe.bundle import DataBundle, load_bundle, make_loader
 from raytune_opt.recipe.checkpoint import load_checkpoint, make_checkpoint, write_checkpoints
 from raytune_opt.recipe.errors import RecipeConfigError
@@ -98,11 +99,11 @@ class TrialContext:
 
     @property
     def metric(self) -> str:
-        return self.config["search"]["metric"]
+        return objectives.primary(self.config["search"])[0]
 
     @property
     def mode(self) -> str:
-        return self.config["search"]["mode"]
+        return objectives.primary(self.config["search"])[1]
 
     # ---- data and model ---------------------------------------------------------------
     @property

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -26,7 +26,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from raytune_opt import registry
+from raytune_opt import objectives, registry
+from raytune_opt.recipe import footprint
 from raytune_opt.recipe.augment import Augmenter
 from raytune_opt.recipe.bundle import collate, make_loader, train_labels
 from raytune_opt.recipe.context import TrialContext, run_loop
@@ -47,9 +48,9 @@ CHECK_EVERY = 16
 # Reported after every epoch, plus best_<search.metric> and stop_reason (REGRESSION_KEYS for
 # a regression data set).
 METRIC_KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
-               "grad_norm", "lr", "samples_per_s", "epoch_s")
+               "grad_norm", "lr", "samples_per_s", "epoch_s", *objectives.MEASURES)
 REGRESSION_KEYS = ("epoch", "train_loss", "val_loss", "val_rmse", "val_mae", "val_r2", "grad_norm", "lr",
-                   "samples_per_s", "epoch_s")
+                   "samples_per_s", "epoch_s", *objectives.MEASURES)
 
 
 def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: str | None = None) -> dict:
@@ -107,6 +108,9 @@ def builtin_loop(config: dict, ctx: TrialContext) -> None:
     """The built-in recipe, registered as the loop ``builtin``: the spec's optimizer, schedule,
     loss, augmentation, precision, accumulation, clipping, early stopping and metrics."""
     run = _setup(config, ctx)
+    if run.infeasible:  # breaks a constraint known before training: never trained
+        ctx.send(_unmeasured_metrics(run, ctx.start_epoch - 1, run.infeasible))  # epoch 0: none trained
+        return
     for epoch in range(ctx.start_epoch, run.epochs + 1):
         epoch_start = time.perf_counter()
         _reseed(run, epoch)
@@ -116,7 +120,12 @@ def builtin_loop(config: dict, ctx: TrialContext) -> None:
             ctx.send(_diverged_metrics(run, epoch, diverged_at, epoch_start))
             return
         metrics = _validate(run, epoch, sums, train_s)
+        _measure(run)
+        metrics.update(run.measures)
         _early_stopping(run, metrics, epoch)
+        late = objectives.violations(run.measures, run.constraints, only=("latency_ms",))
+        if late and metrics["stop_reason"] is None:
+            metrics["stop_reason"] = f"{objectives.INFEASIBLE}: {'; '.join(late)}"
         checkpoint_dir, shards = _checkpoint(run, metrics, epoch, epoch_start)
         metrics["epoch_s"] = time.perf_counter() - epoch_start
         ctx.send(metrics, checkpoint_dir, shards)
@@ -144,6 +153,13 @@ class _Run:
     confusion: Any = None  # the last validation's (true x predicted) counts
     stepped: bool = False  # an optimizer step has been taken (the timeline's first_step mark)
     shape_checked: bool = False  # the model's output shape was checked on a first batch
+    measures: dict = field(default_factory=dict)  # params, macs, model_bytes, latency_ms (footprint.py)
+    infeasible: str = ""  # the static constraints the model breaks, when it breaks one
+    plain: Any = None  # the model as built, before the strategy wrapped it (what the measures measure)
+
+    @property
+    def constraints(self) -> dict:
+        return self.cfg["search"].get("constraints") or {}
 
     @property
     def session(self) -> Session:
@@ -163,11 +179,11 @@ class _Run:
 
     @property
     def metric(self) -> str:
-        return self.cfg["search"]["metric"]
+        return objectives.primary(self.cfg["search"])[0]
 
     @property
     def mode(self) -> str:
-        return self.cfg["search"]["mode"]
+        return objectives.primary(self.cfg["search"])[1]
 
     def better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b
@@ -181,6 +197,13 @@ def _setup(cfg: dict, ctx: TrialContext) -> _Run:
     mark("data_loaded", rank=session.rank)
     model = ctx.build_model()
     mark("model_built", rank=session.rank)
+    plain, measures, infeasible = model, {}, ""
+    static = [k for k in cfg["search"].get("constraints") or {} if k in objectives.STATIC_MEASURES]
+    if static:  # known before training: a model that breaks one is not trained
+        measures = footprint.static_measures(model, _example(data, model))
+        infeasible = "; ".join(objectives.violations(measures, cfg["search"]["constraints"], only=static))
+        if infeasible:
+            infeasible = f"{objectives.INFEASIBLE}: {infeasible}"
     # Only balanced class weights read the labels (a user data set may have to be iterated for them).
     labels = train_labels(data.train) if tcfg["loss"].get("class_weights") == "balanced" else None
     loss_fn = build_loss(tcfg["loss"], labels, data.num_classes, data.task).to(device)
@@ -200,7 +223,8 @@ def _setup(cfg: dict, ctx: TrialContext) -> _Run:
     mark("setup_done", rank=session.rank)
     run = _Run(cfg=cfg, ctx=ctx, model=model, loss_fn=loss_fn, augment=augment, train_loader=train_loader,
                val_loader=val_loader, schedule=schedule, autocast=ctx.strategy.autocast(),
-               batches_per_epoch=batches_per_epoch, epochs=int(tcfg["epochs"]))
+               batches_per_epoch=batches_per_epoch, epochs=int(tcfg["epochs"]), measures=measures,
+               infeasible=infeasible, plain=plain)
     if ctx.resumed is not None:
         if ctx.resumed.get("scheduler_state") is not None:
             schedule.load_state_dict(ctx.resumed["scheduler_state"])
@@ -272,11 +296,11 @@ def _check_task(cfg: dict, task: str) -> None:
     """The sweep's metric and the augmentation must suit the data set's task."""
     from raytune_opt.spec.schema import METRIC_TASK
 
-    metric = cfg["search"]["metric"]
-    if METRIC_TASK.get(metric, task) != task:
-        fit = ", ".join(m for m, t in METRIC_TASK.items() if t == task)
-        raise RecipeConfigError(f"search.metric {metric} is a {METRIC_TASK[metric]} metric but the data set holds a "
-                                f"{task} task; use {fit}, or val_loss")
+    for metric, _ in objectives.objectives(cfg["search"]):
+        if METRIC_TASK.get(metric, task) != task:
+            fit = ", ".join(m for m, t in METRIC_TASK.items() if t == task)
+            raise RecipeConfigError(f"search.metric {metric} is a {METRIC_TASK[metric]} metric but the data set holds "
+                                    f"a {task} task; use {fit}, or val_loss")
     augment = cfg["train"]["augment"]
     if task == "regression" and (augment["mixup_alpha"] or augment["cutmix_alpha"]):
         raise RecipeConfigError("train.augment: Mixup and CutMix mix class labels, and the data set holds a "
@@ -286,9 +310,38 @@ def _check_task(cfg: dict, task: str) -> None:
 def _diverged_metrics(run: _Run, epoch: int, step: int, epoch_start: float) -> dict:
     nan = float("nan")
     keys = REGRESSION_KEYS if run.data.task == "regression" else METRIC_KEYS
-    return {**{k: nan for k in keys}, "epoch": epoch, "lr": run.schedule.lr,
+    return {**{k: nan for k in keys}, **run.measures, "epoch": epoch, "lr": run.schedule.lr,
             "epoch_s": time.perf_counter() - epoch_start, f"best_{run.metric}": run.ctx.best,
             "stop_reason": f"diverged: non-finite loss at epoch {epoch} step {step}"}
+
+
+def _example(data, model: torch.nn.Module) -> torch.Tensor:
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    return data.input_example[:1].to(device)
+
+
+def _measure(run: _Run) -> None:
+    """The deployment measures, once per trial (after the first epoch: they depend on the
+    architecture only, and by then the first optimizer step has paid PyTorch's lazy set-up,
+    which FLOP counting would otherwise pay, ~1 s). Every rank measures (a ZeRO-3 model
+    gathers its weights for the forward passes collectively); rank 0's are reported."""
+    if "latency_ms" in run.measures:
+        return
+    example = _example(run.data, run.plain)
+    if not run.measures:
+        run.measures = footprint.static_measures(run.plain, example)
+    batch = int(run.cfg.get("promote", {}).get("latency_batch") or 1)
+    threads = 1 if example.device.type == "cpu" else None
+    run.measures["latency_ms"] = footprint.forward_latency_ms(run.plain, example, batch=batch, threads=threads)
+
+
+def _unmeasured_metrics(run: _Run, epoch: int, reason: str) -> dict:
+    """What an untrained trial reports: every metric key (Tune's searchers and schedulers
+    expect them) as NaN, its measures, and why it stopped."""
+    nan = float("nan")
+    keys = REGRESSION_KEYS if run.data.task == "regression" else METRIC_KEYS
+    return {**{k: nan for k in keys}, "epoch": epoch, "lr": run.schedule.lr, "epoch_s": 0.0, **run.measures,
+            f"best_{run.metric}": run.ctx.best, "stop_reason": reason}
 
 
 def _validate(run: _Run, epoch: int, sums: dict, train_s: float) -> dict:

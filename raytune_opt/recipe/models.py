@@ -92,7 +92,9 @@ def build_model_from_spec(spec: dict, dirs: Sequence[str] = ()) -> nn.Module:
     """Rebuild a model from :func:`model_spec`'s dict (as stored in a checkpoint).
 
     A spec without ``input_shape`` (written before it existed) has square images, or signals
-    where it says ``spatial_dims: 1``; one without ``kernel_size`` takes the default.
+    where it says ``spatial_dims: 1``; one without ``kernel_size`` takes the default. A spec
+    with ``resized`` (a structurally pruned model, :mod:`raytune_opt.recipe.resize`) has
+    those layers resized after the model is built.
 
     Args:
         spec: the dict.
@@ -103,6 +105,11 @@ def build_model_from_spec(spec: dict, dirs: Sequence[str] = ()) -> nn.Module:
             its inputs, or a target that cannot be imported or does not return an ``nn.Module``.
     """
     spec = dict(spec)
+    resized = spec.pop("resized", None)
+    if resized:
+        from raytune_opt.recipe.resize import apply
+
+        return apply(build_model_from_spec(spec, dirs), resized)
     if "input_shape" not in spec:
         spec["input_shape"] = [spec["in_channels"]] + [spec["image_size"]] * spec.get("spatial_dims", 2)
     shape = tuple(spec["input_shape"])

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raytune_opt import objectives
 from raytune_opt.errors import RaytuneOptError, UsageError
 
 # Text columns of a history file; every other column is a number (the recipe's metrics for
@@ -50,11 +51,11 @@ class Experiment:
 
     @property
     def metric(self) -> str:
-        return self.spec["search"]["metric"]
+        return objectives.primary(self.spec["search"])[0]
 
     @property
     def mode(self) -> str:
-        return self.spec["search"]["mode"]
+        return objectives.primary(self.spec["search"])[1]
 
 
 def load(exp_dir: str | Path) -> Experiment:
@@ -170,7 +171,7 @@ def _from_tune_dirs(exp_dir: Path, spec: dict, space) -> list[Trial]:
     """Trials of a sweep that has not written results.csv yet, from Tune's own files."""
     from raytune_opt.searchers import flatten_config
 
-    metric, mode = spec["search"]["metric"], spec["search"]["mode"]
+    metric, mode = objectives.primary(spec["search"])
     latest: dict[int, Path] = {}  # a restarted trial (trial_<n>_<suffix>/) supersedes trial_<n>/
     for d in exp_dir.glob("trial_*"):
         progress = d / "progress.csv"

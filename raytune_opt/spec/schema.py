@@ -33,6 +33,7 @@ ALGORITHMS = registry.SEARCHERS.names()
 SAMPLERS = registry.OPTUNA_SAMPLERS.names()
 SCHEDULERS = registry.SCHEDULERS.names()
 PROMOTION_TARGETS = registry.PROMOTION_STEPS.names()
+DEFAULT_TARGETS = tuple(t for t in PROMOTION_TARGETS if registry.PROMOTION_STEPS[t].meta.get("by_default", True))
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Metrics the training recipe reports after every epoch, and the direction that is better.
 # val_loss is always plain cross-entropy (no weights, no smoothing) for classification and
@@ -48,7 +49,10 @@ METRIC_TASK = {"val_accuracy": "classification", "val_f1": "classification", "va
                "val_r2": "regression"}
 # What the recipe also reports after every epoch (history/<trial>.csv, TensorBoard, MLflow keep
 # these, the METRICS, and the sweep's own metric whatever its name).
-EPOCH_STATS = ("grad_norm", "lr", "samples_per_s", "epoch_s", "rank_param_max_diff")
+EPOCH_STATS = ("grad_norm", "lr", "samples_per_s", "epoch_s", "rank_param_max_diff", "params", "macs",
+               "model_bytes", "latency_ms")
+# Deployment measures every trial reports (objectives.MEASURES), all better lower.
+from raytune_opt.objectives import MEASURES  # noqa: E402  (light: no torch, no Ray)
 # Sections whose leaves a search space may tune.
 TUNABLE_SECTIONS = ("data", "model", "train")
 
@@ -131,6 +135,60 @@ def _class_weights_check(value: Any) -> str | None:
     ):
         return None
     return "must be null, 'balanced' or a list of non-negative numbers, one per class"
+
+
+def _metric_check(value: Any) -> str | None:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.isidentifier() for n in names):
+        return "must be a metric name (letters, digits, '_') or a list of them, e.g. val_auc"
+    if len(set(names)) != len(names):
+        return "lists a metric twice"
+    return None
+
+
+def _mode_check(value: Any) -> str | None:
+    modes = [value] if isinstance(value, str) else value
+    if not isinstance(modes, list) or not modes or not all(m in ("max", "min") for m in modes):
+        return "must be max, min, or a list of them (one per search.metric)"
+    return None
+
+
+def _bounds_problem(bound: Any) -> str | None:
+    if not isinstance(bound, dict) or not bound or set(bound) - {"min", "max"}:
+        return "takes {min: X, max: Y} (either or both)"
+    for v in bound.values():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return "bounds must be finite numbers"
+    if "min" in bound and "max" in bound and bound["min"] > bound["max"]:
+        return "min is above max"
+    return None
+
+
+def _constraints_check(value: Any) -> str | None:
+    if value is None:
+        return None
+    for key, bound in value.items():
+        problem = _bounds_problem(bound)
+        if problem:
+            return f"{key}: {problem}"
+    return None
+
+
+def _select_check(value: Any) -> str | None:
+    if value is None:
+        return None
+    if set(value) - {"metric", "mode", "where"} or not isinstance(value.get("metric"), str):
+        return "must be {metric: NAME, where: {KEY: {min, max}}} (mode: max/min for a metric of your own loop)"
+    if value.get("mode") not in (None, "max", "min"):
+        return "mode must be max or min"
+    where = value.get("where") or {}
+    if not isinstance(where, dict):
+        return "where must be a mapping of KEY: {min, max}"
+    for key, bound in where.items():
+        problem = _bounds_problem(bound)
+        if problem:
+            return f"where.{key}: {problem}"
+    return None
 
 
 def _targets_check(value: Any) -> str | None:
@@ -272,9 +330,18 @@ SPEC = Section("A sweep spec.", {
         "algorithm": Field("str", "random", " | ".join(ALGORITHMS) + ".", choices=ALGORITHMS, tunable=False),
         "sampler": Field("str", "tpe", "optuna only: " + " | ".join(SAMPLERS) + ".", choices=SAMPLERS,
                          tunable=False),
-        "metric": Field("str", "val_accuracy", "Metric to optimize: " + " | ".join(METRICS) + " (a user "
-                        "train.loop: any metric it reports).", tunable=False),
-        "mode": Field("str", "max", "max | min.", choices=("max", "min"), tunable=False),
+        "metric": Field("any", "val_accuracy", "Metric to optimize: " + " | ".join(METRICS) + " (a user "
+                        "train.loop: any metric it reports), or a list of objectives, e.g. [val_accuracy, latency_ms]: "
+                        "metrics and the measures every trial reports (" + ", ".join(MEASURES) + "); the first picks "
+                        "best epochs and the best trial, all of them the Pareto front (pareto.csv).",
+                        check=_metric_check, tunable=False),
+        "mode": Field("any", "max", "max | min, or a list of them, one per search.metric.", check=_mode_check,
+                      tunable=False),
+        "constraints": Field("dict", None, "Bounds a trial must keep, e.g. {params: {max: 1.0e6}, latency_ms: {max: "
+                             "2.0}}: metrics or measures (" + ", ".join(MEASURES) + ") -> {min, max}. A config whose "
+                             "params, macs or model_bytes break one is not trained (status infeasible); latency_ms "
+                             "and metrics mark a trial infeasible once measured. Optuna's samplers are told.",
+                             nullable=True, check=_constraints_check, tunable=False),
         "num_samples": Field("int", 8, "Trials to run (grid: repeats of the whole grid).", ge=1, tunable=False),
         "seed": Field("int", None, "Searcher seed; null: the top-level seed.", nullable=True, ge=0, tunable=False),
     }),
@@ -295,8 +362,16 @@ SPEC = Section("A sweep spec.", {
     "space": Section("Search space: dotted recipe key -> domain (see README).", open=True),
     "promote": Section("What happens to the best trial when the sweep ends.", {
         "enabled": Field("bool", True, "Run promotion at the end of `raytune-opt run`.", tunable=False),
-        "targets": Field("list", list(PROMOTION_TARGETS), "Artifacts to build: " + " | ".join(PROMOTION_TARGETS) + ".",
+        "targets": Field("list", list(DEFAULT_TARGETS), "Artifacts to build: " + " | ".join(PROMOTION_TARGETS) +
+                         ", run in that order. prune and distill (only when listed) compress the model first; the "
+                         "last one accepted by its gate is what onnx, int8 and tensorrt convert.",
                          check=_targets_check, tunable=False),
+        "select": Field("dict", None, "Which trial to promote; null: the best by the first search.metric among "
+                        "feasible trials. {metric: NAME, where: {KEY: {min, max}}}: the best by NAME among trials whose "
+                        "values keep every bound of where (e.g. where: {latency_ms: {max: 2.0}}). The manifest records "
+                        "the rule and why that trial.", nullable=True, check=_select_check, tunable=False),
+        "latency_batch": Field("int", 1, "Batch size of every trial's latency_ms measure (median forward time on "
+                               "the trial's own device, one thread on a CPU, after warm-up).", ge=1, tunable=False),
         "parity_atol": Field("float", 1e-4, "Largest allowed |ONNX - PyTorch| logit difference (a regression: "
                              "times its largest |output| when above 1).", gt=0, tunable=False),
         "ort_threads": Field("int", None, "Intra-op threads of ONNX Runtime and PyTorch when measuring latency "
@@ -310,6 +385,43 @@ SPEC = Section("A sweep spec.", {
                                        ge=0, tunable=False),
             "max_relative_change": Field("float", 0.05, "Regression gate: most relative worsening of the metric "
                                          "vs fp32.", ge=0, tunable=False),
+        }),
+        "prune": Section("promote.targets: prune. Structured channel pruning with Torch-Pruning (channels are "
+                         "removed: a smaller, faster model), then fine-tuning on the trial's recipe with knowledge "
+                         "distillation from the unpruned model.", {
+            "ratio": Field("float", 0.5, "Fraction of the channels removed from each prunable layer (with "
+                           "global_pruning: from the whole model).", gt=0, lt=1, tunable=False),
+            "round_to": Field("int", None, "Keep every pruned layer's channel count a multiple of this (e.g. 8, for "
+                              "vector units); null: no rounding.", nullable=True, ge=1, tunable=False),
+            "global_pruning": Field("bool", False, "Rank channels across all layers (layers lose different "
+                                    "fractions) instead of removing ratio from each.", tunable=False),
+            "finetune_epochs": Field("int", 2, "Epochs of fine-tuning after pruning (the trial's optimizer, "
+                                     "schedule, loss, augmentation); 0: none.", ge=0, tunable=False),
+            "distill_alpha": Field("float", 0.5, "Weight of distillation from the unpruned model in the fine-tuning "
+                                   "loss (1 - alpha: the trial's own loss on the labels).", ge=0, le=1, tunable=False),
+            "temperature": Field("float", 4.0, "Softmax temperature of the distillation (a regression matches the "
+                                 "teacher's outputs by MSE instead).", gt=0, tunable=False),
+            "max_accuracy_drop": Field("float", 1.0, "Gate: most accuracy points the pruned, fine-tuned model may "
+                                       "lose vs the trial; a model that loses more is kept but rejected.", ge=0,
+                                       tunable=False),
+            "max_relative_change": Field("float", 0.05, "Regression gate: most relative worsening of the metric "
+                                         "vs the trial.", ge=0, tunable=False),
+        }),
+        "distill": Section("promote.targets: distill. A student model trained from scratch on the trial's recipe "
+                           "with knowledge distillation from the trial's model as teacher.", {
+            "model": Field("dict", None, "The student, as a model section (e.g. {width: 8}, or {name: mlp, width: "
+                           "64}): keys not given are the trial's when it keeps the trial's model.name, else the "
+                           "defaults. Required when distill is a target.", nullable=True, tunable=False),
+            "epochs": Field("int", None, "Training epochs of the student; null: the trial's train.epochs.",
+                            nullable=True, ge=1, tunable=False),
+            "alpha": Field("float", 0.5, "Weight of distillation in the loss (1 - alpha: the trial's own loss on "
+                           "the labels).", ge=0, le=1, tunable=False),
+            "temperature": Field("float", 4.0, "Softmax temperature of the distillation (a regression matches the "
+                                 "teacher's outputs by MSE instead).", gt=0, tunable=False),
+            "max_accuracy_drop": Field("float", 1.0, "Gate: most accuracy points the student may lose vs the trial.",
+                                       ge=0, tunable=False),
+            "max_relative_change": Field("float", 0.05, "Regression gate: most relative worsening of the metric "
+                                         "vs the trial.", ge=0, tunable=False),
         }),
     }),
     "tracking": Section("Where the sweep is also logged besides its own files (report.html is always written).", {

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import yaml
 
-from raytune_opt import registry, schedulers, searchers
+from raytune_opt import objectives, registry, schedulers, searchers
 from raytune_opt.errors import Problem, SpecError
 from raytune_opt.registry import is_import_path
 from raytune_opt.space import CATEGORICAL_KINDS, KINDS, NUMERIC_KINDS, Condition, Domain, Param, Space
@@ -533,8 +533,8 @@ def parse_space(ck: _Checker, raw: Any) -> Space:
 def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     """Rules across keys, each skipped when a setting it reads was already reported invalid."""
     for rules in (_data_rules, _model_rules, _loop_rules, _task_rules, _precision_rules, _optimizer_rules,
-                  _search_rules, _scheduler_rules, _promotion_rules, _strategy_rules, _resource_rules, _loss_rules,
-                  _searcher_rules):
+                  _search_rules, _scheduler_rules, _promotion_rules, _select_rules, _strategy_rules, _resource_rules,
+                  _loss_rules, _searcher_rules):
         rules(ck, d, space)
 
 
@@ -699,9 +699,9 @@ def _task_rules(ck: _Checker, d: dict, space: Space) -> None:
         said.append((entry.meta["task"], ("data", "dataset"), f"data.dataset {entry.name}"))
     if d["data"]["task"] is not None and ck.ok("data.task"):
         said.append((d["data"]["task"], ("data", "task"), f"data.task {d['data']['task']}"))
-    metric = d["search"]["metric"]
-    if metric in schema.METRIC_TASK and ck.ok("search.metric"):
-        said.append((schema.METRIC_TASK[metric], ("search", "metric"), f"search.metric {metric}"))
+    for metric, _ in (objectives.objectives(d["search"]) if ck.ok("search.metric", "search.mode") else ()):
+        if metric in schema.METRIC_TASK:
+            said.append((schema.METRIC_TASK[metric], ("search", "metric"), f"search.metric {metric}"))
     losses = _values_of(d, space, "train.loss.name")
     loss_given = ck.given(("train", "loss", "name")) or "train.loss.name" in space.by_key
     if loss_given and ck.ok("train.loss.name"):
@@ -749,23 +749,48 @@ def _user_loop(d: dict) -> bool:
     return entry is None or entry.name != "builtin"
 
 
+def _direction(name: str) -> str | None:
+    """Which way a known metric or measure is better (None: a user loop's own)."""
+    return schema.METRICS.get(name) or ("min" if name in objectives.MEASURES else None)
+
+
+def _metric_problem(d: dict, name: str, what: str) -> tuple[str, str] | None:
+    """Why ``name`` cannot be a sweep metric here (what, fix), or None."""
+    if name in schema.METRICS or name in objectives.MEASURES:
+        return None
+    if _user_loop(d):
+        return None  # a metric the user's loop reports (checked when it reports)
+    known = [*schema.METRICS, *objectives.MEASURES]
+    hint = did_you_mean(name, known)
+    return (f"unknown {what} (got {fmt(name)})", (hint + " " if hint else "") + "valid: " + ", ".join(known)
+            + " (or a metric your own train.loop reports)")
+
+
 def _search_rules(ck: _Checker, d: dict, space: Space) -> None:
     search = d["search"]
-    if ck.ok("search.metric") and search["metric"] not in schema.METRICS:
-        if not _user_loop(d):
-            hint = did_you_mean(search["metric"], schema.METRICS)
-            ck.add(("search", "metric"), f"unknown value (got {fmt(search['metric'])})",
-                   (hint + " " if hint else "") + "valid: " + ", ".join(schema.METRICS) + " (or a metric your own "
-                   "train.loop reports)")
-        elif not search["metric"].isidentifier():
-            ck.add(("search", "metric"), f"must be a metric name (got {fmt(search['metric'])})",
-                   "name one your train.loop reports, e.g. val_auc")
+    if not ck.ok("search.metric", "search.mode"):
         return
-    direction = schema.METRICS.get(search["metric"])
-    if direction is not None and search["mode"] != direction:
-        ck.rule("search.metric search.mode", ("search", "mode"),
-                f"{search['metric']} is better when {'higher' if direction == 'max' else 'lower'} "
-                f"(got mode={search['mode']})", f"set search.mode: {direction}")
+    metrics = [search["metric"]] if isinstance(search["metric"], str) else search["metric"]
+    modes = [search["mode"]] if isinstance(search["mode"], str) else search["mode"]
+    if len(modes) != len(metrics):
+        ck.add(("search", "mode"), f"needs one mode per search.metric: {len(metrics)} (got {len(modes)})",
+               f"give {len(metrics)} modes, e.g. [{', '.join(_direction(m) or 'max' for m in metrics)}]")
+        return
+    for metric, mode in zip(metrics, modes):
+        problem = _metric_problem(d, metric, "metric")
+        if problem:
+            ck.add(("search", "metric"), *problem)
+            continue
+        direction = _direction(metric)
+        if direction is not None and mode != direction:
+            ck.add(("search", "mode"), f"{metric} is better when {'higher' if direction == 'max' else 'lower'} "
+                   f"(got mode={mode})", f"set its mode to {direction}")
+    if len(metrics) > 1:
+        _multi_objective_rules(ck, d, space)
+    for key in (d["search"]["constraints"] or {}):
+        problem = _metric_problem(d, key, "constraint key")
+        if problem:
+            ck.add(("search", "constraints", key), *problem)
     # The default sampler (tpe) left in a spec whose algorithm is switched is harmless;
     # any other sampler outside optuna would silently do nothing.
     takes_sampler = [n for n in registry.SEARCHERS if registry.SEARCHERS[n].meta["caps"] == "sampler"]
@@ -773,6 +798,45 @@ def _search_rules(ck: _Checker, d: dict, space: Space) -> None:
         ck.rule("search.algorithm", ("search", "sampler"),
                 f"only {' and '.join(takes_sampler)} uses a sampler (got algorithm={search['algorithm']})",
                 f"remove search.sampler or set search.algorithm: {takes_sampler[0]}")
+
+
+def _multi_objective_rules(ck: _Checker, d: dict, space: Space) -> None:
+    """Several objectives need a searcher that takes a list of them and a scheduler that needs
+    no single metric to compare trials by."""
+    search = d["search"]
+    if ck.ok("search.algorithm", "search.sampler"):
+        entry = registry.SEARCHERS[search["algorithm"]]
+        takes = entry.meta.get("multi_objective")
+        if takes == "sampler":
+            takes = registry.OPTUNA_SAMPLERS[search["sampler"]].meta.get("multi_objective", False)
+        if not takes:
+            able = [searchers.searcher_key(a, s) for a, s in searchers.searcher_keys()
+                    if searchers.takes_several_objectives(a, s)]
+            ck.add(("search", "metric"), f"several objectives, and {searchers.searcher_key(search['algorithm'], search['sampler'])} "
+                   f"optimises one (got {fmt(search['metric'])})", f"use one of {', '.join(able)}")
+    sched = d["scheduler"]["name"]
+    if ck.ok("scheduler.name") and not registry.SCHEDULERS[sched].meta.get("multi_objective"):
+        able = [n for n in registry.SCHEDULERS if registry.SCHEDULERS[n].meta.get("multi_objective")]
+        ck.add(("scheduler", "name"), f"{sched} compares trials by one metric, and search.metric lists "
+               f"{len(search['metric'])} (got {sched})", f"use scheduler.name: {' or '.join(able)} with several "
+               "objectives (Ray has no multi-objective ASHA)")
+
+
+def _select_rules(ck: _Checker, d: dict, space: Space) -> None:
+    select = d["promote"]["select"]
+    if select is None or not ck.ok("promote.select"):
+        return
+    problem = _metric_problem(d, select["metric"], "metric")
+    if problem:
+        ck.add(("promote", "select", "metric"), *problem)
+    elif _direction(select["metric"]) is None and select.get("mode") is None \
+            and select["metric"] not in dict(objectives.objectives(d["search"])):
+        ck.add(("promote", "select", "mode"), f"{select['metric']} is your loop's own metric: say which way is "
+               "better (got no mode)", "add mode: max or mode: min")
+    for key in (select.get("where") or {}):
+        problem = _metric_problem(d, key, "key")
+        if problem:
+            ck.add(("promote", "select", "where", key), *problem)
 
 
 def _entry_rules(ck: _Checker, entry: registry.Entry, view: registry.SpecView) -> None:

@@ -10,12 +10,12 @@ from raytune_opt.spec import schema
 EPOCH_METRICS = (*schema.METRICS, *schema.EPOCH_STATS)
 
 
-def epoch_metrics(result: dict, metric: str) -> tuple[int | None, dict]:
+def epoch_metrics(result: dict, *metrics: str) -> tuple[int | None, dict]:
     """(epoch, {metric: finite float}) of one Tune result: the recipe's numbers and the sweep's
-    ``metric`` (a user loop may report one of its own)."""
+    ``metrics`` (a user loop may report ones of its own)."""
     epoch = result.get("epoch")
     out = {}
-    for k in (*EPOCH_METRICS, *(() if metric in EPOCH_METRICS else (metric,))):
+    for k in (*EPOCH_METRICS, *(m for m in metrics if m not in EPOCH_METRICS)):
         v = result.get(k)
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
             out[k] = float(v)

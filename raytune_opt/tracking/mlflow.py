@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from raytune_opt import objectives
 from raytune_opt import _atomic
 from raytune_opt._warn import WarnOnce
 from raytune_opt.tracking._common import epoch_metrics, flat_config
@@ -67,7 +68,7 @@ class MLflowCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         try:
             run_id = self._run(trial)
-            epoch, metrics = epoch_metrics(result, self.spec.data["search"]["metric"])
+            epoch, metrics = epoch_metrics(result, *dict(objectives.objectives(self.spec.data["search"])))
             if run_id is None or epoch is None:
                 return
             from mlflow.entities import Metric
