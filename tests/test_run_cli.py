@@ -193,3 +193,11 @@ def test_the_pareto_example_runs_two_objectives_with_a_constraint_to_a_front_and
     assert "val_accuracy" in chosen["rule"]["why"] and "latency_ms max 1" in chosen["rule"]["why"]
     fast = [t for t, p in point.items() if p["latency_ms"] <= 1.0]
     assert chosen["trial_id"] == max(fast, key=lambda t: point[t]["val_accuracy"])
+    page = exp / "report.html"
+    section = page.read_text().split('id="pareto"')[1].split("</section>")[0]
+    assert f"the {len(ids)} trial(s) no other beats" in section and f"{len(infeasible)} infeasible" in section
+    from tests._chromium import BROWSER, page_check
+
+    if BROWSER is not None:
+        drawn = page_check(page)["sections"]["pareto"]
+        assert drawn["charts"] == drawn["drawn"] == 1 and drawn["none"] == 0, drawn

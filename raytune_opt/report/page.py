@@ -11,19 +11,22 @@ from __future__ import annotations
 import datetime as _dt
 from html import escape
 
+from raytune_opt import objectives
 from raytune_opt.report import svg
 from raytune_opt.report.data import Experiment, Trial
 
 TOP_LOSS_TRIALS = 5
 CONTOUR_GRID = 28
 STATUS_COLOUR = {"ok": "#2ca02c", "stopped": "#7f7f7f", "diverged": "#d62728", "error": "#d62728",
-                 "unfinished": "#1f77b4"}
+                 "infeasible": "#ff7f0e", "unfinished": "#1f77b4"}
+FRONT_COLOUR = "#9467bd"
 
 
 def render(exp: Experiment, importance: dict, best_ckpt: dict | None) -> str:
     """The whole page as a string."""
     sections = [
         ("leaderboard", "Leaderboard", _leaderboard(exp)),
+        *([("pareto", "Pareto front", _pareto(exp))] if objectives.is_multi(exp.spec["search"]) else []),
         ("history", "Optimisation history", _history(exp)),
         ("curves", f"Learning curves: {exp.metric} per epoch", _curves(exp)),
         ("losses", f"Train vs validation loss of the top {TOP_LOSS_TRIALS} trials", _losses(exp)),
@@ -135,6 +138,34 @@ def _leaderboard(exp: Experiment) -> str:
 
 def _none(why: str) -> str:
     return f'<p class="none">{escape(why)}</p>'
+
+
+def _pareto(exp: Experiment) -> str:
+    """The first objective against each other one: every successful trial, the front (the
+    non-dominated feasible trials, pareto.csv) filled and joined."""
+    objs = objectives.objectives(exp.spec["search"])
+    done = [t for t in exp.trials if t.status in ("ok", "stopped")]
+    front = set(objectives.pareto_front(((t.trial_id, t.best) for t in done), objs))
+    infeasible = sum(t.status == "infeasible" for t in exp.trials)
+    (m0, d0), charts = objs[0], []
+    for mk, dk in objs[1:]:
+        pts = [{"x": t.best[mk], "y": t.best[m0], "color": FRONT_COLOUR if t.trial_id in front else "#7f7f7f",
+                "hollow": t.trial_id not in front,
+                "title": f"trial {t.trial_id}{' (front)' if t.trial_id in front else ''}: {mk}={svg.fmt(t.best[mk])}, "
+                         f"{m0}={svg.fmt(t.best[m0])}"}
+               for t in done if svg.finite(t.best.get(mk)) and svg.finite(t.best.get(m0))]
+        line = sorted((p["x"], p["y"]) for p in pts if not p["hollow"])
+        if pts:
+            charts.append(svg.scatter_chart(
+                pts, title=f"{m0} ({d0}) against {mk} ({dk})", xlabel=mk, ylabel=m0, width=460, height=320,
+                lines=[{"x": [x for x, _ in line], "y": [y for _, y in line], "color": FRONT_COLOUR,
+                        "name": "the Pareto front"}] if len(line) > 1 else None))
+    if not charts:
+        return _none("no successful trial with every objective yet")
+    note = (f'<p class="hint">Filled and joined: the {len(front)} trial(s) no other beats in every objective '
+            f'(pareto.csv). Hollow: dominated.' + (f" {infeasible} infeasible trial(s) broke a constraint and are "
+                                                   "not drawn." if infeasible else "") + "</p>")
+    return note + f'<div class="grid">{"".join(charts)}</div>'
 
 
 def _history(exp: Experiment) -> str:
