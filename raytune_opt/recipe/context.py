@@ -124,6 +124,21 @@ class TrialContext:
     def model_spec(self) -> dict | None:
         return self._spec
 
+    def measures(self, model: nn.Module) -> dict:
+        """What ``model`` costs to serve, as the built-in loop reports it with every epoch:
+        ``params``, ``macs``, ``model_bytes`` and ``latency_ms`` (median forward time at
+        ``promote.latency_batch``, one thread on a CPU). Pass the model as built (not the DDP
+        wrapper); add the result to :meth:`report`'s metrics to optimise or constrain them
+        (``search.metric``, ``search.constraints``). Call it on every rank."""
+        from raytune_opt.recipe import footprint
+
+        module = getattr(model, "module", model)  # DDP and DeepSpeed keep the model as .module
+        device = next((p.device for p in module.parameters()), torch.device("cpu"))
+        example = self.data.input_example[:1].to(device)
+        batch = int((self.config.get("promote") or {}).get("latency_batch") or 1)
+        return footprint.measures(module, example, latency_batch=batch,
+                                  threads=1 if device.type == "cpu" else None)
+
     def prepare_model(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> nn.Module:
         """Wrap ``model`` and ``optimizer`` for the trial's strategy (DDP, a DeepSpeed engine),
         restoring their state when the trial resumes; returns the module to call.
@@ -218,9 +233,12 @@ class TrialContext:
             raise RecipeConfigError("ctx.report: call ctx.prepare_model(model, optimizer) first; the checkpoint "
                                     "holds the prepared model")
         bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float, type(None)))]
-        if self.metric not in metrics or bad:
+        missing = [m for m, _ in objectives.objectives(self.config["search"]) if m not in metrics]
+        if missing or bad:
+            hint = " (ctx.measures(model) gives the deployment measures)" if set(missing) & set(objectives.MEASURES) \
+                else ""
             what = f"{bad[0]}={metrics[bad[0]]!r} is not a number" if bad else \
-                f"it lacks {self.metric} (search.metric)"
+                f"it lacks {', '.join(missing)} (search.metric){hint}"
             raise RecipeConfigError(f"ctx.report(epoch={epoch}): {what}; report numbers, the sweep's metric among "
                                     f"them (got keys {sorted(metrics)})")
         out = {**metrics, "epoch": int(epoch)}

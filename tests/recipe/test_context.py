@@ -111,3 +111,31 @@ def test_the_builtin_recipe_is_the_registered_loop_builtin():
     from raytune_opt.recipe.loop import builtin_loop
 
     assert registry.LOOPS["builtin"].load() is builtin_loop
+
+
+def measuring_loop(config, ctx):
+    """Reports accuracy and what the model costs to serve, as the built-in loop does."""
+    model = ctx.build_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    wrapped = ctx.prepare_model(model, optimizer)
+    cost = ctx.measures(wrapped)  # the wrapper is seen through
+    x_val, y_val = ctx.data.val.tensors
+    for epoch in range(ctx.start_epoch, ctx.epochs + 1):
+        with torch.no_grad():
+            accuracy = (wrapped(x_val).argmax(1) == y_val).float().mean().item()
+        ctx.report({"val_accuracy": accuracy, **cost}, epoch=epoch)
+
+
+def test_a_user_loop_reports_the_deployment_measures_the_builtin_loop_does(tmp_path):
+    from raytune_opt.recipe import footprint
+
+    session = LocalSession(str(tmp_path))
+    train(_cfg(f"{__name__}:measuring_loop", epochs=1), session)
+    (report,) = session.reports
+    model, _ = load_model(tmp_path / LAST)
+    assert report["params"] == footprint.count_params(model) and report["model_bytes"] == footprint.model_bytes(model)
+    assert report["macs"] > 0 and report["latency_ms"] > 0
+    builtin = LocalSession(str(tmp_path / "builtin"))
+    train({**_cfg("builtin", epochs=1)}, builtin)
+    assert {k: builtin.reports[0][k] for k in ("params", "macs", "model_bytes")} == {
+        k: report[k] for k in ("params", "macs", "model_bytes")}  # the same model, the same measures
