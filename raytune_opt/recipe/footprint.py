@@ -23,19 +23,20 @@ MEASURES = ("params", "macs", "model_bytes", "latency_ms")
 STATIC = ("params", "macs", "model_bytes")
 
 
+def _numel(p: torch.Tensor) -> int:
+    # A ZeRO-3 parameter is partitioned across ranks: its local tensor is empty, ds_numel is its size.
+    return int(getattr(p, "ds_numel", p.numel()))
+
+
 def count_params(model: torch.nn.Module) -> int:
     """Parameters (shared ones once)."""
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    return sum(_numel(p) for p in {id(p): p for p in model.parameters()}.values())
 
 
 def model_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the weights and buffers as stored (the state dict's tensors)."""
-    seen, total = set(), 0
-    for t in model.state_dict().values():
-        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
-            seen.add(t.data_ptr())
-            total += t.numel() * t.element_size()
-    return total
+    """Bytes of the weights and buffers as stored."""
+    tensors = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    return sum(_numel(t) * t.element_size() for t in tensors.values())
 
 
 def count_macs(model: torch.nn.Module, example: torch.Tensor) -> int:
