@@ -12,7 +12,13 @@ import pytest
 from raytune_opt import registry
 from raytune_opt.promote import pipeline, promote
 from raytune_opt.promote.select import sha256_file
+from tests.promote.conftest import set_promote
 from tests.promote.test_promote import ARTIFACT_KEYS
+
+# What a step needs the spec to say to run at all (validation refuses it otherwise), kept cheap:
+# distill's student, one epoch each of training.
+SETTINGS = {"distill": {"distill": {"model": {"width": 8}, "epochs": 1}},
+            "prune": {"prune": {"finetune_epochs": 1}}}
 
 
 def test_targets_are_the_steps_in_registration_order_with_what_they_need():
@@ -28,7 +34,9 @@ def test_every_promotion_step_alone_runs_after_its_needs_and_records_its_artifac
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a GPU step must skip cleanly without one
     monkeypatch.setitem(sys.modules, "ray", None)
+    set_promote(experiment, **SETTINGS.get(name, {}))
     doc = promote(experiment, targets=[name])
+    assert doc["status"] == "ok", doc["artifacts"]  # nothing failed (a rejection or a skip says why below)
     assert doc["targets"] == [name]
     arts = doc["artifacts"]
     assert arts[0]["name"] == "pytorch" and arts[0]["status"] == "ok"  # the fp32 reference everything compares to
