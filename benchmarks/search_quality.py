@@ -12,12 +12,18 @@ the searcher), side by side in one run on the embedded local Ray, 2 trials at a 
    (in proposal order), and the trials it needs to reach random search's final best (goal:
    TPE at most half of random's, median over seeds).
 
-Not measured here (issue 14 asks for them too; see the README): PBT against random search at
-equal epochs, and ours against in-process Optuna with its SuccessiveHalvingPruner.
+3. PBT against random search with FIFO at the same total epochs: a population of
+   ``PBT_POPULATION`` trials of ``PBT_EPOCHS`` epochs (perturbing every 2) against
+   ``PBT_RANDOM_TRIALS`` random trials of 6 epochs; the best validation accuracy of each.
+4. Ours (Optuna TPE proposing through Ray Tune, ASHA stopping) against in-process Optuna (the
+   same TPE sampler and seed, its SuccessiveHalvingPruner with the same grace period and
+   reduction factor, ``n_jobs=2``) on the same space, recipe and budget (``BUDGET`` trials of
+   up to 6 epochs): the same best accuracy within the seeds' spread means Ray's distribution
+   costs no search quality.
 
 Usage::
 
-    python benchmarks/search_quality.py                 # 5 seeds: about 25 minutes here
+    python benchmarks/search_quality.py                 # 5 seeds: about 45 minutes here
     python benchmarks/search_quality.py --seeds 0 1     # a quicker look
 
 Writes benchmarks/out/search_quality.json (machine, versions, every sweep's figures, the
@@ -54,6 +60,9 @@ SCHEDULERS = {
     "hyperband": "scheduler={name: hyperband, reduction_factor: 3}",
     "median": "scheduler={name: median, grace_period: 2, min_samples_required: 3}",
 }
+PBT_POPULATION, PBT_EPOCHS, PBT_RANDOM_TRIALS = 8, 12, 16  # 96 trial-epochs each
+PBT = "scheduler={name: pbt, perturbation_interval: 2, quantile_fraction: 0.25}"
+TPE_ASHA = ["search.algorithm=optuna", "search.sampler=tpe", "scheduler={name: asha, grace_period: 1, reduction_factor: 3}"]
 SEARCHERS = {
     "optuna_tpe": ["search.algorithm=optuna", "search.sampler=tpe"],
     "hyperopt_tpe": ["search.algorithm=hyperopt"],
@@ -117,11 +126,81 @@ def run(seeds: list[int], done_seed=None) -> dict:
                     runs["searchers"].append({"seed": seed, "searcher": name, **r})
                     print(json.dumps({k: v for k, v in runs["searchers"][-1].items() if k != "best_so_far"}),
                           flush=True)
+                for name, overrides in (
+                        ("pbt", ["search.algorithm=random", f"search.num_samples={PBT_POPULATION}", PBT,
+                                 f"train.epochs={PBT_EPOCHS}"]),
+                        ("random_fifo", ["search.algorithm=random", f"search.num_samples={PBT_RANDOM_TRIALS}",
+                                         SCHEDULERS["fifo"], "train.epochs=6"]),
+                        ("ours_tpe_asha", [*TPE_ASHA, f"search.num_samples={BUDGET}", "train.epochs=6"])):
+                    r = _sweep([f"seed={seed}", f"search.seed={seed}", *overrides], storage, f"s{seed}-{name}")
+                    runs.setdefault("pairs", []).append({"seed": seed, "run": name, **r})
+                    print(json.dumps({k: v for k, v in runs["pairs"][-1].items() if k != "best_so_far"}), flush=True)
+                r = in_process_optuna(seed)
+                runs["pairs"].append({"seed": seed, "run": "optuna_in_process", **r})
+                print(json.dumps({k: v for k, v in runs["pairs"][-1].items() if k != "best_so_far"}), flush=True)
                 if done_seed is not None:
                     done_seed(runs, seeds[: k + 1])
     finally:
         ray_runtime.stop(True)
     return runs
+
+
+def in_process_optuna(seed: int) -> dict:
+    """In-process Optuna on the same spec, space, recipe and budget as ``ours_tpe_asha``: the
+    same TPE sampler and seed, a SuccessiveHalvingPruner with ASHA's grace period and reduction
+    factor, two trials at a time (``n_jobs=2``), every trial trained by our own recipe in this
+    process (a LocalSession whose reports Optuna prunes on)."""
+    import optuna
+    import torch
+
+    from raytune_opt import searchers
+    from raytune_opt.recipe.loop import train
+    from raytune_opt.recipe.session import LocalSession
+    from raytune_opt.space import apply
+    from raytune_opt.spec import load_spec
+
+    spec = load_spec(SPEC, [*COMMON, f"seed={seed}", f"search.seed={seed}", "train.epochs=6"])
+    define = searchers.OptunaDefineByRun(spec.space)
+    epochs_run: list[int] = []
+
+    class Pruned(Exception):
+        pass
+
+    def objective(trial) -> float:
+        define(trial)
+        cfg = apply(spec.data, dict(trial.params))
+        best = {"value": float("-inf"), "epochs": 0}
+
+        def on_report(metrics, _checkpoint_dir):
+            epoch = int(metrics["epoch"])
+            best["value"], best["epochs"] = max(best["value"], metrics["val_accuracy"]), epoch
+            trial.report(metrics["val_accuracy"], epoch)
+            if trial.should_prune():
+                raise Pruned()
+
+        torch.set_num_threads(1)  # as a Ray trial with one CPU
+        try:
+            train(cfg, LocalSession(num_threads=1, callback=on_report))
+        except Pruned:
+            epochs_run.append(best["epochs"])
+            raise optuna.TrialPruned()
+        epochs_run.append(best["epochs"])
+        return best["value"]
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3))
+    t0 = time.monotonic()
+    study.optimize(objective, n_trials=BUDGET, n_jobs=2)
+    wall = time.monotonic() - t0
+    so_far, top = [], float("-inf")
+    for t in sorted(study.trials, key=lambda t: t.number):
+        values = list(t.intermediate_values.values())
+        top = max([top, *values])
+        so_far.append(round(top, 4))
+    return {"trials": len(study.trials), "errors": sum(t.state.name == "FAIL" for t in study.trials),
+            "best_val_accuracy": so_far[-1] if so_far else None, "trial_epochs": sum(epochs_run),
+            "wall_s": round(wall, 1), "best_so_far": so_far}
 
 
 def summarize(runs: dict, seeds: list[int]) -> dict:
@@ -145,6 +224,15 @@ def summarize(runs: dict, seeds: list[int]) -> dict:
             "best_val_accuracy": _spread([search[(s, name)]["best_val_accuracy"] for s in seeds]),
             "trials_to_reach_randoms_best": _spread(needed),
             "never_reached_on_seeds": [s for s, n in zip(seeds, needed) if n > BUDGET]}
+    pairs = {(r["seed"], r["run"]): r for r in runs.get("pairs", [])}
+    paired = [s for s in seeds if all((s, n) in pairs for n in ("pbt", "random_fifo", "ours_tpe_asha",
+                                                                    "optuna_in_process"))]
+    for name in ("pbt", "random_fifo", "ours_tpe_asha", "optuna_in_process"):
+        if paired:
+            out.setdefault("pairs", {})[name] = {
+                "best_val_accuracy": _spread([pairs[(s, name)]["best_val_accuracy"] for s in paired]),
+                "trial_epochs": _spread([pairs[(s, name)]["trial_epochs"] for s in paired]),
+                "wall_s": _spread([pairs[(s, name)]["wall_s"] for s in paired])}
     asha = out["schedulers"]["asha"]
     tpe, rnd = out["searchers"]["optuna_tpe"], out["searchers"]["random"]
     out["goals"] = {
@@ -157,6 +245,18 @@ def summarize(runs: dict, seeds: list[int]) -> dict:
             "measured_median_random": rnd["trials_to_reach_randoms_best"]["median"],
             "met": tpe["trials_to_reach_randoms_best"]["median"] <= rnd["trials_to_reach_randoms_best"]["median"] / 2},
     }
+    if "pairs" in out:
+        p = out["pairs"]
+        ours, theirs = p["ours_tpe_asha"]["best_val_accuracy"], p["optuna_in_process"]["best_val_accuracy"]
+        # "Within the seeds' spread": the medians differ by no more than either side's range over seeds.
+        spread = max(ours["max"] - ours["min"], theirs["max"] - theirs["min"])
+        out["goals"]["ours_matches_in_process_optuna"] = {
+            "measured_median_ours": ours["median"], "measured_median_in_process": theirs["median"],
+            "seeds_spread": round(spread, 4), "met": abs(ours["median"] - theirs["median"]) <= spread}
+        out["goals"]["pbt_vs_random_at_equal_epochs"] = {
+            "measured_median_pbt": p["pbt"]["best_val_accuracy"]["median"],
+            "measured_median_random": p["random_fifo"]["best_val_accuracy"]["median"],
+            "pbt_better": p["pbt"]["best_val_accuracy"]["median"] > p["random_fifo"]["best_val_accuracy"]["median"]}
     return out
 
 
@@ -213,8 +313,8 @@ def main() -> None:
             "versions": _versions(), "spec": str(SPEC.relative_to(ROOT)), "seeds": seeds,
             "seeds_planned": args.seeds, "epochs": EPOCHS, "searcher_budget": BUDGET, "grid": GRID,
             "schedulers_compared": SCHEDULERS,
-            "not_measured": ["PBT vs random search at equal epochs",
-                             "ours vs in-process Optuna (TPE + SuccessiveHalvingPruner)"],
+            "pbt": {"population": PBT_POPULATION, "epochs": PBT_EPOCHS, "random_trials": PBT_RANDOM_TRIALS,
+                    "scheduler": PBT},
             "summary": summarize(runs, seeds), "runs": runs, "total_wall_s": round(time.monotonic() - t0, 1),
         }
         out.write_text(json.dumps(result, indent=2) + "\n")
