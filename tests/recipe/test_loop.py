@@ -260,3 +260,26 @@ def test_a_model_with_the_wrong_output_shape_is_a_trial_error_naming_both_shapes
     with pytest.raises(RecipeConfigError, match=r"a batch of inputs \(32, 24\) gave shape \(32, 3\), but 4 classes "
                                                 r"need \(batch, num_classes\) = \(32, 4\); return one logit per class"):
         train(cfg, LocalSession(str(tmp_path)))
+
+
+def test_a_model_over_a_static_bound_is_measured_and_never_trained(tmp_path):
+    cfg = _cfg(epochs=3, checkpoint=True)
+    cfg["search"] = {"metric": "val_accuracy", "mode": "max", "constraints": {"params": {"max": 1000}}}
+    session = LocalSession(str(tmp_path))
+    final = train(cfg, session)
+    (report,) = session.reports  # one report, of epoch 0: no epoch was trained
+    assert report["epoch"] == 0 and report["stop_reason"].startswith("infeasible: params")
+    assert report["params"] > 1000 and report["macs"] > 0 and math.isnan(report["val_accuracy"])
+    assert final["stop_reason"] == report["stop_reason"]
+    assert not (tmp_path / LAST).exists()  # nothing to checkpoint
+
+
+def test_a_latency_bound_stops_a_trial_once_measured():
+    cfg = _cfg(epochs=3)
+    cfg["search"] = {"metric": ["val_accuracy", "latency_ms"], "mode": ["max", "min"],
+                     "constraints": {"latency_ms": {"max": 1e-6}}}
+    session = LocalSession()
+    train(cfg, session)
+    assert [r["epoch"] for r in session.reports] == [1]  # trained one epoch, measured, stopped
+    assert session.reports[0]["stop_reason"].startswith("infeasible: latency_ms")
+    assert session.reports[0]["latency_ms"] > 1e-6
