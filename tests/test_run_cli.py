@@ -193,6 +193,11 @@ def test_the_pareto_example_runs_two_objectives_with_a_constraint_to_a_front_and
     assert "val_accuracy" in chosen["rule"]["why"] and "latency_ms max 1" in chosen["rule"]["why"]
     fast = [t for t, p in point.items() if p["latency_ms"] <= 1.0]
     assert chosen["trial_id"] == max(fast, key=lambda t: point[t]["val_accuracy"])
+    arts = {a["name"]: a for a in manifest["artifacts"]}  # pruned, then exported and quantized
+    assert arts["prune"]["status"] in ("ok", "rejected") and arts["prune"]["params"] < arts["pytorch"]["params"], arts
+    assert arts["onnx"]["status"] == "ok" and arts["int8"]["status"] in ("ok", "rejected")
+    if arts["prune"]["status"] == "ok":  # the chain converted the pruned model
+        assert arts["onnx"]["from_step"] == "prune" and arts["onnx"]["params"] == arts["prune"]["params"]
     page = exp / "report.html"
     section = page.read_text().split('id="pareto"')[1].split("</section>")[0]
     assert f"the {len(ids)} trial(s) no other beats" in section and f"{len(infeasible)} infeasible" in section
