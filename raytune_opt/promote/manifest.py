@@ -180,13 +180,18 @@ def table(manifest: dict) -> str:
              f"{'size':>9}"]
     for a in manifest["artifacts"]:
         lat = a.get("latency_ms") or {}
-        if metric is None:
-            score, change = _pct(a.get("accuracy")), _pts(a.get("delta_points"))
-        else:
-            score, change = _num(a.get("score")), _rel(a.get("relative_change"))
+        score, change = _score_cells(a, metric)
         lines.append(f"{a['name']:<18} {a['status']:<9} {score:>8} {change:>9} {_ms(lat.get('batch_1')):>9} "
                      f"{_ms(lat.get('batch_64')):>9} {_size(a.get('size_bytes')):>9}")
     return "\n".join(lines)
+
+
+def _score_cells(a: dict, metric: str | None) -> tuple[str, str]:
+    """An artifact's score and its change, as the tables print them (accuracy and points, or a
+    regression's metric and relative change)."""
+    if metric is None:
+        return _pct(a.get("accuracy")), _pts(a.get("delta_points"))
+    return _num(a.get("score")), _rel(a.get("relative_change"))
 
 
 def _stage_table(manifest: dict, metric: str | None) -> str:
@@ -196,10 +201,7 @@ def _stage_table(manifest: dict, metric: str | None) -> str:
              f"{'p50/p95@1 ms':>15} {'p50/p95@64 ms':>15} {'size':>9}"]
     for a in manifest["artifacts"]:
         lat = a.get("latency_ms") or {}
-        if metric is None:
-            score, change = _pct(a.get("accuracy")), _pts(a.get("delta_points"))
-        else:
-            score, change = _num(a.get("score")), _rel(a.get("relative_change"))
+        score, change = _score_cells(a, metric)
         lines.append(f"{a['name']:<18} {a['status']:<9} {score:>8} {change:>10} {_count(a.get('params')):>7} "
                      f"{_count(a.get('macs')):>7} {_ms2(lat.get('batch_1')):>15} {_ms2(lat.get('batch_64')):>15} "
                      f"{_size(a.get('size_bytes')):>9}")

@@ -7,7 +7,6 @@ the same way: warm-up runs first, then the median (p50) and 95th percentile of w
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -16,6 +15,8 @@ from typing import Callable
 
 import numpy as np
 import torch
+
+from raytune_opt.recipe.footprint import torch_threads  # noqa: F401  (the pipeline's threads)
 
 EVAL_BATCH = 256
 LATENCY_BATCHES = (1, 64)
@@ -264,12 +265,3 @@ def batch_of(x: np.ndarray, batch: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([x] * reps)[:batch] if reps > 1 else x[:batch])
 
 
-@contextlib.contextmanager
-def torch_threads(n: int):
-    """Run PyTorch with ``n`` intra-op threads inside the block (as ORT gets)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)

@@ -54,7 +54,8 @@ def count_macs(model: torch.nn.Module, example: torch.Tensor) -> int:
 
 
 @contextlib.contextmanager
-def _threads(n: int | None):
+def torch_threads(n: int | None):
+    """Run PyTorch with ``n`` intra-op threads inside the block (None: as it is)."""
     if n is None:
         yield
         return
@@ -78,7 +79,7 @@ def forward_latency_ms(model: torch.nn.Module, example: torch.Tensor, *, batch: 
     model.eval()
     times = []
     try:
-        with _threads(threads), torch.inference_mode():
+        with torch_threads(threads), torch.inference_mode():
             for i in range(warmup + runs):
                 if cuda:
                     torch.cuda.synchronize(device)
