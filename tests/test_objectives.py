@@ -1,5 +1,5 @@
 """Several objectives: parsing, Pareto dominance, constraints (raytune_opt/objectives.py), and
-what Optuna's samplers are told of them (searchers.ConstrainedOptunaSearch)."""
+what Optuna's samplers are told of them (searchers' OptunaSearchForTrials)."""
 
 from __future__ import annotations
 
@@ -89,3 +89,24 @@ def test_optuna_is_told_the_constraints_and_an_untrained_infeasible_trial_ranks_
 
     assert _get_feasible_trials(inner._ot_study.trials) == [first]
     assert alg.suggest("c")  # and it goes on proposing
+
+
+def test_a_trial_the_scheduler_stopped_is_pruned_for_optuna_with_its_epochs_as_steps():
+    """As Optuna's own pruners leave it: TPE then ranks it by its last epoch among pruned
+    trials, not as a finished trial whose final accuracy was an early epoch's."""
+    from optuna.trial import TrialState
+
+    spec = load_spec(ROOT / "search_spaces" / "digits_cnn.yaml")  # Optuna TPE + ASHA
+    alg, param_space = searchers.build_searcher(spec)
+    alg.set_search_properties(None, None, param_space)
+    for tid in ("stopped", "finished"):
+        assert alg.suggest(tid)
+    for epoch in (1, 2):
+        alg.on_trial_result("stopped", {"val_accuracy": 0.5 + 0.1 * epoch, "epoch": epoch, "stop_reason": None,
+                                        "training_iteration": epoch + 5})
+    alg.on_trial_complete("stopped", {"val_accuracy": 0.7, "epoch": 2, "stop_reason": None})
+    alg.on_trial_result("finished", {"val_accuracy": 0.9, "epoch": 1, "stop_reason": "completed"})
+    alg.on_trial_complete("finished", {"val_accuracy": 0.9, "epoch": 1, "stop_reason": "completed"})
+    stopped, finished = alg.searcher._ot_study.trials
+    assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {1: 0.6, 2: 0.7}
+    assert finished.state == TrialState.COMPLETE and finished.value == 0.9
