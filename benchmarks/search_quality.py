@@ -25,6 +25,8 @@ Usage::
 
     python benchmarks/search_quality.py                 # 5 seeds: about 45 minutes here
     python benchmarks/search_quality.py --seeds 0 1     # a quicker look
+    python benchmarks/search_quality.py --rerun ours_tpe_asha   # redo one run of every seed in the
+                                                        # saved JSON (after a change to it), keep the rest
 
 Writes benchmarks/out/search_quality.json (machine, versions, every sweep's figures, the
 summary, the goals and whether each was met) and search_quality.svg beside it.
@@ -104,6 +106,33 @@ def _spread(values: list[float]) -> dict:
             "max": round(max(values), 4), "values": values}
 
 
+PAIR_RUNS = {
+    "pbt": ["search.algorithm=random", f"search.num_samples={PBT_POPULATION}", PBT, f"train.epochs={PBT_EPOCHS}"],
+    "random_fifo": ["search.algorithm=random", f"search.num_samples={PBT_RANDOM_TRIALS}", SCHEDULERS["fifo"],
+                    "train.epochs=6"],
+    "ours_tpe_asha": [*TPE_ASHA, f"search.num_samples={BUDGET}", "train.epochs=6"],
+}
+
+
+def rerun(runs: dict, seeds: list[int], names: list[str]) -> dict:
+    """``runs`` with the pair runs ``names`` of every seed done again (the others kept)."""
+    from raytune_opt import ray_runtime
+
+    runs["pairs"] = [r for r in runs.get("pairs", []) if r["run"] not in names]
+    ray_runtime.start(None)
+    try:
+        with tempfile.TemporaryDirectory(prefix="raytune_opt_quality_") as storage:
+            for seed in seeds:
+                for name in names:
+                    r = (in_process_optuna(seed) if name == "optuna_in_process" else
+                         _sweep([f"seed={seed}", f"search.seed={seed}", *PAIR_RUNS[name]], storage, f"s{seed}-{name}"))
+                    runs["pairs"].append({"seed": seed, "run": name, **r})
+                    print(json.dumps({k: v for k, v in runs["pairs"][-1].items() if k != "best_so_far"}), flush=True)
+    finally:
+        ray_runtime.stop(True)
+    return runs
+
+
 def run(seeds: list[int], done_seed=None) -> dict:
     """Every sweep of every seed; ``done_seed(runs, seeds_done)`` after each seed."""
     from raytune_opt import ray_runtime
@@ -126,12 +155,7 @@ def run(seeds: list[int], done_seed=None) -> dict:
                     runs["searchers"].append({"seed": seed, "searcher": name, **r})
                     print(json.dumps({k: v for k, v in runs["searchers"][-1].items() if k != "best_so_far"}),
                           flush=True)
-                for name, overrides in (
-                        ("pbt", ["search.algorithm=random", f"search.num_samples={PBT_POPULATION}", PBT,
-                                 f"train.epochs={PBT_EPOCHS}"]),
-                        ("random_fifo", ["search.algorithm=random", f"search.num_samples={PBT_RANDOM_TRIALS}",
-                                         SCHEDULERS["fifo"], "train.epochs=6"]),
-                        ("ours_tpe_asha", [*TPE_ASHA, f"search.num_samples={BUDGET}", "train.epochs=6"])):
+                for name, overrides in PAIR_RUNS.items():
                     r = _sweep([f"seed={seed}", f"search.seed={seed}", *overrides], storage, f"s{seed}-{name}")
                     runs.setdefault("pairs", []).append({"seed": seed, "run": name, **r})
                     print(json.dumps({k: v for k, v in runs["pairs"][-1].items() if k != "best_so_far"}), flush=True)
@@ -301,12 +325,14 @@ def _versions() -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--rerun", nargs="+", choices=[*PAIR_RUNS, "optuna_in_process"],
+                    help="redo these runs of the saved JSON's seeds, keep the rest")
     args = ap.parse_args()
     t0 = time.monotonic()
     out = ROOT / "benchmarks" / "out" / "search_quality.json"
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def write(runs: dict, seeds: list[int]) -> None:  # after every seed: an interrupted run keeps what it did
+    def write(runs: dict, seeds: list[int], extra: dict | None = None) -> None:  # after every seed
         result = {
             "benchmark": "search_quality", "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": os.cpu_count()},
@@ -316,11 +342,22 @@ def main() -> None:
             "pbt": {"population": PBT_POPULATION, "epochs": PBT_EPOCHS, "random_trials": PBT_RANDOM_TRIALS,
                     "scheduler": PBT},
             "summary": summarize(runs, seeds), "runs": runs, "total_wall_s": round(time.monotonic() - t0, 1),
+            **(extra or {}),
         }
         out.write_text(json.dumps(result, indent=2) + "\n")
         plot(runs, seeds, out.with_suffix(".svg"))
         print(json.dumps(result["summary"], indent=2), flush=True)
 
+    if args.rerun:  # the JSON keeps what the replaced runs measured, and when
+        saved = json.loads(out.read_text())
+        args.seeds = saved["seeds_planned"]
+        replaced = [{k: v for k, v in r.items() if k != "best_so_far"} for r in saved["runs"].get("pairs", [])
+                    if r["run"] in args.rerun]
+        history = saved.get("reruns", []) + [{
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "runs": args.rerun,
+            "first_measured": saved["date"], "replaced": replaced}]
+        write(rerun(saved["runs"], saved["seeds"], args.rerun), saved["seeds"], {"reruns": history})
+        return
     run(args.seeds, write)
 
 
