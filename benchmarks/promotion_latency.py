@@ -1,4 +1,5 @@
-"""Inference throughput of the promoted artifacts: fp32 PyTorch, fp32 ONNX Runtime, INT8 ONNX Runtime.
+"""Inference throughput of the promoted artifacts: fp32 PyTorch, fp32 ONNX Runtime, INT8 ONNX
+Runtime, and the same after structured pruning (promote.targets: prune).
 
 Run:  .venv/bin/python benchmarks/promotion_latency.py [--rounds 7] [--threads 2] [--experiment DIR]
 
@@ -9,6 +10,16 @@ Two models, side by side at batch 1 and 64:
   accuracy on its validation set too.
 - resnet18: ResNet-18 with the CIFAR stem (3x32x32, 10 classes), random init, exported and
   quantized the way promotion does it (calibrated on 16 random batches of 64); speed only.
+  Beside it, in the same rounds, the same model pruned at ratio 0.5 (round_to 8) by promotion's
+  own ``prune_model`` (Torch-Pruning, L2 group magnitude, per layer), exported and quantized the
+  same way: ``*_pruned`` variants. Goals (issue 15): pruned fp32 ORT >= 1.6x the unpruned fp32
+  ORT's throughput at batch 64, pruned INT8 >= 3x.
+- digits pruning: copies of the digits experiment promoted with ``prune,onnx,int8``, one per
+  :data:`PRUNE_CONFIGS` (the schema's defaults: ratio 0.5, counts rounded to multiples of 8,
+  2 epochs of fine-tuning with distillation; ratio 0.3 with and without the rounding; the
+  defaults with 8 epochs); each pruned, fine-tuned accuracy against
+  the trial's (goal: within 1 point), and the ORT variants of the first accepted one timed
+  beside the unpruned ones.
 
 Variants: ``torch_fp32``, ``ort_fp32``, ``ort_int8`` (QDQ U8/S8, per-channel: promotion's
 ``int8`` artifact), ``ort_int8_s8s8`` (the TensorRT-ready symmetric QDQ, timed on ORT's CPU
@@ -17,8 +28,9 @@ ORT and torch get the same intra-op threads (2: this machine has 2 cores). Each 
 is warmed up, then the variants take turns over several rounds (so load drift from other
 jobs on the machine hits all of them alike); a round times ~0.25 s of back-to-back calls
 and keeps their median. Reported: throughput (samples/s) median, min, max and stdev over
-rounds, latency p50 over rounds, and the ratio ort_int8 / ort_fp32 as the median of the
-per-round ratios. Written to benchmarks/out/promotion_latency.json with machine and versions.
+rounds, latency p50 over rounds, and the ratios ort_int8 / ort_fp32 and pruned / unpruned
+ort_fp32 as the median of the per-round ratios, and the goals met or not. Written to
+benchmarks/out/promotion_latency.json with machine, load and versions.
 """
 
 from __future__ import annotations
@@ -69,6 +81,55 @@ def digits_experiment(workdir: Path) -> Path:
     return exp
 
 
+#: promote.prune settings tried on the digits model: the schema's defaults first (ratio 0.5,
+#: channel counts rounded down to multiples of 8, 2 epochs of fine-tuning), then a gentler
+#: ratio with and without the rounding, then the defaults with as many epochs as the trial.
+PRUNE_CONFIGS = ({}, {"ratio": 0.3}, {"ratio": 0.3, "round_to": None}, {"finetune_epochs": 8})
+
+
+def digits_pruned(exp: Path, workdir: Path, threads: int) -> tuple[dict, dict, list]:
+    """Promote copies of ``exp`` with prune,onnx,int8, one per :data:`PRUNE_CONFIGS`; runners
+    for the ORT fp32 and INT8 of the first whose pruned model passed its gate (none when none
+    did: the chain then converted the trial's model), its files, and every run's stages."""
+    import shutil
+
+    import yaml
+
+    from raytune_opt.promote import promote
+
+    runs, runners, files = [], {}, {}
+    for i, config in enumerate(PRUNE_CONFIGS):
+        copy = workdir / f"pruned{i}" / exp.name
+        shutil.copytree(exp, copy, ignore=shutil.ignore_patterns("promotion"))
+        best = json.loads((copy / "best.json").read_text())
+        best["checkpoint"] = best["checkpoint"].replace(str(exp), str(copy))
+        (copy / "best.json").write_text(json.dumps(best))
+        spec = yaml.safe_load((copy / "spec.yaml").read_text())
+        spec["promote"]["prune"] = config  # the rest: the schema's defaults (not what the experiment recorded)
+        (copy / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        t = time.perf_counter()
+        man = promote(copy, targets="prune,onnx,int8")
+        seconds = time.perf_counter() - t
+        names = {a["name"]: a for a in man["artifacts"]}
+        stages = {n: {k: a.get(k) for k in ("status", "reason", "accuracy", "delta_points", "params", "macs",
+                                            "size_bytes", "from_step")} for n, a in names.items()}
+        pruned = names["prune"]
+        cfg = man["settings"]["prune"]
+        timed = not runners and pruned["status"] == "ok"
+        print(f"digits: prune {cfg['ratio']}, round_to {cfg['round_to']}, {cfg['finetune_epochs']} fine-tuning "
+              f"epochs: {pruned['status']}, {pruned['accuracy']:.2%} ({pruned['delta_points']:+.2f} points), "
+              f"{pruned['params']:,} params; {seconds:.1f} s{'; its ORT models are timed below' if timed else ''}",
+              flush=True)
+        if timed:
+            files = {f"{key}_pruned": copy / "promotion" / names[n]["path"]
+                     for key, n in (("checkpoint", "prune"), ("onnx", "onnx"), ("int8", "int8"))}
+            runners = {"ort_fp32_pruned": measure.ort_runner(measure.ort_session(files["onnx_pruned"], threads)),
+                       "ort_int8_pruned": measure.ort_runner(measure.ort_session(files["int8_pruned"], threads))}
+        runs.append({"settings": man["settings"]["prune"], "stages": stages, "seconds": seconds,
+                     "timed_below": timed})
+    return runners, files, runs
+
+
 def digits_variants(exp: Path, threads: int) -> tuple[dict, dict, np.ndarray, np.ndarray, dict]:
     """Runners for the promoted digits model, its validation data, and its manifest."""
     from raytune_opt.promote import promote
@@ -109,7 +170,34 @@ def resnet18_variants(workdir: Path, threads: int) -> tuple[dict, dict, np.ndarr
     quantize_s = time.perf_counter() - t
     quantize.quantize(pre, files["int8-tensorrt-qdq"], calib, "minmax", "tensorrt")
     print(f"resnet18: exported and quantized (minmax, 16x64 calibration) in {quantize_s:.1f} s", flush=True)
-    return _runners(model, files["onnx"], files["int8"], files["int8-tensorrt-qdq"], threads), files, x
+    runners = _runners(model, files["onnx"], files["int8"], files["int8-tensorrt-qdq"], threads)
+    pruned, pruned_files, footprints = _pruned_resnet18(model, x, calib, workdir)
+    runners["torch_fp32_pruned"] = measure.torch_runner(pruned)
+    runners["ort_fp32_pruned"] = measure.ort_runner(measure.ort_session(pruned_files["onnx_pruned"], threads))
+    runners["ort_int8_pruned"] = measure.ort_runner(measure.ort_session(pruned_files["int8_pruned"], threads))
+    return runners, {**files, **pruned_files}, x, footprints
+
+
+def _pruned_resnet18(model, x: np.ndarray, calib: list, workdir: Path) -> tuple:
+    """ResNet-18 pruned at ratio 0.5 as promotion prunes (no fine-tuning: speed only), exported
+    and quantized as the unpruned one; the model, its files, and both models' params and MACs."""
+    import copy
+
+    from raytune_opt.promote.compress import footprint_of
+    from raytune_opt.promote.prune import prune_model
+
+    example = torch.from_numpy(x[:2])
+    t = time.perf_counter()
+    pruned = prune_model(copy.deepcopy(model), example, ratio=0.5, round_to=8)  # promote.prune's defaults
+    prune_s = time.perf_counter() - t
+    files = {"onnx_pruned": workdir / "resnet18.pruned.onnx", "int8_pruned": workdir / "resnet18.pruned.int8.onnx"}
+    export.export_onnx(pruned, example, files["onnx_pruned"])
+    pre = workdir / "resnet18.pruned.pre.onnx"
+    quantize.preprocess(files["onnx_pruned"], pre)
+    quantize.quantize(pre, files["int8_pruned"], calib, "minmax", "cpu")
+    print(f"resnet18: pruned (ratio 0.5) in {prune_s:.1f} s, exported and quantized", flush=True)
+    return pruned, files, {"unpruned": footprint_of(model, example), "pruned": footprint_of(pruned, example),
+                           "prune_seconds": prune_s}
 
 
 def _runners(model, onnx_path, int8_path, s8s8_path, threads: int) -> dict:
@@ -159,6 +247,11 @@ def bench(runners: dict, x: np.ndarray, rounds: int) -> dict:
         ratios = [t / f for t, f in zip(lat["torch_fp32"], lat["ort_fp32"])]
         per["ratio_ort_fp32_over_torch_fp32"] = {"median": statistics.median(ratios), "min": min(ratios),
                                                  "max": max(ratios)}
+        for name in ("ort_fp32_pruned", "ort_int8_pruned"):  # throughput against the unpruned fp32, round by round
+            if name in lat:
+                ratios = [f / v for f, v in zip(lat["ort_fp32"], lat[name])]
+                per[f"ratio_{name}_over_ort_fp32"] = {"median": statistics.median(ratios), "min": min(ratios),
+                                                      "max": max(ratios)}
         out[f"batch_{batch}"] = per
     return out
 
@@ -198,14 +291,36 @@ def _print(model: str, res: dict, acc: dict | None) -> None:
     print(f"\n{model}: samples/s median (min..max) over rounds" + ("; accuracy" if acc else ""))
     for batch in BATCHES:
         per = res[f"batch_{batch}"]
-        for name in ("torch_fp32", "ort_fp32", "ort_int8", "ort_int8_s8s8"):
+        for name in [k for k in per if not k.startswith("ratio_")]:
             s = per[name]["samples_per_s"]
-            line = f"  b{batch:<3} {name:<14} {s['median']:>12,.0f} ({s['min']:,.0f}..{s['max']:,.0f})"
-            if acc:
+            line = f"  b{batch:<3} {name:<17} {s['median']:>12,.0f} ({s['min']:,.0f}..{s['max']:,.0f})"
+            if acc and name in acc:
                 line += f"  acc {acc[name]:.4f}"
             print(line)
-        r = per["ratio_ort_int8_over_ort_fp32"]
-        print(f"  b{batch:<3} ort_int8 / ort_fp32 throughput: {r['median']:.2f}x ({r['min']:.2f}..{r['max']:.2f})")
+        for key in [k for k in per if k.startswith("ratio_")]:
+            r = per[key]
+            what = key.removeprefix("ratio_").replace("_over_", " / ")
+            print(f"  b{batch:<3} {what} throughput: {r['median']:.2f}x ({r['min']:.2f}..{r['max']:.2f})")
+
+
+def goals(result: dict) -> dict:
+    """Issue 15's goals, measured in this run."""
+    r64 = result["models"]["resnet18_cifar_stem"]["throughput"]["batch_64"]
+    out = {
+        "resnet18_pruned_fp32_ort_at_least_1.6x_unpruned_fp32_ort_batch_64": {
+            "value": r64["ratio_ort_fp32_pruned_over_ort_fp32"]["median"],
+            "met": r64["ratio_ort_fp32_pruned_over_ort_fp32"]["median"] >= 1.6},
+        "resnet18_pruned_int8_ort_at_least_3x_unpruned_fp32_ort_batch_64": {
+            "value": r64["ratio_ort_int8_pruned_over_ort_fp32"]["median"],
+            "met": r64["ratio_ort_int8_pruned_over_ort_fp32"]["median"] >= 3.0},
+    }
+    for run in result["models"]["digits_small_cnn"]["pruning"]:
+        cfg, prune = run["settings"], run["stages"]["prune"]
+        drop = -prune["delta_points"] if prune.get("delta_points") is not None else float("inf")
+        key = (f"digits_pruned_{cfg['ratio']:g}_round_to_{cfg['round_to']}_fine_tuned_{cfg['finetune_epochs']}_epochs_"
+               f"within_1_point_of_the_trial")
+        out[key] = {"value": drop, "met": drop <= 1.0}
+    return out
 
 
 def main() -> None:
@@ -228,27 +343,45 @@ def main() -> None:
         tmp = Path(tmp)
         exp = args.experiment or digits_experiment(tmp)
         runners, files, x, y, man = digits_variants(exp, args.threads)
+        pruned_runners, pruned_files, pruning = digits_pruned(exp, tmp, args.threads)
+        tensorrt_files = dict(files)
+        runners.update(pruned_runners)
+        files.update(pruned_files)
         acc = accuracies(runners, x, y)
         res = bench(runners, x, args.rounds)
         result["models"]["digits_small_cnn"] = {
             "input": [1, 8, 8], "source_trial": man["source"]["trial_id"], "experiment": str(exp) if args.experiment
             else "trained by this benchmark (digits_cnn.yaml defaults, 8 epochs)", "accuracy": acc,
             "val_samples": int(len(y)), "size_bytes": {n: p.stat().st_size for n, p in files.items()},
-            "throughput": res, "tensorrt": tensorrt_results(files, x, y)}
+            "throughput": res, "tensorrt": tensorrt_results(tensorrt_files, x, y),
+            "pruning": pruning}
         _print("digits small_cnn", res, acc)
-        runners, files, x = resnet18_variants(tmp, args.threads)
+        runners, files, x, footprints = resnet18_variants(tmp, args.threads)
         res = bench(runners, x, args.rounds)
         result["models"]["resnet18_cifar_stem"] = {
-            "input": [3, 32, 32], "weights": "random init (speed only)",
+            "input": [3, 32, 32], "weights": "random init (speed only)", "footprint": footprints,
             "size_bytes": {n: p.stat().st_size for n, p in files.items()}, "throughput": res,
             "tensorrt": tensorrt_results(files, x, None)}
         _print("resnet18 (cifar stem, random init)", res, None)
+    result["goals"] = goals(result)
+    for name, goal in result["goals"].items():
+        print(f"goal {name}: {goal['value']:.3g} — {'met' if goal['met'] else 'NOT met'}")
     result["machine"] = {**manifest.machine(), "torch_threads": torch.get_num_threads(),
-                         "load_average_1_5_15_min_at_start": load_start, "load_average_1_5_15_min_at_end": os.getloadavg()}
+                         "load_average_1_5_15_min_at_start": load_start, "load_average_1_5_15_min_at_end": os.getloadavg(),
+                         "uptime_at_end": _uptime()}
     result["versions"] = manifest.versions()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.out}")
+
+
+def _uptime() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 (behind an accuracy gate) and TensorRT engines on a GPU node, described by
 ``promotion/manifest.json``.
 
-Modules: :mod:`.select` (which trial), :mod:`.export` (ONNX, parity), :mod:`.quantize`
+Modules: :mod:`.select` (which trial), :mod:`.prune` and :mod:`.distill` (compression
+before conversion, sharing :mod:`.compress`), :mod:`.export` (ONNX, parity), :mod:`.quantize`
 (INT8, gate), :mod:`.tensorrt` (engines), :mod:`.measure` (accuracy, latency),
 :mod:`.manifest` (the record and its table), :mod:`.pipeline` (the order of the steps).
 """

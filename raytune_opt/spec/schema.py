@@ -391,8 +391,11 @@ SPEC = Section("A sweep spec.", {
                          "distillation from the unpruned model.", {
             "ratio": Field("float", 0.5, "Fraction of the channels removed from each prunable layer (with "
                            "global_pruning: from the whole model).", gt=0, lt=1, tunable=False),
-            "round_to": Field("int", None, "Keep every pruned layer's channel count a multiple of this (e.g. 8, for "
-                              "vector units); null: no rounding.", nullable=True, ge=1, tunable=False),
+            "round_to": Field("int", 8, "Round every pruned layer's kept channels down to a multiple of this (so "
+                              "more than ratio goes): ONNX Runtime's CPU convolutions work in blocks of 8 channels, "
+                              "and other counts fall off that path (a CNN pruned to 22/44 channels ran 2.4-3.7x "
+                              "slower than its unpruned 32/64); null: no rounding.", nullable=True, ge=1,
+                              tunable=False),
             "global_pruning": Field("bool", False, "Rank channels across all layers (layers lose different "
                                     "fractions) instead of removing ratio from each.", tunable=False),
             "finetune_epochs": Field("int", 2, "Epochs of fine-tuning after pruning (the trial's optimizer, "

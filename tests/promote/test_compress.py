@@ -22,8 +22,9 @@ from raytune_opt.promote.select import sha256_file
 from tests.promote.conftest import REPO, set_promote
 
 # The session's digits trial trained 3 epochs (about 94%): far from converged, so 2 epochs of
-# fine-tuning recover a 0.3 pruning (measured: +0.3 points) where 1 does not (-4.5).
-PRUNE = {"ratio": 0.3, "finetune_epochs": 2}
+# fine-tuning recover a 0.3 pruning (measured: +0.3 points) where 1 does not (-4.5). No rounding:
+# the default multiple of 8 would leave its 16/32 channels at 8/16, a 0.5 pruning.
+PRUNE = {"ratio": 0.3, "round_to": None, "finetune_epochs": 2}
 
 
 def _arts(doc: dict) -> dict:
@@ -63,7 +64,8 @@ def test_pruning_removes_channels_and_the_chain_converts_the_pruned_model(experi
     assert pruned["params"] < 0.6 * trial["params"] and pruned["macs"] < 0.6 * trial["macs"]
     assert pruned["of_trial"]["params"] == pytest.approx(pruned["params"] / trial["params"])
     assert -pruned["delta_points"] <= 1.0  # fine-tuned back within the gate
-    assert pruned["pruning"]["ratio"] == 0.3 and pruned["pruning"]["library"].startswith("torch-pruning")
+    assert pruned["pruning"]["ratio"] == 0.3 and pruned["pruning"]["round_to"] is None
+    assert pruned["pruning"]["library"].startswith("torch-pruning")
     assert set(pruned["latency_ms"]) == {"batch_1", "batch_64"} and pruned["from_step"] is None
     assert doc["settings"]["prune"]["finetune_epochs"] == 2
     # ONNX and INT8 convert the pruned model: parity against its own outputs, its size, its score.
@@ -115,6 +117,21 @@ def test_distillation_trains_a_narrower_student_that_the_chain_converts(experime
     model, ckpt = load_model(experiment / "promotion" / "model.distilled.pt")
     assert ckpt["recipe"]["model"]["width"] == 8 and ckpt["model"]["width"] == 8
     assert model[0].out_channels == 8 and ckpt["metrics"]["val_accuracy"] == student["accuracy"]
+
+
+def test_a_regression_prunes_behind_its_metric_gate(regression_experiment):
+    set_promote(regression_experiment, prune={"finetune_epochs": 2, "max_relative_change": 1.0})
+    arts = _arts(promote(regression_experiment, targets="prune,onnx"))
+    pruned, onnx_rec = arts["prune"], arts["onnx"]
+    assert pruned["status"] == "ok" and pruned["metric"] == "rmse" and pruned["accuracy"] is None
+    assert pruned["fp32_score"] == arts["pytorch"]["score"] and pruned["params"] < arts["pytorch"]["params"]
+    assert pruned["relative_change"] == pytest.approx((pruned["score"] - pruned["fp32_score"]) / pruned["fp32_score"],
+                                                      abs=1e-6)
+    assert onnx_rec["status"] == "ok" and onnx_rec["from_step"] == "prune"
+    assert onnx_rec["score"] == pytest.approx(pruned["score"], rel=1e-5)  # parity with the pruned model
+    set_promote(regression_experiment, prune={"finetune_epochs": 0, "max_relative_change": 0.0})
+    rejected = _arts(promote(regression_experiment, targets="prune"))["prune"]
+    assert rejected["status"] == "rejected" and "promote.prune.max_relative_change=0" in rejected["reason"]
 
 
 def test_distillation_without_a_student_is_a_failed_artifact_in_one_line(experiment):
