@@ -8,9 +8,22 @@ before conversion, sharing :mod:`.compress`), :mod:`.export` (ONNX, parity), :mo
 :mod:`.manifest` (the record and its table), :mod:`.pipeline` (the order of the steps).
 """
 
+import importlib
+
 from raytune_opt.promote.errors import NoSuccessfulTrialError, NotAnExperimentError, PromotionError
-from raytune_opt.promote.manifest import table
-from raytune_opt.promote.pipeline import TARGETS, parse_targets, promote
 
 __all__ = ["promote", "parse_targets", "table", "TARGETS", "PromotionError", "NotAnExperimentError",
            "NoSuccessfulTrialError"]
+
+# Imported when first used: validation imports the compression steps' checks from this package
+# (.prune, .distill), and the pipeline imports torch.
+_LAZY = {"promote": "pipeline", "parse_targets": "pipeline", "TARGETS": "pipeline", "table": "manifest"}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value

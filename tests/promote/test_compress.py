@@ -243,6 +243,15 @@ def test_promoting_a_model_that_cannot_be_pruned_records_one_line_and_converts_t
 
 # ---- the parts ----------------------------------------------------------------------------------
 
+def test_validating_compression_targets_imports_neither_torch_nor_ray():
+    code = ("import sys; from raytune_opt.spec import load_spec; "
+            "load_spec('search_spaces/digits_cnn.yaml', ['promote.targets=[prune,distill,onnx]', "
+            "'promote.distill.model={width: 8}']); print('torch' in sys.modules, 'ray' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]
+
+
 def test_the_distillation_loss():
     task = nn.CrossEntropyLoss()
     s, t, y = torch.randn(4, 3), torch.randn(4, 3), torch.tensor([0, 1, 2, 0])
