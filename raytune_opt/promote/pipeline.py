@@ -21,14 +21,13 @@ reported in the manifest and makes the manifest's status ``failed`` (exit 1).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import traceback
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
-
-import dataclasses
 
 from raytune_opt import _atomic, progress, registry, storage
 from raytune_opt.promote import export, manifest, measure, quantize, tensorrt
