@@ -119,9 +119,7 @@ def space_summary(spec) -> list[str]:
     lines += [f"  {line}" for line in space.summary()]
     trials = search["num_samples"] * (space.grid_size() if search["algorithm"] in ("grid", "random") else 1)
     objs = objectives.objectives(search)
-    able = [k for k in searchers.accepting(space)
-            if len(objs) == 1 or searchers.takes_several_objectives(*(k.split("/") if "/" in k else (k, "tpe")))]
-    lines.append(f"searchers that can take it: {', '.join(able)}")
+    lines.append(f"searchers that can take it: {', '.join(searchers.accepting(space, len(objs) > 1))}")
     said = ", ".join(f"{m} ({mode})" for m, mode in objs)
     lines.append(f"search: {chosen}, {'metrics' if len(objs) > 1 else 'metric'} {said}, {trials} trial(s); "
                  f"scheduler: {spec.data['scheduler']['name']}")

@@ -141,9 +141,11 @@ def check_random(view: registry.SpecView) -> list[registry.Finding]:
             for p in view.space.params if p.domain.kind in ("grid", "normal", "qloguniform")]
 
 
-def accepting(space: Space) -> list[str]:
-    """The searchers (as :func:`searcher_key` shows them) that can take ``space``."""
-    return [searcher_key(a, s) for a, s in searcher_keys() if not refusals(space, a, s)]
+def accepting(space: Space, several_objectives: bool = False) -> list[str]:
+    """The searchers (as :func:`searcher_key` shows them) that can take ``space`` (and, if
+    asked, several objectives)."""
+    return [searcher_key(a, s) for a, s in searcher_keys() if not refusals(space, a, s)
+            and (not several_objectives or takes_several_objectives(a, s))]
 
 
 def proposes_one_at_a_time(algorithm: str, space: Space) -> bool:

@@ -109,7 +109,7 @@ def builtin_loop(config: dict, ctx: TrialContext) -> None:
     loss, augmentation, precision, accumulation, clipping, early stopping and metrics."""
     run = _setup(config, ctx)
     if run.infeasible:  # breaks a constraint known before training: never trained
-        ctx.send(_unmeasured_metrics(run, ctx.start_epoch - 1, run.infeasible))  # epoch 0: none trained
+        ctx.send(_nan_metrics(run, ctx.start_epoch - 1, run.infeasible, 0.0))  # epoch 0: none trained
         return
     for epoch in range(ctx.start_epoch, run.epochs + 1):
         epoch_start = time.perf_counter()
@@ -308,11 +308,17 @@ def _check_task(cfg: dict, task: str) -> None:
 
 
 def _diverged_metrics(run: _Run, epoch: int, step: int, epoch_start: float) -> dict:
+    return _nan_metrics(run, epoch, f"diverged: non-finite loss at epoch {epoch} step {step}",
+                        time.perf_counter() - epoch_start)
+
+
+def _nan_metrics(run: _Run, epoch: int, reason: str, epoch_s: float) -> dict:
+    """A report without scores (a diverged or an untrained trial): every metric key (Tune's
+    searchers and schedulers expect them) as NaN, its measures so far, and why it stopped."""
     nan = float("nan")
     keys = REGRESSION_KEYS if run.data.task == "regression" else METRIC_KEYS
-    return {**{k: nan for k in keys}, **run.measures, "epoch": epoch, "lr": run.schedule.lr,
-            "epoch_s": time.perf_counter() - epoch_start, f"best_{run.metric}": run.ctx.best,
-            "stop_reason": f"diverged: non-finite loss at epoch {epoch} step {step}"}
+    return {**{k: nan for k in keys}, **run.measures, "epoch": epoch, "lr": run.schedule.lr, "epoch_s": epoch_s,
+            f"best_{run.metric}": run.ctx.best, "stop_reason": reason}
 
 
 def _example(data, model: torch.nn.Module) -> torch.Tensor:
@@ -333,15 +339,6 @@ def _measure(run: _Run) -> None:
     batch = int(run.cfg.get("promote", {}).get("latency_batch") or 1)
     threads = 1 if example.device.type == "cpu" else None
     run.measures["latency_ms"] = footprint.forward_latency_ms(run.plain, example, batch=batch, threads=threads)
-
-
-def _unmeasured_metrics(run: _Run, epoch: int, reason: str) -> dict:
-    """What an untrained trial reports: every metric key (Tune's searchers and schedulers
-    expect them) as NaN, its measures, and why it stopped."""
-    nan = float("nan")
-    keys = REGRESSION_KEYS if run.data.task == "regression" else METRIC_KEYS
-    return {**{k: nan for k in keys}, "epoch": epoch, "lr": run.schedule.lr, "epoch_s": 0.0, **run.measures,
-            f"best_{run.metric}": run.ctx.best, "stop_reason": reason}
 
 
 def _validate(run: _Run, epoch: int, sums: dict, train_s: float) -> dict:

@@ -805,11 +805,7 @@ def _multi_objective_rules(ck: _Checker, d: dict, space: Space) -> None:
     no single metric to compare trials by."""
     search = d["search"]
     if ck.ok("search.algorithm", "search.sampler"):
-        entry = registry.SEARCHERS[search["algorithm"]]
-        takes = entry.meta.get("multi_objective")
-        if takes == "sampler":
-            takes = registry.OPTUNA_SAMPLERS[search["sampler"]].meta.get("multi_objective", False)
-        if not takes:
+        if not searchers.takes_several_objectives(search["algorithm"], search["sampler"]):
             able = [searchers.searcher_key(a, s) for a, s in searchers.searcher_keys()
                     if searchers.takes_several_objectives(a, s)]
             ck.add(("search", "metric"), f"several objectives, and {searchers.searcher_key(search['algorithm'], search['sampler'])} "
