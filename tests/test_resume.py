@@ -82,10 +82,12 @@ PAIRS = [
     ("optuna/random", "asha", ("start",)),
     ("optuna/random", "median", ("late",)),
 ]
+# Seven pairs, one per searcher (the fewest that cover them all). Left to -m exhaustive: grid +
+# PBT (its "late" kill flakes, see the stop notes) and random + ASHA (it found Tune's torn
+# state copy, tune_state.repair; the tpe + asha pair's cut-short state checks that repair).
 CI_PAIRS = {
     ("optuna/tpe", "asha"),  # the default spec's pair, killed twice
-    ("grid", "hyperband"), ("grid", "pbt"), ("random", "pbt"),
-    ("random", "asha"),  # found Tune's torn state copy (tune_state.repair)
+    ("grid", "hyperband"), ("random", "pbt"),
     ("hyperopt", "median"), ("optuna/gp", "fifo"), ("optuna/cmaes", "median"), ("optuna/random", "fifo"),
 }
 
