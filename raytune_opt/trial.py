@@ -3,8 +3,9 @@
 With one worker the recipe's loop runs inside the Tune trial itself (a 2-worker
 TorchTrainer costs ~20 s of start-up here before its first epoch, and ASHA lives on cheap
 trials). With several, the trial builds a Ray Train ``TorchTrainer`` whose workers run the
-same loop under DDP or DeepSpeed, and ``TuneReportCallback`` forwards rank 0's metrics and
-checkpoint path to Tune (the Train V2 pattern: ``tune.Tuner(TorchTrainer)`` no longer works).
+same loop under DDP or DeepSpeed, and a relay (``_ReportRelay``: Ray's ``TuneReportCallback``
+without its end-of-run deadlock) forwards rank 0's metrics and checkpoint path to Tune (the
+Train V2 pattern: ``tune.Tuner(TorchTrainer)`` no longer works).
 
 Under DeepSpeed every rank reports its own ZeRO shard files with the checkpoint; Train V2
 syncs one checkpoint directory name across the ranks and each rank uploads into it
@@ -450,6 +451,7 @@ def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir:
     per_worker = {"CPU": res["cpus_per_worker"]}
     if use_gpu:
         per_worker["GPU"] = res["gpus_per_worker"]
+    relay = _ReportRelay()
     trainer = _trainer_class()(
         train_loop_per_worker=_train_worker,
         train_loop_config={"cfg": cfg, "spec_sha256": spec_sha256, "resume_from": resume,
@@ -462,15 +464,80 @@ def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir:
             name=f"train-{trial_id}",  # named after the trial so it can be restored
             storage_path=f"{exp_dir}/train",
             storage_filesystem=s3_filesystem(endpoint_url) if remote else None,
-            callbacks=[TuneReportCallback()],
+            callbacks=[relay.callback],
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             # Train V2 retries worker-group start-up forever by default: a broken trial hangs.
             failure_config=ray.train.FailureConfig(max_failures=2, controller_failure_limit=2),
         ),
     )
     mark("trainer_fit", trial_id=trial_id)
-    trainer.fit()
+    relay.fit(trainer)
     mark("trainer_done", trial_id=trial_id)
+
+
+class _ReportRelay:
+    """Rank 0's reports from Train's controller to Tune, reported from the trial's own thread.
+
+    Ray's ``TuneReportCallback`` hands each report to the Tune actor's *main* thread (through
+    an actor queue of one), which then puts it on the session's result queue, the queue the
+    trial function's thread fills too. When ``fit()`` returns before the main thread took the
+    last report, Tune's wrapper reports the function's end (``RESULT_DUPLICATE``) from the
+    trial's thread first; the main thread then blocks for ever putting the last report on a
+    full queue that only it reads (Ray 2.60, ``ray/train/_internal/session.py``
+    ``_get_result_from_queues``; seen as a 2-worker trial that trained both epochs and never
+    ended, every time the trial actor started faster). Here the callback fills our own queue,
+    ``fit()`` runs in a helper thread, and the trial's thread reports each item with
+    ``ray.tune.report``, the path every function trainable takes, draining the queue before it
+    returns: the function's end can no longer overtake its last report.
+    """
+
+    def __init__(self):
+        from ray.train.v2.api.callback import UserCallback
+        from ray.util.queue import Queue
+
+        # One item, as Ray's: the controller's put waits for the trial to take the last
+        # report, so the workers never run far ahead of what Tune (a scheduler) has decided.
+        queue = self._queue = Queue(1, actor_options={"num_cpus": 0})
+
+        class Forward(UserCallback):
+            def after_report(self, run_context, metrics, checkpoint):
+                item = dict(metrics[0])
+                if checkpoint:  # what TuneReportCallback adds (sweep.py reads it as a fallback)
+                    item["checkpoint_path"] = checkpoint.path
+                queue.put(item)
+
+        self.callback = Forward()
+
+    def fit(self, trainer) -> None:
+        import queue as stdlib_queue
+        import threading
+
+        from ray import tune
+
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                trainer.fit()
+            except BaseException as exc:  # re-raised in the trial's thread below
+                failure.append(exc)
+
+        fitting = threading.Thread(target=run, name="raytune-opt-fit", daemon=True)
+        fitting.start()
+        while True:
+            # The controller's put returns once the item is in the queue, and it reports
+            # before the run ends: after the thread ends, what is queued is all there is.
+            ended = not fitting.is_alive()
+            try:
+                item = self._queue.get(timeout=0.2) if not ended else self._queue.get_nowait()
+            except stdlib_queue.Empty:
+                if ended:
+                    break
+                continue
+            tune.report(item)
+        fitting.join()
+        if failure:
+            raise failure[0]
 
 
 def _trainer_class():

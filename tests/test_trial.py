@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import ray.train
 from ray.train.v2._internal.callbacks import DatasetsCallback
 
@@ -21,3 +22,51 @@ def test_a_trainer_without_datasets_starts_no_ray_data_actor():
     with_data = trial._trainer_class()(_noop, scaling_config=ray.train.ScalingConfig(num_workers=2),
                                        datasets={"train": [1, 2, 3]})
     assert any(isinstance(c, DatasetsCallback) for c in with_data._create_default_callbacks())
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)  # the deadlock this guards against is a trial that never ends
+def test_the_relay_hands_tune_every_report_when_the_run_ends_right_after_its_last(local_ray, tmp_path):
+    # What Train's controller does with the relay's callback: report, report, report, return
+    # at once. With Ray's TuneReportCallback in its place the trial's end could overtake its
+    # last report, and Tune's actor then blocked for ever (trial._ReportRelay). Many trials,
+    # so that a race had its chances.
+    from ray import tune
+
+    def trainable(config):
+        relay = trial._ReportRelay()
+
+        class Controller:  # stands for Train's: calls after_report, then fit() returns
+            def fit(self):
+                for epoch in (1, 2, 3):
+                    relay.callback.after_report(None, [{"epoch": epoch, "lr": config["lr"]}], None)
+
+        relay.fit(Controller())
+
+    tuner = tune.Tuner(trainable, param_space={"lr": tune.grid_search([0.1 * i for i in range(1, 7)])},
+                       tune_config=tune.TuneConfig(max_concurrent_trials=2),
+                       run_config=tune.RunConfig(storage_path=str(tmp_path), name="relay", verbose=0))
+    results = tuner.fit()
+    assert not results.errors, results.errors
+    for r in results:
+        assert r.metrics_dataframe["epoch"].tolist() == [1, 2, 3], r.metrics_dataframe
+
+
+def test_a_failing_run_fails_the_trial_through_the_relay():
+    class Controller:
+        def fit(self):
+            raise RuntimeError("a worker died")
+
+    relay = trial._ReportRelay.__new__(trial._ReportRelay)  # no queue actor: nothing is reported
+
+    class Nothing:
+        def get(self, timeout=None):
+            import queue
+
+            raise queue.Empty
+
+        get_nowait = get
+
+    relay._queue = Nothing()
+    with pytest.raises(RuntimeError, match="a worker died"):
+        relay.fit(Controller())
