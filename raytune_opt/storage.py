@@ -105,7 +105,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     return bucket, key.strip("/")
 
 
-def _s3_error(what: str, exc: OSError, endpoint_url: str | None) -> UsageError:
+def s3_error(what: str, exc: OSError, endpoint_url: str | None) -> UsageError:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     where = endpoint_url or "AWS"
     if "ACCESS_DENIED" in text or "InvalidAccessKeyId" in text or "SignatureDoesNotMatch" in text:
@@ -161,7 +161,7 @@ class Location:
         try:
             return self.filesystem().get_file_info(f"{self.fs_path}/{rel}").type != fs.FileType.NotFound
         except OSError as exc:
-            raise _s3_error(self.uri, exc, self.endpoint_url) from None
+            raise s3_error(self.uri, exc, self.endpoint_url) from None
 
     def check_writable(self) -> None:
         """S3: the bucket exists and takes a write (before Ray starts and minutes are spent).
@@ -185,7 +185,7 @@ class Location:
                 out.write(b"ok")
             s3.delete_file(probe)
         except OSError as exc:
-            raise _s3_error(self.uri, exc, self.endpoint_url) from None
+            raise s3_error(self.uri, exc, self.endpoint_url) from None
 
     def publish(self, *rels: str) -> None:
         """Upload files or directories (relative to ``local``) to the bucket; no-op when local."""
@@ -201,7 +201,7 @@ class Location:
                     fs.copy_files(str(self.local / rel), f"{self.fs_path}/{rel}", source_filesystem=local_fs,
                                   destination_filesystem=s3)
         except OSError as exc:
-            raise _s3_error(self.uri, exc, self.endpoint_url) from None
+            raise s3_error(self.uri, exc, self.endpoint_url) from None
 
     def fetch(self, *rels: str) -> None:
         """Download files (relative to the experiment) into ``local``; missing ones are skipped."""
@@ -268,7 +268,7 @@ def download(uri: str, dest: Path, endpoint_url: str | None) -> Path:
             _atomic.write_bytes(dest, src.read())
         return dest
     except OSError as exc:
-        raise _s3_error(uri, exc, endpoint_url) from None
+        raise s3_error(uri, exc, endpoint_url) from None
 
 
 def _sees_marker(path: str, token: str) -> bool:

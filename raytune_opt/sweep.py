@@ -187,10 +187,9 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
         check_data(spec)
     # Trackers and the report's refresh; an unreachable MLflow fails here, before Ray starts.
     callbacks = tracking.callbacks(spec, loc) + report.callbacks(loc) + (_live_callbacks(spec, loc) if live else [])
-    if not loc.remote:  # S3 replaces an object only once it is whole: nothing to keep there
-        from raytune_opt.tune_state import KeepState
+    from raytune_opt.tune_state import KeepState
 
-        callbacks.append(KeepState(loc.local))
+    callbacks.append(KeepState(loc.local, loc))  # resumable after a kill at any moment (tune_state.py)
     search = spec.data["search"]
     search_alg, param_space = searchers.build_searcher(spec)
     if address is None:  # a bad storage path fails before Ray starts
@@ -290,11 +289,17 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
     if spec.sha256() != meta["spec_sha256"]:
         raise UsageError(f"{loc.uri}: the recorded spec no longer resolves to the same settings (another "
                          "raytune-opt version?); start a new sweep with 'raytune-opt run'")
-    if not loc.remote:
-        from raytune_opt.tune_state import repair
+    from raytune_opt import tune_state
 
-        for line in repair(loc.local):  # a crash during Tune's copy of its state (tune_state.py)
-            print(line, file=sys.stderr)
+    if not loc.remote:  # a crash during Tune's copy of its state (tune_state.py)
+        notes = tune_state.repair(loc.local)
+    else:
+        try:
+            notes = tune_state.repair_remote(loc)
+        except OSError as exc:
+            raise stores.s3_error(loc.uri, exc, loc.endpoint_url) from None
+    for line in notes:
+        print(line, file=sys.stderr)
     restore_path = loc.fs_path  # with a custom filesystem Ray takes the path without its scheme
     if not tune.Tuner.can_restore(restore_path, storage_filesystem=loc.filesystem()):
         raise UsageError(f"{loc.uri}: Ray Tune's experiment state is missing (tuner.pkl / experiment_state-*.json); "

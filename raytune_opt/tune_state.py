@@ -18,8 +18,13 @@ else sets that session aside so that Tune restores the one before it. Going back
 seconds is what any kill does anyway: trials Tune had not saved yet are proposed again and
 :func:`raytune_opt.trial._claim` keeps their forgotten checkpoints apart.
 
-An ``s3://`` experiment needs none of this: an object is replaced only when its upload
-completes.
+An ``s3://`` experiment needs the same: S3 replaces an object only once its upload
+completes, so no file is cut short, but Ray's upload of the staging directory goes file by
+file, and a driver killed between two uploads leaves the ``experiment_state`` of one save
+beside the search generator's state of another (seen in CI: a resumed sweep of 4 random
+trials ran 5). There the kept copy is one object, ``.tune-state/<session>.zip`` (an object
+appears whole or not at all), and :func:`repair_remote` runs :func:`repair` on a local copy
+of the bucket's state and writes back what it changed.
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
+import zipfile
 from pathlib import Path
 
 from ray import tune
@@ -41,6 +48,7 @@ KEPT = ".tune-state"
 # callback-states- (and basic-variant-state-), each named by the session's start time.
 _SESSION_FILE = re.compile(r"^[a-z_-]+-(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})\.(json|pkl)$")
 _KEPT_DIR = re.compile(r"^(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})\.(\d+)$")
+_SESSION = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$")
 
 
 def _session_files(directory: Path) -> dict[str, list[Path]]:
@@ -70,11 +78,60 @@ def _readable(files: list[Path]) -> bool:
     return True
 
 
-class _Keeper:
-    """The copying, apart from Tune's callback interface (tested without a sweep)."""
+class _LocalCopies:
+    """Kept copies in ``<exp>/.tune-state/<session>.<n>/``: written whole, then renamed into place."""
 
-    def __init__(self, exp_dir: str | Path, min_interval_s: float = 0.0, max_share: float = 0.05):
+    def __init__(self, exp_dir: str | Path):
         self.exp_dir = Path(exp_dir)
+
+    def put(self, session: str, files: dict[str, bytes]) -> None:
+        root = self.exp_dir / KEPT
+        tmp = root / f".tmp-{session}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        # Numbered after what is there: a resume within the same second as its driver's start
+        # shares the session's name.
+        kept = [int(m.group(2)) for d in root.iterdir() if (m := _KEPT_DIR.match(d.name)) and m.group(1) == session]
+        final = root / f"{session}.{max(kept, default=0) + 1:06d}"
+        os.rename(tmp, final)  # the set appears whole or not at all
+        for n in kept:
+            shutil.rmtree(root / f"{session}.{n:06d}", ignore_errors=True)
+
+
+class _S3Copies:
+    """The kept copy of an S3 experiment: one object, ``<exp>/.tune-state/<session>.zip``,
+    replaced by each save (S3 makes an object visible only once its upload completed)."""
+
+    def __init__(self, filesystem, fs_path: str):
+        self.s3, self.fs_path = filesystem, fs_path
+
+    def put(self, session: str, files: dict[str, bytes]) -> None:
+        with self.s3.open_output_stream(f"{self.fs_path}/{KEPT}/{session}.zip") as out:
+            out.write(_zipped(files))
+
+
+def _zipped(files: dict[str, bytes]) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in sorted(files.items()):
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+class _Keeper:
+    """The copying, apart from Tune's callback interface (tested without a sweep).
+
+    Args:
+        exp: the experiment directory (copies in ``.tune-state/`` there), or an object with
+            ``put(session, {name: bytes})`` that keeps one complete set elsewhere.
+    """
+
+    def __init__(self, exp, min_interval_s: float = 0.0, max_share: float = 0.05):
+        self.copies = exp if hasattr(exp, "put") else _LocalCopies(exp)
         self.min_interval_s = min_interval_s
         self.max_share = max_share  # of the driver's time, spent copying at most
         self._seen: dict[str, tuple[int, int]] = {}
@@ -92,23 +149,12 @@ class _Keeper:
         files = sorted(sessions[session])
         try:
             stats = {f.name: (f.stat().st_mtime_ns, f.stat().st_size) for f in files}
+            if stats == self._seen or not any(f.name.startswith("experiment_state-") for f in files):
+                return False
+            data = {f.name: f.read_bytes() for f in files}
         except FileNotFoundError:  # Tune replaced one meanwhile: next step
             return False
-        if stats == self._seen or not any(f.name.startswith("experiment_state-") for f in files):
-            return False
-        root = self.exp_dir / KEPT
-        tmp = root / f".tmp-{session}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for f in files:
-            shutil.copyfile(f, tmp / f.name)
-        # Numbered after what is there: a resume within the same second as its driver's start
-        # shares the session's name.
-        kept = [int(m.group(2)) for d in root.iterdir() if (m := _KEPT_DIR.match(d.name)) and m.group(1) == session]
-        final = root / f"{session}.{max(kept, default=0) + 1:06d}"
-        os.rename(tmp, final)  # the set appears whole or not at all
-        for n in kept:
-            shutil.rmtree(root / f"{session}.{n:06d}", ignore_errors=True)
+        self.copies.put(session, data)
         self._seen = stats
         # Copying costs what Tune's own save costs (it grows with the trials): bound its share.
         took = time.monotonic() - now
@@ -119,9 +165,13 @@ class _Keeper:
 class KeepState(tune.Callback):
     """A Tune callback that keeps the last complete copy of Tune's state (module doc)."""
 
-    def __init__(self, exp_dir: str | Path):
-        self._keeper = _Keeper(exp_dir)
-        self._warn = WarnOnce(f"keeping a copy of Ray Tune's state in {Path(exp_dir) / KEPT}", exp_dir,
+    def __init__(self, exp_dir: str | Path, loc=None):
+        """``exp_dir``: the experiment directory (a local experiment), or the local mirror
+        of ``loc``, an S3 :class:`raytune_opt.storage.Location`."""
+        remote = loc is not None and loc.remote
+        self._keeper = _Keeper(_S3Copies(loc.filesystem(), loc.fs_path) if remote else exp_dir)
+        where = f"{loc.uri}/{KEPT}" if remote else Path(exp_dir) / KEPT
+        self._warn = WarnOnce(f"keeping a copy of Ray Tune's state in {where}", exp_dir,
                               then="the sweep goes on; a crash during Tune's own copy may leave it unresumable")
 
     def on_step_end(self, iteration, trials, **info):
@@ -155,15 +205,17 @@ def _mixed(files: list[Path], copy: list[Path], copy_dir: Path) -> bool:
     return newest_live - copy_dir.stat().st_mtime <= MIXED_MAX_AGE_S
 
 
-def repair(exp_dir: str | Path) -> list[str]:
+def repair(exp_dir: str | Path, label: str | None = None) -> list[str]:
     """Make the experiment's newest Tune state readable before a resume; what was done.
 
     A session whose files in the experiment directory do not read back (or lack one its
     kept copy has), or differ from its kept copy (not one save's, see :func:`_mixed`), gets
     its kept copy back; an unreadable one without a copy is moved to
-    ``.tune-state/unreadable-<session>/`` and the session before it is tried.
+    ``.tune-state/unreadable-<session>/`` and the session before it is tried. ``label``
+    names the experiment in what is said (default: ``exp_dir``).
     """
     exp = Path(exp_dir)
+    label = label or str(exp)
     root = exp / KEPT
     kept: dict[str, Path] = {}
     if root.is_dir():
@@ -183,9 +235,9 @@ def repair(exp_dir: str | Path) -> list[str]:
         if copy and _readable(copy):
             for f in copy:
                 _atomic.write_bytes(exp / f.name, f.read_bytes())
-            notes.append(f"{exp}: Ray Tune's state files of session {session} differ from its last complete copy "
+            notes.append(f"{label}: Ray Tune's state files of session {session} differ from its last complete copy "
                          "(Tune's own copy of them may have been cut short); resuming from that copy" if live_ok else
-                         f"{exp}: Ray Tune's state of session {session} was cut short by the crash; resuming from "
+                         f"{label}: Ray Tune's state of session {session} was cut short by the crash; resuming from "
                          "its last complete copy (a few seconds older)")
             return notes
         if live_ok:  # mixed, but the kept copy does not read back: the live files are all there is
@@ -194,6 +246,56 @@ def repair(exp_dir: str | Path) -> list[str]:
         aside.mkdir(parents=True, exist_ok=True)
         for f in files:
             os.replace(f, aside / f.name)
-        notes.append(f"{exp}: Ray Tune's state of session {session} is unreadable and has no complete "
-                     f"copy; set aside in {aside}, resuming from the session before it")
+        where = f"{label}/{KEPT}/{aside.name}" if label != str(exp) else aside
+        notes.append(f"{label}: Ray Tune's state of session {session} is unreadable and has no complete "
+                     f"copy; set aside in {where}, resuming from the session before it")
     return notes
+
+
+def repair_remote(loc) -> list[str]:
+    """:func:`repair` for an S3 experiment (``loc``: its :class:`raytune_opt.storage.Location`):
+    the bucket's state files and kept copies are read into a scratch directory (with the
+    objects' times), repaired there, and what changed is written back to the bucket; a
+    session set aside moves to ``.tune-state/unreadable-<session>/`` in the bucket."""
+    from pyarrow import fs
+
+    s3, base = loc.filesystem(), loc.fs_path
+    with tempfile.TemporaryDirectory(prefix="rt-tune-state-") as scratch:
+        exp = Path(scratch)
+        for info in s3.get_file_info(fs.FileSelector(base, allow_not_found=True)):
+            if info.type == fs.FileType.File and _SESSION_FILE.match(info.base_name):
+                _download(s3, info, exp / info.base_name)
+        for info in s3.get_file_info(fs.FileSelector(f"{base}/{KEPT}", allow_not_found=True)):
+            session = info.base_name.removesuffix(".zip")
+            if info.type == fs.FileType.File and info.base_name.endswith(".zip") and _SESSION.match(session):
+                with s3.open_input_stream(info.path) as src, tempfile.TemporaryFile() as tmp:
+                    tmp.write(src.read())
+                    copy = exp / KEPT / f"{session}.000001"
+                    try:
+                        with zipfile.ZipFile(tmp) as z:
+                            z.extractall(copy)
+                    except (zipfile.BadZipFile, OSError):  # not ours whole: no copy, as before the keeping
+                        shutil.rmtree(copy, ignore_errors=True)
+                        continue
+                stamp = info.mtime.timestamp()
+                os.utime(copy, (stamp, stamp))
+        before = {f.name: f.read_bytes() for f in exp.iterdir() if f.is_file()}
+        notes = repair(exp, label=loc.uri)
+        after = {f.name: f.read_bytes() for f in exp.iterdir() if f.is_file()}
+        for name, data in after.items():
+            if before.get(name) != data:
+                with s3.open_output_stream(f"{base}/{name}") as out:
+                    out.write(data)
+        for name in set(before) - set(after):  # set aside: kept beside, then gone from Tune's view
+            [moved] = (exp / KEPT).glob(f"unreadable-*/{name}")
+            with s3.open_output_stream(f"{base}/{KEPT}/{moved.parent.name}/{name}") as out:
+                out.write(moved.read_bytes())
+            s3.delete_file(f"{base}/{name}")
+    return notes
+
+
+def _download(s3, info, dest: Path) -> None:
+    with s3.open_input_stream(info.path) as src:
+        dest.write_bytes(src.read())
+    stamp = info.mtime.timestamp()
+    os.utime(dest, (stamp, stamp))

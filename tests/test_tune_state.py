@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import ray.cloudpickle as cloudpickle
 
 from raytune_opt.tune_state import KEPT, _Keeper, repair
@@ -152,3 +153,80 @@ def test_repair_puts_back_the_kept_copy_over_files_of_two_saves(tmp_path):
     old = time.time() - 3600
     os.utime(kept, (old, old))
     assert repair(exp) == [] and _state(exp, S1) == ({"trial_data": [0, 1, 2, 3, 4]}, {"trials": 5})
+
+
+# --- An S3 experiment: the same keeping and repair, in a bucket (a real S3 server on loopback) ---
+
+@pytest.fixture(scope="module")
+def s3():
+    from tests.cluster.conftest import S3Server
+
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def bucket_exp(s3, monkeypatch, request):
+    from raytune_opt import storage
+
+    for k, v in s3.creds.items():
+        monkeypatch.setenv(k, v)
+    return storage.from_uri(f"s3://{s3.bucket}/exp/{request.node.name[:40]}", s3.endpoint)
+
+
+def _upload(loc, *files):
+    for f in files:
+        with loc.filesystem().open_output_stream(f"{loc.fs_path}/{f.name}") as out:
+            out.write(f.read_bytes())
+
+
+def _bucket_state(loc, session):
+    fs_ = loc.filesystem()
+    with fs_.open_input_stream(f"{loc.fs_path}/experiment_state-{session}.json") as a, \
+            fs_.open_input_stream(f"{loc.fs_path}/searcher-state-{session}.pkl") as b:
+        return json.loads(a.read()), cloudpickle.loads(b.read())
+
+
+@pytest.mark.slow
+def test_on_s3_a_kill_between_two_uploads_resumes_from_the_kept_copy(tmp_path, s3, bucket_exp):
+    """Ray uploads the staging directory file by file: a driver killed between two uploads
+    left save 2's experiment_state beside save 1's searcher state, and a resumed sweep of 4
+    random trials ran 5 (CI, 2026-12-02)."""
+    from types import SimpleNamespace
+
+    from raytune_opt.tune_state import KeepState, repair_remote
+
+    loc, staging = bucket_exp, tmp_path / "staging"
+    _write_session(staging, S1, n_trials=2)
+    _upload(loc, *staging.iterdir())  # Ray's sync of save 1
+    _write_session(staging, S1, n_trials=3)  # save 2...
+    cb = KeepState(tmp_path / "mirror", loc)
+    cb.on_step_end(0, [SimpleNamespace(storage=SimpleNamespace(experiment_driver_staging_path=str(staging)))])
+    assert s3.keys(f"exp/{loc.local.name}/{KEPT}/") == [f"exp/{loc.local.name}/{KEPT}/{S1}.zip"]
+    _upload(loc, staging / f"experiment_state-{S1}.json")  # ...whose sync was cut after one file
+    assert _bucket_state(loc, S1) == ({"trial_data": [0, 1, 2]}, {"trials": 2})  # mixed
+    [note] = repair_remote(loc)
+    assert note.startswith(loc.uri) and "differ from its last complete copy" in note, note
+    assert _bucket_state(loc, S1) == ({"trial_data": [0, 1, 2]}, {"trials": 3})
+    assert repair_remote(loc) == []  # one save's now: left alone
+
+
+@pytest.mark.slow
+def test_on_s3_an_unreadable_session_without_a_copy_is_set_aside_in_the_bucket(tmp_path, s3, bucket_exp):
+    from raytune_opt.tune_state import repair_remote
+
+    loc = bucket_exp
+    _write_session(tmp_path, S1)
+    _write_session(tmp_path, S2, n_trials=3)
+    (tmp_path / f"searcher-state-{S2}.pkl").write_bytes(b"")
+    _upload(loc, *tmp_path.iterdir())
+    [note] = repair_remote(loc)
+    aside = f"{KEPT}/unreadable-{S2}"
+    assert f"set aside in {loc.uri}/{aside}" in note, note
+    prefix = f"exp/{loc.local.name}/"
+    keys = {k.removeprefix(prefix) for k in s3.keys(prefix)}
+    assert not {k for k in keys if S2 in k and not k.startswith(aside)}  # Tune now restores session 1
+    assert {k for k in keys if k.startswith(aside)} == {
+        f"{aside}/experiment_state-{S2}.json", f"{aside}/searcher-state-{S2}.pkl", f"{aside}/search_gen_state-{S2}.pkl"}
+    assert _bucket_state(loc, S1) == ({"trial_data": [0, 1]}, {"trials": 2})

@@ -142,6 +142,8 @@ def test_an_s3_sweep_killed_mid_way_resumes_from_the_bucket_alone(cluster, s3, t
         kill_tree(proc.pid, signal.SIGKILL)
         log.close()
     assert f"{prefix}results.csv" not in set(s3.keys(prefix))
+    # A complete copy of Tune's state of one save: the bucket's files may be of two (tune_state.py).
+    assert [k for k in s3.keys(f"{prefix}.tune-state/") if k.endswith(".zip")], s3.keys(prefix)
 
     # Nothing local: a fresh cache.
     env = {**_env(head, s3, tmp_path), "RAYTUNE_OPT_CACHE": str(tmp_path / "fresh")}
