@@ -120,7 +120,7 @@ def breakdown(tasks: list[dict], marks: list[dict], requested: float, freed: flo
         "controller_ready": _first(tasks, "TrainController.__init__", "end"),
         "workers_ready": _last(tasks, "RayTrainWorker.__init__", "end"),
         "train_context_ready": _last(tasks, "init_train_context", "end"),
-        "process_group_ready": _last(tasks, "_setup_torch_process_group", "end"),
+        "process_group_ready": _last(tasks, "_setup_torch_process_group", "end") or _last(tasks, "_setup_process_group", "end"),
         "worker_fn_started": _mark(marks, "worker_start"),
         "data_loaded": _mark(marks, "data_loaded"),
         "model_built": _mark(marks, "model_built"),

@@ -319,8 +319,6 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
     def run_trial(config: dict) -> None:
         from ray import tune
 
-        from raytune_opt.recipe.loop import train
-
         mark("trial_start", trial_id=tune.get_context().get_trial_id())
         add_code_paths(code_dirs)
         flat = searchers.flatten_config(config, space)
@@ -336,6 +334,10 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
             # PBT changes a trial's config as it goes: every epoch says which config it trained with.
             extra = {TRIAL_CONFIG: json.dumps(flat, sort_keys=True)} if base["scheduler"]["name"] == "pbt" else {}
             if cfg["resources"]["num_workers"] == 1:
+                # Imported here: a multi-worker trial's actor only drives Train and never
+                # imports torch (see raytune_opt.train_backend).
+                from raytune_opt.recipe.loop import train
+
                 train(cfg, TuneSession(_device(cfg), _threads(cfg), ckpt_dir, store, extra), spec_sha256=spec_sha256,
                       resume_from=resume)
                 return
@@ -438,8 +440,8 @@ def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir:
     from raytune_opt.storage import s3_filesystem
 
     import ray.train
-    from ray.train.torch import TorchConfig
-    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raytune_opt.train_backend import TorchBackendConfig
 
     # Train V2's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by
     # default), and a worker's ray.train.report blocks until a poll takes the report (its
@@ -457,7 +459,7 @@ def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir:
         train_loop_config={"cfg": cfg, "spec_sha256": spec_sha256, "resume_from": resume,
                            "checkpoint_root": ckpt_dir, "store": store, "extra": extra or {},
                            "code_dirs": tuple(code_dirs)},
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        backend_config=TorchBackendConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=res["num_workers"], use_gpu=use_gpu,
                                                resources_per_worker=per_worker),
         run_config=ray.train.RunConfig(
@@ -541,7 +543,9 @@ class _ReportRelay:
 
 
 def _trainer_class():
-    """``TorchTrainer`` without the Ray Data actor that nothing here uses.
+    """Train's ``DataParallelTrainer`` (what ``TorchTrainer`` is, with our torch-free
+    :class:`~raytune_opt.train_backend.TorchBackendConfig`) without the Ray Data actor that
+    nothing here uses.
 
     Train V2 adds its ``DatasetsCallback`` to every run, datasets or not; it starts a
     ``DatasetManager`` actor per trial (one more process that imports Ray Train and Ray Data,
@@ -550,10 +554,10 @@ def _trainer_class():
     drops the callback. ``_create_default_callbacks`` is Ray's private hook (Ray 2.60); should
     it go away the override is simply never called.
     """
-    from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks import DatasetsCallback
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-    class Trainer(TorchTrainer):
+    class Trainer(DataParallelTrainer):
         def _create_default_callbacks(self):
             callbacks = super()._create_default_callbacks()
             return callbacks if self.datasets else [c for c in callbacks if not isinstance(c, DatasetsCallback)]

@@ -70,3 +70,41 @@ def test_a_failing_run_fails_the_trial_through_the_relay():
     relay._queue = Nothing()
     with pytest.raises(RuntimeError, match="a worker died"):
         relay.fit(Controller())
+
+
+def _run(code: str) -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def test_the_trial_actor_and_the_train_controller_never_import_torch(tmp_path):
+    # A multi-worker trial's actor builds the trainer; Train's controller unpickles the run's
+    # context (the loop config, the backend config) and callbacks. Neither trains: torch's
+    # import (~2 s of CPU each) stays in the workers (benchmarks/ddp_startup.py).
+    blob = tmp_path / "controller.pkl"
+    built = _run(f"""
+import sys, ray.cloudpickle as cp, ray.train
+from raytune_opt import trial
+from raytune_opt.train_backend import TorchBackendConfig
+t = trial._trainer_class()(trial._train_worker,
+    train_loop_config={{"cfg": {{}}, "store": trial.OwnStore("/x/trial_0/ckpt"), "extra": {{}}}},
+    backend_config=TorchBackendConfig(), scaling_config=ray.train.ScalingConfig(num_workers=2))
+open({str(blob)!r}, "wb").write(cp.dumps((t.train_run_context, t._create_default_callbacks())))
+print("torch" in sys.modules)
+""")
+    assert built == "False"
+    assert _run(f"import sys, pickle; pickle.loads(open({str(blob)!r}, 'rb').read()); "
+                "print('torch' in sys.modules)") == "False"
+
+
+def test_the_backend_config_describes_itself_as_torch():
+    from ray.train.v2._internal.util import TrainingFramework
+
+    from raytune_opt.train_backend import TorchBackendConfig
+
+    cfg = TorchBackendConfig(backend="nccl", timeout_s=60)
+    assert cfg.framework == TrainingFramework.TORCH
+    assert cfg.to_dict() == {"backend": "nccl", "init_method": "env", "timeout_s": 60}
+    assert cfg.backend_cls.share_cuda_visible_devices  # GPUs of a node visible to its ranks, as TorchConfig does

@@ -11,11 +11,16 @@ differs between distributed strategies (DDP, DeepSpeed) is not here but in
 from __future__ import annotations
 
 import tempfile
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
+
+# torch is imported when a session is first asked for its device, not with this module: a
+# multi-worker trial's Tune actor imports raytune_opt.trial (and so this module) but never
+# trains, and torch's import is ~2 s of CPU on a trial's start-up path (benchmarks/ddp_startup.py).
 
 __all__ = ["Session", "LocalSession"]
 
@@ -33,8 +38,21 @@ class Session:
 
     rank: int = 0
     world_size: int = 1
-    device: torch.device = torch.device("cpu")
     num_threads: int | None = None
+    _device: torch.device | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model and batches go (the CPU unless a subclass or its runner sets one)."""
+        if self._device is None:
+            import torch
+
+            self._device = torch.device("cpu")
+        return self._device
+
+    @device.setter
+    def device(self, value: torch.device) -> None:
+        self._device = value
 
     @property
     def is_rank_zero(self) -> bool:
@@ -86,6 +104,8 @@ class LocalSession(Session):
 
     def __init__(self, checkpoint_dir: str | None = None, device: str | torch.device = "cpu",
                  callback: Callable[[dict, str | None], None] | None = None, num_threads: int | None = None):
+        import torch
+
         self.device = torch.device(device)
         self.callback = callback
         self.num_threads = num_threads
