@@ -55,10 +55,11 @@ def _session_files(directory: Path) -> dict[str, list[Path]]:
     """Tune's state files in ``directory``, by session."""
     out: dict[str, list[Path]] = {}
     if directory.is_dir():
-        for f in directory.iterdir():
-            m = _SESSION_FILE.match(f.name)
-            if m and f.is_file():
-                out.setdefault(m.group(1), []).append(f)
+        with os.scandir(directory) as entries:  # names first: one trial directory each, no stat
+            for e in entries:
+                m = _SESSION_FILE.match(e.name)
+                if m and e.is_file():
+                    out.setdefault(m.group(1), []).append(directory / e.name)
     return out
 
 
@@ -136,23 +137,33 @@ class _Keeper:
         self.max_share = max_share  # of the driver's time, spent copying at most
         self._seen: dict[str, tuple[int, int]] = {}
         self._next = 0.0
+        self._files: list[Path] | None = None  # the newest session's files, as last listed
+        self._relist_at = 0.0
 
     def keep(self, staging: Path) -> bool:
         """Copy the newest session's state files from ``staging`` if they changed; whether it did."""
         now = time.monotonic()
         if now < self._next:
             return False
-        sessions = _session_files(staging)
-        if not sessions:
-            return False
-        session = max(sessions)
-        files = sorted(sessions[session])
+        # The staging directory holds a directory per trial: listing it at every step of
+        # Tune's loop grew with the trials (~6 s of the driver's CPU over 1,000 trials,
+        # benchmarks/sweep_scale.py). A session's files are all written by its first save,
+        # so between listings (every RELIST_S) only the files found are looked at.
+        if self._files is None or now >= self._relist_at:
+            sessions = _session_files(staging)
+            newest = sorted(sessions[max(sessions)]) if sessions else []
+            if not any(f.name.startswith("experiment_state-") for f in newest):
+                return False  # before Tune's first save
+            self._files, self._relist_at = newest, now + RELIST_S
+        session = _SESSION_FILE.match(self._files[0].name).group(1)
+        files = self._files
         try:
             stats = {f.name: (f.stat().st_mtime_ns, f.stat().st_size) for f in files}
-            if stats == self._seen or not any(f.name.startswith("experiment_state-") for f in files):
+            if stats == self._seen:
                 return False
             data = {f.name: f.read_bytes() for f in files}
-        except FileNotFoundError:  # Tune replaced one meanwhile: next step
+        except FileNotFoundError:  # Tune replaced one meanwhile: next step, from a new listing
+            self._files = None
             return False
         self.copies.put(session, data)
         self._seen = stats
@@ -181,6 +192,8 @@ class KeepState(tune.Callback):
             except OSError as exc:  # a full disk: never stop the sweep for a spare copy
                 self._warn(exc)
 
+
+RELIST_S = 10.0  # how often the keeper lists the staging directory again (for new files)
 
 # A kept copy older than the live state by more than this is not put back over a readable one.
 MIXED_MAX_AGE_S = 60.0

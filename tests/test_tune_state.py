@@ -50,6 +50,34 @@ def test_the_keeper_waits_for_tunes_first_save(tmp_path):
     assert not _Keeper(tmp_path / "exp", min_interval_s=0, max_share=1).keep(staging)
 
 
+
+def test_the_keeper_lists_the_staging_directory_only_now_and_then(tmp_path, monkeypatch):
+    # The staging directory holds a directory per trial: a listing at every step of Tune's
+    # loop grew with the trials (benchmarks/sweep_scale.py).
+    from raytune_opt import tune_state
+
+    listings = []
+    real = tune_state._session_files
+    monkeypatch.setattr(tune_state, "_session_files", lambda d: listings.append(d) or real(d))
+    staging, exp = tmp_path / "staging", tmp_path / "exp"
+    _write_session(staging, S1)
+    keeper = _Keeper(exp, min_interval_s=0, max_share=1)
+    assert keeper.keep(staging)
+    for n in (3, 4):  # later saves of the session are seen without a listing
+        _write_session(staging, S1, n_trials=n)
+        assert keeper.keep(staging) and not keeper.keep(staging)
+    assert len(listings) == 1
+    [kept] = (exp / KEPT).iterdir()
+    assert _state(kept, S1)[0] == {"trial_data": [0, 1, 2, 3]}
+    # A file the session writes later is in the copy once the directory is listed again.
+    (staging / f"callback-states-{S1}.pkl").write_bytes(cloudpickle.dumps({"cb": 1}))
+    _write_session(staging, S1, n_trials=5)
+    monkeypatch.setattr(tune_state, "RELIST_S", 0.0)
+    keeper._relist_at = 0.0
+    assert keeper.keep(staging) and len(listings) == 2
+    [kept] = (exp / KEPT).iterdir()
+    assert (kept / f"callback-states-{S1}.pkl").is_file()
+
 def test_repair_leaves_a_readable_state_alone(tmp_path):
     _write_session(tmp_path, S1)
     _write_session(tmp_path, S2, n_trials=3)
