@@ -29,6 +29,7 @@ of the bucket's state and writes back what it changed.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -46,9 +47,10 @@ from raytune_opt._warn import WarnOnce
 KEPT = ".tune-state"
 # Tune's per-session files: experiment_state-, search_gen_state-, searcher-state-,
 # callback-states- (and basic-variant-state-), each named by the session's start time.
-_SESSION_FILE = re.compile(r"^[a-z_-]+-(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})\.(json|pkl)$")
-_KEPT_DIR = re.compile(r"^(\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2})\.(\d+)$")
-_SESSION = re.compile(r"^\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}$")
+_STAMP = r"\d{4}-\d{2}-\d{2}_\d{2}-\d{2}-\d{2}"  # a session's name: its driver's start time
+_SESSION_FILE = re.compile(rf"^[a-z_-]+-({_STAMP})\.(json|pkl)$")
+_KEPT_DIR = re.compile(rf"^({_STAMP})\.(\d+)$")
+_KEPT_ZIP = re.compile(rf"^({_STAMP})\.zip$")  # an S3 experiment's kept copy
 
 
 def _session_files(directory: Path) -> dict[str, list[Path]]:
@@ -109,13 +111,10 @@ class _S3Copies:
         self.s3, self.fs_path = filesystem, fs_path
 
     def put(self, session: str, files: dict[str, bytes]) -> None:
-        with self.s3.open_output_stream(f"{self.fs_path}/{KEPT}/{session}.zip") as out:
-            out.write(_zipped(files))
+        _write(self.s3, f"{self.fs_path}/{KEPT}/{session}.zip", _zipped(files))
 
 
 def _zipped(files: dict[str, bytes]) -> bytes:
-    import io
-
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for name, data in sorted(files.items()):
@@ -277,38 +276,43 @@ def repair_remote(loc) -> list[str]:
         exp = Path(scratch)
         for info in s3.get_file_info(fs.FileSelector(base, allow_not_found=True)):
             if info.type == fs.FileType.File and _SESSION_FILE.match(info.base_name):
-                _download(s3, info, exp / info.base_name)
+                (exp / info.base_name).write_bytes(_read(s3, info.path))
+                _stamp(exp / info.base_name, info)
         for info in s3.get_file_info(fs.FileSelector(f"{base}/{KEPT}", allow_not_found=True)):
-            session = info.base_name.removesuffix(".zip")
-            if info.type == fs.FileType.File and info.base_name.endswith(".zip") and _SESSION.match(session):
-                with s3.open_input_stream(info.path) as src, tempfile.TemporaryFile() as tmp:
-                    tmp.write(src.read())
-                    copy = exp / KEPT / f"{session}.000001"
-                    try:
-                        with zipfile.ZipFile(tmp) as z:
-                            z.extractall(copy)
-                    except (zipfile.BadZipFile, OSError):  # not ours whole: no copy, as before the keeping
-                        shutil.rmtree(copy, ignore_errors=True)
-                        continue
-                stamp = info.mtime.timestamp()
-                os.utime(copy, (stamp, stamp))
+            if info.type == fs.FileType.File and (m := _KEPT_ZIP.match(info.base_name)):
+                copy = exp / KEPT / f"{m.group(1)}.000001"  # laid out as a local experiment's copy
+                try:
+                    with zipfile.ZipFile(io.BytesIO(_read(s3, info.path))) as z:
+                        z.extractall(copy)
+                except (zipfile.BadZipFile, OSError):  # not ours whole: no copy, as before the keeping
+                    shutil.rmtree(copy, ignore_errors=True)
+                    continue
+                _stamp(copy, info)
         before = {f.name: f.read_bytes() for f in exp.iterdir() if f.is_file()}
         notes = repair(exp, label=loc.uri)
         after = {f.name: f.read_bytes() for f in exp.iterdir() if f.is_file()}
         for name, data in after.items():
             if before.get(name) != data:
-                with s3.open_output_stream(f"{base}/{name}") as out:
-                    out.write(data)
+                _write(s3, f"{base}/{name}", data)
         for name in set(before) - set(after):  # set aside: kept beside, then gone from Tune's view
             [moved] = (exp / KEPT).glob(f"unreadable-*/{name}")
-            with s3.open_output_stream(f"{base}/{KEPT}/{moved.parent.name}/{name}") as out:
-                out.write(moved.read_bytes())
+            _write(s3, f"{base}/{KEPT}/{moved.parent.name}/{name}", moved.read_bytes())
             s3.delete_file(f"{base}/{name}")
     return notes
 
 
-def _download(s3, info, dest: Path) -> None:
-    with s3.open_input_stream(info.path) as src:
-        dest.write_bytes(src.read())
-    stamp = info.mtime.timestamp()
-    os.utime(dest, (stamp, stamp))
+def _read(s3, path: str) -> bytes:
+    with s3.open_input_stream(path) as src:
+        return src.read()
+
+
+def _write(s3, path: str, data: bytes) -> None:
+    """One object, visible only once whole (an S3 PUT)."""
+    with s3.open_output_stream(path) as out:
+        out.write(data)
+
+
+def _stamp(path: Path, info) -> None:
+    """Give ``path`` the object's time: :func:`_mixed` compares the live files' and the copy's."""
+    t = info.mtime.timestamp()
+    os.utime(path, (t, t))
