@@ -26,6 +26,7 @@ from importlib import metadata
 from pathlib import Path
 
 from raytune_opt import _atomic, __version__, registry
+from raytune_opt._fmt import signed
 from raytune_opt.promote.select import Source, sha256_file
 
 FORMAT = "raytune-opt/promotion/v1"
@@ -223,11 +224,11 @@ def _num(x) -> str:
 
 
 def _rel(x) -> str:
-    return "-" if x is None else f"{x:+.2%}"
+    return "-" if x is None else signed(x, "+.2%")
 
 
 def _pts(x) -> str:
-    return "-" if x is None else f"{x:+.2f}"
+    return "-" if x is None else signed(x, "+.2f")
 
 
 def _ms(rec) -> str:

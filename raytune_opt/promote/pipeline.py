@@ -30,6 +30,7 @@ from typing import Callable
 import numpy as np
 
 from raytune_opt import _atomic, progress, registry, storage
+from raytune_opt._fmt import signed
 from raytune_opt.promote import export, manifest, measure, quantize, tensorrt
 from raytune_opt.promote.errors import ArtifactError, PromotionError
 from raytune_opt.promote.select import Source, select_source
@@ -429,10 +430,10 @@ def _summary(rec: dict) -> str:
         parts.append(", ".join(f"{k} {v:.0%}" for k, v in rec["of_trial"].items() if v is not None) + " of the trial's")
     against = "the trial" if "from_step" in rec else "fp32"  # after a compression step, fp32 is ambiguous
     if rec.get("delta_points") is not None:
-        parts.append(f"Δ {rec['delta_points']:+.2f} points vs {against}")
+        parts.append(f"Δ {signed(rec['delta_points'], '+.2f')} points vs {against}")
     if rec.get("relative_change") is not None:
         what = "1 - r2" if rec["metric"] == "r2" else rec["metric"]
-        parts.append(f"{what} {rec['relative_change']:+.2%} vs {against}")
+        parts.append(f"{what} {signed(rec['relative_change'], '+.2%')} vs {against}")
     return ", ".join(parts)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from raytune_opt import _atomic, progress
+from raytune_opt._fmt import signed
 from raytune_opt.promote import measure
 
 METHODS = ("minmax", "entropy", "percentile")
@@ -177,9 +178,9 @@ def quantize_with_gate(fp32_path: str | Path, out_path: str | Path, batches: lis
 
 def _reason(scorer: measure.Scorer, attempts: list[Attempt], kept: Attempt) -> str:
     if not scorer.regression:
-        tried = ", ".join(f"{a.method} {a.change:+.2f}" for a in attempts)
+        tried = ", ".join(f"{a.method} {signed(a.change, '+.2f')}" for a in attempts)
         return (f"accuracy gate: INT8 loses more than {scorer.key}={scorer.limit:g} points vs {scorer.against} with "
                 f"every calibration method ({tried}); kept {kept.method}")
-    tried = ", ".join(f"{a.method} {a.change:+.2%}" for a in attempts)
+    tried = ", ".join(f"{a.method} {signed(a.change, '+.2%')}" for a in attempts)
     return (f"{scorer.gate}: INT8's {scorer.measured} is worse than {scorer.against}'s by more than {scorer.key}="
             f"{scorer.limit:g} (relative) with every calibration method ({tried}); kept {kept.method}")
