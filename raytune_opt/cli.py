@@ -83,8 +83,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(sb)
     sb.add_argument("--address", required=True, help="the cluster's dashboard, e.g. http://127.0.0.1:8265")
     sb.add_argument("--storage", help="results on the cluster: a directory shared by its nodes, or s3://BUCKET/PREFIX")
-    sb.add_argument("--working-dir", default=".", help="uploaded with the job (default: .); the spec path is "
-                                                       "relative to it")
+    sb.add_argument("--working-dir", default=".", help="uploaded with the job (default: .; never / or $HOME), less "
+                                                       "secrets, VCS metadata, virtual envs, caches and outputs; the "
+                                                       "spec path is relative to it")
+    sb.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
+                    help="also leave out what this .gitignore-style pattern matches (repeatable); '!PATTERN' "
+                         "puts a default exclusion back")
+    sb.add_argument("--show-upload", action="store_true",
+                    help="list every file that would be uploaded and what is left out and why; send nothing")
     sb.add_argument("--dry-run", action="store_true", help="submit a dry run")
     wait = sb.add_mutually_exclusive_group()
     wait.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
@@ -171,7 +177,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     load_spec(args.spec, args.overrides)  # a bad spec fails here, not minutes later on the cluster
     return jobs.submit(args.spec, args.overrides, args.address, storage=args.storage, follow=args.follow,
-                       no_wait=args.no_wait, working_dir=args.working_dir, dry_run=args.dry_run)
+                       no_wait=args.no_wait, working_dir=args.working_dir, dry_run=args.dry_run,
+                       excludes=args.exclude, show_upload=args.show_upload)
 
 
 def _finish(outcome, spec, address) -> int:

@@ -20,7 +20,6 @@ def _client_raising(monkeypatch, exc):
             raise exc
 
     monkeypatch.setattr(ray.job_submission, "JobSubmissionClient", Client)
-    monkeypatch.setattr(jobs, "working_dir_size", lambda root, excludes: 0)
 
 
 @pytest.mark.parametrize("exc", [ConnectionError("Failed to connect to Ray at address: http://h:8265."),

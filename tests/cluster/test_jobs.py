@@ -15,6 +15,7 @@ from raytune_opt import jobs
 from raytune_opt.cli import main
 from raytune_opt.errors import UsageError
 from tests.cluster.conftest import VENV_BIN, HeadNode
+from tests.security.test_submit_upload import JUNK, PROJECT, SECRETS, make_project
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = ["search.num_samples=2", "train.epochs=2", "train.limit_batches=5", "scheduler={name: fifo}",
@@ -51,14 +52,25 @@ def test_plain_ray_job_submit_works_too(head_node, tmp_path):
     assert len(_rows(tmp_path / "plain")) == 2
 
 
-def test_a_failing_job_gives_a_non_zero_exit(head_node, tmp_path, monkeypatch, capsys):
+def test_a_failing_job_gives_a_non_zero_exit_and_its_upload_held_no_secrets(head_node, tmp_path, monkeypatch,
+                                                                               capsys):
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.chdir(ROOT)
+    # A working directory with keys, tokens, .git, virtual envs and caches beside the spec (issue 25).
+    project = make_project(tmp_path, ROOT / "search_spaces" / "cifar10_resnet18.yaml")
+    monkeypatch.chdir(project)
     # Valid here, but the data is not on the cluster: the job fails there, and so do we.
-    rc = main(["submit", "search_spaces/cifar10_resnet18.yaml", "data.root=/nonexistent/cifar", "--dry-run",
-               "--storage", str(tmp_path), "--address", head_node.address])
+    rc = main(["submit", "spec.yaml", "data.root=/nonexistent/cifar", "--dry-run",
+               "--storage", str(tmp_path / "results"), "--address", head_node.address])
     assert rc == 1
-    assert "failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "failed" in out and "left out: 9 secrets" in out
+    # What the head unpacked as the job's working directory (Ray keeps it for later jobs).
+    unpacked = Path(head_node.temp_dir, "session_latest", "runtime_resources", "working_dir_files")
+    (package,) = [d for d in unpacked.glob("_ray_pkg_*") if (d / "train_helpers.py").is_file()]
+    got = {p.relative_to(package).as_posix() for p in package.rglob("*") if p.is_file()}
+    assert set(PROJECT) <= got
+    assert not got & (set(SECRETS) | set(JUNK)), got
+    assert not [p for p in got if "leaked" in (package / p).read_text(errors="replace")]
 
 
 def test_a_job_without_the_token_is_refused_by_a_token_cluster(tmp_path):
