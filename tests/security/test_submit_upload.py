@@ -160,7 +160,8 @@ def test_home_and_root_are_refused_as_the_working_directory(tmp_path, monkeypatc
     shutil.copy(root / "spec.yaml", home / "spec.yaml")
     monkeypatch.chdir(home)
     working_dir = {"home": str(home), "above home": str(tmp_path / "home"), "root": os.sep}[which]
-    rc = main(["submit", "spec.yaml", "--address", _unused_address(), "--working-dir", working_dir, "--show-upload"])
+    # Without --show-upload: refused before anything is packaged or any cluster contacted.
+    rc = main(["submit", "spec.yaml", "--address", _unused_address(), "--working-dir", working_dir, "--no-wait"])
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     (line,) = err.splitlines()
