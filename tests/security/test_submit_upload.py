@@ -175,3 +175,13 @@ def test_a_spec_left_out_of_the_upload_is_refused(tmp_path, monkeypatch, capsys,
     (line,) = capsys.readouterr().err.splitlines()
     assert rc == 2
     assert line.startswith("spec.yaml: left out of the upload (--exclude: *.yaml)") and "--exclude '!spec.yaml'" in line
+
+
+def test_the_readme_shows_the_default_excludes():
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    for reason, patterns in jobs.UPLOAD_EXCLUDES.items():
+        (row,) = re.findall(rf"^  \| {re.escape(reason)} \| (.+) \|$", readme, re.M)
+        shown = re.findall(r"`([^`]+)`", row.split(", and any")[0])
+        assert shown == list(patterns), f"README's '{reason}' row: {shown}, jobs.UPLOAD_EXCLUDES: {list(patterns)}"
