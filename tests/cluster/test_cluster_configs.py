@@ -223,6 +223,13 @@ def test_kuberay_manifest_is_what_kubernetes_accepts(path, index, doc):
     if doc["kind"] in CRD_FILES:
         assert doc["apiVersion"] == "ray.io/v1"
         assert crd_problems(doc) == []
+    elif doc["kind"] == "NetworkPolicy":  # built into Kubernetes; no CRD to check, so only what we ship
+        assert doc["apiVersion"] == "networking.k8s.io/v1"
+        assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
+        assert set(doc["spec"]) <= {"podSelector", "policyTypes", "ingress"}
+        for rule in doc["spec"]["ingress"]:
+            assert set(rule) <= {"from", "ports"}
+            assert all(set(peer) <= {"podSelector", "namespaceSelector"} for peer in rule["from"])
     else:  # the volumes beside them; no CRD to check, so only what we ship
         assert (doc["apiVersion"], doc["kind"]) == ("v1", "PersistentVolumeClaim")
         assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
@@ -456,6 +463,142 @@ def test_every_manifest_runs_the_image_the_dockerfile_builds():
     makefile = (CLUSTER / "Makefile").read_text()
     assert "docker build -f $(ROOT)/cluster/Dockerfile -t $(IMAGE) $(ROOT)" in makefile
     assert "docker push $(IMAGE)" in makefile
+
+
+# --- locked down (issue 25): restricted pods, no needless tokens, a NetworkPolicy ----------
+
+# The Pod Security Standard "restricted" (kubernetes.io/docs/concepts/security/pod-security-standards):
+# the pod's part, and every container's.
+RESTRICTED_POD = {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+DASHBOARD_PORT = 8265
+
+
+def _dockerfile_user() -> tuple[int, int]:
+    (user,) = re.findall(r"^USER (\d+):(\d+)$", (CLUSTER / "Dockerfile").read_text(), re.M)
+    return int(user[0]), int(user[1])
+
+
+def _all_pods(doc: dict) -> list[tuple[str, dict, dict]]:
+    """(role, pod template, its metadata) of every pod a manifest makes, a RayJob's submitter too."""
+    spec = _cluster_spec(doc)
+    pods = [("head", spec["headGroupSpec"]["template"])] + [
+        (f"worker group {g['groupName']}", g["template"]) for g in spec["workerGroupSpecs"]]
+    if doc["kind"] == "RayJob":
+        pods.append(("submitter", doc["spec"]["submitterPodTemplate"]))
+    return [(role, t["spec"], t.get("metadata", {})) for role, t in pods]
+
+
+def security_problems(doc: dict) -> list[str]:
+    """Every pod runs as the image's non-root user under the restricted profile, every
+    container (the autoscaler sidecar KubeRay adds too) without privilege escalation or
+    capabilities; only the head keeps a service-account token, and only for the autoscaler."""
+    uid, gid = _dockerfile_user()
+    spec = _cluster_spec(doc)
+    problems = []
+    for role, pod, _ in _all_pods(doc):
+        context = pod.get("securityContext", {})
+        wanted = {**RESTRICTED_POD, "runAsUser": uid, "runAsGroup": gid}
+        if {k: context.get(k) for k in wanted} != wanted:
+            problems.append(f"{role}: pod securityContext {context!r}, not {wanted!r}")
+        for c in pod["containers"] + pod.get("initContainers", []):
+            got = c.get("securityContext", {})
+            if {k: got.get(k) for k in RESTRICTED_CONTAINER} != RESTRICTED_CONTAINER or got.get("privileged"):
+                problems.append(f"{role} container {c['name']}: securityContext {got!r}, not {RESTRICTED_CONTAINER!r}")
+        needs_token = role == "head" and spec.get("enableInTreeAutoscaling")
+        if needs_token and pod.get("automountServiceAccountToken") is False:
+            problems.append(f"{role}: automountServiceAccountToken false, but the autoscaler sidecar needs it")
+        if not needs_token and pod.get("automountServiceAccountToken") is not False:
+            problems.append(f"{role}: mounts a service-account token it never uses")
+    if spec.get("enableInTreeAutoscaling"):
+        got = (spec.get("autoscalerOptions") or {}).get("securityContext", {})
+        if {k: got.get(k) for k in RESTRICTED_CONTAINER} != RESTRICTED_CONTAINER:
+            problems.append(f"autoscaler sidecar: securityContext {got!r}, not {RESTRICTED_CONTAINER!r}")
+    return problems
+
+
+@pytest.mark.parametrize("kind", CRD_FILES)
+def test_every_pod_runs_restricted_as_the_images_non_root_user(kind):
+    (doc,) = _kuberay_docs(kind)
+    assert security_problems(doc) == []
+    path = "spec.rayClusterSpec" if kind == "RayJob" else "spec"
+    loose = _set(doc, f"{path}.workerGroupSpecs.0.template.spec.containers.0.securityContext", {"privileged": True})
+    assert any(p.startswith("worker group gpu container ray-worker: securityContext") for p in security_problems(loose))
+    root = _set(doc, f"{path}.headGroupSpec.template.spec.securityContext.runAsUser", 0)
+    assert any(p.startswith("head: pod securityContext") for p in security_problems(root))
+    token = _set(doc, f"{path}.workerGroupSpecs.0.template.spec.automountServiceAccountToken", True)
+    assert "worker group gpu: mounts a service-account token it never uses" in security_problems(token)
+
+
+def test_the_image_runs_as_the_user_the_pods_ask_for():
+    uid, gid = _dockerfile_user()
+    assert uid != 0 and _dockerfile_args()["BASE_IMAGE"].startswith("rayproject/ray:")  # whose user ray is 1000:100
+    assert (uid, gid) == (1000, 100)
+    text = (CLUSTER / "Dockerfile").read_text()
+    assert re.findall(r"^USER (\S+)$", text, re.M)[-1] == f"{uid}:{gid}"  # the last USER: the image's
+    assert all(f"--chown={uid}:{gid} " in line for line in re.findall(r"^COPY .*$", text, re.M))
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    assert set(selector) <= {"matchLabels"}, selector  # matchExpressions would need evaluating
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def network_problems(path: Path) -> list[str]:
+    """A NetworkPolicy in the same file selects every Ray pod of its cluster and admits, on any
+    port, only pods that are themselves Ray pods of it; anything else only to the dashboard."""
+    docs = _docs(path)
+    (cluster,) = [d for d in docs if d["kind"] in CRD_FILES]
+    policies = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    ray_pods = [(role, meta.get("labels", {})) for role, _, meta in _all_pods(cluster) if role != "submitter"]
+    if not policies:
+        return [f"{path.name}: no NetworkPolicy"]
+    problems = []
+    for policy in policies:
+        spec, name = policy["spec"], policy["metadata"]["name"]
+        missed = [role for role, labels in ray_pods if not _selects(spec["podSelector"], labels)]
+        if missed or not spec["podSelector"]:
+            problems.append(f"{name}: does not select {missed or 'only the Ray pods'}")
+        if "Ingress" not in spec.get("policyTypes", []):
+            problems.append(f"{name}: no Ingress in policyTypes")
+        for i, rule in enumerate(spec.get("ingress", [])):
+            peers = rule.get("from")
+            ports = sorted((p.get("protocol", "TCP"), p["port"]) for p in rule.get("ports", []))
+            from_ray = peers and all(set(peer) == {"podSelector"} and peer["podSelector"]
+                                     and all(_selects(peer["podSelector"], labels) for _, labels in ray_pods)
+                                     for peer in peers)
+            if not from_ray and ports != [("TCP", DASHBOARD_PORT)]:
+                problems.append(f"{name}: ingress rule {i} admits {peers or 'everyone'} to "
+                                f"{ports or 'every port'}, not only the cluster's pods or the dashboard")
+            for peer in peers or []:
+                if "ipBlock" in peer:
+                    problems.append(f"{name}: ingress rule {i} admits addresses {peer['ipBlock']}")
+    return problems
+
+
+@pytest.mark.parametrize("name", ["kuberay-raycluster.yaml", "kuberay-rayjob.yaml"])
+def test_a_networkpolicy_admits_only_the_clusters_own_pods(name):
+    path = CLUSTER / name
+    assert network_problems(path) == []
+    (cluster,) = [d for d in _docs(path) if d["kind"] in CRD_FILES]
+    rayparams = _cluster_spec(cluster)["headGroupSpec"]["rayStartParams"]
+    assert int(rayparams.get("dashboard-port", DASHBOARD_PORT)) == DASHBOARD_PORT  # the port the policy opens
+
+
+def test_the_networkpolicy_check_catches_an_open_policy(tmp_path, monkeypatch):
+    text = (CLUSTER / "kuberay-raycluster.yaml").read_text()
+    cases = {
+        "open": text.replace("      ports:\n        - {protocol: TCP, port: 8265}\n", ""),
+        "unselected": text.replace("    matchLabels: {app.kubernetes.io/part-of: raytune-opt}   # the head",
+                                   "    matchLabels: {app.kubernetes.io/part-of: other}   # the head"),
+        "none": text.split("\n---\n")[0],
+    }
+    expected = {"open": "ingress rule 1 admits", "unselected": "does not select", "none": "no NetworkPolicy"}
+    for case, broken in cases.items():
+        assert broken != text, case
+        path = tmp_path / "kuberay-raycluster.yaml"
+        path.write_text(broken)
+        assert any(expected[case] in p for p in network_problems(path)), case
 
 
 # --- the image -----------------------------------------------------------------------------
