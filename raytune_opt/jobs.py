@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 
 from raytune_opt.errors import UsageError
 
-# What `submit` leaves out of the job's working directory by default, by why (README,
+# What `submit` leaves out of the job's working directory by default, by reason (README,
 # "Running on a cluster"). Gitignore-style patterns as Ray's runtime_env "excludes" take
 # them: a pattern without "/" matches a file or directory of that name at any depth, one
 # with a leading "/" only at the top. Ray adds its own (.git, .venv, venv, __pycache__) and
@@ -173,14 +173,18 @@ def upload_plan(root: Path, user_excludes: list[str] = ()) -> UploadPlan:
 
     plan = UploadPlan(root, ours + list(found) + user)
     matcher = _get_excludes(root, ray_defaults + plan.excludes)  # the very matcher Ray builds
-    reasons = [("--exclude", user), *UPLOAD_EXCLUDES.items(), ("Ray default", ray_defaults)]
+    # Why a path is left out: the first pattern, in this order, that matches it alone.
+    reasons = [(reason, pattern, _get_excludes(root, [pattern]))
+               for reason, patterns in [("--exclude", user), *UPLOAD_EXCLUDES.items(), ("Ray default", ray_defaults)]
+               for pattern in patterns if not pattern.startswith("!")]
     seen: set[Path] = set()
 
     def excluded(path: Path) -> bool:
         if not matcher(path):
             return False
         rel = "/" + _escape(path.relative_to(root).as_posix())
-        plan.left_out.append((_shown(root, path), *(found.get(rel) or _reason(root, path, reasons))))
+        why = found.get(rel) or next(((r, p) for r, p, match in reasons if match(path)), ("Ray default", "?"))
+        plan.left_out.append((_shown(root, path), *why))
         seen.add(path)
         return True
 
@@ -212,17 +216,6 @@ def _unnamed_exclusion(root: Path, path: Path) -> tuple[str, str] | None:
         if path.is_dir() and (path / marker).exists():
             return "virtual env", f"holds {marker}"
     return None
-
-
-def _reason(root: Path, path: Path, reasons: list[tuple[str, list[str]]]) -> tuple[str, str]:
-    """Why ``path`` is left out: the first group with a pattern that matches it, and the pattern."""
-    from ray._private.runtime_env.packaging import _get_excludes
-
-    for reason, patterns in reasons:
-        for pattern in patterns:
-            if not pattern.startswith("!") and _get_excludes(root, [pattern])(path):
-                return reason, pattern
-    return "Ray default", "?"  # a combination of patterns no single one explains
 
 
 def _ignore_file(root: Path, path: Path, gitignore: bool) -> tuple[str, str]:
