@@ -17,9 +17,20 @@ ENV = "RAYTUNE_OPT_CACHE"
 
 
 def cache_root() -> Path:
-    """The cache root: ``$RAYTUNE_OPT_CACHE`` (``~`` expanded, made absolute), else ``<tmp>/raytune_opt_cache``."""
+    """The cache root: ``$RAYTUNE_OPT_CACHE`` (``~`` expanded, resolved), else ``<tmp>/raytune_opt_cache``.
+
+    Raises:
+        UsageError: ``$RAYTUNE_OPT_CACHE`` is a relative path: each process would find its
+            cache somewhere else (Ray's workers run in their own directory), and what is
+            deleted there as a stale mirror would depend on where the command was started.
+    """
     value = os.environ.get(ENV)
-    root = Path(value).expanduser() if value else Path(tempfile.gettempdir()) / "raytune_opt_cache"
+    if not value:
+        return (Path(tempfile.gettempdir()) / "raytune_opt_cache").resolve()
+    root = Path(value).expanduser()
+    if not root.is_absolute():
+        raise UsageError(f"${ENV}={value!r}: a relative path; set {ENV} to an absolute directory "
+                         f"(e.g. {ENV}=$HOME/.cache/raytune_opt), or unset it for {tempfile.gettempdir()}/raytune_opt_cache")
     return root.resolve()
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raytune_opt import _cache
+from raytune_opt._paths import ensure_under
 from raytune_opt.errors import UsageError
 
 S3 = "s3://"
@@ -37,7 +38,7 @@ def is_remote(uri: str | os.PathLike | None) -> bool:
 def root_problem(root: str) -> str | None:
     """What is wrong with a storage root (``storage.path`` or ``--storage``), or None."""
     if is_remote(root):
-        return None if split_s3(root)[0] else "names no bucket; write s3://BUCKET/PREFIX"
+        return s3_problem(root)
     if "://" in root:
         return (f"scheme '{root.split('://', 1)[0]}' is not supported; use a local or mounted directory, "
                 "or s3://BUCKET/PREFIX")
@@ -98,11 +99,51 @@ def s3_filesystem(endpoint_url: str | None):
     return fs.S3FileSystem(**kwargs)
 
 
-def split_s3(uri: str) -> tuple[str, str]:
-    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+_BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
+_RESERVED = (("xn--", "sthree-", "amzn-s3-demo-"), ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"))
+_SEGMENTS = "write it without '//', '.' or '..' (an S3 key is a name, not a path to climb)"
+
+
+def bucket_problem(bucket: str) -> str | None:
+    """What is wrong with an S3 bucket name (S3's naming rules), or None."""
+    if not bucket:
+        return "names no bucket; write s3://BUCKET/PREFIX"
+    if (not _BUCKET.fullmatch(bucket) or ".." in bucket or _IPV4.fullmatch(bucket)
+            or bucket.startswith(_RESERVED[0]) or bucket.endswith(_RESERVED[1])):
+        return (f"bucket {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, digits, '.' or '-', "
+                "starting and ending with a letter or a digit); write s3://BUCKET/PREFIX with the bucket's name")
+    return None
+
+
+def s3_problem(uri: str) -> str | None:
+    """What is wrong with ``s3://BUCKET[/KEY]``, or None: a bucket S3 would refuse, or a key
+    with an empty, ``.`` or ``..`` segment (the local mirror is a path built from them, and
+    pyarrow refuses empty segments). Trailing slashes are fine."""
     assert uri.startswith(S3), uri
-    bucket, _, key = uri[len(S3):].partition("/")
-    return bucket, key.strip("/")
+    bucket, _, key = uri[len(S3):].rstrip("/").partition("/")
+    problem = bucket_problem(bucket)
+    if problem:
+        return problem
+    for segment in key.split("/") if key else ():
+        if segment in ("", ".", ".."):
+            return f"the key has {'an empty' if not segment else f'a {segment!r}'} segment; {_SEGMENTS}"
+        if any(ord(c) < 32 or ord(c) == 127 for c in segment):
+            return f"the key has a control character in {segment!r}; write it without one"
+    return None
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``.
+
+    Raises:
+        UsageError: see :func:`s3_problem`; the line names ``uri``.
+    """
+    problem = s3_problem(uri)
+    if problem:
+        raise UsageError(f"{uri if uri.isprintable() else repr(uri)}: {problem}")
+    bucket, _, key = uri[len(S3):].rstrip("/").partition("/")
+    return bucket, key
 
 
 def s3_error(what: str, exc: OSError, endpoint_url: str | None) -> UsageError:
@@ -209,17 +250,31 @@ class Location:
             return
         for rel in rels:
             if self.exists(rel):
-                download(f"{self.uri}/{rel}", self.local / rel, self.endpoint_url)
+                dest = ensure_under(self.local / rel, self.local, f"{self.uri}'s local copy of {rel}")
+                download(f"{self.uri}/{rel}", dest, self.endpoint_url)
+
+
+def mirror_root() -> Path:
+    """Where the local mirrors of S3 experiments live: ``s3/`` under raytune-opt's cache root.
+
+    Raises:
+        UsageError: the cache cannot be created (see :func:`raytune_opt._cache.cache_dir`).
+    """
+    return _cache.cache_dir("s3")
 
 
 def mirror_dir(uri: str) -> Path:
     """The local mirror of an S3 experiment: ``s3/BUCKET/KEY`` under raytune-opt's cache root.
 
     Raises:
-        UsageError: the cache cannot be created (see :func:`raytune_opt._cache.cache_dir`).
+        UsageError: ``uri`` is not a valid ``s3://`` URI (see :func:`s3_problem`), or the cache
+            cannot be created (see :func:`raytune_opt._cache.cache_dir`).
     """
     bucket, key = split_s3(uri)
-    return _cache.cache_dir("s3") / bucket / key
+    root = mirror_root()
+    mirror = root / bucket / key
+    ensure_under(mirror, root, f"the local mirror of {uri}")  # split_s3 refused '..'; a link could still lead out
+    return mirror
 
 
 def locate(root: str, name: str, endpoint_url: str | None = None) -> Location:
@@ -249,26 +304,42 @@ def from_uri(uri: str, endpoint_url: str | None = None) -> Location:
 
 
 def download(uri: str, dest: Path, endpoint_url: str | None) -> Path:
-    """Copy the S3 object or prefix ``uri`` to ``dest`` (atomically for a single file)."""
+    """Copy the S3 object or prefix ``uri`` to ``dest`` (atomically for a single file).
+
+    A prefix's objects land at their relative names under ``dest``; one whose name would lead
+    out of ``dest`` (``..`` is a valid S3 key) is refused before anything is written.
+
+    Raises:
+        UsageError: ``uri`` is not a valid ``s3://`` URI or not there, S3 refused, or an
+            object's name leads out of ``dest``.
+    """
     from pyarrow import fs
 
     from raytune_opt import _atomic
 
+    split_s3(uri)
     s3 = s3_filesystem(endpoint_url)
-    path = uri[len(S3):]
+    path = uri[len(S3):].rstrip("/")
     try:
         info = s3.get_file_info(path)
         if info.type == fs.FileType.NotFound:
             raise UsageError(f"{uri}: not found at {endpoint_url or 'AWS'}; check the URI (and storage.endpoint_url)")
-        if info.type == fs.FileType.Directory:
-            dest.mkdir(parents=True, exist_ok=True)
-            fs.copy_files(path, str(dest), source_filesystem=s3, destination_filesystem=fs.LocalFileSystem())
+        if info.type != fs.FileType.Directory:
+            _atomic.write_bytes(dest, _read_object(s3, path))
             return dest
-        with s3.open_input_stream(path) as src:
-            _atomic.write_bytes(dest, src.read())
+        for f in s3.get_file_info(fs.FileSelector(path, recursive=True)):  # checked before anything is written
+            ensure_under(dest / f.path[len(path) + 1:], dest, f"the local copy of {S3}{f.path}")
+        dest.mkdir(parents=True, exist_ok=True)
+        # pyarrow's copy, in parallel (a sweep's history/ holds a file per trial)
+        fs.copy_files(path, str(dest), source_filesystem=s3, destination_filesystem=fs.LocalFileSystem())
         return dest
     except OSError as exc:
         raise s3_error(uri, exc, endpoint_url) from None
+
+
+def _read_object(s3, path: str) -> bytes:
+    with s3.open_input_stream(path) as src:
+        return src.read()
 
 
 def _sees_marker(path: str, token: str) -> bool:

@@ -19,6 +19,7 @@ from pathlib import Path
 from raytune_opt import objectives
 from raytune_opt import _atomic, ray_runtime, report, results, schedulers, searchers, tracking, trial
 from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
+from raytune_opt._paths import ensure_under
 from raytune_opt.errors import UsageError
 from raytune_opt.spec import Spec, schema
 
@@ -182,6 +183,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     if loc.exists("results.csv") or loc.exists("spec.yaml"):
         raise UsageError(f"{loc.uri}: a sweep named '{spec.name}' already has results there; pass name=NEW_NAME "
                          "or --storage OTHER_DIR (or 'raytune-opt resume' it)")
+    _refuse_foreign(loc)
     address = ray_runtime.resolve_address(address)
     if address is None or dry_run:  # on a cluster the data may live only on the worker nodes
         check_data(spec)
@@ -234,6 +236,31 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
         ray_runtime.stop(embedded)
 
 
+def _refuse_foreign(loc: stores.Location) -> None:
+    """Refuse a place that holds something other than an experiment (a sweep would overwrite
+    its best.json, report.html, history/... and, on S3, the stale mirror would be deleted).
+
+    Raises:
+        UsageError: ``loc`` is a file, or a non-empty directory (prefix) without a run record.
+    """
+    if loc.exists(RUN_META):
+        return
+    if loc.remote:
+        from pyarrow import fs
+
+        try:
+            found = loc.filesystem().get_file_info(fs.FileSelector(loc.fs_path, allow_not_found=True))
+        except OSError as exc:
+            raise stores.s3_error(loc.uri, exc, loc.endpoint_url) from None
+        foreign = bool(found)
+    else:
+        foreign = loc.local.exists() and (not loc.local.is_dir() or any(loc.local.iterdir()))
+    if foreign:
+        what = "is a file" if loc.local.exists() and not loc.local.is_dir() else "is not empty"
+        raise UsageError(f"{loc.uri}: {what} and is not a raytune-opt experiment (no {RUN_META}); a sweep would "
+                         "overwrite what is there: pass name=NEW_NAME or --storage OTHER_DIR, or move it away")
+
+
 def _live_callbacks(spec: Spec, loc: stores.Location) -> list:
     from raytune_opt import live
 
@@ -244,6 +271,7 @@ def _write_inputs(loc: stores.Location, spec: Spec, source_text: str, dry_run: b
     """The experiment's first files: what ``resume`` needs to rebuild exactly this sweep."""
     exp_dir = loc.local
     if loc.remote and exp_dir.exists():  # a stale mirror of an earlier experiment of that name
+        ensure_under(exp_dir, stores.mirror_root(), f"the stale local mirror of {loc.uri}")
         shutil.rmtree(exp_dir)
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
@@ -343,6 +371,10 @@ def _resume_location(exp_dir: str, endpoint_url: str | None) -> stores.Location:
             except (ValueError, AttributeError):
                 recorded = None  # _read_meta says what is wrong
             if stores.is_remote(recorded):
+                problem = stores.s3_problem(recorded)
+                if problem:
+                    raise UsageError(f"{loc.local / RUN_META}: storage {recorded!r}: {problem}; the run record is "
+                                     "damaged: resume the S3 experiment by the URI 'raytune-opt run' printed")
                 raise UsageError(f"{loc.local}: a local mirror of the S3 experiment {recorded}; resume the "
                                  f"experiment itself: raytune-opt resume {recorded}")
         return loc
@@ -350,8 +382,9 @@ def _resume_location(exp_dir: str, endpoint_url: str | None) -> stores.Location:
     if not loc.exists(RUN_META):
         raise UsageError(f"{loc.uri}: not a raytune-opt experiment (no {RUN_META} there); pass the URI "
                          "'raytune-opt run' printed (s3://BUCKET/PREFIX/NAME)")
-    if loc.local.exists():
-        shutil.rmtree(loc.local)  # the bucket is the truth; a stale mirror must not mix in
+    if loc.local.exists():  # the bucket is the truth; a stale mirror must not mix in
+        ensure_under(loc.local, stores.mirror_root(), f"the stale local mirror of {loc.uri}")
+        shutil.rmtree(loc.local)
     loc.fetch(RUN_META, RUN_INPUT, "spec.yaml")
     return loc
 
@@ -360,6 +393,7 @@ def _forget_errored_checkpoints(loc: stores.Location) -> None:
     """--restart-errored: errored trials start from scratch (their own ckpt/ is removed)."""
     if not loc.remote:
         for err in loc.local.glob("trial_*/error.txt"):
+            ensure_under(err.parent / trial.CKPT_DIR, loc.local, "an errored trial's checkpoints")
             shutil.rmtree(err.parent / trial.CKPT_DIR, ignore_errors=True)
         return
     from pyarrow import fs
@@ -391,7 +425,35 @@ def _read_meta(exp_dir: Path) -> dict:
     if fmt != RUN_FORMAT:
         raise UsageError(f"{meta_path}: written by another raytune-opt version (format {fmt!r}, "
                          f"this one reads {RUN_FORMAT!r}); start a new sweep")
+    problem = _meta_problem(meta)
+    if problem:
+        raise UsageError(f"{meta_path}: {problem}; the run record is damaged: restore it from a copy, or start a new "
+                         "sweep with 'raytune-opt run'")
     return meta
+
+
+def _strings(v) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+# The run record's fields that resume reads: what each must be.
+_META_FIELDS = {
+    "overrides": (_strings, "a list of strings"),
+    "dry_run": (lambda v: isinstance(v, bool), "true or false"),
+    "spec_sha256": (lambda v: isinstance(v, str), "a string"),
+    "code_dirs": (lambda v: v is None or _strings(v), "a list of strings"),
+    "storage": (lambda v: v is None or isinstance(v, str), "a string"),
+}
+
+
+def _meta_problem(meta: dict) -> str | None:
+    """What is wrong with the run record's fields (their types, the storage URI), or None."""
+    for key, (ok, want) in _META_FIELDS.items():
+        if key in meta and not ok(meta[key]):
+            return f"{key} must be {want} (got {json.dumps(meta[key])[:80]})"
+    storage = meta.get("storage")
+    problem = stores.s3_problem(storage) if stores.is_remote(storage) else None
+    return f"storage {storage!r}: {problem}" if problem else None
 
 
 def _trial_dirname(t) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from raytune_opt import _atomic, searchers
+from raytune_opt._paths import ensure_under
 from raytune_opt.recipe.session import Session
 from raytune_opt.registry import add_code_paths
 from raytune_opt.space import Space, apply
@@ -163,10 +164,12 @@ class TrainSession(Session):
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(staged) if staged else None)
         finally:
             if staged:
+                ensure_under(staged, tempfile.gettempdir(), "a staged checkpoint")
                 shutil.rmtree(staged, ignore_errors=True)
 
     def close(self) -> None:
         if self._temporary:
+            ensure_under(self._root, tempfile.gettempdir(), "a rank's scratch checkpoint directory")
             shutil.rmtree(self._root, ignore_errors=True)
 
     def checkpoint_root(self) -> str:
@@ -243,6 +246,7 @@ class OwnStore:
         s3 = self._fs()
         for info in s3.get_file_info(fs.FileSelector(self.fs_dir, allow_not_found=True)):
             if info.type == fs.FileType.File:
+                ensure_under(os.path.join(scratch, info.base_name), scratch, f"the local copy of s3://{info.path}")
                 fs.copy_files(info.path, os.path.join(scratch, info.base_name), source_filesystem=s3,
                               destination_filesystem=fs.LocalFileSystem())
 
@@ -345,6 +349,7 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
                                None if remote else ckpt_dir, endpoint_url, remote, store, extra, code_dirs)
         finally:
             if remote:
+                ensure_under(ckpt_dir, tempfile.gettempdir(), "a trial's scratch checkpoint directory")
                 shutil.rmtree(ckpt_dir, ignore_errors=True)
 
     return run_trial
@@ -365,9 +370,13 @@ def _claim(store: "OwnStore", ckpt_dir: str, trial_id: str) -> None:
     else:
         owner_file = os.path.join(ckpt_dir, OWNER)
         owner = Path(owner_file).read_text().strip() if os.path.isfile(owner_file) else None
+        trial_dir = os.path.dirname(ckpt_dir)
         if owner not in (None, trial_id):
+            # The owner file's text names the copy: it must not lead out of the trial's directory.
+            ensure_under(f"{ckpt_dir}.{owner}", trial_dir, f"{ckpt_dir}'s checkpoints kept for trial {owner!r}")
             os.replace(ckpt_dir, f"{ckpt_dir}.{owner}")  # kept, not overwritten
         elif owner is None and os.path.isdir(ckpt_dir) and os.listdir(ckpt_dir):
+            ensure_under(f"{ckpt_dir}.unowned", trial_dir, f"{ckpt_dir}'s unowned checkpoints")
             os.replace(ckpt_dir, f"{ckpt_dir}.unowned")
         os.makedirs(ckpt_dir, exist_ok=True)
     _atomic.write_text(Path(ckpt_dir) / OWNER, trial_id)

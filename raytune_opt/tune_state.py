@@ -42,7 +42,9 @@ from pathlib import Path
 from ray import tune
 
 from raytune_opt import _atomic
+from raytune_opt._paths import ensure_under
 from raytune_opt._warn import WarnOnce
+from raytune_opt.errors import UsageError
 
 KEPT = ".tune-state"
 # Tune's per-session files: experiment_state-, search_gen_state-, searcher-state-,
@@ -90,6 +92,7 @@ class _LocalCopies:
     def put(self, session: str, files: dict[str, bytes]) -> None:
         root = self.exp_dir / KEPT
         tmp = root / f".tmp-{session}"
+        ensure_under(tmp, self.exp_dir, "a copy of Ray Tune's state being made")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for name, data in files.items():
@@ -98,9 +101,12 @@ class _LocalCopies:
         # shares the session's name.
         kept = [int(m.group(2)) for d in root.iterdir() if (m := _KEPT_DIR.match(d.name)) and m.group(1) == session]
         final = root / f"{session}.{max(kept, default=0) + 1:06d}"
+        ensure_under(final, self.exp_dir, "a copy of Ray Tune's state")
         os.rename(tmp, final)  # the set appears whole or not at all
         for n in kept:
-            shutil.rmtree(root / f"{session}.{n:06d}", ignore_errors=True)
+            older = root / f"{session}.{n:06d}"
+            ensure_under(older, self.exp_dir, "an older copy of Ray Tune's state")
+            shutil.rmtree(older, ignore_errors=True)
 
 
 class _S3Copies:
@@ -188,7 +194,7 @@ class KeepState(tune.Callback):
         if trials:  # every trial knows the experiment's staging directory
             try:
                 self._keeper.keep(Path(trials[0].storage.experiment_driver_staging_path))
-            except OSError as exc:  # a full disk: never stop the sweep for a spare copy
+            except (OSError, UsageError) as exc:  # a full disk, a link out: never stop the sweep for a spare copy
                 self._warn(exc)
 
 
@@ -246,6 +252,7 @@ def repair(exp_dir: str | Path, label: str | None = None) -> list[str]:
             return notes
         if copy and _readable(copy):
             for f in copy:
+                ensure_under(exp / f.name, exp, "a Ray Tune state file")
                 _atomic.write_bytes(exp / f.name, f.read_bytes())
             notes.append(f"{label}: Ray Tune's state files of session {session} differ from its last complete copy "
                          "(Tune's own copy of them may have been cut short); resuming from that copy" if live_ok else
@@ -257,6 +264,7 @@ def repair(exp_dir: str | Path, label: str | None = None) -> list[str]:
         aside = root / f"unreadable-{session}"
         aside.mkdir(parents=True, exist_ok=True)
         for f in files:
+            ensure_under(aside / f.name, exp, "a Ray Tune state file set aside")
             os.replace(f, aside / f.name)
         where = f"{label}/{KEPT}/{aside.name}" if label != str(exp) else aside
         notes.append(f"{label}: Ray Tune's state of session {session} is unreadable and has no complete "
@@ -285,6 +293,7 @@ def repair_remote(loc) -> list[str]:
                     with zipfile.ZipFile(io.BytesIO(_read(s3, info.path))) as z:
                         z.extractall(copy)
                 except (zipfile.BadZipFile, OSError):  # not ours whole: no copy, as before the keeping
+                    ensure_under(copy, exp, "a kept copy of Ray Tune's state")
                     shutil.rmtree(copy, ignore_errors=True)
                     continue
                 _stamp(copy, info)

@@ -283,7 +283,7 @@ def test_resume_refuses_a_truncated_run_record(tmp_path):
 
 
 def test_resume_of_a_local_mirror_points_at_the_s3_experiment(tmp_path):
-    (tmp_path / "raytune_opt_run.json").write_text(json.dumps({"storage": "s3://b/exp/k"}))
+    (tmp_path / "raytune_opt_run.json").write_text(json.dumps({"storage": "s3://bkt/exp/k"}))
     (tmp_path / "spec.input.yaml").write_text(DIGITS.read_text())
-    with pytest.raises(UsageError, match="raytune-opt resume s3://b/exp/k"):
+    with pytest.raises(UsageError, match="raytune-opt resume s3://bkt/exp/k"):
         resume_sweep(tmp_path)

@@ -28,7 +28,7 @@ def test_good_endpoints_pass(url):
     (["promote", "s3://bucket/x"], {"AWS_ENDPOINT_URL": "notaurl"}, "$AWS_ENDPOINT_URL 'notaurl'"),
     (["promote", "s3://bucket/x"], {"AWS_ENDPOINT_URL_S3": "ftp://x", "AWS_ENDPOINT_URL": "http://ok:1"},
      "$AWS_ENDPOINT_URL_S3 'ftp://x'"),
-    (["run", "search_spaces/digits_cnn.yaml", "--storage", "s3://b/p"], {"AWS_ENDPOINT_URL": "http://h:70000"},
+    (["run", "search_spaces/digits_cnn.yaml", "--storage", "s3://bkt/p"], {"AWS_ENDPOINT_URL": "http://h:70000"},
      "$AWS_ENDPOINT_URL 'http://h:70000'"),
 ])
 def test_endpoints_from_flags_and_variables_are_one_line_exit_2(argv, env, fragment, monkeypatch, capsys):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from raytune_opt import _atomic, __version__, registry
 from raytune_opt._fmt import signed
+from raytune_opt._records import manifest_problem
 from raytune_opt.promote.select import Source, sha256_file
 
 FORMAT = "raytune-opt/promotion/v1"
@@ -120,6 +121,8 @@ def previous_artifacts(promotion_dir: Path, source: Source) -> list[dict]:
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
+        return []
+    if manifest_problem(old):  # edited or not ours: this promotion's manifest replaces it
         return []
     if old.get("format") != FORMAT or old.get("source", {}).get("checkpoint_sha256") != source.checkpoint_sha256:
         return []

@@ -14,7 +14,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from raytune_opt import objectives, results, storage
+from raytune_opt import _records, objectives, results, storage
+from raytune_opt._paths import ensure_under
 from raytune_opt.promote.errors import NoSuccessfulTrialError, NotAnExperimentError
 from raytune_opt.spec.resolved import read_resolved
 
@@ -167,6 +168,7 @@ def _read_best(path: Path) -> dict:
         ok = False
     if not ok:
         raise NoSuccessfulTrialError(f"{path}: unreadable or truncated (needs trial_id and a numeric value); {_RERUN}")
+    _records.check_best(best, path, NoSuccessfulTrialError)
     return best
 
 
@@ -188,7 +190,11 @@ def _locate_checkpoint(exp_dir: Path, best: dict, endpoint_url: str | None = Non
         raise NoSuccessfulTrialError(f"{exp_dir / 'best.json'}: trial {best.get('trial_id')} has no checkpoint "
                                      f"(was train.checkpoint false?); promotion needs one, {_RERUN}")
     if storage.is_remote(recorded):
+        problem = storage.s3_problem(recorded)
+        if problem:
+            raise NoSuccessfulTrialError(f"{exp_dir / 'best.json'}: checkpoint {recorded!r}: {problem}; {_RERUN}")
         local = exp_dir.joinpath(".checkpoints", *recorded.split("/")[-3:])
+        ensure_under(local, exp_dir / ".checkpoints", "the local copy of the best trial's checkpoint")
         if not local.is_file():
             storage.download(recorded, local, storage.resolve_endpoint(endpoint_url))
         return local

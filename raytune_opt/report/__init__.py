@@ -27,8 +27,10 @@ def write_report(exp_dir: str | Path, out: str | Path | None = None, *, journal:
 
     Args:
         exp_dir: the experiment directory (STORAGE/NAME) or ``s3://BUCKET/PREFIX/NAME``.
-        out: where to write the page (default ``EXPERIMENT/report.html``).
-        journal: also write ``EXPERIMENT/optuna.journal.log`` (the trials as an Optuna study).
+        out: where to write the page (default ``EXPERIMENT/report.html``); then nothing else is
+            written (the experiment stays as it is: a view of it may be all a reader may do).
+        journal: also write ``EXPERIMENT/optuna.journal.log`` (the trials as an Optuna study),
+            unless ``out`` is given.
         endpoint_url: S3-compatible endpoint of an ``s3://`` experiment.
 
     Returns:
@@ -41,7 +43,9 @@ def write_report(exp_dir: str | Path, out: str | Path | None = None, *, journal:
 
     loc = stores.from_uri(str(exp_dir), endpoint_url)
     if loc.remote:  # the driver's small files; trials' files stay in the bucket
-        loc.fetch("spec.yaml", "results.csv", "best.json", "promotion/manifest.json")
+        from raytune_opt.sweep import RUN_INPUT, RUN_META  # the search space is rebuilt from them
+
+        loc.fetch(RUN_INPUT, RUN_META, "spec.yaml", "results.csv", "best.json", "promotion/manifest.json")
         if loc.exists("history"):
             loc.fetch("history")
     exp = data.load(loc.local)
@@ -50,7 +54,7 @@ def write_report(exp_dir: str | Path, out: str | Path | None = None, *, journal:
     html = page.render(exp, importance, _best_checkpoint(exp, loc))
     target = Path(out).expanduser().resolve() if out else loc.local / REPORT
     _atomic.write_text(target, html)
-    if journal:
+    if journal and out is None:
         study.write_journal(st, loc.local)
     if loc.remote and out is None:
         loc.publish(REPORT, *([study.JOURNAL] if journal else []))
