@@ -104,21 +104,28 @@ def run(spec: str | os.PathLike | dict, overrides: Sequence[str] = (), *, storag
             if outcome.best is not None and (loaded.data["promote"]["enabled"] if promote is None else promote):
                 from raytune_opt.promote import promote as promote_experiment
 
+                # The sweep ran the code its spec names: its own promotion trusts the same code.
                 outcome.promotion = promote_experiment(outcome.where, None, address, log=print,
-                                                       endpoint_url=loaded.data["storage"]["endpoint_url"])
+                                                       endpoint_url=loaded.data["storage"]["endpoint_url"],
+                                                       trust_code=True)
             after_promotion(outcome)
     return outcome
 
 
-def load_model(path: str | os.PathLike, map_location: str = "cpu"):
+def load_model(path: str | os.PathLike, map_location: str = "cpu", *, trust_code: bool = False):
     """The trained model of a checkpoint, in eval mode, rebuilt without the spec.
 
     Args:
         path: a checkpoint file (``best.pt``, ``last.pt``), a trial's checkpoint directory, or
             an experiment directory (its best trial's best checkpoint).
         map_location: where the weights go.
+        trust_code: import the user model the checkpoint names (and, for an experiment
+            directory, from the directories its sweep imported it from). It runs that code:
+            pass it only for your own checkpoints. Built-in models need no trust.
 
     Raises:
+        UntrustedCodeError: the checkpoint names a user model and ``trust_code`` is false
+            (one line naming the model, the file and the flag; nothing was imported).
         CheckpointError: not a readable raytune-opt checkpoint, or its model cannot be rebuilt.
         NoSuccessfulTrialError: an experiment directory without a best trial.
     """
@@ -131,10 +138,12 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu"):
     if (path / RUN_META).is_file() or (path / "best.json").is_file():
         from raytune_opt.promote.select import select_source
 
-        dirs = code_dirs_of(path)
+        dirs = code_dirs_of(path) if trust_code else []
         path = select_source(path).checkpoint
-    with registry.code_path(dirs):
-        model, _ = load_checkpoint_model(path, map_location)
+    # Untrusted, nothing goes on sys.path: a file in the current directory could stand in for
+    # a module a built-in model imports.
+    with registry.code_path(dirs) if trust_code else contextlib.nullcontext():
+        model, _ = load_checkpoint_model(path, map_location, trust_code=trust_code)
     return model
 
 

@@ -64,8 +64,16 @@ def build_parser() -> argparse.ArgumentParser:
                                       "promote.targets)")
     pr.add_argument("--address", help="Ray cluster to build TensorRT engines on (default: $RAY_ADDRESS, else this "
                                       "machine if it has a GPU)")
+    pr.add_argument("--trust-code", action="store_true",
+                    help="import the model or data set code (module:callable) the experiment's files name, from "
+                         "where its sweep did: needed to promote your own model's experiment by hand; without it "
+                         "only built-in models and data sets are rebuilt. It runs that code: use it only for "
+                         "experiments you trust ('run' and 'resume' promote their own sweep without it)")
 
-    rs = sub.add_parser("resume", help="continue an interrupted sweep, then promote its best trial")
+    rs = sub.add_parser("resume", help="continue an interrupted sweep, then promote its best trial",
+                        description="Continue an interrupted sweep, then promote its best trial. Resume trusts the "
+                                    "experiment: it imports the code its spec names and Ray unpickles its saved "
+                                    "state, so resume only your own experiments.")
     rs.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME), or s3://BUCKET/PREFIX/NAME")
     rs.add_argument("--endpoint-url", help="S3-compatible endpoint of an s3:// experiment (default: "
                                            "$AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, else AWS)")
@@ -202,7 +210,9 @@ def _finish(outcome, spec, address) -> int:
     code = outcome.exit_code
     if spec.data["promote"]["enabled"]:
         print()
-        code = max(code, _promote(outcome.where, None, address, spec.data["storage"]["endpoint_url"]))
+        # The sweep ran (or resumed) the code its spec names: its own promotion trusts it too.
+        code = max(code, _promote(outcome.where, None, address, spec.data["storage"]["endpoint_url"],
+                                  trust_code=True))
     _after_promotion(outcome)
     return code
 
@@ -219,14 +229,14 @@ def cmd_promote(args: argparse.Namespace) -> int:
     from raytune_opt import storage
 
     storage.checked_endpoint(args.endpoint_url, "--endpoint-url")
-    return _promote(args.experiment, args.targets, args.address, args.endpoint_url)
+    return _promote(args.experiment, args.targets, args.address, args.endpoint_url, trust_code=args.trust_code)
 
 
-def _promote(exp_dir, targets, address, endpoint_url=None) -> int:
+def _promote(exp_dir, targets, address, endpoint_url=None, *, trust_code: bool) -> int:
     """Promote, print the artifact table; 1 when an artifact failed (its manifest is written)."""
     from raytune_opt.promote import promote, table
 
-    manifest = promote(exp_dir, targets, address, log=_say, endpoint_url=endpoint_url)
+    manifest = promote(exp_dir, targets, address, log=_say, endpoint_url=endpoint_url, trust_code=trust_code)
     print()
     print(table(manifest))
     where = str(exp_dir).rstrip("/") if str(exp_dir).startswith("s3://") else manifest["experiment"]

@@ -217,7 +217,10 @@ def import_target(path: str, dirs: Sequence[str] = ()) -> Callable:
     if not is_import_path(path):
         raise ImportTargetError(f"{path!r} is not an import path", "write 'package.module:callable'")
     module_name, _, attr_path = path.partition(":")
-    with code_path(dirs):
+    # Our own modules import through the package already loaded, never from the user's
+    # directories: a file there cannot stand in for them or for what they import.
+    ours = module_name.split(".")[0] == __name__.split(".")[0]
+    with contextlib.nullcontext() if ours else code_path(dirs):
         try:
             obj: Any = importlib.import_module(module_name)
         except Exception as exc:  # ImportError, or whatever the user's module raises on import

@@ -184,10 +184,12 @@ def test_a_broken_experiment_warns_once_and_never_fails_the_sweep(tmp_path, caps
     from raytune_opt.report import after_sweep
 
     exp = make_experiment(tmp_path, 4, name="broken")
-    (exp / "spec.input.yaml").write_text("no_such_section: 1\n")  # no longer validates
+    spec = (exp / "spec.yaml").read_text()
+    (exp / "spec.yaml").write_text(spec.replace("loguniform:", "no_such_domain:"))  # the space no longer parses
     assert after_sweep(storage.from_uri(str(exp))) is None
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "warning: the report could not be written" in err
+    assert "spec.yaml: its search space does not parse" in err and "no_such_domain" in err
 
 
 def test_the_page_stays_small_and_escapes_what_it_shows(tmp_path):

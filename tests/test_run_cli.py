@@ -124,7 +124,12 @@ def test_the_user_data_example_runs_to_promotion_and_promotes_again_from_anywher
     for name in [m for m in sys.modules if m == "user_text" or m.startswith("user_text.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.chdir("/")
-    assert main(["promote", str(exp)]) == 0, capfd.readouterr()
+    # By hand, the user's own model is promoted only when they say they trust the experiment.
+    assert main(["promote", str(exp)]) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "names your own model user_text.models:BagOfEmbeddings" in err[0], err
+    assert "user_text" not in sys.modules
+    assert main(["promote", str(exp), "--trust-code"]) == 0, capfd.readouterr()
 
 
 @pytest.mark.slow

@@ -189,7 +189,8 @@ def finish(run: _Run, name: str, model: nn.Module, *, made: str, spec: dict, rec
         model_spec=spec, model_state=model.state_dict(), epoch=epochs, metrics={metric: score}, recipe=recipe,
         spec_sha256=str(run.ckpt.get("spec_sha256", "")),
         extra={"promotion": {"step": name, "trial_id": run.source.trial_id, "settings": cfg, **details}}), path)
-    _check_reloads(path, outputs, run.x_val, load_model, made)
+    # The spec names the model this promotion built: a user one only where the experiment is trusted.
+    _check_reloads(path, outputs, run.x_val, lambda p: load_model(p, trust_code=run.trust_code), made)
     limit = cfg["max_relative_change"] if run.scorer.regression else cfg["max_accuracy_drop"]
     gate = measure.Scorer(run.scorer.metric, float(limit), section=name, against="the trial")
     reason = gate.rejection(score, run.fp32)

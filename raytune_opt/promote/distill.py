@@ -16,6 +16,7 @@ This module imports neither torch nor Ray at import time (validation imports :fu
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
 from raytune_opt import registry
@@ -123,7 +124,8 @@ def _build(run: _Run, section: dict):
 
     data = run.data
     torch.manual_seed(int(run.source.spec["seed"]))
-    with registry.code_path(run.code_dirs):
+    # A user student was refused up front unless the experiment is trusted (pipeline._check_trusted).
+    with registry.code_path(run.code_dirs) if run.trust_code else contextlib.nullcontext():
         try:
             spec = model_spec(section, data.input_shape, data.num_classes)
             return build_model_from_spec(spec, run.code_dirs), spec

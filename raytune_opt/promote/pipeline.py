@@ -21,6 +21,7 @@ reported in the manifest and makes the manifest's status ``failed`` (exit 1).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import traceback
@@ -73,7 +74,8 @@ def steps_for(targets: list[str]) -> list[str]:
 
 
 def promote(exp_dir: str | Path, targets=None, address: str | None = None, *,
-            log: Callable[[str], None] | None = None, endpoint_url: str | None = None) -> dict:
+            log: Callable[[str], None] | None = None, endpoint_url: str | None = None,
+            trust_code: bool = False) -> dict:
     """Promote the best trial of the experiment in ``exp_dir`` into ``exp_dir/promotion/``.
 
     Args:
@@ -87,11 +89,17 @@ def promote(exp_dir: str | Path, targets=None, address: str | None = None, *,
         log: called with one line per step (the CLI passes ``print``).
         endpoint_url: the S3 endpoint of an ``s3://`` experiment (default
             ``$AWS_ENDPOINT_URL_S3`` / ``$AWS_ENDPOINT_URL``, else AWS).
+        trust_code: import the user code the experiment's files name (its model, data set
+            or distillation student, from the run's code directories), as its sweep did
+            (``--trust-code``); without it only built-in ones are rebuilt and a user one is
+            refused before anything is written. ``run`` and ``resume`` pass it for their own
+            promotion.
 
     Returns:
         The manifest, as written to ``promotion/manifest.json``.
 
     Raises:
+        UntrustedCodeError: the experiment names user code and ``trust_code`` is false.
         NotAnExperimentError: ``exp_dir`` is not an experiment.
         NoSuccessfulTrialError: no best trial, or its checkpoint is missing.
         PromotionError: unknown targets.
@@ -107,7 +115,7 @@ def promote(exp_dir: str | Path, targets=None, address: str | None = None, *,
     # Decided first: joining a cluster that is not there should fail before minutes of work.
     place = tensorrt.placement(address, loc.uri) if "tensorrt" in targets else None
     try:
-        result = _promote(source, targets, place, log)
+        result = _promote(source, targets, place, log, trust_code)
     finally:
         tensorrt.leave(place)
     loc.publish(DIRNAME)
@@ -115,25 +123,28 @@ def promote(exp_dir: str | Path, targets=None, address: str | None = None, *,
 
 
 def _promote(source: Source, targets: list[str], place: tensorrt.Placement | None,
-             log: Callable[[str], None]) -> dict:
+             log: Callable[[str], None], trust_code: bool) -> dict:
     from raytune_opt.recipe.bundle import load_bundle, materialize
     from raytune_opt.recipe.checkpoint import load_model
     from raytune_opt.sweep import code_dirs_of
 
     cfg = source.promote_cfg
+    # The run's code directories go on sys.path only for a trusted experiment: untrusted, a
+    # file there could stand in for a module a built-in imports.
+    code_dirs = code_dirs_of(source.exp_dir) if trust_code else []
+    with registry.code_path(code_dirs) if trust_code else contextlib.nullcontext():
+        model, ckpt = load_model(source.checkpoint, trust_code=trust_code)  # an untrusted user model: refused
+        _check_trusted(source, ckpt, targets, trust_code)  # the data set and the student, before anything is written
+        data = load_bundle(ckpt["recipe"]["data"], int(source.spec["seed"]))
     out_dir = source.exp_dir / DIRNAME
     out_dir.mkdir(exist_ok=True)
     log(f"promotion: trial {source.trial_id} ({source.metric}={source.value:.4f}), targets {','.join(targets)}")
-    code_dirs = code_dirs_of(source.exp_dir)
-    with registry.code_path(code_dirs):  # a user model or data set imports as in the sweep
-        model, ckpt = load_model(source.checkpoint)
-        data = load_bundle(ckpt["recipe"]["data"], int(source.spec["seed"]))
     threads = measure.threads_for(cfg.get("ort_threads"))  # experiments of older versions have no such key
     scorer = measure.scorer_for(data.task, source.metric, cfg["int8"], _default("max_relative_change"))
     x_val, y_val = materialize(data.val, collate_fn=data.collate_fn)
     run = _Run(source, cfg, out_dir, x_val.numpy(), y_val.numpy(), log, threads, scorer)
     run.model, run.data, run.ckpt, run.place, run.targets = model, data, ckpt, place, targets
-    run.trial_model, run.code_dirs = model, code_dirs
+    run.trial_model, run.code_dirs, run.trust_code = model, code_dirs, trust_code
 
     with measure.torch_threads(threads):
         with progress.step("pytorch: measuring the fp32 reference"):
@@ -160,6 +171,30 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     return result
 
 
+def _check_trusted(source: Source, ckpt: dict, targets: list[str], trust_code: bool) -> None:
+    """Refuse, before anything is imported or written, user code the experiment names that the
+    caller does not trust: the checkpoint's model (again: :func:`load_model` refused it
+    already) and data set, and the distillation student.
+
+    Raises:
+        UntrustedCodeError: see :mod:`raytune_opt.trust`.
+    """
+    from raytune_opt import trust
+
+    trust.check_checkpoint(ckpt, source.checkpoint, trust_code=trust_code, data=True)
+    if "distill" in steps_for(targets):
+        from raytune_opt.promote.distill import student_section
+
+        section = source.promote_cfg.get("distill")
+        given = section.get("model") if isinstance(section, dict) else None
+        recipe = ckpt.get("recipe") if isinstance(ckpt.get("recipe"), dict) else {}
+        trial = recipe.get("model") if isinstance(recipe.get("model"), dict) else {}
+        student = student_section(trial, given) if isinstance(given, dict) else {}
+        target = trust.section_target(student.get("name"), registry.MODELS)
+        if target is not None:
+            trust.require(target, registry.MODELS, source=source.exp_dir / "spec.yaml", trust_code=trust_code)
+
+
 class _Run:
     """One promotion's state: the artifacts so far and what later steps need.
 
@@ -167,8 +202,9 @@ class _Run:
     steps convert; the trial's until a compression step is accepted), ``ref`` (its outputs on
     the validation set), ``trial_model`` (the trial's, the teacher of distillation), ``data``
     (the DataBundle), ``ckpt`` (the trial's checkpoint), ``code_dirs`` (where user code
-    imports from), ``targets``, ``place`` (where TensorRT builds, None when it is not a
-    target), and what steps leave: ``onnx_bytes`` (None when the export failed),
+    imports from), ``trust_code`` (whether user code the experiment names may be imported),
+    ``targets``, ``place`` (where TensorRT builds, None when it is not a target), and what
+    steps leave: ``onnx_bytes`` (None when the export failed),
     ``qdq_bytes`` (TensorRT's S8S8 QDQ model when it passed its gate) and ``qdq_done``
     (whether that was tried). ``fp32`` is the trial's score (every artifact's change is
     against it); ``input``, ``input_score``, ``gate`` and ``footprint`` describe ``model``:
@@ -190,6 +226,7 @@ class _Run:
         self.tensorrt_version: str | None = None
         self.model = self.data = self.ckpt = self.place = self.ref = self.trial_model = None
         self.code_dirs: list[str] = []
+        self.trust_code = False
         self.targets: list[str] = []
         self.onnx_bytes: bytes | None = None
         self.qdq_bytes: bytes | None = None

@@ -1,10 +1,16 @@
 """Self-describing checkpoints, written atomically and read with ``weights_only=True``.
 
 A checkpoint is a dict of tensors and plain Python values only (no pickled classes), so
-:func:`load_checkpoint` never needs unsafe unpickling. It carries the model's spec (from
+:func:`load_checkpoint` never unpickles code. It carries the model's spec (from
 :func:`raytune_opt.recipe.models.model_spec`: a built-in's name and keys, or a user
 model's import path and args) and the recipe, so :func:`load_model` rebuilds the network
 without the sweep's spec file.
+
+Rebuilding imports and calls the code the spec names, so what is trusted is the file, not
+the format: a built-in model is always rebuilt, a user model's ``target`` (any import path
+that is not exactly a registry entry's, ``os:system`` included) only with
+``load_model(path, trust_code=True)`` (:mod:`raytune_opt.trust`). Load checkpoints from
+elsewhere with trust off.
 """
 
 from __future__ import annotations
@@ -17,11 +23,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from raytune_opt import _atomic
+from raytune_opt import _atomic, trust
 from raytune_opt.recipe.errors import CheckpointError, RecipeConfigError
 from raytune_opt.recipe.models import build_model_from_spec
+from raytune_opt.trust import UntrustedCodeError
 
-__all__ = ["FORMAT", "BEST", "LAST", "CheckpointError", "make_checkpoint", "save_checkpoint",
+__all__ = ["FORMAT", "BEST", "LAST", "CheckpointError", "UntrustedCodeError", "make_checkpoint", "save_checkpoint",
            "write_checkpoints", "load_checkpoint", "load_model"]
 
 FORMAT = "raytune-opt/checkpoint/v1"
@@ -101,9 +108,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         CheckpointError: the file is missing, truncated or corrupt, needs unsafe
             unpickling, or is not a raytune-opt checkpoint.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / BEST if (path / BEST).is_file() else path / LAST
+    path = _file_of(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file; check the path (a trial's checkpoint "
                               f"directory holds {BEST} and {LAST})")
@@ -122,21 +127,35 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return ckpt
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu", *,
+               trust_code: bool = False) -> tuple[nn.Module, dict]:
     """Rebuild the checkpoint's model with its weights, in eval mode.
+
+    Args:
+        path: as :func:`load_checkpoint`.
+        map_location: where the model and tensors go.
+        trust_code: import the user model the checkpoint names (its ``target``); only for a
+            checkpoint you trust, as it runs that code. Built-in models need no trust.
 
     Returns:
         ``(model, ckpt)``: the model and the whole checkpoint dict (metrics, recipe...).
 
-    A user model (``model.name: module:callable``) is rebuilt from the import path and
-    args the checkpoint records: its module must import here (from the current directory
-    or ``sys.path``).
+    A user model (``model.name: module:callable``) is rebuilt, when trusted, from the import
+    path and args the checkpoint records: its module must import here (from the current
+    directory or ``sys.path``).
 
     Raises:
+        UntrustedCodeError: the checkpoint names a user model and ``trust_code`` is false
+            (nothing was imported).
         CheckpointError: as :func:`load_checkpoint`, the model cannot be rebuilt (e.g. a
             user model's module does not import), or the weights do not fit the model.
     """
+    path = _file_of(path)
     ckpt = load_checkpoint(path, map_location)
+    if not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"{path}: its model spec is a {type(ckpt['model']).__name__}, not a mapping; "
+                              f"point at a checkpoint written by raytune-opt")
+    trust.check_checkpoint(ckpt, path, trust_code=trust_code)
     try:
         model = build_model_from_spec(ckpt["model"])
     except RecipeConfigError as exc:
@@ -147,6 +166,14 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise CheckpointError(f"{path}: weights do not fit model {ckpt['model'].get('name')!r} "
                               f"({_first_line(exc)}); the checkpoint is corrupt or from another version") from None
     return model.to(map_location).eval(), ckpt
+
+
+def _file_of(path: str | os.PathLike) -> Path:
+    """The checkpoint file ``path`` names: itself, or a directory's best.pt (else last.pt)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BEST if (path / BEST).is_file() else path / LAST
+    return path
 
 
 def _first_line(exc: BaseException) -> str:

@@ -5,6 +5,10 @@ resumed one before it ends) has only Ray Tune's per-trial files, ``trial_*/param
 ``trial_*/progress.csv``; those trials are read from there and shown as ``unfinished`` (or
 ok/diverged/error where their last report says so), so the page can be refreshed while the
 sweep goes on.
+
+Everything is read as data (the resolved spec.yaml, results, Tune's files): the report never
+validates the spec again and imports no code the experiment names, so it is safe to run on an
+experiment from elsewhere.
 """
 
 from __future__ import annotations
@@ -72,7 +76,7 @@ def load(exp_dir: str | Path) -> Experiment:
         raise UsageError(f"{exp_dir}: not a raytune-opt experiment (no spec.yaml); pass the directory "
                          "'raytune-opt run' printed (STORAGE/NAME)")
     spec = read_resolved(spec_path, UsageError, "restore it from a copy, or run the sweep again")
-    space = _space(exp_dir)
+    space = _space(exp_dir, spec)
     trials: dict[str, Trial] = {}
     finished = (exp_dir / "results.csv").is_file()
     if finished:
@@ -94,18 +98,17 @@ def load(exp_dir: str | Path) -> Experiment:
     return Experiment(exp_dir, spec, space, ordered, best, manifest, finished)
 
 
-def _space(exp_dir: Path):
-    """The sweep's search space with its conditions: the spec as given plus its overrides, as
-    ``resume`` rebuilds it (spec.yaml holds every default, which validation refuses as input)."""
-    from raytune_opt.spec import load_spec
-    from raytune_opt.sweep import RUN_INPUT, RUN_META
+def _space(exp_dir: Path, spec: dict):
+    """The sweep's search space with its conditions, read as data from spec.yaml (the space as
+    the sweep ran it, overrides applied). The spec is not validated again: that would import
+    the code it names, and the report, a read-only view, imports no user code at all."""
+    from raytune_opt.spec.validate import space_from_data
 
-    meta = _json(exp_dir / RUN_META) or {}
     try:
-        return load_spec(exp_dir / RUN_INPUT, meta.get("overrides", [])).space
+        return space_from_data(spec.get("space"), str(exp_dir / "spec.yaml"))
     except RaytuneOptError as exc:
-        raise UsageError(f"{exp_dir}: its recorded spec ({RUN_INPUT} and the overrides in {RUN_META}) no longer "
-                         f"validates ({str(exc).splitlines()[0]}); the report needs its search space") from None
+        raise UsageError(f"{exp_dir / 'spec.yaml'}: its search space does not parse ({str(exc).splitlines()[0]}); "
+                         "the report needs it: restore spec.yaml from a copy") from None
 
 
 def _json(path: Path) -> dict | None:

@@ -527,6 +527,24 @@ def parse_space(ck: _Checker, raw: Any) -> Space:
     return Space(_order(ck, params))
 
 
+def space_from_data(raw: Any, source: str) -> Space:
+    """A ``space`` section read as data, as an experiment's spec.yaml records it (overrides
+    applied): keys and domains are checked against the schema, no other setting is read and
+    nothing is imported (the report rebuilds an experiment's space this way).
+
+    Raises:
+        SpecError: the section does not parse; every problem at once, at ``source``.
+    """
+    if raw is not None and not isinstance(raw, dict):
+        raise SpecError([Problem(f"{source}:1:1", "space", f"must be a mapping of keys to domains (got {fmt(raw)})",
+                                 "restore the experiment's spec.yaml")])
+    ck = _Checker(Located(source), {"space": raw})
+    space = parse_space(ck, raw or None)
+    if ck.problems:
+        raise SpecError(ck.problems)
+    return space
+
+
 # ---------------------------------------------------------------- cross checks
 
 

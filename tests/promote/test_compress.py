@@ -232,7 +232,7 @@ def test_promoting_a_model_that_cannot_be_pruned_records_one_line_and_converts_t
     spec.write_text(SPEC)
     exp, _ = trained_experiment(tmp_path, spec, [], {})
     monkeypatch.setitem(sys.modules, "ray", None)
-    assert main(["promote", str(exp)]) == 1  # a failed artifact
+    assert main(["promote", str(exp), "--trust-code"]) == 1  # a failed artifact (a user model: trusted by hand)
     captured = capsys.readouterr()
     arts = _arts(json.loads((exp / "promotion" / "manifest.json").read_text()))
     assert arts["prune"]["status"] == "failed" and "traceback" not in arts["prune"]

@@ -55,7 +55,7 @@ def test_the_checkpoint_records_the_import_path_and_args_and_rebuilds_the_model(
 
     exp, ckpt_dir, history, cache = user_experiment
     monkeypatch.setenv("RAYTUNE_OPT_CACHE", str(cache))
-    model, ckpt = load_model(ckpt_dir / BEST)
+    model, ckpt = load_model(ckpt_dir / BEST, trust_code=True)  # the user's own model: trusted
     assert ckpt["model"]["target"] == TARGET and ckpt["model"]["name"] == TARGET
     assert ckpt["model"]["args"] == {"hidden": 32, "blocks": 1, "dropout": 0.1}
     assert type(model).__name__ == "ResidualMLP" and len(model.blocks) == 1
@@ -72,7 +72,7 @@ def test_the_user_model_exports_to_onnx_with_parity(user_experiment, tmp_path):
     from raytune_opt.recipe.checkpoint import load_model
 
     _, ckpt_dir, _, _ = user_experiment
-    model, _ = load_model(ckpt_dir)
+    model, _ = load_model(ckpt_dir, trust_code=True)
     x = np.random.default_rng(0).standard_normal((16, 1, 8, 8)).astype(np.float32)
     path = tmp_path / "user.onnx"
     export_onnx(model, torch.from_numpy(x[:2]), path)
@@ -95,14 +95,14 @@ def test_promote_builds_onnx_from_a_user_model_checkpoint(user_experiment, tmp_p
     best = json.loads((copy / "best.json").read_text())
     best["checkpoint"] = best["checkpoint"].replace(str(exp), str(copy))
     (copy / "best.json").write_text(json.dumps(best))
-    manifest = promote(copy, targets="onnx")
+    manifest = promote(copy, targets="onnx", trust_code=True)
     arts = {a["name"]: a for a in manifest["artifacts"]}
     assert manifest["status"] == "ok" and arts["onnx"]["status"] == "ok", arts["onnx"]
     assert arts["onnx"]["parity"]["top1_agreement"] == 1.0
 
 
-LOAD = "import sys; from raytune_opt.recipe.checkpoint import load_model; m, c = load_model(sys.argv[1]); " \
-       "print(type(m).__name__, c['model']['args']['hidden'])"
+LOAD = "import sys; from raytune_opt.recipe.checkpoint import load_model; " \
+       "m, c = load_model(sys.argv[1], trust_code=True); print(type(m).__name__, c['model']['args']['hidden'])"
 
 
 def test_a_fresh_process_rebuilds_it_from_the_current_directory_or_says_why_not(user_experiment):
@@ -110,7 +110,12 @@ def test_a_fresh_process_rebuilds_it_from_the_current_directory_or_says_why_not(
     ok = subprocess.run([sys.executable, "-c", LOAD, str(ckpt_dir)], cwd=EXAMPLES, capture_output=True, text=True,
                         timeout=120)
     assert ok.returncode == 0 and ok.stdout.split() == ["ResidualMLP", "32"], ok.stderr
-    elsewhere = subprocess.run([sys.executable, "-m", "raytune_opt", "promote", str(ckpt_dir.parent.parent)],
-                               cwd=REPO / "tests", capture_output=True, text=True, timeout=120)
+    promote = [sys.executable, "-m", "raytune_opt", "promote", str(ckpt_dir.parent.parent)]
+    untrusted = subprocess.run(promote, cwd=REPO / "tests", capture_output=True, text=True, timeout=120)
+    assert untrusted.returncode == 2 and untrusted.stderr.strip().splitlines() == [
+        f"{ckpt_dir / 'best.pt'} names your own model {TARGET}; raytune-opt imports code named by a file only when "
+        f"you trust it: add --trust-code (Python: trust_code=True) if this is your own experiment"], untrusted.stderr
+    elsewhere = subprocess.run([*promote, "--trust-code"], cwd=REPO / "tests", capture_output=True, text=True,
+                               timeout=120)
     assert elsewhere.returncode == 2 and "Traceback" not in elsewhere.stderr, elsewhere.stderr
     assert f"cannot import '{TARGET}' (No module named 'user_models')" in elsewhere.stderr

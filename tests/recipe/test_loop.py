@@ -229,7 +229,7 @@ def test_a_user_data_set_of_token_ids_trains_checkpoints_and_resumes(tmp_path, m
     session = LocalSession(str(tmp_path / "a"))
     final = train(_text_cfg(), session)
     assert [r["epoch"] for r in session.reports] == [1, 2, 3] and final["val_accuracy"] > 0.6
-    model, ckpt = load_model(tmp_path / "a" / LAST)
+    model, ckpt = load_model(tmp_path / "a" / LAST, trust_code=True)  # the user's own model
     assert ckpt["model"]["input_shape"] == [24] and ckpt["model"]["num_classes"] == 4
     assert ckpt["recipe"]["data"]["args"] == {"n": 600, "vocab_size": 100}
     # Two epochs, then one more from the checkpoint: the same numbers as three straight.

@@ -173,7 +173,7 @@ def test_a_user_loop_keeps_its_ranks_in_sync_under_ddp_and_runs_under_zero2(runs
         assert [r["epoch"] for r in r0] == [1, 2, 3] and r0[-1]["stop_reason"] == "completed"
         assert [r["val_accuracy"] for r in r0] == [r["val_accuracy"] for r in r1]  # the same numbers on both ranks
         assert r0[-1]["val_accuracy"] > 0.6, (name, r0[-1])
-        model, ckpt = load_model(runs / name / "last.pt")  # consolidated, no DeepSpeed needed
+        model, ckpt = load_model(runs / name / "last.pt", trust_code=True)  # consolidated, no DeepSpeed needed
         assert ckpt["model"]["target"] == "user_text.models:BagOfEmbeddings" and ckpt["epoch"] == EPOCHS
     p0, p1 = (torch.load(runs / f"user_ddp.params{r}.pt") for r in range(WORLD))
     assert p0.keys() == p1.keys() and all(torch.equal(p0[k], p1[k]) for k in p0)
