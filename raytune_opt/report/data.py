@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raytune_opt import objectives
+from raytune_opt import _records, objectives
 from raytune_opt.errors import RaytuneOptError, UsageError
 
 # Text columns of a history file; every other column is a number (the recipe's metrics for
@@ -94,6 +94,11 @@ def load(exp_dir: str | Path) -> Experiment:
             trials[t.trial_id] = t
     best = _json(exp_dir / "best.json")
     manifest = _json(exp_dir / "promotion" / "manifest.json")
+    # A field of the wrong kind: one line here, not a TypeError while the page is drawn.
+    if best is not None:
+        _records.check_best(best, exp_dir / "best.json")
+    if manifest is not None:
+        _records.check_manifest(manifest, exp_dir / "promotion" / "manifest.json")
     ordered = sorted(trials.values(), key=lambda t: (t.order, t.trial_id))
     return Experiment(exp_dir, spec, space, ordered, best, manifest, finished)
 
