@@ -6,7 +6,8 @@ module when first used):
 - :func:`run`: run a sweep from a spec (a YAML path or a dict) and promote its best trial;
 - :func:`validate`: every problem of a spec, as a list (empty: valid);
 - :func:`load`: the validated spec;
-- :func:`load_model`: a trained model from a checkpoint or an experiment directory;
+- :func:`load_model`: a trained model from a checkpoint or an experiment directory (a user
+  model's code is imported only with ``trust_code=True``);
 - :class:`DataBundle`: what a data set callable (``data.dataset: module:callable``) returns;
 - :class:`TrialContext`: what a training loop (``train.loop: module:callable``) gets.
 """

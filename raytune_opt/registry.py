@@ -11,7 +11,9 @@ built-in). A spec may name a registered entry or give an import path itself::
 User code is imported from the spec file's directory and the current directory first,
 then ``sys.path`` (:func:`import_target`). The built-in models register here exactly as a
 user's would (:data:`MODELS`); the conventions of a model callable are in
-:mod:`raytune_opt.recipe.models`.
+:mod:`raytune_opt.recipe.models`. An import path named by a file rather than by the spec being
+run (a checkpoint, an experiment's spec.yaml) is imported only when the user trusts the file,
+unless it is exactly a registered entry's target (:mod:`raytune_opt.trust`).
 
 This module imports neither torch nor Ray.
 """
