@@ -1,17 +1,48 @@
 """Starting or joining Ray.
 
-Without an address we start an embedded local Ray bound to loopback, with the dashboard on
-(Train V2's placement-group cleaner uses the state API: with it off, stopped trials leaked
-placement groups and later trials hung) and the auth mode set explicitly.
+Without an address we start an embedded local Ray that only this machine can reach: every
+Ray process of it (GCS, raylet and its object manager, dashboard and its agent, runtime-env
+agent, workers, metrics) listens on 127.0.0.1 alone. ``ray.init(_node_ip_address="127.0.0.1")``
+is not enough in Ray 2.60: ``resolve_ip_for_localhost`` turns it into the machine's own
+address and the gRPC servers then listen on every interface. Ray keeps loopback as loopback
+only in its single-machine mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Windows' and macOS's
+default, read once into ``ray_constants.ENABLE_RAY_CLUSTER``): we switch it on in this process
+while the embedded Ray runs, and in the environment Ray's own processes inherit while it
+starts. The ranks of a multi-worker trial listen on loopback too: gloo and NCCL are pointed
+at the loopback interface (``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME``, unless set), and
+rank 0's rendezvous store, which torch binds to every interface, is made on a loopback socket
+(``train_backend._hold_loopback_store``).
+
+Any process of the machine's other users can still reach loopback, so the embedded Ray also
+runs with token auth (``RAY_AUTH_MODE=token``) unless the user set ``RAY_AUTH_MODE=disabled``:
+a random token made for the run, handed to Ray's processes through ``RAY_AUTH_TOKEN`` in the
+environment only (never ``~/.ray/auth_token``, which would turn auth on for every later ``ray
+start`` here) and taken out again when the run ends. The dashboard is on (Train V2's
+placement-group cleaner uses the state API: with it off, stopped trials leaked placement
+groups and later trials hung).
+
+With an address, Ray is joined as it is; a cluster that answers a client without a token
+gets one warning line saying how to turn token auth on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import sys
 
 from raytune_opt.errors import UsageError
 
 AUTH_MODES = ("disabled", "token")  # what Ray 2.60 knows (ray._raylet.AuthenticationMode)
+# Ray's single-machine switch: loopback addresses stay loopback (ray._private.ray_constants).
+_LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+_AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+# gloo and NCCL listen on the interface of the machine's hostname unless told which one.
+_COLLECTIVE_IFACE_ENV = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+_LOOPBACK_IFACE = "lo0" if sys.platform == "darwin" else "lo"
+# What an embedded run changed, to put back when it ends: {"env": {...}, "enable_cluster": bool}.
+_embedded_state: dict | None = None
 
 
 def resolve_address(address: str | None) -> str | None:
@@ -38,20 +69,140 @@ def start(address: str | None, num_cpus: int | None = None, py_modules: list | N
 
     if ray.is_initialized():
         return False
-    set_auth_mode(embedded=address is None)
     if address is None:
-        ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", num_cpus=num_cpus or os.cpu_count(),
-                 log_to_driver=False, configure_logging=True, logging_level="ERROR")
+        _start_embedded(num_cpus)
         return True
+    set_auth_mode(embedded=False)
+    _reload_auth_config()
     _probe(address)
     try:
-        ray.init(address=address, log_to_driver=False, logging_level="ERROR",
-                 runtime_env={"py_modules": py_modules} if py_modules else None)
+        # A loopback address stays loopback (Ray would turn it into the machine's address,
+        # where a loopback-only cluster, such as another run's embedded Ray, does not listen).
+        with _loopback_kept(_is_loopback_address(address)):
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR",
+                     runtime_env={"py_modules": py_modules} if py_modules else None)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UsageError(f"{_source(address)} {address}: cannot join the Ray cluster ({str(exc).splitlines()[0]}); "
                          "check the address (e.g. 127.0.0.1:6379 or ray://host:10001) and that the cluster runs") from None
+    if not address.startswith("ray://"):  # through Ray Client the GCS is not reachable from here
+        warn_if_open(ray.get_runtime_context().gcs_address)
     return False
+
+
+def _start_embedded(num_cpus: int | None) -> None:
+    """The embedded local Ray: loopback only, token auth with a token made for this run."""
+    import ray
+    from ray._private import ray_constants
+
+    global _embedded_state
+    before = {k: os.environ.get(k) for k in _AUTH_ENV}
+    _embedded_state = {"env": before, "enable_cluster": ray_constants.ENABLE_RAY_CLUSTER}
+    try:
+        if set_auth_mode(embedded=True) == "token":
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # never printed, never written
+        _reload_auth_config()
+        # This process resolves loopback as loopback for the whole run (the state API that
+        # Train and our tests use resolves the GCS address again); Ray's processes inherit
+        # the switch from the environment they start with.
+        ray_constants.ENABLE_RAY_CLUSTER = False
+        for_ray = {_LOCAL_ONLY_ENV: "0", **{k: _LOOPBACK_IFACE for k in _COLLECTIVE_IFACE_ENV if k not in os.environ}}
+        outside = {k: os.environ.get(k) for k in for_ray}
+        os.environ.update(for_ray)
+        try:
+            ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
+                     _node_ip_address="127.0.0.1", num_cpus=num_cpus or os.cpu_count(),
+                     log_to_driver=False, configure_logging=True, logging_level="ERROR")
+        finally:
+            for k, v in outside.items():  # for Ray's processes, not for the ones we start later
+                _put_env(k, v)
+    except BaseException:
+        _restore_embedded()
+        raise
+
+
+def _restore_embedded() -> None:
+    """Put back what :func:`_start_embedded` changed: the run's token leaves the environment."""
+    global _embedded_state
+    if _embedded_state is None:
+        return
+    from ray._private import ray_constants
+
+    for k, v in _embedded_state["env"].items():
+        _put_env(k, v)
+    ray_constants.ENABLE_RAY_CLUSTER = _embedded_state["enable_cluster"]
+    _embedded_state = None
+    _reload_auth_config()
+
+
+def _put_env(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
+
+
+def _reload_auth_config() -> None:
+    """Make this process see ``RAY_AUTH_MODE`` / ``RAY_AUTH_TOKEN`` as they are now: Ray reads
+    them once into its config and its token cache (a driver that had read 'disabled' before
+    failed to reach its own token-auth GCS with InvalidAuthToken)."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@contextlib.contextmanager
+def _loopback_kept(on: bool):
+    """While active (``on``): this process keeps 127.0.0.1 as given instead of resolving it to
+    the machine's address (``ray._private.services.resolve_ip_for_localhost``)."""
+    from ray._private import ray_constants
+
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    if on:
+        ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
+def _is_loopback_address(address: str) -> bool:
+    import ipaddress
+
+    if "://" in address or ":" not in address:
+        return False
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_open(gcs_address: str) -> None:
+    """One line on stderr when the GCS at HOST:PORT answers a client that sends no token: the
+    cluster runs without auth, and anyone who can reach it can run code there."""
+    if _answers_without_token(gcs_address):
+        print(f"raytune-opt: warning: the Ray cluster at {gcs_address} runs without token authentication: anyone "
+              "who can reach it can run code there; to turn it on, start every node with RAY_AUTH_MODE=token and "
+              "one token (`ray get-auth-token --generate` writes ~/.ray/auth_token; or set RAY_AUTH_TOKEN), and "
+              "run raytune-opt with the same", file=sys.stderr)
+
+
+def _answers_without_token(gcs_address: str, timeout: float = 5.0) -> bool:
+    """Whether a gRPC call without a token gets an answer from the GCS; False when it is
+    refused (``UNAUTHENTICATED``: token auth on) or cannot be asked."""
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    with grpc.insecure_channel(gcs_address) as channel:
+        try:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return False
+    return True
 
 
 def _source(address: str) -> str:
@@ -83,9 +234,10 @@ def set_auth_mode(embedded: bool) -> str:
     default for clusters that ``ray.init`` starts, and clients fail with InvalidAuthToken when
     the modes differ).
 
-    An embedded loopback-only cluster runs without a token: creating one would write
-    ~/.ray/auth_token, which then turns auth on for every later ``ray start`` here. A client of
-    a cluster uses a token when one is available, where Ray's own CLI looks for it.
+    The embedded Ray runs with a token (:func:`start` makes one for the run and hands it over
+    in ``RAY_AUTH_TOKEN``); ``RAY_AUTH_MODE=disabled`` set by the user turns that off (the
+    embedded Ray is still loopback only). A client of a cluster uses a token when one is
+    available, where Ray's own CLI looks for it.
 
     Raises:
         UsageError: ``RAY_AUTH_MODE`` is set to something else than Ray's modes (Ray would
@@ -93,7 +245,7 @@ def set_auth_mode(embedded: bool) -> str:
     """
     mode = os.environ.get("RAY_AUTH_MODE")
     if mode is None:
-        os.environ["RAY_AUTH_MODE"] = "disabled" if embedded or not _token_available() else "token"
+        os.environ["RAY_AUTH_MODE"] = "token" if embedded or _token_available() else "disabled"
     elif mode not in AUTH_MODES:
         raise UsageError(f"$RAY_AUTH_MODE {mode!r}: not a Ray auth mode; set it to {' or '.join(AUTH_MODES)}, "
                          "or unset it to let raytune-opt choose")
@@ -107,7 +259,11 @@ def _token_available() -> bool:
 
 
 def stop(embedded: bool) -> None:
+    """Shut down the embedded Ray (a joined cluster is left running) and put back the
+    environment it ran with."""
     import ray
 
     if embedded and ray.is_initialized():
         ray.shutdown()
+    if embedded:
+        _restore_embedded()

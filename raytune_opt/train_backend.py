@@ -113,11 +113,47 @@ def _set_rendezvous(addr: str, port: int) -> None:
 def _setup_process_group(backend: str, world_rank: int, world_size: int, timeout_s: int) -> None:
     from ray.train.torch.config import _setup_torch_process_group
 
+    if world_rank == 0:
+        _hold_loopback_store(world_size, timeout_s)
     _setup_torch_process_group(backend=backend, world_rank=world_rank, world_size=world_size,
                                init_method="env://", timeout_s=timeout_s)
+
+
+_loopback_store = None  # rank 0's rendezvous store on a loopback MASTER_ADDR, for the worker's life
+
+
+def _hold_loopback_store(world_size: int, timeout_s: int) -> None:
+    """On a loopback rendezvous (the embedded Ray), rank 0's store listens on loopback only.
+
+    torch's TCPStore server listens on every interface whatever MASTER_ADDR says; a
+    multi-tenant store made first on a socket bound to MASTER_ADDR:MASTER_PORT is the server
+    that ``init_process_group``'s env:// rendezvous then shares (one server per port and
+    process) instead of binding its own.
+    """
+    import ipaddress
+    import socket
+    from datetime import timedelta
+
+    global _loopback_store
+    addr, port = os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"])
+    try:
+        if not ipaddress.ip_address(addr).is_loopback:
+            return
+    except ValueError:
+        return
+    import torch.distributed as dist
+
+    sock = socket.socket(socket.AF_INET6 if ":" in addr else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((addr, port))
+    sock.listen(128)
+    _loopback_store = dist.TCPStore(addr, port, world_size, True, timedelta(seconds=timeout_s),
+                                    wait_for_workers=False, multi_tenant=True, master_listen_fd=sock.detach())
 
 
 def _shutdown(destroy_process_group: bool) -> None:
     from ray.train.torch.config import _shutdown_torch
 
+    global _loopback_store
     _shutdown_torch(destroy_process_group=destroy_process_group)
+    _loopback_store = None

@@ -43,3 +43,19 @@ def test_an_address_from_the_environment_is_named_as_such(monkeypatch):
 def test_a_port_that_cannot_be_is_not_host_port(address):
     with pytest.raises(UsageError, match="not HOST:PORT"):
         ray_runtime._probe(address)
+
+
+def test_the_embedded_ray_runs_with_token_auth_unless_the_user_turned_it_off(monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # first: the test's end puts back what was there
+    assert ray_runtime.set_auth_mode(embedded=True) == "disabled"
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    assert ray_runtime.set_auth_mode(embedded=True) == "token"
+
+
+@pytest.mark.parametrize("address,loopback", [("127.0.0.1:6379", True), ("localhost:6379", True),
+                                              ("127.0.0.2:6379", True), ("[::1]:6379", True),
+                                              ("10.0.0.1:6379", False), ("head:6379", False),
+                                              ("ray://127.0.0.1:10001", False), ("auto", False)])
+def test_a_loopback_address_is_kept_as_loopback(address, loopback):
+    """Ray turns 127.0.0.1 into the machine's address, where a loopback-only cluster does not listen."""
+    assert ray_runtime._is_loopback_address(address) is loopback
