@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """An embedded local Ray (loopback only, dashboard on), started once and shut down after."""
+    """An embedded local Ray as ``run`` starts it (loopback only, token auth with a token of its
+    own in ``RAY_AUTH_TOKEN`` while it runs, dashboard on), started once and shut down after.
+
+    A process a test starts from this environment joins it with ``--address`` (a loopback
+    address, and the token it inherits)."""
     from raytune_opt import ray_runtime
 
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     embedded = ray_runtime.start(None, num_cpus=2)
     yield ray
     ray_runtime.stop(embedded)
