@@ -95,6 +95,7 @@ def _start_embedded(num_cpus: int | None) -> None:
     from ray._private import ray_constants
 
     global _embedded_state
+    _restore_embedded()  # an earlier embedded Ray shut down without stop()
     before = {k: os.environ.get(k) for k in _AUTH_ENV}
     _embedded_state = {"env": before, "enable_cluster": ray_constants.ENABLE_RAY_CLUSTER}
     try:
