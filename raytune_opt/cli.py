@@ -37,6 +37,17 @@ def _add_spec_args(p: argparse.ArgumentParser) -> None:
                         "train.epochs=2")
 
 
+def _seconds(text: str) -> float:
+    """A positive, finite number of seconds (argparse ``type``: a bad one is a one-line usage error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds; write e.g. 300") from None
+    if not 0 < value < 1e7:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds above 0; write e.g. 300")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="raytune-opt", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"raytune-opt {__version__}")
@@ -48,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--quiet", action="store_true", help="print only the summary, not the resolved spec")
     v.add_argument("--smoke", action="store_true", help="also load the data and push one batch of a sampled config "
                                                         "through the model (forward, backward, ONNX export)")
+    v.add_argument("--smoke-timeout", type=_seconds, default=None, metavar="SECONDS",
+                   help="--smoke's time limit; the user's code runs in a child process killed after it "
+                        "(default: 300)")
 
     r = sub.add_parser("run", help="run a sweep, then promote its best trial")
     _add_spec_args(r)
@@ -117,9 +131,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
     for line in space_summary(spec):
         print(line)
     if args.smoke:
-        from raytune_opt.smoke import smoke
+        from raytune_opt.smoke import TIMEOUT_S, smoke
 
-        smoke(spec)
+        smoke(spec, timeout=args.smoke_timeout or TIMEOUT_S)
+    elif args.smoke_timeout is not None:
+        raise UsageError(f"--smoke-timeout {args.smoke_timeout:g}: only --smoke runs the user's code; add --smoke "
+                         "or leave the flag out")
     return 0
 
 
@@ -131,7 +148,7 @@ def space_summary(spec) -> list[str]:
     lines = [f"spec {spec.source}: OK (sha256 {spec.sha256()[:12]})",
              f"space: {len(space)} dimension(s), {n_cond} conditional, grid points: {space.grid_size()}"]
     lines += [f"  {line}" for line in space.summary()]
-    trials = search["num_samples"] * (space.grid_size() if search["algorithm"] in ("grid", "random") else 1)
+    trials = searchers.planned_trials(search, space)
     objs = objectives.objectives(search)
     lines.append(f"searchers that can take it: {', '.join(searchers.accepting(space, len(objs) > 1))}")
     said = ", ".join(f"{m} ({mode})" for m, mode in objs)

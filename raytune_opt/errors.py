@@ -55,10 +55,26 @@ def describe_raised(exc: BaseException) -> str:
     """``"KeyError: 'x' (at /home/me/mypkg/data.py:12)"``: a user's exception in one line, with
     the innermost frame outside raytune-opt and installed packages (the user's own code)."""
     import re
-    import traceback
 
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()  # some exporters colour their messages
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if "/raytune_opt/" not in f.filename and "/site-packages/" not in f.filename]
-    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}: {text[0] if text else '(no message)'}{where}"
+    where = raised_at(exc)
+    return f"{type(exc).__name__}: {text[0] if text else '(no message)'}{f' (at {where})' if where else ''}"
+
+
+def raised_at(exc: BaseException) -> str:
+    """``FILE:LINE`` of the innermost frame of ``exc``'s traceback in the user's own code
+    (outside raytune-opt, installed packages and the standard library); "" if none."""
+    import traceback
+
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if is_user_file(f.filename)]
+    return f"{frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+def is_user_file(filename: str) -> bool:
+    """Whether a frame's file is the user's code: not ours, not an installed package, not
+    Python's own (the standard library, importlib's frozen modules)."""
+    import sysconfig
+
+    if filename.startswith("<") or "/raytune_opt/" in filename or "/site-packages/" in filename:
+        return False
+    return not filename.startswith(sysconfig.get_paths()["stdlib"])

@@ -205,12 +205,61 @@ def add_code_paths(dirs: Sequence[str]) -> None:
     importlib.invalidate_caches()
 
 
-def import_target(path: str, dirs: Sequence[str] = ()) -> Callable:
+IMPORT_TIMEOUT_S = 120  # validation's limit on importing one user module (a hang is an error, not a stall)
+
+
+class _Exited(SystemExit):
+    """``os._exit`` called by a module that validation imports (guarded: see :func:`_guarded`)."""
+
+
+class _TookTooLong(Exception):
+    """An import still running when validation's time limit ran out (see :func:`_guarded`)."""
+
+
+@contextlib.contextmanager
+def _guarded(limit_s: float | None) -> Iterator[None]:
+    """While validation imports user code: ``os._exit`` raises (a module that would end the
+    process silently becomes an error), and an import still running after ``limit_s`` seconds
+    raises _TookTooLong naming where it was. The time limit needs the main thread (SIGALRM);
+    elsewhere only ``os._exit`` is guarded."""
+    import signal
+    import threading
+
+    def refuse_exit(code: int = 0) -> None:
+        raise _Exited(code)
+
+    def out_of_time(signum, frame) -> None:
+        from raytune_opt.errors import is_user_file
+
+        while frame is not None and not is_user_file(frame.f_code.co_filename):
+            frame = frame.f_back
+        where = f" (it was at {frame.f_code.co_filename}:{frame.f_lineno})" if frame is not None else ""
+        raise _TookTooLong(f"still importing after {limit_s:g} s{where}")
+
+    alarm = (limit_s is not None and threading.current_thread() is threading.main_thread()
+             and signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, None))
+    saved_exit = os._exit
+    os._exit = refuse_exit
+    if alarm:
+        saved = signal.signal(signal.SIGALRM, out_of_time)
+        signal.setitimer(signal.ITIMER_REAL, limit_s)
+    try:
+        yield
+    finally:
+        os._exit = saved_exit
+        if alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, saved)
+
+
+def import_target(path: str, dirs: Sequence[str] = (), guard_s: float | None = None) -> Callable:
     """Import ``"module:callable"`` (attribute paths like ``mod:Outer.build`` allowed).
 
     Args:
         path: the import path.
         dirs: directories searched before the current directory and ``sys.path``.
+        guard_s: validation's guard: ``os._exit`` in the module is an error, and so is an import
+            that takes longer than this many seconds (main thread only).
 
     Raises:
         ImportTargetError: not an import path, the module does not import (the error's own
@@ -224,7 +273,20 @@ def import_target(path: str, dirs: Sequence[str] = ()) -> Callable:
     ours = module_name.split(".")[0] == __name__.split(".")[0]
     with contextlib.nullcontext() if ours else code_path(dirs):
         try:
-            obj: Any = importlib.import_module(module_name)
+            with _guarded(guard_s) if guard_s is not None else contextlib.nullcontext():
+                obj: Any = importlib.import_module(module_name)
+        except SystemExit as exc:  # sys.exit() at the module's top level: an error, never the command's end
+            from raytune_opt.errors import raised_at
+
+            where = raised_at(exc)
+            how = "os._exit" if isinstance(exc, _Exited) else "sys.exit"
+            raise ImportTargetError(f"cannot import {path!r} (its module called {how}({exc.code!r})"
+                                    f"{f' at {where}' if where else ''})",
+                                    "a module must not exit when it is imported: move that call under "
+                                    "'if __name__ == \"__main__\":'") from None
+        except _TookTooLong as exc:
+            raise ImportTargetError(f"cannot import {path!r} ({exc})", "a module's top level should define things, "
+                                    "not wait or loop: look there for a loop, a wait or a download") from None
         except Exception as exc:  # ImportError, or whatever the user's module raises on import
             what = str(exc).strip().splitlines()
             detail = what[0] if what else ""

@@ -11,22 +11,31 @@ Steps (each a line of output, the first failure a one-line :class:`SmokeError`):
    so that an export problem shows now rather than after the sweep;
 5. when ``prune`` is a promotion target, prune a copy of the model as ``promote.prune`` says
    (Torch-Pruning traces it), so that a model it cannot trace or prune shows now.
+
+The steps run the user's code, so they run in a child process with a time limit: a user
+module that calls ``sys.exit``/``os._exit``, kills its process or hangs is reported as such,
+and a smoke test that passed always ends with the line ``smoke: ok``; a silent stop
+cannot look like success.
 """
 
 from __future__ import annotations
 
 import math
+import pickle
 import random
 import tempfile
+import time
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from raytune_opt.errors import RaytuneOptError, describe_raised
+from raytune_opt.errors import RaytuneOptError, describe_raised, is_user_file, raised_at
 from raytune_opt.space import NUMERIC_KINDS, Space, apply
 
 __all__ = ["SmokeError", "sample_config", "smoke"]
 
 BATCH = 8
+TIMEOUT_S = 300.0  # default limit of the whole smoke test (--smoke-timeout): data, model, one batch, ONNX
 
 
 class SmokeError(RaytuneOptError):
@@ -63,8 +72,150 @@ def sample_config(space: Space, seed: "int | random.Random") -> dict:
     return config
 
 
-def smoke(spec, echo: Callable[[str], None] = print) -> dict:
-    """Run the smoke test of ``spec`` (a validated :class:`~raytune_opt.spec.Spec`).
+def smoke(spec, echo: Callable[[str], None] = print, timeout: float = TIMEOUT_S) -> dict:
+    """Run the smoke test of ``spec`` (a validated :class:`~raytune_opt.spec.Spec`) in a child
+    process, echoing its lines, then ``smoke: ok``.
+
+    Args:
+        timeout: seconds the whole test may take before the child is killed.
+
+    Returns:
+        What was checked: ``config``, ``input_shape``, ``num_classes``, ``output_shape``, ``onnx`` and
+        ``prune`` (bools).
+
+    Raises:
+        SmokeError: a step failed, the user's code ended the child (``sys.exit``, ``os._exit``, a
+            signal) or the test did not finish in ``timeout`` seconds (naming where it was).
+        DataError: the data set cannot be loaded (as ``run`` would report it).
+    """
+    import os
+    import subprocess
+    import sys
+    from multiprocessing.connection import Connection
+
+    # A fresh interpreter (not fork: the parent may hold torch's thread pools, which a forked
+    # child inherits broken; not multiprocessing's spawn, which re-runs a script's top level).
+    read, write = os.pipe()
+    receive = Connection(read)
+    with tempfile.TemporaryDirectory(prefix="raytune-opt-smoke-") as tmp:
+        given = Path(tmp) / "spec.pkl"
+        given.write_bytes(pickle.dumps((spec, list(sys.path))))
+        stacks = Path(tmp) / "stacks.txt"
+        try:
+            child = subprocess.Popen([sys.executable, "-c", "from raytune_opt.smoke import _child; _child()", str(write),
+                                      str(given), str(stacks), repr(float(timeout))], pass_fds=(write,),
+                                     stdin=subprocess.DEVNULL)
+        finally:
+            os.close(write)
+        try:
+            result = _relay(receive, child, timeout, echo)
+        finally:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
+            receive.close()
+        if result is _TIMED_OUT:
+            where = _hung_at(stacks)
+            raise SmokeError(f"smoke: did not finish in {timeout:g} s{f' (it was at {where})' if where else ''}; "
+                             "look for a loop or a wait there, or allow more time with --smoke-timeout SECONDS")
+    if result is None:
+        code = child.returncode
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        raise SmokeError(f"smoke: the user's code ended the smoke test's process before it finished ({how}); "
+                         "look for os._exit, sys.exit or a signal in the data set's or the model's module")
+    echo("smoke: ok")
+    return result
+
+
+_TIMED_OUT = object()
+
+
+def _relay(receive, child, timeout: float, echo: Callable[[str], None]):
+    """Echo the child's lines until it reports its end; its result, None if it ended without
+    one, or _TIMED_OUT. Raises the error the child reported."""
+    deadline = time.monotonic() + timeout + 2.0  # the child dumps its stacks at ``timeout``
+    while (left := deadline - time.monotonic()) > 0:
+        if not receive.poll(min(left, 0.5)):
+            if child.poll() is not None and not receive.poll(0):
+                return None
+            continue
+        try:
+            kind, payload = receive.recv()
+        except EOFError:  # the child is gone without a word
+            return None
+        if kind == "line":
+            echo(payload)
+        elif kind == "ok":
+            return payload
+        elif kind == "error":
+            raise pickle.loads(payload)
+        elif kind == "lines":
+            raise SmokeError("\n".join(payload))
+        else:
+            assert kind == "crash", kind
+            raise RuntimeError(f"the smoke test failed inside raytune-opt:\n{payload}")
+    return _TIMED_OUT
+
+
+def _child() -> None:
+    """The smoke test in the child (``argv``: the pipe's fd, the pickled spec and parent's
+    ``sys.path``, the stacks file, the time limit): every line, then the result or the error."""
+    import faulthandler
+    import sys
+    from multiprocessing.connection import Connection
+
+    fd, given, stacks, timeout = sys.argv[1:]
+    send = Connection(int(fd), readable=False)
+    with open(given, "rb") as f:
+        spec, sys.path[:] = pickle.load(f)
+    with open(stacks, "w") as dump:
+        faulthandler.dump_traceback_later(float(timeout), file=dump)
+        try:
+            result = _smoke(spec, echo=lambda line: send.send(("line", line)))
+        except RaytuneOptError as exc:
+            send.send(_error(exc))
+        except SystemExit as exc:  # sys.exit() in the user's module, constructor or data callable
+            where = raised_at(exc)
+            send.send(("lines", [f"smoke: the user's code called sys.exit({exc.code!r})"
+                                 f"{f' at {where}' if where else ''}; a data set or model must return or raise, "
+                                 "not exit"]))
+        except BaseException:
+            send.send(("crash", traceback.format_exc()))
+        else:
+            send.send(("ok", result))
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        send.close()
+
+
+def _error(exc: RaytuneOptError) -> tuple:
+    """The child's error as the parent should raise it: the same exception where it pickles
+    back intact, else its lines."""
+    try:
+        payload = pickle.dumps(exc)
+        if pickle.loads(payload).lines() == exc.lines():
+            return "error", payload
+    except Exception:
+        pass
+    return "lines", exc.lines()
+
+
+def _hung_at(stacks: Path) -> str:
+    """The innermost frame in the user's code of the stacks the child dumped when its time ran out."""
+    import re
+
+    try:
+        text = stacks.read_text()
+    except OSError:
+        return ""
+    for filename, line in re.findall(r'File "([^"]+)", line (\d+)', text):  # most recent call first
+        if is_user_file(filename):
+            return f"{filename}:{line}"
+    return ""
+
+
+def _smoke(spec, echo: Callable[[str], None]) -> dict:
+    """The smoke test's steps, in this process (see :func:`smoke`).
 
     Returns:
         What was checked: ``config``, ``input_shape``, ``num_classes``, ``output_shape``, ``onnx`` and

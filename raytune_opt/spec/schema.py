@@ -99,9 +99,14 @@ class Section:
     open: bool = False  # open sections accept any key (DeepSpeed's config is passed through)
 
 
+MAX_NAME_CHARS = 128
+
+
 def _name_check(value: Any) -> str | None:
     import re
 
+    if len(value) > MAX_NAME_CHARS:  # a directory name, inside paths Ray lengthens further
+        return f"{len(value):,} characters long, more than {MAX_NAME_CHARS} (it names the results directory)"
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", value):
         return "must be letters, digits, '_', '.' or '-' (it names the results directory)"
     return None

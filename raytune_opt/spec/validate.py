@@ -222,7 +222,7 @@ def parse_override(text: str) -> tuple[tuple, Any]:
     Raises:
         SpecError: the override is not ``key=value`` or its value is not YAML.
     """
-    where = f"override {text!r}"
+    where = f"override {fmt(text)}"
     if "=" not in text:
         raise SpecError([Problem(where, "", "an override must be key=value (got no '=')",
                                  "write e.g. search.num_samples=4")])
@@ -257,7 +257,7 @@ def _apply_overrides(ck: _Checker, root: dict, overrides: list[str]) -> None:
                 node[part] = child
             node = child
         node[path[-1]] = value
-        ck.override_at[path] = f"override {text!r}"
+        ck.override_at[path] = f"override {fmt(text)}"
 
 
 # ---------------------------------------------------------------- the space
@@ -653,7 +653,7 @@ def _check_user_callable(ck: _Checker, kind: _UserKind, name: str, args: dict, s
     section, prefix = kind.section, f"{kind.section}.args."
     target = kind.registry.target_of(name)
     try:
-        obj = registry.import_target(target, ck.code_dirs)
+        obj = registry.import_target(target, ck.code_dirs, guard_s=registry.IMPORT_TIMEOUT_S)
     except registry.ImportTargetError as exc:
         ck.add(name_at, f"{exc} (got {fmt(name)})", f"{exc.fix}; {CODE_PATH_FIX}", at=at)
         return
@@ -692,7 +692,7 @@ def _loop_rules(ck: _Checker, d: dict, space: Space) -> None:
         return
     target = registry.LOOPS.target_of(d["train"]["loop"])
     try:
-        obj = registry.import_target(target, ck.code_dirs)
+        obj = registry.import_target(target, ck.code_dirs, guard_s=registry.IMPORT_TIMEOUT_S)
     except registry.ImportTargetError as exc:
         ck.add(("train", "loop"), f"{exc} (got {fmt(target)})", f"{exc.fix}; {CODE_PATH_FIX}")
         return
@@ -805,6 +805,8 @@ def _search_rules(ck: _Checker, d: dict, space: Space) -> None:
                    f"(got mode={mode})", f"set its mode to {direction}")
     if len(metrics) > 1:
         _multi_objective_rules(ck, d, space)
+    if ck.ok("search.num_samples", "search.algorithm"):
+        _trial_count_rule(ck, search, space)
     for key in (d["search"]["constraints"] or {}):
         problem = _metric_problem(d, key, "constraint key")
         if problem:
@@ -816,6 +818,16 @@ def _search_rules(ck: _Checker, d: dict, space: Space) -> None:
         ck.rule("search.algorithm", ("search", "sampler"),
                 f"only {' and '.join(takes_sampler)} uses a sampler (got algorithm={search['algorithm']})",
                 f"remove search.sampler or set search.algorithm: {takes_sampler[0]}")
+
+
+def _trial_count_rule(ck: _Checker, search: dict, space: Space) -> None:
+    n = searchers.planned_trials(search, space)
+    if n <= searchers.MAX_TRIALS:
+        return
+    grid = n // search["num_samples"]
+    said = f" ({search['num_samples']:,} x {grid:,} grid points)" if grid > 1 else ""
+    ck.add(("search", "num_samples"), f"plans {n:,} trials{said}, more than one sweep takes ({searchers.MAX_TRIALS:,})",
+           "lower search.num_samples or the grid's number of points")
 
 
 def _multi_objective_rules(ck: _Checker, d: dict, space: Space) -> None:

@@ -42,8 +42,15 @@ class Located:
         return f"{self.source}:{line}:{col}"
 
 
-def _scalar(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    return loader.construct_object(node, deep=True)
+def _scalar(loader: yaml.SafeLoader, node: yaml.Node, located: Located, path: KeyPath) -> Any:
+    try:
+        return loader.construct_object(node, deep=True)
+    except ValueError as exc:  # e.g. an integer past Python's limit for int(str) (4,300 digits)
+        where = f"{located.source}:{node.start_mark.line + 1}:{node.start_mark.column + 1}"
+        text = str(node.value)
+        shown = text if len(text) <= 40 else f"{text[:12]}... ({len(text):,} characters)"
+        raise SpecError([Problem(where, ".".join(map(str, path)), f"a number too long to read (got {shown})",
+                                 "write a number of at most a few digits, or quote it if it is a string")]) from None
 
 
 def _convert(loader, node, path: KeyPath, located: Located, problems: list[Problem]) -> Any:
@@ -52,7 +59,7 @@ def _convert(loader, node, path: KeyPath, located: Located, problems: list[Probl
         loader.flatten_mapping(node)  # resolves YAML merge keys (<<)
         out: dict = {}
         for key_node, value_node in node.value:
-            key = _scalar(loader, key_node)
+            key = _scalar(loader, key_node, located, path)
             child = path + (key,)
             if isinstance(key, (list, dict)):
                 problems.append(Problem(located.where(path), ".".join(map(str, path)),
@@ -73,7 +80,7 @@ def _convert(loader, node, path: KeyPath, located: Located, problems: list[Probl
         return out
     if isinstance(node, yaml.SequenceNode):
         return [_convert(loader, item, path + (i,), located, problems) for i, item in enumerate(node.value)]
-    return _scalar(loader, node)
+    return _scalar(loader, node, located, path)
 
 
 def load_yaml(text: str, source: str) -> tuple[Any, Located, list[Problem]]:
