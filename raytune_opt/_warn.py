@@ -11,6 +11,8 @@ import time
 import traceback
 from pathlib import Path
 
+from raytune_opt.redact import redact
+
 WARNINGS_LOG = "warnings.log"
 
 
@@ -30,8 +32,8 @@ class WarnOnce:
         if not self.warned:
             self.warned = True
             where = keep_traceback(self.exp_dir, self.name, exc)
-            print(f"raytune-opt: warning: {self.name} failed ({type(exc).__name__}: {first_line(exc)[:200]}); "
-                  f"{self.then}{where}", file=sys.stderr, flush=True)
+            print(redact(f"raytune-opt: warning: {self.name} failed ({type(exc).__name__}: {first_line(exc)[:200]}); "
+                         f"{self.then}{where}"), file=sys.stderr, flush=True)
 
 
 def first_line(exc: BaseException) -> str:
@@ -47,7 +49,8 @@ def keep_traceback(exp_dir, what: str, exc: BaseException) -> str:
     path = Path(exp_dir) / WARNINGS_LOG
     try:
         with open(path, "a") as f:
-            f.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n{''.join(traceback.format_exception(exc))}")
+            f.write(redact(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {what}\n"
+                           f"{''.join(traceback.format_exception(exc))}"))
     except OSError:
         return ""
     return f" (traceback in {path})"

@@ -270,6 +270,10 @@ def _say(text: str) -> None:
     allow; a line holding a path too long for that is printed whole (a path is never cut)."""
     import textwrap
 
+    from raytune_opt.redact import redact
+
+    text = redact(text)
+
     lines = textwrap.wrap(text, 80, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
     if not lines or any(len(line) > 80 for line in lines):
         lines = [text]
@@ -314,8 +318,10 @@ def main(argv: list[str] | None = None) -> int:
         timeline.check()
         return COMMANDS[args.command](args)
     except RaytuneOptError as err:
+        from raytune_opt.redact import redact
+
         for line in err.lines():
-            print(line, file=sys.stderr)
+            print(redact(line), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("raytune-opt: interrupted", file=sys.stderr)

@@ -21,6 +21,7 @@ from raytune_opt import _atomic, ray_runtime, report, results, schedulers, searc
 from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
 from raytune_opt._paths import ensure_under
 from raytune_opt.errors import UsageError
+from raytune_opt.redact import redact, redact_data
 from raytune_opt.spec import Spec, schema
 
 # What --dry-run forces on every trial, after the trial's own config: toy scale, one worker.
@@ -133,7 +134,9 @@ def _trainable(spec: Spec, loc: stores.Location, dry_run: bool, shipped: list):
 
     # Shipped modules are what trials import on a joined cluster; the driver's directories
     # mean nothing on other machines (and on this one would shadow what was shipped).
-    trainable = trial.make_trainable(spec.data, spec.space, spec.sha256(), loc.fs_path,
+    # Trials get the spec without credentials: Tune pickles the trainable into its state, and
+    # checkpoints carry the recipe; no trial needs the tracker's password.
+    trainable = trial.make_trainable(redact_data(spec.data), spec.space, spec.sha256(), loc.fs_path,
                                      force=DRY_RUN_FORCE if dry_run else None, endpoint_url=loc.endpoint_url,
                                      remote=loc.remote, code_dirs=() if shipped else spec.code_dirs)
     return tune.with_resources(trainable, _trial_resources(spec))
@@ -275,10 +278,11 @@ def _write_inputs(loc: stores.Location, spec: Spec, source_text: str, dry_run: b
         shutil.rmtree(exp_dir)
     try:
         exp_dir.mkdir(parents=True, exist_ok=True)
-        _atomic.write_text(exp_dir / RUN_INPUT, source_text)
+        # Credentials in URIs are redacted here too (resume asks the environment for them).
+        _atomic.write_text(exp_dir / RUN_INPUT, redact(source_text))
         _atomic.write_json(exp_dir / RUN_META, {"format": RUN_FORMAT, "spec_source": spec.source,
-                                                "overrides": list(spec.overrides), "dry_run": dry_run,
-                                                "spec_sha256": spec.sha256(), "storage": loc.uri,
+                                                "overrides": redact_data(list(spec.overrides)), "dry_run": dry_run,
+                                                "spec_sha256": spec.sha256(), "storage": redact(loc.uri),
                                                 "endpoint_url": loc.endpoint_url,
                                                 "code_dirs": list(spec.code_dirs)})
         _atomic.write_text(exp_dir / "spec.yaml", spec.to_yaml())

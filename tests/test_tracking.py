@@ -7,6 +7,7 @@ output is checked by ``check_sweep_tracking`` from tests/test_sweep.py's conditi
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,8 @@ def test_a_real_mlflow_server_gets_the_runs_and_its_death_mid_sweep_only_warns(t
 
     exe = shutil.which("mlflow", path=os.path.dirname(sys.executable)) or shutil.which("mlflow")
     port = free_port()
-    uri = f"http://127.0.0.1:{port}"
+    base = f"http://127.0.0.1:{port}"
+    uri = f"http://alice:s3cr3t-PW@127.0.0.1:{port}"  # a server without auth ignores it; nothing may write it
     log = open(tmp_path / "server.log", "w")
     server = subprocess.Popen([exe, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                                "--backend-store-uri", f"sqlite:///{tmp_path}/server.db",
@@ -225,7 +227,7 @@ def test_a_real_mlflow_server_gets_the_runs_and_its_death_mid_sweep_only_warns(t
                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         log.flush()
-        wait_for_http(f"{uri}/health", server, str(tmp_path / "server.log"), timeout=120)
+        wait_for_http(f"{base}/health", server, str(tmp_path / "server.log"), timeout=120)
         check_mlflow(uri, "srv")
         spec = load_spec(CONDITIONAL)
         cb = MLflowCallback(uri, "srv", spec, tmp_path)
@@ -238,6 +240,8 @@ def test_a_real_mlflow_server_gets_the_runs_and_its_death_mid_sweep_only_warns(t
         client, parents, children = _mlflow_runs(uri, "srv")
         assert len(parents) == 1 and len(children) == 1
         assert len(client.get_metric_history(children[0].info.run_id, "val_accuracy")) == 3
+        record = json.loads((tmp_path / "mlflow_run.json").read_text())
+        assert record["tracking_uri"] == f"http://alice:***@127.0.0.1:{port}"  # redacted (issue 25)
     finally:
         kill_tree(server.pid)
         server.wait(timeout=30)
@@ -251,6 +255,7 @@ def test_a_real_mlflow_server_gets_the_runs_and_its_death_mid_sweep_only_warns(t
     cb.on_experiment_end([])
     ours = [line for line in capsys.readouterr().err.splitlines() if line.startswith("raytune-opt:")]
     assert len(ours) == 1 and "MLflow logging to" in ours[0], ours
+    assert "s3cr3t-PW" not in ours[0] and "s3cr3t-PW" not in (tmp_path / "warnings.log").read_text()
     with pytest.raises(UsageError, match="cannot reach MLflow"):
         check_mlflow(uri, "srv")
 

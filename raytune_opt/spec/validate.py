@@ -19,6 +19,7 @@ import yaml
 
 from raytune_opt import objectives, registry, schedulers, searchers
 from raytune_opt.errors import Problem, SpecError
+from raytune_opt.redact import redact_data
 from raytune_opt.registry import is_import_path
 from raytune_opt.space import CATEGORICAL_KINDS, KINDS, NUMERIC_KINDS, Condition, Domain, Param, Space
 from raytune_opt.spec import schema
@@ -48,16 +49,20 @@ class Spec:
         return self.data["name"]
 
     def sha256(self) -> str:
-        """Hash of the resolved spec; checkpoints and manifests carry it."""
-        text = json.dumps(self.data, sort_keys=True, default=str)
+        """Hash of the resolved spec; checkpoints and manifests carry it. Credentials in URIs
+        are left out (the experiment's files keep them redacted, and resume compares this)."""
+        text = json.dumps(redact_data(self.data), sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.data, sort_keys=False, default_flow_style=None)
+        """The resolved spec as YAML, credentials in URIs redacted: for printing and for the
+        experiment's ``spec.yaml``."""
+        return yaml.safe_dump(redact_data(self.data), sort_keys=False, default_flow_style=None)
 
 
 def fmt(value: Any) -> str:
-    """A short rendering of a user value for '(got VALUE)'."""
+    """A short rendering of a user value for '(got VALUE)', credentials in URIs redacted."""
+    value = redact_data(value)
     text = json.dumps(value, default=str) if not isinstance(value, str) else repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 

@@ -20,6 +20,7 @@ import os
 import sys
 from pathlib import Path
 
+from raytune_opt import redact
 from raytune_opt import storage as stores
 from raytune_opt._warn import first_line, keep_traceback
 from raytune_opt.errors import UsageError
@@ -47,10 +48,15 @@ def callbacks(spec, loc: stores.Location) -> list:
     ml = tcfg["mlflow"]
     if ml["tracking_uri"]:
         experiment = ml["experiment"] or spec.name
-        check_mlflow(ml["tracking_uri"], experiment)
+        uri = redact.usable(redact.remember(ml["tracking_uri"]))
+        if redact.lost_credentials(ml["tracking_uri"]) and not os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+            print(f"raytune-opt: warning: tracking.mlflow.tracking_uri {ml['tracking_uri']}: the experiment keeps no "
+                  "password; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD if the server needs them",
+                  file=sys.stderr)
+        check_mlflow(uri, experiment)
         from raytune_opt.tracking.mlflow import MLflowCallback
 
-        out.append(MLflowCallback(ml["tracking_uri"], experiment, spec, loc.local))
+        out.append(MLflowCallback(uri, experiment, spec, loc.local))
     return out
 
 
@@ -81,8 +87,8 @@ def check_mlflow(uri: str, experiment: str, timeout_s: float = 5.0) -> None:
         if client.get_experiment_by_name(experiment) is None:
             client.create_experiment(experiment)
     except Exception as exc:  # MlflowException, requests' ConnectionError, sqlalchemy's OperationalError...
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"tracking.mlflow.tracking_uri {uri}: cannot reach MLflow ({first[:200]}); start the "
+        first = redact.redact(str(exc).strip().splitlines()[0]) if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"tracking.mlflow.tracking_uri {redact.redact(uri)}: cannot reach MLflow ({first[:200]}); start the "
                          "server (mlflow server --host 127.0.0.1 --port 5000), fix the URI, or set "
                          "tracking.mlflow.tracking_uri: null") from None
 
@@ -100,7 +106,7 @@ def log_sweep_artifacts(exp_dir: str | Path) -> None:
     try:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=rec["tracking_uri"])
+        client = MlflowClient(tracking_uri=redact.usable(rec["tracking_uri"]))
         run_id = rec["parent_run_id"]
         try:
             best = json.loads((exp_dir / "best.json").read_text())
@@ -117,5 +123,5 @@ def log_sweep_artifacts(exp_dir: str | Path) -> None:
                 client.log_artifact(run_id, str(exp_dir / name))
     except Exception as exc:  # a tracker is a view; the files in exp_dir are the record
         where = keep_traceback(exp_dir, "MLflow artifacts", exc)
-        print(f"raytune-opt: warning: MLflow artifacts not logged ({type(exc).__name__}: "
-              f"{first_line(exc)}){where}", file=sys.stderr)
+        print(redact.redact(f"raytune-opt: warning: MLflow artifacts not logged ({type(exc).__name__}: "
+                            f"{first_line(exc)}){where}"), file=sys.stderr)

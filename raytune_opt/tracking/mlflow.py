@@ -16,6 +16,7 @@ from ray.tune import Callback
 from raytune_opt import objectives
 from raytune_opt import _atomic
 from raytune_opt._warn import WarnOnce
+from raytune_opt.redact import redact
 from raytune_opt.tracking._common import epoch_metrics, flat_config
 
 
@@ -25,7 +26,7 @@ class MLflowCallback(Callback):
         self._runs: dict = {}
         self._parent = None
         self._client = None
-        self._warn = WarnOnce(f"MLflow logging to {tracking_uri}", self.exp_dir)
+        self._warn = WarnOnce(f"MLflow logging to {redact(tracking_uri)}", self.exp_dir)
 
     def setup(self, **info):
         from mlflow.tracking import MlflowClient
@@ -43,7 +44,7 @@ class MLflowCallback(Callback):
                 "search.mode": s["search"]["mode"], "search.num_samples": s["search"]["num_samples"],
                 "scheduler.name": s["scheduler"]["name"], "train.epochs": s["train"]["epochs"]}))
             _atomic.write_json(self.exp_dir / "mlflow_run.json", {
-                "tracking_uri": self.tracking_uri, "experiment": self.experiment, "experiment_id": self._exp_id,
+                "tracking_uri": redact(self.tracking_uri), "experiment": self.experiment, "experiment_id": self._exp_id,
                 "parent_run_id": self._parent})
         except Exception as exc:
             self._warn(exc)
