@@ -135,7 +135,10 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     with registry.code_path(code_dirs) if trust_code else contextlib.nullcontext():
         model, ckpt = load_model(source.checkpoint, trust_code=trust_code)  # an untrusted user model: refused
         _check_trusted(source, ckpt, targets, trust_code)  # the data set and the student, before anything is written
-        data = load_bundle(ckpt["recipe"]["data"], int(source.spec["seed"]))
+        data_cfg = dict(ckpt["recipe"]["data"])
+        if not trust_code:  # an untrusted file must not make us write where it says (data.root)
+            data_cfg["download"] = False
+        data = load_bundle(data_cfg, int(source.spec["seed"]))
     out_dir = source.exp_dir / DIRNAME
     out_dir.mkdir(exist_ok=True)
     log(f"promotion: trial {source.trial_id} ({source.metric}={source.value:.4f}), targets {','.join(targets)}")

@@ -200,6 +200,19 @@ def test_promote_refuses_a_data_set_named_by_the_checkpoint(tmp_path, capsys, mo
         _forget(name)
 
 
+def test_an_untrusted_checkpoint_cannot_make_promote_download_where_it_says(tmp_path, capsys, monkeypatch):
+    # A built-in data set, but data.root and data.download come from the file: untrusted, promote
+    # only reads what is already there (here nothing) and writes nowhere the file names.
+    monkeypatch.setenv("RAYTUNE_OPT_CACHE", str(tmp_path / "cache"))
+    victim = tmp_path / "victim" / "cifar"
+    exp, _ = _untrusted_experiment(tmp_path, data={"dataset": "cifar10", "root": str(victim), "download": True,
+                                                    "val_fraction": 0.2})
+    code = main(["promote", str(exp), "--targets", "onnx"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and str(victim) in err, err
+    assert not (tmp_path / "victim").exists()
+
+
 def test_promote_refuses_a_distillation_student_named_by_the_experiments_spec(tmp_path, capsys, monkeypatch):
     import yaml
 
