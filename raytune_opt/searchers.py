@@ -386,7 +386,13 @@ def _optuna(spec, sampler_name: str, seed: int, metric, mode):
 
 @functools.cache
 def _optuna_class():
+    import optuna
     from ray.tune.search.optuna import OptunaSearch
+
+    # Optuna's own INFO lines ("A new study created in memory...") would land in the live view:
+    # its records go to the standard logging tree instead, where Ray's go (ERROR and up shown).
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
 
     class OptunaSearchForTrials(OptunaSearch):
         """Ray's OptunaSearch, told what our trials mean.

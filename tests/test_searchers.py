@@ -215,3 +215,13 @@ def test_every_searcher_proposes_configs_inside_the_space_learns_and_resumes(tmp
     again.restore(str(tmp_path / "state.pkl"))
     got = again.suggest("t-next")
     assert searchers.flatten_config(got, spec.space) == searchers.flatten_config(expected, spec.space)
+
+
+def test_optunas_own_log_lines_stay_out_of_the_terminal(capfd):
+    # Issue 30: the live view started with "[I ...] A new study created in memory with name: optuna".
+    spec = load_spec(ROOT / "search_spaces" / "digits_cnn.yaml")
+    searcher, param_space = searchers.build_searcher(spec)
+    searcher.set_search_properties(None, None, param_space)  # as Tune does: the study is created here
+    assert searcher.suggest("t1")
+    captured = capfd.readouterr()
+    assert "A new study created" not in captured.err + captured.out
