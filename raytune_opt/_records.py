@@ -22,13 +22,13 @@ _KINDS = {
 }
 
 BEST = {"trial_id": "str", "metric": "str?", "mode": "str?", "value": "num?", "config": "dict?", "metrics": "dict?",
-        "epochs": "num?", "checkpoint": "str?", "spec_sha256": "str?"}
+        "epochs": "num?", "checkpoint": "str?", "spec_sha256": "str?", "test": "dict?"}
 MANIFEST = {"format": "str?", "status": "str?", "experiment": "str?", "source": "dict?", "artifacts": "list?",
             "settings": "dict?"}
 _SOURCE = {"trial_id": "str?", "metric": "str?", "value": "num?", "checkpoint": "str?", "checkpoint_sha256": "str?"}
 _ARTIFACT = {"name": "str", "status": "str", "reason": "str?", "path": "str?", "runtime": "str?", "metric": "str?",
              "accuracy": "num?", "score": "num?", "size_bytes": "num?", "params": "num?", "macs": "num?",
-             "sha256": "str?", "latency_ms": "dict?"}
+             "sha256": "str?", "latency_ms": "dict?", "test_accuracy": "num?", "test_score": "num?"}
 _LATENCY = {"p50_ms": "num?", "p95_ms": "num?"}
 
 

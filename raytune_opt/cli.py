@@ -220,6 +220,7 @@ def _finish(outcome, spec, address) -> int:
     b, (metric, _) = outcome.best, objectives.primary(search)
     _say(f"best: trial {b.trial_id} {metric}={b.best[metric]:.4f} (epoch {b.best.get('epoch')}), "
          f"checkpoint {b.checkpoint}")
+    _say(_test_line(outcome.test, metric, b.best))
     if objectives.is_multi(search):
         _say("pareto front (the non-dominated feasible trials): pareto.csv")
     for line in results.config_lines(b.config):
@@ -232,6 +233,22 @@ def _finish(outcome, spec, address) -> int:
                                   trust_code=True))
     _after_promotion(outcome)
     return code
+
+
+def _test_line(test: dict | None, metric: str, best: dict) -> str:
+    """The best trial on the test split beside its validation figure, or why there is none."""
+    from raytune_opt.heldout import NO_TEST_SPLIT
+
+    if not test:
+        return f"test: {NO_TEST_SPLIT}"
+    figures = test["metrics"]
+    twin = "test_" + metric.removeprefix("val_")
+    shown = [twin] if twin in figures else [k for k in ("test_accuracy", "test_rmse") if k in figures]
+    pairs = ", ".join(f"{k}={figures[k]:.4f}" + (f" (validation {best['val_' + k[5:]]:.4f})"
+                                                  if isinstance(best.get("val_" + k[5:]), (int, float)) else "")
+                      for k in shown)
+    return (f"test: {pairs} on {test['samples']} held-out samples no trial saw (the validation figure is the one "
+            f"the search selected on, so it is biased upward)")
 
 
 def _after_promotion(outcome) -> None:

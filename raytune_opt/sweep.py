@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raytune_opt import objectives
-from raytune_opt import _atomic, ray_runtime, report, results, schedulers, searchers, tracking, trial
+from raytune_opt import _atomic, heldout, ray_runtime, report, results, schedulers, searchers, tracking, trial
 from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
 from raytune_opt._paths import ensure_under
 from raytune_opt.errors import UsageError
@@ -49,6 +49,7 @@ class SweepOutcome:
     spec: Spec | None = None
     uri: str = ""  # where it lives: exp_dir, or s3://bucket/prefix/NAME
     promotion: dict | None = None  # the promotion's manifest, when the caller promoted the best trial
+    test: dict | None = None  # best.json's test record: the best trial on the test split (None: no test split)
 
     @property
     def where(self) -> str:
@@ -318,9 +319,7 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
     dry_run = bool(meta["dry_run"])
     if dry_run:
         spec = dry_run_spec(spec)
-    if spec.sha256() != meta["spec_sha256"]:
-        raise UsageError(f"{loc.uri}: the recorded spec no longer resolves to the same settings (another "
-                         "raytune-opt version?); start a new sweep with 'raytune-opt run'")
+    spec = recorded_spec(spec, meta["spec_sha256"], loc.uri)
     from raytune_opt import tune_state
 
     if not loc.remote:  # a crash during Tune's copy of its state (tune_state.py)
@@ -361,6 +360,28 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
         return _fit_and_record(tuner, spec, loc, quiet_console=True)
     finally:
         ray_runtime.stop(embedded)
+
+
+def recorded_spec(spec: Spec, recorded_sha256: str, where: str) -> Spec:
+    """The spec an experiment ran with, given its re-validated spec and the hash it recorded.
+
+    An experiment started before ``data.test_fraction`` existed had no test split: its spec
+    now resolves to the default test split, which would move samples out of the training
+    and validation splits its trials had. It resumes as it ran, without a test split (its
+    figures stay validation figures), and says so.
+
+    Raises:
+        UsageError: the spec resolves to other settings (another raytune-opt version).
+    """
+    if spec.sha256() == recorded_sha256:
+        return spec
+    before = spec.without_test_split()
+    if before.sha256() == recorded_sha256:
+        print(f"raytune-opt: {where} was started before raytune-opt had a test split; it resumes as it ran, "
+              "with no test split (data.test_fraction 0), so its figures are validation figures", file=sys.stderr)
+        return before
+    raise UsageError(f"{where}: the recorded spec no longer resolves to the same settings (another "
+                     "raytune-opt version?); start a new sweep with 'raytune-opt run'")
 
 
 def _resume_location(exp_dir: str, endpoint_url: str | None) -> stores.Location:
@@ -489,9 +510,12 @@ def _fit_and_record(tuner, spec: Spec, loc: stores.Location, quiet_console: bool
         raise UsageError(f"{exp_dir}: cannot write results.csv / best.json ({exc.strerror or exc}); the trials "
                          f"and their checkpoints are kept: free the disk, then 'raytune-opt resume {exp_dir}' "
                          "writes them") from None
+    test = None
+    if best is not None:  # the chosen trial, measured once on the split no trial saw
+        test = heldout.record(exp_dir, spec.data["seed"], spec.code_dirs, loc.endpoint_url)
     loc.publish("results.csv", "history", "best.json")
     report.after_sweep(loc)  # report.html and optuna.journal.log; warns, never fails the sweep
-    return SweepOutcome(exp_dir, rows, best, wall, spec, uri=loc.uri)
+    return SweepOutcome(exp_dir, rows, best, wall, spec, uri=loc.uri, test=test)
 
 
 @contextlib.contextmanager

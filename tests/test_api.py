@@ -58,7 +58,7 @@ def test_run_a_dict_spec_then_load_the_best_model(local_ray, tmp_path, monkeypat
     assert outcome.exp_dir == tmp_path / "out" / "nb" and len(outcome.rows) == 2 and outcome.best is not None
     assert outcome.promotion["status"] == "ok" and (outcome.exp_dir / "report.html").is_file()
     model = raytune_opt.load_model(outcome.exp_dir)
-    data = load_data({"dataset": "digits"}, 0)
+    data = load_data({"dataset": "digits", "test_fraction": 0.2}, 0)  # split as the trials split it
     with torch.no_grad():
         accuracy = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
     assert accuracy == pytest.approx(outcome.best.best["val_accuracy"])

@@ -287,3 +287,33 @@ def test_resume_of_a_local_mirror_points_at_the_s3_experiment(tmp_path):
     (tmp_path / "spec.input.yaml").write_text(DIGITS.read_text())
     with pytest.raises(UsageError, match="raytune-opt resume s3://bkt/exp/k"):
         resume_sweep(tmp_path)
+
+
+def test_an_experiment_from_before_the_test_split_resumes_as_it_ran(tmp_path, capsys):
+    """data.test_fraction's default (0.2) changes every spec's resolved settings. An experiment
+    recorded before the key existed resumes with no test split (its trials' train/validation
+    split unchanged) and says so; a spec that changed otherwise is still refused."""
+    import dataclasses
+
+    from raytune_opt.spec import load_spec
+    from raytune_opt.sweep import recorded_spec
+
+    old_text = DIGITS.read_text().replace("  test_fraction: 0.2", "  # (no test split then)")
+    (tmp_path / "old.yaml").write_text(old_text)
+    spec = load_spec(tmp_path / "old.yaml")
+    assert spec.data["data"]["test_fraction"] == 0.2  # the new default
+    # The hash the run record of an older version holds: its resolved spec had neither key.
+    before = {**spec.data, "data": {k: v for k, v in spec.data["data"].items()
+                                    if k not in ("test_fraction", "test_column")}}
+    recorded = dataclasses.replace(spec, data=before).sha256()
+    assert spec.sha256() != recorded
+    assert spec.without_test_split().sha256() == recorded  # test_fraction 0 hashes as the spec did before
+    resumed = recorded_spec(spec, recorded, "EXP")
+    assert resumed.data["data"]["test_fraction"] == 0.0 and resumed.sha256() == recorded
+    assert "EXP was started before raytune-opt had a test split" in capsys.readouterr().err
+    # An experiment of this version resumes with its own split; anything else is refused.
+    assert recorded_spec(spec, spec.sha256(), "EXP") is spec
+    with pytest.raises(UsageError, match="no longer resolves to the same settings"):
+        recorded_spec(spec, "0" * 64, "EXP")
+    # A spec that turns the test split off hashes as before too (a key at its neutral value is left out).
+    assert load_spec(tmp_path / "old.yaml", ["data.test_fraction=0"]).sha256() == recorded

@@ -183,6 +183,7 @@ def finish(run: _Run, name: str, model: nn.Module, *, made: str, spec: dict, rec
         outputs = measure.predict(runner, run.x_val)
         score = run.scorer.score(outputs, run.y_val)
         latency = measure.latencies(runner, run.x_val)
+        test = run.test_score(runner)
     metric = "val_accuracy" if not run.scorer.regression else f"val_{run.scorer.metric}"
     path = run.out_dir / f"model.{made}.pt"
     save_checkpoint(make_checkpoint(
@@ -198,7 +199,8 @@ def finish(run: _Run, name: str, model: nn.Module, *, made: str, spec: dict, rec
     trial = run.artifacts[0]  # the pytorch row
     of_trial = {k: (size[k] / trial[k] if size.get(k) is not None and trial.get(k) else None) for k in size}
     run.add(manifest.artifact(name, "rejected" if reason else "ok", path=path, root=run.out_dir, reason=reason,
-                              **run.scored(score), latency_ms=latency, runtime=f"pytorch cpu, {run.threads} threads",
+                              **run.scored(score, test), latency_ms=latency,
+                              runtime=f"pytorch cpu, {run.threads} threads",
                               **size, of_trial=of_trial, from_step=None, **details))
     if not reason:
         run.use(name, model, outputs, score, size, against=f"the {made} fp32 model")

@@ -9,6 +9,11 @@ fp32); of a regression, ``metric`` (rmse, mae or r2), ``score``, ``fp32_score`` 
 ``relative_change`` (the relative worsening vs fp32, see
 :class:`~raytune_opt.promote.measure.Scorer`), with ``accuracy`` and ``delta_points`` null.
 
+Each artifact is also scored on the test split, which no trial saw (``test_accuracy``, or a
+regression's ``test_score`` in ``metric``; null without a test split): the validation score
+is the one the gates compare (an artifact against its fp32 source), the test score is the
+model's quality as the manifest reports it.
+
 A model's artifact (ok or rejected) also records ``params`` and ``macs`` of the model it
 holds or was converted from. When a compression step ran (``prune``, ``distill``), "fp32"
 above is the trial's model: every change is against it. The compression step's own record
@@ -180,14 +185,28 @@ def table(manifest: dict) -> str:
     head = "accuracy" if metric is None else metric
     # A regression's change is relative, of the metric itself; for r2, of 1 - r2 (measure.Scorer).
     delta = "Δ 1-r2" if metric == "r2" else "Δ vs fp32"
-    lines = [f"{'artifact':<18} {'status':<9} {head:>8} {delta:>9} {'p50@1 ms':>9} {'p50@64 ms':>9} "
-             f"{'size':>9}"]
+    tested = has_test(manifest)
+    width = 12 if tested else 8
+    lines = [f"{'artifact':<18} {'status':<9} {(('val ' + head) if tested else head):>{width}} {delta:>9} "
+             + (f"{'test ' + head:>13} " if tested else "") + f"{'p50@1 ms':>9} {'p50@64 ms':>9} {'size':>9}"]
     for a in manifest["artifacts"]:
         lat = a.get("latency_ms") or {}
         score, change = _score_cells(a, metric)
-        lines.append(f"{a['name']:<18} {a['status']:<9} {score:>8} {change:>9} {_ms(lat.get('batch_1')):>9} "
-                     f"{_ms(lat.get('batch_64')):>9} {_size(a.get('size_bytes')):>9}")
+        test = f"{_test_cell(a, metric):>13} " if tested else ""
+        lines.append(f"{a['name']:<18} {a['status']:<9} {score:>{width}} {change:>9} {test}"
+                     f"{_ms(lat.get('batch_1')):>9} {_ms(lat.get('batch_64')):>9} {_size(a.get('size_bytes')):>9}")
     return "\n".join(lines)
+
+
+def has_test(manifest: dict) -> bool:
+    """Whether any artifact was scored on the test split (manifests written before it had none)."""
+    return any(a.get("test_accuracy") is not None or a.get("test_score") is not None
+               for a in manifest.get("artifacts", []))
+
+
+def _test_cell(a: dict, metric: str | None) -> str:
+    """An artifact's score on the test split, as the tables print it."""
+    return _pct(a.get("test_accuracy")) if metric is None else _num(a.get("test_score"))
 
 
 def _score_cells(a: dict, metric: str | None) -> tuple[str, str]:
@@ -201,12 +220,16 @@ def _score_cells(a: dict, metric: str | None) -> tuple[str, str]:
 def _stage_table(manifest: dict, metric: str | None) -> str:
     head = "accuracy" if metric is None else metric
     delta = "Δ 1-r2" if metric == "r2" else "Δ vs trial"
-    lines = [f"{'artifact':<18} {'status':<9} {head:>8} {delta:>10} {'params':>7} {'MACs':>7} "
+    tested = has_test(manifest)
+    width = 12 if tested else 8
+    lines = [f"{'artifact':<18} {'status':<9} {(('val ' + head) if tested else head):>{width}} {delta:>10} "
+             + (f"{'test ' + head:>13} " if tested else "") + f"{'params':>7} {'MACs':>7} "
              f"{'p50/p95@1 ms':>15} {'p50/p95@64 ms':>15} {'size':>9}"]
     for a in manifest["artifacts"]:
         lat = a.get("latency_ms") or {}
         score, change = _score_cells(a, metric)
-        lines.append(f"{a['name']:<18} {a['status']:<9} {score:>8} {change:>10} {_count(a.get('params')):>7} "
+        test = f"{_test_cell(a, metric):>13} " if tested else ""
+        lines.append(f"{a['name']:<18} {a['status']:<9} {score:>{width}} {change:>10} {test}{_count(a.get('params')):>7} "
                      f"{_count(a.get('macs')):>7} {_ms2(lat.get('batch_1')):>15} {_ms2(lat.get('batch_64')):>15} "
                      f"{_size(a.get('size_bytes')):>9}")
     return "\n".join(lines)

@@ -6,6 +6,9 @@ run in their registration order, each with the steps it ``needs`` first; a step 
 
 A classification is scored by accuracy, a regression by its metric (:class:`measure.Scorer`);
 the INT8 and TensorRT gates compare that score with the fp32 PyTorch model's they were made from.
+Scores and gates are on the validation split (an artifact against its fp32 source); every
+artifact is also scored on the test split (``test_accuracy`` / ``test_score``), the split no
+trial saw: that figure is what the manifest calls the model's quality.
 
 Compression steps (``prune``, ``distill``: :mod:`.prune`, :mod:`.distill`) run first when
 listed. Each gates its model against the trial's; one that passes replaces the model the
@@ -146,6 +149,9 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     scorer = measure.scorer_for(data.task, source.metric, cfg["int8"], _default("max_relative_change"))
     x_val, y_val = materialize(data.val, collate_fn=data.collate_fn)
     run = _Run(source, cfg, out_dir, x_val.numpy(), y_val.numpy(), log, threads, scorer)
+    if data.test is not None:  # scored on every artifact, never gated on
+        x_test, y_test = materialize(data.test, collate_fn=data.collate_fn)
+        run.x_test, run.y_test = x_test.numpy(), y_test.numpy()
     run.model, run.data, run.ckpt, run.place, run.targets = model, data, ckpt, place, targets
     run.trial_model, run.code_dirs, run.trust_code = model, code_dirs, trust_code
 
@@ -219,6 +225,8 @@ class _Run:
         self.source, self.cfg, self.out_dir, self.log = source, cfg, out_dir, log
         self.threads = threads  # intra-op threads of ONNX Runtime and torch
         self.x_val, self.y_val = x_val, y_val
+        self.x_test: np.ndarray | None = None  # the test split (None: the data set has none)
+        self.y_test: np.ndarray | None = None
         self.scorer = scorer
         self.fp32 = 0.0  # the trial's fp32 PyTorch model's score: what every change is reported against
         self.input: str | None = None  # the compression step whose model the later steps convert (None: the trial's)
@@ -263,12 +271,20 @@ class _Run:
         self.footprint = footprint
         self.gate = dataclasses.replace(self.scorer, against=against)
 
-    def scored(self, score: float | None) -> dict:
-        """The score fields of an artifact record (manifest.artifact's keywords), against the trial."""
+    def scored(self, score: float | None, test: float | None = None) -> dict:
+        """The score fields of an artifact record (manifest.artifact's keywords), against the
+        trial; ``test``: the artifact's score on the test split (``test_accuracy`` or ``test_score``)."""
         if not self.scorer.regression:
-            return {"accuracy": score, "fp32_accuracy": self.fp32}
+            return {"accuracy": score, "fp32_accuracy": self.fp32, "test_accuracy": test}
         return {"metric": self.scorer.metric, "score": score, "fp32_score": self.fp32,
-                "relative_change": None if score is None else self.scorer.change(score, self.fp32)}
+                "relative_change": None if score is None else self.scorer.change(score, self.fp32),
+                "test_score": test}
+
+    def test_score(self, run: Callable[[np.ndarray], np.ndarray]) -> float | None:
+        """``run``'s score on the test split (None without one)."""
+        if self.x_test is None:
+            return None
+        return self.scorer.score(measure.predict(run, self.x_test), self.y_test)
 
     def _failed(self, name: str, exc: Exception) -> None:
         """Record a step that failed, with the traceback in the manifest (for a bug report)."""
@@ -286,7 +302,8 @@ class _Run:
         outputs = measure.predict(run, self.x_val)
         self.fp32 = self.input_score = self.scorer.score(outputs, self.y_val)
         self.footprint = footprint_of(model, self.data.input_example)
-        self.add(manifest.artifact("pytorch", "ok", path=self.source.checkpoint, **self.scored(self.fp32),
+        self.add(manifest.artifact("pytorch", "ok", path=self.source.checkpoint,
+                                   **self.scored(self.fp32, self.test_score(run)),
                                    latency_ms=measure.latencies(run, self.x_val),
                                    runtime=f"pytorch cpu, {self.threads} threads"))
         return outputs
@@ -305,13 +322,14 @@ class _Run:
             outputs = measure.predict(runner, self.x_val)
             par = export.parity(ref, outputs, float(self.cfg["parity_atol"]), scaled=self.scorer.regression)
             latency = measure.latencies(runner, self.x_val)
+            test = self.test_score(runner)
         except (RuntimeError, OSError, MemoryError, *measure.ort_errors()) as exc:
             # The exporter (torch.onnx's errors are RuntimeErrors) or ONNX Runtime refusing this model is
             # this artifact's failure, not the run's; a TypeError or KeyError is our bug and propagates.
             self._failed("onnx", exc)
             return None
         self.add(manifest.artifact("onnx", "ok" if par.ok else "failed", path=path, root=self.out_dir,
-                                   reason=par.reason, **self.scored(self.scorer.score(outputs, self.y_val)),
+                                   reason=par.reason, **self.scored(self.scorer.score(outputs, self.y_val), test),
                                    latency_ms=latency,
                                    runtime=f"onnxruntime cpu, {self.threads} threads",
                                    opset=export.OPSET, parity=par.as_dict()))
@@ -337,6 +355,9 @@ class _Run:
             with progress.step(f"{name}: measuring latency"):
                 latency = (measure.latencies(measure.ort_runner(measure.ort_session(path, self.threads)),
                                              self.x_val) if flavor == "cpu" else None)
+            # Scored on the test split as the gate scored it on validation (the S8S8 form unfused).
+            test = self.test_score(measure.ort_runner(measure.ort_session(path, self.threads,
+                                                                          fuse_qdq=flavor == "cpu")))
         except (RuntimeError, OSError, MemoryError, ValueError, *measure.ort_errors()) as exc:
             # ONNX Runtime's quantizer raises ValueError for operators it cannot quantize.
             self._failed(name, exc)
@@ -344,7 +365,7 @@ class _Run:
         runtime = (f"onnxruntime cpu, {self.threads} threads" if flavor == "cpu"
                    else "accuracy: onnxruntime cpu; for TensorRT explicit quantization")
         self.add(manifest.artifact(
-            name, gate.status, path=path, root=self.out_dir, reason=gate.reason, **self.scored(gate.score),
+            name, gate.status, path=path, root=self.out_dir, reason=gate.reason, **self.scored(gate.score, test),
             latency_ms=latency, runtime=runtime,
             quantization={"format": "QDQ", "per_channel": True,
                           "activations": "uint8 asymmetric" if flavor == "cpu" else "int8 symmetric",
@@ -363,7 +384,8 @@ class _Run:
             self.add(manifest.artifact("tensorrt", "skipped", reason="the ONNX model failed; nothing to build"))
             return
         try:
-            res = tensorrt.build(place, onnx_bytes, qdq_bytes, self.x_val, self.y_val, self.scorer)
+            test = None if self.x_test is None else (self.x_test, self.y_test)
+            res = tensorrt.build(place, onnx_bytes, qdq_bytes, self.x_val, self.y_val, self.scorer, test)
         except ArtifactError as exc:
             self._failed("tensorrt", exc)
             return
@@ -384,7 +406,8 @@ class _Run:
             _atomic.write_bytes(path, eng["plan"])
             reason = self.gate.rejection(eng["score"], self.input_score)
             self.add(manifest.artifact(name, "rejected" if reason else "ok", path=path, root=self.out_dir,
-                                       reason=reason, **self.scored(eng["score"]), latency_ms=eng["latency_ms"],
+                                       reason=reason, **self.scored(eng["score"], eng.get("test_score")),
+                                       latency_ms=eng["latency_ms"],
                                        runtime=f"tensorrt {res['tensorrt_version']} on {res['device']}",
                                        max_batch=tensorrt.MAX_BATCH))
 

@@ -78,7 +78,7 @@ def placement(address: str | None, exp_dir: str) -> Placement:
 
 
 def build(place: Placement, onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.ndarray,
-          y_val: np.ndarray, scorer: Scorer) -> dict:
+          y_val: np.ndarray, scorer: Scorer, test: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Build and measure the engines where ``place`` says; see :func:`build_and_measure`.
 
     Raises:
@@ -87,12 +87,12 @@ def build(place: Placement, onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.
     """
     assert place.where in ("local", "cluster"), place
     if place.where == "local":
-        return build_and_measure(onnx_fp32, onnx_qdq, x_val, y_val, scorer)
+        return build_and_measure(onnx_fp32, onnx_qdq, x_val, y_val, scorer, test)
     import ray
     from ray import exceptions as rex
 
     task = ray.remote(num_gpus=1, max_retries=0)(build_and_measure)
-    ref = task.remote(onnx_fp32, onnx_qdq, x_val, y_val, scorer)
+    ref = task.remote(onnx_fp32, onnx_qdq, x_val, y_val, scorer, test)
     try:
         return ray.get(ref, timeout=TASK_TIMEOUT_S)
     except rex.GetTimeoutError:
@@ -115,7 +115,7 @@ def leave(place: Placement | None) -> None:
 
 
 def build_and_measure(onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.ndarray, y_val: np.ndarray,
-                      scorer: Scorer) -> dict:
+                      scorer: Scorer, test: tuple[np.ndarray, np.ndarray] | None = None) -> dict:
     """Build the FP16 and INT8 engines, run the validation set through each, score and time them.
 
     Runs on the GPU node. Each engine's outputs are scored there by ``scorer`` (accuracy, or a
@@ -123,7 +123,8 @@ def build_and_measure(onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.ndarra
     not the validation set's outputs. Returns plain values only (engines as bytes), so a Ray
     task can hand them back to the driver, which writes the files and applies the gate:
     ``{"tensorrt_version", "device", "skipped"?, "engines": {name: {"status", "reason"?,
-    "plan"?, "score"?, "latency_ms"?}}}``.
+    "plan"?, "score"?, "test_score"?, "latency_ms"?}}}``. ``test``: the test split's inputs and
+    labels, scored the same way (``test_score``; None: no test split).
     """
     import torch
 
@@ -140,8 +141,13 @@ def build_and_measure(onnx_fp32: bytes, onnx_qdq: bytes | None, x_val: np.ndarra
             plan = build_engine(trt, onnx_bytes, precision)
             runner = EngineRunner(trt, plan)
             outputs = np.concatenate([runner(x_val[i:i + MAX_BATCH]) for i in range(0, len(x_val), MAX_BATCH)])
+            test_score = None
+            if test is not None:
+                x_test, y_test = test
+                test_score = scorer.score(np.concatenate([runner(x_test[i:i + MAX_BATCH])
+                                                          for i in range(0, len(x_test), MAX_BATCH)]), y_test)
             out["engines"][name] = {
-                "status": "ok", "plan": plan, "score": scorer.score(outputs, y_val),
+                "status": "ok", "plan": plan, "score": scorer.score(outputs, y_val), "test_score": test_score,
                 "latency_ms": {f"batch_{b}": runner.latency(x_val, b) for b in (1, MAX_BATCH)},
             }
         except (RuntimeError, OSError, MemoryError) as exc:  # TensorRT, CUDA (OOM too) and file errors

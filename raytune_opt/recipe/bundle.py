@@ -2,11 +2,14 @@
 
 A data set callable (a built-in registered in :data:`raytune_opt.registry.DATASETS`, or a
 user's ``"module:callable"``) returns a :class:`DataBundle`, or simply a ``(train, val)``
-pair of torch Datasets from which :func:`as_bundle` infers the rest. Every sample is an
-``(input, label)`` pair; a classification label is a class index.
+pair (or a ``(train, val, test)`` triple) of torch Datasets from which :func:`as_bundle`
+infers the rest. Every sample is an ``(input, label)`` pair; a classification label is a
+class index. The test split is never given to a trial: it is measured once, after the sweep,
+on the chosen model (and on every promoted artifact).
 
 A user callable is called with ``data.args`` as keyword arguments plus whichever of
-:data:`raytune_opt.registry.DATA_INJECTED` (``seed``, ``val_fraction``) its signature names;
+:data:`raytune_opt.registry.DATA_INJECTED` (``seed``, ``val_fraction``, ``test_fraction``) its
+signature names;
 a built-in gets the ``data`` section keys its entry lists. The result of the last call is
 kept per process (Tune reuses a trial's actor for the next trial; the built-ins also keep a
 node-wide decoded cache, :mod:`raytune_opt.recipe.data`).
@@ -42,7 +45,7 @@ class DataBundle:
         train, val: torch Datasets of ``(input, label)`` samples. A ``TensorDataset`` of
             (inputs, labels) is sliced a batch at a time (the fastest path).
         num_classes: classes of a classification task; None: one more than the largest
-            label of either split. A regression has one output (1).
+            label of any split. A regression has one output (1).
         task: ``"classification"`` (labels are class indices) or ``"regression"`` (labels
             are numbers). None: the spec's ``data.task``, else the first label's type (an
             integer classifies, a float regresses).
@@ -53,6 +56,9 @@ class DataBundle:
         info: facts for the promotion manifest (``layout``, ``normalize``), free-form.
         collate_fn: how a list of samples becomes a batch (e.g. padding sequences of
             different lengths); None: PyTorch's default collate.
+        test: a torch Dataset held out from the search: trials never see it; the chosen
+            model and every promoted artifact are measured on it once the sweep is over.
+            None: no test split (the figures reported are then validation figures).
     """
 
     train: Any
@@ -63,6 +69,7 @@ class DataBundle:
     class_names: Sequence[str] | None = None
     info: dict = field(default_factory=dict)
     collate_fn: Callable | None = None
+    test: Any = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -102,7 +109,7 @@ def as_bundle(result: Any, label: str, task: str | None = None) -> DataBundle:
     """Check what a data set callable returned and fill in what it left out.
 
     Args:
-        result: a :class:`DataBundle` or a ``(train, val)`` pair.
+        result: a :class:`DataBundle`, a ``(train, val)`` pair or a ``(train, val, test)`` triple.
         label: the callable, for messages (``mypkg.data:load``).
         task: the spec's ``data.task`` (None: the bundle's, else its labels': an integer
             classifies, a float regresses).
@@ -112,13 +119,16 @@ def as_bundle(result: Any, label: str, task: str | None = None) -> DataBundle:
             ``(input, label)`` pairs, labels that do not fit the task (class indices below
             num_classes; numbers for a regression), or a task other than the spec's.
     """
-    fix_return = "return raytune_opt.DataBundle(train=..., val=...) or a (train, val) pair of torch Datasets"
-    if isinstance(result, (tuple, list)) and len(result) == 2:
-        result = DataBundle(train=result[0], val=result[1])
+    fix_return = ("return raytune_opt.DataBundle(train=..., val=..., test=...) or a (train, val) pair or a "
+                  "(train, val, test) triple of torch Datasets")
+    if isinstance(result, (tuple, list)) and len(result) in (2, 3):
+        result = DataBundle(train=result[0], val=result[1], test=result[2] if len(result) == 3 else None)
     if not isinstance(result, DataBundle):
         kind = _describe(result) if isinstance(result, (tuple, list)) else _a(type(result).__name__)
-        raise DataError(f"data.dataset {label} returned {kind}, not a DataBundle or a (train, val) pair; {fix_return}")
-    first = {name: _first_sample(getattr(result, name), name, label) for name in ("train", "val")}
+        raise DataError(f"data.dataset {label} returned {kind}, not a DataBundle, a (train, val) pair or a "
+                        f"(train, val, test) triple; {fix_return}")
+    splits = ("train", "val") if result.test is None else ("train", "val", "test")
+    first = {name: _first_sample(getattr(result, name), name, label) for name in splits}
     if result.task is not None and task is not None and result.task != task:
         raise DataError(f"data.dataset {label}: its DataBundle says task {result.task!r} but data.task is {task!r}; "
                         f"remove data.task or make them agree")
@@ -134,7 +144,7 @@ def as_bundle(result: Any, label: str, task: str | None = None) -> DataBundle:
                             f"return integer labels (0 .. num_classes-1), or set data.task: regression")
     num_classes = result.num_classes
     if num_classes is None or isinstance(result.train, TensorDataset):
-        top = max(int(train_labels(result.train).max()), int(train_labels(result.val).max()))
+        top = max(int(train_labels(getattr(result, name)).max()) for name in splits)
         if num_classes is None:
             num_classes = top + 1
         elif top >= num_classes:
@@ -202,7 +212,8 @@ def load_bundle(data_cfg: dict, seed: int, dirs: Sequence[str] = ()) -> DataBund
                         f"a 'module:callable' import path")
     target = registry.DATASETS.target_of(name)
     args = dict(data_cfg.get("args") or {})
-    injected_values = {"seed": int(seed), "val_fraction": float(data_cfg.get("val_fraction", 0.2))}
+    injected_values = {"seed": int(seed), "val_fraction": float(data_cfg.get("val_fraction", 0.2)),
+                       "test_fraction": float(data_cfg.get("test_fraction") or 0.0)}
     key = (target, repr(sorted(args.items())), repr(sorted(injected_values.items())), data_cfg.get("task"))
     if key in _MEMO:
         return _MEMO[key]

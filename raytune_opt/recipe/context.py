@@ -29,6 +29,7 @@ A user loop, in full::
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -108,9 +109,10 @@ class TrialContext:
     # ---- data and model ---------------------------------------------------------------
     @property
     def data(self) -> DataBundle:
-        """The data set ``data.dataset`` names (loaded on first use)."""
+        """The data set ``data.dataset`` names (loaded on first use), without its test split:
+        a trial trains and validates; the test split is measured after the sweep only."""
         if self._data is None:
-            self._data = load_bundle(self.config["data"], int(self.config["seed"]))
+            self._data = dataclasses.replace(load_bundle(self.config["data"], int(self.config["seed"])), test=None)
         return self._data
 
     def build_model(self) -> nn.Module:
@@ -227,11 +229,17 @@ class TrialContext:
             state: plain values to get back as :attr:`state` when the trial resumes.
 
         Raises:
-            RecipeConfigError: the sweep's metric is missing or a value is not a number.
+            RecipeConfigError: the sweep's metric is missing, a value is not a number, or a
+                key names a test-split metric (``test_*``).
         """
         if self._model is None:
             raise RecipeConfigError("ctx.report: call ctx.prepare_model(model, optimizer) first; the checkpoint "
                                     "holds the prepared model")
+        tested = sorted(k for k in metrics if str(k).startswith("test_"))
+        if tested:  # the search must never see the test split, not even in a user loop's own figures
+            raise RecipeConfigError(f"ctx.report(epoch={epoch}): {tested[0]} names a test-split metric (got keys "
+                                    f"{sorted(metrics)}); report validation metrics (val_*): the test split is "
+                                    f"measured once, after the sweep")
         bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float, type(None)))]
         missing = [m for m, _ in objectives.objectives(self.config["search"]) if m not in metrics]
         if missing or bad:

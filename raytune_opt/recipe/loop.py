@@ -497,6 +497,33 @@ def _evaluate_regression(model, loader, autocast, device: torch.device):
     return sums[1].clone(), sums
 
 
+def split_metrics(model: torch.nn.Module, data, split: str = "test", prefix: str = "test_") -> dict:
+    """The metrics trials report on validation, measured on ``data``'s ``split`` instead, with
+    ``prefix`` for ``val_``: accuracy, precision, recall, F1 and loss of a classification; RMSE,
+    MAE, R² and loss of a regression. Plain fp32 on the CPU, batch by batch, as validation
+    computes them (the loss: cross-entropy / MSE whatever the training loss).
+
+    Returns:
+        ``{prefix + name: value}``, and ``samples`` (the split's size).
+    """
+    from contextlib import nullcontext
+
+    loader = make_loader(data, split, 256, shuffle=False)
+    device = torch.device("cpu")
+    model = model.to(device).float()
+    if data.task == "regression":
+        loss_sum, sums = _evaluate_regression(model, loader, nullcontext, device)
+        scores = regression_metrics(sums)
+    else:
+        loss_sum, confusion = _evaluate(model, loader, nullcontext, device, data.num_classes)
+        scores = classification_metrics(confusion)
+    n = scores.pop("support")
+    out = {prefix + k.removeprefix("val_"): float(v) for k, v in scores.items()}
+    out[prefix + "loss"] = float(loss_sum) / max(n, 1)
+    out["samples"] = int(n)
+    return out
+
+
 def regression_metrics(sums: torch.Tensor) -> dict:
     """RMSE, MAE and R² (as scikit-learn's ``r2_score``: 1 - SSE / SST) from
     (n, sum of squared errors, sum of absolute errors, sum of targets, sum of squared targets).

@@ -7,6 +7,10 @@ features are ``data.features`` or every other column: text columns are one-hot e
 column), numeric ones standardised with the training split's mean and standard deviation.
 The split is seeded (stratified by class for a classification). Missing values are refused,
 not imputed: which to fill, and how, is the user's choice.
+
+The test rows are split off first: the rows ``data.test_column`` marks (true, 1, "test"...), or
+else a seeded ``data.test_fraction`` of the rows (0: none); validation is ``data.val_fraction``
+of the rest. The test column is never a feature.
 """
 
 from __future__ import annotations
@@ -26,20 +30,27 @@ MAX_CATEGORIES = 100
 
 
 def csv(*, path: str | None = None, target: str | None = None, features: list | None = None,
-        task: str | None = None, val_fraction: float = 0.2, seed: int = 0) -> DataBundle:
+        task: str | None = None, val_fraction: float = 0.2, test_fraction: float = 0.0, test_column: str | None = None,
+        seed: int = 0) -> DataBundle:
     """The table at ``path`` as a :class:`DataBundle` of float32 feature rows.
 
+    ``test_column`` (a column of booleans, 0/1, or text where "test" marks a test row) picks
+    the test rows; else ``test_fraction`` of the rows are drawn (seeded; 0: no test split).
+
     Raises:
-        DataError: a missing or unreadable file, a target or feature that is not a column, a
-            column that cannot be encoded, missing values, a table too small to split.
+        DataError: a missing or unreadable file, a target, feature or test column that is not
+            a column, a column that cannot be encoded, missing values, a table too small to split.
     """
     table = _read(path)
     columns = list(table.columns)
     if target not in columns:
         raise DataError(f"data.target {target!r} is not a column of {path} (columns: {_names(columns)}); set "
                         f"data.target to one of them")
+    marked = None
+    if test_column is not None:
+        marked = _test_rows(table, test_column, target, features, path)
     if features is None:
-        features = [c for c in columns if c != target]
+        features = [c for c in columns if c not in (target, test_column)]
     missing = [f for f in features if f not in columns]
     if missing:
         raise DataError(f"data.features {missing[0]!r} is not a column of {path} (columns: {_names(columns)}); "
@@ -62,10 +73,17 @@ def csv(*, path: str | None = None, target: str | None = None, features: list | 
         raise DataError(f"{path}: the target column {target!r} holds {y_raw.dtype} values, which cannot be "
                         f"regressed; use a numeric column, or data.task: classification")
     n = len(table)
-    n_val = int(round(n * float(val_fraction)))
-    if n_val < 1 or n - n_val < 2:
-        raise DataError(f"{path}: {n} rows cannot be split with data.val_fraction {val_fraction}; add rows or "
-                        f"change data.val_fraction")
+    if marked is None:
+        n_test = int(round(n * float(test_fraction))) if test_fraction else 0
+        if test_fraction and (n_test < 1 or n - n_test < 3):
+            raise DataError(f"{path}: {n} rows cannot be split with data.test_fraction {test_fraction}; add rows or "
+                            f"change data.test_fraction (0: no test split)")
+    else:
+        n_test = int(marked.sum())
+    n_val = int(round((n - n_test) * float(val_fraction)))
+    if n_val < 1 or n - n_test - n_val < 2:
+        raise DataError(f"{path}: {n - n_test} rows cannot be split with data.val_fraction {val_fraction}; add rows "
+                        f"or change data.val_fraction")
     if task == "classification":
         classes = sorted(y_raw.unique().tolist(), key=str)
         if len(classes) < 2:
@@ -77,13 +95,47 @@ def csv(*, path: str | None = None, target: str | None = None, features: list | 
     else:
         y = torch.tensor(y_raw.to_numpy(dtype=np.float64), dtype=torch.float32)
         names = ()
-    train_idx, val_idx = _split(y.numpy() if task == "classification" else None, n, n_val, seed)
+    labels = y.numpy() if task == "classification" else None
+    if marked is not None:
+        test_idx, rest = np.flatnonzero(marked), np.flatnonzero(~marked)
+    elif n_test:
+        rest, test_idx = _split(labels, n, n_test, seed)
+    else:
+        rest, test_idx = np.arange(n), np.zeros(0, dtype=np.int64)
+    train_pos, val_pos = _split(None if labels is None else labels[rest], len(rest), n_val, seed)
+    train_idx, val_idx = rest[train_pos], rest[val_pos]
     x, encoded = _encode(table, features, train_idx, path)
     bundle = DataBundle(train=TensorPairs(x[train_idx], y[train_idx]), val=TensorPairs(x[val_idx], y[val_idx]),
+                        test=TensorPairs(x[test_idx], y[test_idx]) if len(test_idx) else None,
                         num_classes=len(names) if task == "classification" else 1, task=task,
                         input_example=x[train_idx[:1]], class_names=names,
                         info={"layout": "NF", "features": encoded})
     return bundle
+
+
+_TEST_MARKS = {True: True, False: False, 1: True, 0: False, "test": True, "train": False, "true": True,
+               "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def _test_rows(table, column: str, target: str, features: list | None, path) -> np.ndarray:
+    """The rows ``column`` marks as test rows, as a boolean mask."""
+    if column not in table.columns:
+        raise DataError(f"data.test_column {column!r} is not a column of {path} (columns: "
+                        f"{_names(list(table.columns))}); set it to the column that marks the test rows")
+    if column == target or (features is not None and column in features):
+        raise DataError(f"data.test_column {column!r} is also the target or a feature; mark the test rows in a "
+                        f"column of its own")
+    values = table[column].tolist()
+    marks = [_TEST_MARKS.get(v.strip().lower() if isinstance(v, str) else v) for v in values]
+    bad = [i for i, m in enumerate(marks) if m is None]
+    if bad:
+        raise DataError(f"{path}: data.test_column {column!r} holds {values[bad[0]]!r} at line {bad[0] + 2}; mark a "
+                        f"test row with true, 1 or test, any other row with false, 0 or train")
+    mask = np.asarray(marks, dtype=bool)
+    if not mask.any():
+        raise DataError(f"{path}: data.test_column {column!r} marks no row as a test row; mark some with true, 1 or "
+                        f"test, or leave data.test_column out")
+    return mask
 
 
 def _read(path: str | None):

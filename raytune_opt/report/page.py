@@ -340,6 +340,7 @@ def _best(exp: Experiment, ckpt: dict | None) -> str:
     cfg = "".join(f"<tr><th>{escape(k)}</th><td>{escape(svg.fmt(v))}</td></tr>"
                   for k, v in sorted(exp.best.get("config", {}).items()))
     parts.append(f'<table class="meta"><tr><th>trial</th><td>{escape(tid)}</td></tr>{cfg}</table>')
+    parts.append(_validation_and_test(exp.best))
     charts = []
     for key, label in (("lr", "learning rate"), ("grad_norm", "gradient norm (before clipping)")):
         h = [r for r in (t.history if t else []) if r.get(key) is not None]
@@ -351,6 +352,29 @@ def _best(exp: Experiment, ckpt: dict | None) -> str:
     parts.append(f'<div class="grid">{"".join(charts)}</div>' if charts else _none("no per-epoch history"))
     parts.append(_per_class(ckpt))
     return "".join(parts)
+
+
+def _validation_and_test(best: dict) -> str:
+    """The best trial's validation figures beside its test figures (best.json's ``test``), and why they differ."""
+    test = best.get("test")
+    figures = test.get("metrics") if isinstance(test, dict) else None
+    if not isinstance(figures, dict) or not figures:
+        # A hint, not a missing section: the figures are there, they are validation figures.
+        return ('<p class="hint">No test split (data.test_fraction 0, a data set without one, or an experiment of '
+                'an older version): the figures on this page are validation figures, those the search selected on, '
+                'so they are biased upward.</p>')
+    val = best.get("metrics") or {}
+    def cell(v) -> str:
+        return escape(svg.fmt(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+    rows = "".join(f"<tr><th>{escape(k.removeprefix('test_'))}</th><td class=num>{cell(val.get('val_' + k[5:]))}"
+                   f"</td><td class=num>{cell(v)}</td></tr>" for k, v in figures.items() if k.startswith("test_"))
+    samples = test.get("samples")
+    return (f'<h3>Validation and test</h3><table class="meta"><tr><th></th><th>validation</th>'
+            f'<th>test{f" ({escape(str(samples))} samples)" if samples is not None else ""}</th></tr>{rows}</table>'
+            '<p class="hint">The validation figure is that of the trial the search picked because it was best '
+            'there, so it is biased upward (the more trials, the more); the test split was held out from every '
+            'trial and measured once, on this trial only, so its figure is the unbiased estimate.</p>')
 
 
 def _per_class(ckpt: dict | None) -> str:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,8 +29,17 @@ from raytune_opt.spec.yaml_loader import Located, load_value, load_yaml_file
 
 NUM_CLASSES = {n: registry.DATASETS[n].meta["num_classes"] for n in registry.DATASETS
                if "num_classes" in registry.DATASETS[n].meta}
+# Metrics of the test split (measured after the sweep, never by a trial): refused wherever a
+# spec selects (search.metric, search.constraints, promote.select).
+TEST_PREFIX = "test_"
 # Augmentations that move or recolour image pixels; 1-D signals take Mixup only.
 IMAGE_AUGMENTATIONS = ("hflip", "random_crop_padding", "rotation_degrees", "color_jitter", "cutmix_alpha")
+
+# Keys added after experiments had been run, each with the value that does what those
+# experiments did; Spec.sha256 leaves a key out at that value, so an old experiment's
+# recorded hash still matches it (and resume can tell an old experiment from a changed spec).
+HASH_NEUTRAL = {("data", "test_fraction"): 0.0, ("data", "test_column"): None}
+
 
 @dataclass
 class Spec:
@@ -50,9 +60,21 @@ class Spec:
 
     def sha256(self) -> str:
         """Hash of the resolved spec; checkpoints and manifests carry it. Credentials in URIs
-        are left out (the experiment's files keep them redacted, and resume compares this)."""
-        text = json.dumps(redact_data(self.data), sort_keys=True, default=str)
+        are left out (the experiment's files keep them redacted, and resume compares this), and
+        so is a key of :data:`HASH_NEUTRAL` at its neutral value: a spec resolved before the key
+        existed hashes as it did."""
+        data = redact_data(self.data)
+        for (section, key), neutral in HASH_NEUTRAL.items():
+            if isinstance(data.get(section), dict) and key in data[section] and data[section][key] == neutral:
+                data = {**data, section: {k: v for k, v in data[section].items() if k != key}}
+        text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def without_test_split(self) -> "Spec":
+        """This spec with ``data.test_fraction: 0`` (and no ``data.test_column``): an
+        experiment started before the test split existed, as it ran (see ``resume_sweep``)."""
+        data = {**self.data, "data": {**self.data["data"], "test_fraction": 0.0, "test_column": None}}
+        return dataclasses.replace(self, data=data)
 
     def to_yaml(self) -> str:
         """The resolved spec as YAML, credentials in URIs redacted: for printing and for the
@@ -779,6 +801,12 @@ def _direction(name: str) -> str | None:
 
 def _metric_problem(d: dict, name: str, what: str) -> tuple[str, str] | None:
     """Why ``name`` cannot be a sweep metric here (what, fix), or None."""
+    if isinstance(name, str) and name.startswith(TEST_PREFIX):
+        # Selecting on the test split would make it one more validation split: its figures
+        # would be biased upward like the validation figures they are meant to check.
+        twin = "val_" + name[len(TEST_PREFIX):]
+        return (f"{name} is measured on the test split, which the search must never see (got {fmt(name)})",
+                f"use {twin} (the validation split); {name} is reported in best.json after the sweep")
     if name in schema.METRICS or name in objectives.MEASURES:
         return None
     if _user_loop(d):

@@ -84,7 +84,7 @@ def test_pruning_removes_channels_and_the_chain_converts_the_pruned_model(experi
     assert loaded["step"] == "prune"
     # The table shows the stages side by side, with params and MACs.
     table = out[out.index("artifact "):].splitlines()
-    assert table[0].split()[:6] == ["artifact", "status", "accuracy", "Δ", "vs", "trial"]
+    assert table[0].split()[:9] == ["artifact", "status", "val", "accuracy", "Δ", "vs", "trial", "test", "accuracy"]
     assert "params" in table[0] and "MACs" in table[0] and "p50/p95@64" in table[0]
     assert [line.split()[0] for line in table[1:6]] == list(arts)
     assert "prune: ok — params" in out

@@ -61,7 +61,7 @@ def test_promote_builds_onnx_and_int8_within_gates_and_skips_tensorrt_without_gp
     onnx_rec = arts["onnx"]
     assert onnx_rec["status"] == "ok" and onnx_rec["delta_points"] == 0.0
     par = onnx_rec["parity"]
-    assert par["max_abs_diff"] <= par["atol"] == 1e-4 and par["top1_agreement"] == 1.0 and par["samples"] == 359
+    assert par["max_abs_diff"] <= par["atol"] == 1e-4 and par["top1_agreement"] == 1.0 and par["samples"] == 288
     for name in ("int8", "int8-tensorrt-qdq"):
         rec = arts[name]
         assert rec["status"] == "ok" and -rec["delta_points"] <= 1.0, rec
@@ -69,6 +69,11 @@ def test_promote_builds_onnx_and_int8_within_gates_and_skips_tensorrt_without_gp
     for name in ("pytorch", "onnx", "int8"):
         lat = arts[name]["latency_ms"]
         assert set(lat) == {"batch_1", "batch_64"} and all(v["p50_ms"] > 0 for v in lat.values())
+    # Every artifact is also scored on the test split (359 images no trial saw); the gates stay on validation.
+    for name in ("pytorch", "onnx", "int8", "int8-tensorrt-qdq"):
+        assert 0.8 < arts[name]["test_accuracy"] <= 1.0, arts[name]
+    assert arts["onnx"]["test_accuracy"] == arts["pytorch"]["test_accuracy"]  # parity: the same predictions
+    assert arts["tensorrt"].get("test_accuracy") is None  # skipped: nothing measured
 
     # TensorRT: one line, in the output and in the manifest.
     skip = arts["tensorrt"]
@@ -77,6 +82,7 @@ def test_promote_builds_onnx_and_int8_within_gates_and_skips_tensorrt_without_gp
     assert out.count("tensorrt: skipped") == 1 and skip["reason"] in " ".join(out.split())  # wrapped to 80 columns
     # The table: one row per artifact.
     table = out[out.index("artifact "):].splitlines()
+    assert "val accuracy" in table[0] and "test accuracy" in table[0]
     assert [line.split()[0] for line in table[1:6]] == list(arts)
 
 

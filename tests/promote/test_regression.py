@@ -160,7 +160,8 @@ def test_the_diabetes_example_promotes_to_onnx_and_int8_behind_the_metric_gate(r
     assert dims[0].dim_param and dims[1].dim_value == 11
     # The printed table names the metric instead of accuracy (the report's page: tests/test_report.py).
     table = out[out.index("artifact "):].splitlines()
-    assert table[0].split()[:3] == ["artifact", "status", "rmse"]
+    assert table[0].split()[:4] == ["artifact", "status", "val", "rmse"] and "test rmse" in table[0]
+    assert all(a["test_score"] > 0 for a in doc["artifacts"] if a["name"] in ("pytorch", "onnx"))  # test rmse
     assert "onnx: ok — parity max |Δ|" in out and "top-1" not in out and "rmse +0.00% vs fp32" in out
 
 

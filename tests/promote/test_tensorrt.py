@@ -146,12 +146,12 @@ def test_engines_from_the_gpu_are_written_gated_and_recorded(experiment, monkeyp
 
     seen = {}
 
-    def fake_build_and_measure(onnx_fp32, onnx_qdq, x_val, y_val, scorer):
-        seen.update(fp32=onnx_fp32, qdq=onnx_qdq, n=len(x_val), metric=scorer.metric)
+    def fake_build_and_measure(onnx_fp32, onnx_qdq, x_val, y_val, scorer, test=None):
+        seen.update(fp32=onnx_fp32, qdq=onnx_qdq, n=len(x_val), metric=scorer.metric, n_test=len(test[1]))
         lat = {"batch_1": {"p50_ms": 0.1, "p95_ms": 0.2, "runs": 100}, "batch_64": {"p50_ms": 0.3, "p95_ms": 0.4,
                                                                                      "runs": 100}}
         return {"tensorrt_version": "10.9.0", "device": "NVIDIA H100", "engines": {
-            "tensorrt-fp16": {"status": "ok", "plan": b"fp16 plan", "score": 0.9, "latency_ms": lat},
+            "tensorrt-fp16": {"status": "ok", "plan": b"fp16 plan", "score": 0.9, "test_score": 0.875, "latency_ms": lat},
             "tensorrt-int8": {"status": "ok", "plan": b"int8 plan", "score": 0.1, "latency_ms": lat}}}
 
     monkeypatch.setattr(tensorrt, "placement", lambda address, exp_dir: tensorrt.Placement("local"))
@@ -160,12 +160,14 @@ def test_engines_from_the_gpu_are_written_gated_and_recorded(experiment, monkeyp
     arts = {a["name"]: a for a in manifest["artifacts"]}
     assert list(arts) == ["pytorch", "onnx", "int8-tensorrt-qdq", "tensorrt-fp16", "tensorrt-int8"]
     promo = experiment / "promotion"
-    assert seen["fp32"] == (promo / "model.onnx").read_bytes() and seen["n"] == 359 and seen["metric"] == "accuracy"
+    assert seen["fp32"] == (promo / "model.onnx").read_bytes() and seen["n"] == 288 and seen["metric"] == "accuracy"
+    assert seen["n_test"] == 359  # the engines are scored on the test split too
     assert seen["qdq"] == (promo / arts["int8-tensorrt-qdq"]["path"]).read_bytes()
     fp16, int8 = arts["tensorrt-fp16"], arts["tensorrt-int8"]
     assert (promo / fp16["path"]).read_bytes() == b"fp16 plan" and fp16["runtime"] == "tensorrt 10.9.0 on NVIDIA H100"
     assert fp16["status"] == ("ok" if -fp16["delta_points"] <= 1.0 else "rejected")
     assert int8["status"] == "rejected" and "accuracy gate" in int8["reason"]
+    assert fp16["test_accuracy"] == 0.875 and int8["test_accuracy"] is None  # what the GPU node measured
     assert manifest["versions"]["tensorrt"] == "10.9.0"
 
 

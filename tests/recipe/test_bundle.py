@@ -66,8 +66,8 @@ def test_materialize_draws_a_seeded_sample():
 
 
 @pytest.mark.parametrize("returned, message", [
-    (lambda: {"train": 1}, "returned a dict, not a DataBundle or a (train, val) pair"),
-    (lambda: (*_pair(), None), "returned a 3-item tuple"),
+    (lambda: {"train": 1}, "returned a dict, not a DataBundle, a (train, val) pair or a (train, val, test) triple"),
+    (lambda: (*_pair(), None, None), "returned a 4-item tuple"),
     (lambda: (3, _pair()[1]), "train is an int, not a torch Dataset"),
     (lambda: ([1, 2], _pair()[1]), "a train sample is an int (1), not an (input, label) pair"),
     (lambda: (_pair()[0], TensorDataset(torch.zeros(0, 5), torch.zeros(0, dtype=torch.long))),
@@ -188,3 +188,50 @@ def test_every_registered_data_set_is_a_keyword_callable_returning_a_bundle(name
     assert tuple(x.shape) == b.input_shape and b.input_example.dtype == torch.float32
     assert len(b.input_shape) == 1 + entry.meta["inputs"]
     assert set(entry.meta["keys"]) <= set(schema.SPEC.fields["data"].fields)  # data section keys
+
+
+# --- the test split of a user's data set ----------------------------------------------------
+
+def test_a_user_test_set_comes_as_a_triple_or_a_bundle_field_and_is_checked():
+    train, val = _pair(classes=3)
+    test = TensorDataset(torch.randn(7, 5), torch.arange(7) % 3)
+    for result in ((train, val, test), DataBundle(train=train, val=val, test=test)):
+        b = as_bundle(result, "m:f")
+        assert b.test is test and b.num_classes == 3
+    assert as_bundle((train, val), "m:f").test is None  # none given: no test split
+    assert as_bundle(DataBundle(train=train, val=val), "m:f").test is None
+    # Its labels count for num_classes, and are checked as the other splits' are.
+    wide = TensorDataset(torch.randn(4, 5), torch.tensor([0, 1, 2, 5]))
+    assert as_bundle((train, val, wide), "m:f").num_classes == 6
+    with pytest.raises(DataError, match="label 5 is out of range for num_classes=3"):
+        as_bundle(DataBundle(train=train, val=val, test=wide, num_classes=3), "m:f")
+    with pytest.raises(DataError, match="the test split is empty"):
+        as_bundle((train, val, TensorDataset(torch.randn(0, 5), torch.zeros(0, dtype=torch.long))), "m:f")
+    with pytest.raises(DataError, match=r"not a DataBundle, a \(train, val\) pair or a \(train, val, test\) triple"):
+        as_bundle((train, val, test, test), "m:f")
+
+
+TRIPLE = '''
+import torch
+from torch.utils.data import TensorDataset
+
+SEEN = []
+
+
+def load(seed, test_fraction):
+    SEEN.append(test_fraction)
+    x, y = torch.randn(30, 4), torch.arange(30) % 2
+    return TensorDataset(x[:20], y[:20]), TensorDataset(x[20:25], y[20:25]), TensorDataset(x[25:], y[25:])
+'''
+
+
+def test_a_user_callable_gets_test_fraction_when_it_asks_and_a_trial_never_sees_the_test_set(tmp_path):
+    from raytune_opt.recipe.context import TrialContext
+
+    for directory, name in user_module(tmp_path, "utriple", TRIPLE):
+        cfg = {"dataset": f"{name}:load", "test_fraction": 0.25}
+        b = load_bundle(cfg, 0, [str(directory)])
+        assert len(b.test) == 5 and importlib.import_module(name).SEEN == [0.25]
+        ctx = TrialContext({"seed": 0, "data": cfg, "train": {"epochs": 1}}, None, None)
+        assert ctx.data.test is None and len(ctx.data.val) == 5  # the trial's bundle has no test split
+    bundle_mod._MEMO.clear()

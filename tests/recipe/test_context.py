@@ -73,14 +73,14 @@ def test_a_user_loop_reports_checkpoints_and_resumes_with_its_state(tmp_path):
     best = load_checkpoint(tmp_path / "a" / BEST)
     assert best["metrics"]["val_accuracy"] == final["best_val_accuracy"] and best["user_state"]["steps"] > 0
     model, ckpt = load_model(tmp_path / "a" / LAST)  # rebuilt from the spec's model, without the loop
-    assert ckpt["recipe"]["train"]["loop"] == f"{__name__}:counting_loop" and ckpt["user_state"]["steps"] == 69
+    assert ckpt["recipe"]["train"]["loop"] == f"{__name__}:counting_loop" and ckpt["user_state"]["steps"] == 54  # 18 batches of the 1,150 training images, 3 epochs
     # Two epochs, then the third from the checkpoint: the loop gets its state and the start epoch back.
     train(_cfg(f"{__name__}:counting_loop", epochs=2), LocalSession(str(tmp_path / "b")))
     resumed = LocalSession(str(tmp_path / "b"))
     train(_cfg(f"{__name__}:counting_loop"), resumed, resume_from=str(tmp_path / "b" / LAST))
-    assert CALLS[-1] == (3, {"steps": 46}) and [r["epoch"] for r in resumed.reports] == [3]
+    assert CALLS[-1] == (3, {"steps": 36}) and [r["epoch"] for r in resumed.reports] == [3]
     assert resumed.reports[0]["val_accuracy"] == pytest.approx(final["val_accuracy"])
-    assert resumed.reports[0]["steps"] == 69
+    assert resumed.reports[0]["steps"] == 54
     # Resumed from a finished run: the loop trains nothing and the last result is reported again.
     again = LocalSession(str(tmp_path / "b"))
     train(_cfg(f"{__name__}:counting_loop"), again, resume_from=str(tmp_path / "b" / LAST))
@@ -100,6 +100,7 @@ def test_a_loop_misusing_the_context_gets_a_clear_error(tmp_path, loop, message)
 @pytest.mark.parametrize("metrics, message", [
     ({"accuracy": 0.5}, r"it lacks val_accuracy \(search.metric\); report numbers"),
     ({"val_accuracy": "high"}, "val_accuracy='high' is not a number"),
+    ({"val_accuracy": 0.5, "test_accuracy": 0.5}, "test_accuracy names a test-split metric"),
 ])
 def test_report_refuses_what_tune_could_not_use(tmp_path, monkeypatch, metrics, message):
     monkeypatch.setattr(__import__(__name__, fromlist=["x"]), "bad_loop", loop_reporting(metrics), raising=False)

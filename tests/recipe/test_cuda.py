@@ -35,7 +35,7 @@ def test_digits_train_on_the_gpu_and_the_checkpoint_loads_on_cpu(tmp_path, preci
     ckpt = load_checkpoint(tmp_path / BEST, map_location="cpu")
     assert all(t.device.type == "cpu" for t in ckpt["model_state"].values())
     model, _ = load_model(tmp_path / BEST)
-    data = load_data({"dataset": "digits"}, 0)
+    data = load_data({"dataset": "digits", "test_fraction": 0.2}, 0)  # split as the trials split it
     with torch.no_grad():
         accuracy = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
     # fp32 on the CPU vs the reported (autocast on the GPU) accuracy: at most one or two images apart.
@@ -54,7 +54,7 @@ def test_a_gpu_trained_model_exports_to_onnx_with_parity(tmp_path):
 
     train(_cfg("bf16", epochs=2), LocalSession(str(tmp_path), device="cuda"))
     model, _ = load_model(tmp_path / BEST)
-    data = load_data({"dataset": "digits"}, 0)
+    data = load_data({"dataset": "digits", "test_fraction": 0.2}, 0)  # split as the trials split it
     x = data.x_val[:64]
     onnx_bytes = export.export_onnx(model, x[:8], tmp_path / "model.onnx")
     sess = onnxruntime.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])

@@ -29,9 +29,10 @@ def test_small_cnn_learns_digits_and_reports_every_metric(tmp_path):
     final = train(_cfg(epochs=4, checkpoint=True), session)
     reports = session.reports
     assert [r["epoch"] for r in reports] == [1, 2, 3, 4]
-    assert final == reports[-1] and final["val_accuracy"] >= 0.95
+    assert final == reports[-1] and final["val_accuracy"] >= 0.9  # 0.94 on the 1,150 images left beside the test split
     for r in reports:
         assert set(r) == set(METRIC_KEYS) | {"best_val_accuracy", "stop_reason"}
+        assert not [k for k in r if k.startswith("test_")]  # a trial never measures the test split
         assert all(math.isfinite(r[k]) for k in METRIC_KEYS)
         assert 0 <= r["val_accuracy"] <= 1 and r["grad_norm"] > 0 and r["samples_per_s"] > 0
     assert [r["stop_reason"] for r in reports] == [None, None, None, "completed"]
@@ -40,7 +41,7 @@ def test_small_cnn_learns_digits_and_reports_every_metric(tmp_path):
     assert calls == [str(tmp_path)] * 4 and {p.name for p in tmp_path.iterdir()} == {BEST, LAST}
     # The best checkpoint rebuilds a model that scores what was reported for it.
     model, ckpt = load_model(tmp_path / BEST)
-    data = load_data({"dataset": "digits"}, 0)
+    data = load_data({"dataset": "digits", "test_fraction": 0.2}, 0)  # split as the trials split it
     with torch.no_grad():
         accuracy = (model(data.x_val).argmax(1) == data.y_val).float().mean().item()
     assert accuracy == pytest.approx(final["best_val_accuracy"])

@@ -94,7 +94,8 @@ def test_the_diabetes_example_trains_a_regression(tmp_path):
     final = train(spec.data, session)
     reports = session.reports
     assert set(reports[0]) == set(REGRESSION_KEYS) | {"best_val_rmse", "stop_reason"}
-    assert reports[-1]["val_rmse"] < reports[0]["val_rmse"] and final["val_r2"] > 0.3, final
+    # 0.28 on the 282 rows left once the test split (20%) is held out (0.3+ on all 353 before)
+    assert reports[-1]["val_rmse"] < reports[0]["val_rmse"] and final["val_r2"] > 0.2, final
     assert final["val_loss"] == pytest.approx(final["val_rmse"] ** 2)  # val_loss is plain MSE
     # The same data with a classification loss or metric is a clear trial error.
     for override in ({"train": {**spec.data["train"], "loss": {"name": "cross_entropy"}}},
@@ -114,3 +115,29 @@ def test_run_stops_before_ray_on_a_bad_table(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err and "column 'a' has 1 missing value(s)" in err
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_the_test_rows_come_from_test_fraction_or_a_marking_column_never_a_feature(tmp_path):
+    rows = "".join(f"{i},{i % 2},{'test' if i >= 32 else 'train'}\n" for i in range(40))
+    path = _table(tmp_path, "a,label,part\n" + rows)
+    marked = load_bundle({"dataset": "csv", "path": path, "target": "label", "test_column": "part",
+                          "val_fraction": 0.25, "test_fraction": 0.2}, 0)
+    assert len(marked.test) == 8 and len(marked.val) == 8 and len(marked.train) == 24
+    assert marked.info["features"] == ["a"]  # the marking column is not a feature
+    assert sorted(marked.test.tensors[0][:, 0].tolist()) == sorted(marked.test.tensors[0][:, 0].tolist())
+    drawn = load_bundle({"dataset": "csv", "path": path, "target": "label", "features": ["a"],
+                         "val_fraction": 0.25, "test_fraction": 0.2}, 0)
+    again = load_bundle({"dataset": "csv", "path": path, "target": "label", "features": ["a"],
+                         "val_fraction": 0.25, "test_fraction": 0.2}, 0)
+    assert len(drawn.test) == 8 and torch.equal(drawn.test.tensors[1], again.test.tensors[1])  # seeded, stable
+    assert sorted(drawn.test.tensors[1].tolist()) == [0] * 4 + [1] * 4  # stratified
+    off = load_bundle({"dataset": "csv", "path": path, "target": "label", "features": ["a"], "val_fraction": 0.25,
+                       "test_fraction": 0.0}, 0)
+    assert off.test is None and len(off.val) == 10
+    for column, fragment in (("nope", "data.test_column 'nope' is not a column"),
+                             ("label", "data.test_column 'label' is also the target")):
+        with pytest.raises(DataError, match=fragment):
+            load_bundle({"dataset": "csv", "path": path, "target": "label", "test_column": column}, 0)
+    bad = _table(tmp_path, "a,label,part\n" + "".join(f"{i},{i % 2},maybe\n" for i in range(10)), "bad.csv")
+    with pytest.raises(DataError, match="holds 'maybe' at line 2"):
+        load_bundle({"dataset": "csv", "path": bad, "target": "label", "test_column": "part"}, 0)

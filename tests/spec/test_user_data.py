@@ -22,7 +22,7 @@ def load(n: int, seed: int, noise: float = 0.0):
 
 
 def wrong(n: int = 4):
-    return [1, 2, 3]
+    return [1, 2, 3, 4]
 
 
 def raises(n: int = 4):
@@ -86,7 +86,8 @@ def test_built_in_data_sets_take_no_args(spec_dir):
 
 
 @pytest.mark.parametrize("fn, message", [
-    ("wrong", "returned a 3-item list, not a DataBundle or a (train, val) pair; return raytune_opt.DataBundle"),
+    ("wrong", "returned a 4-item list, not a DataBundle, a (train, val) pair or a (train, val, test) triple; "
+              "return raytune_opt.DataBundle"),
     ("raises", "raised FileNotFoundError: /no/such/corpus.txt (at "),
 ])
 def test_run_stops_before_ray_on_a_data_callable_that_fails(spec_dir, fn, message, capsys):

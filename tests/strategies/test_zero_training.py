@@ -78,7 +78,7 @@ def _spawn(world: int, out: Path, jobs: list) -> None:
 
 
 def _val_accuracy(model) -> float:
-    data = load_data({"dataset": "digits"}, 0)
+    data = load_data({"dataset": "digits", "test_fraction": 0.2}, 0)  # as the trials split it (the schema default)
     with torch.no_grad():
         pred = model(data.x_val).argmax(1)
     confusion = torch.bincount(data.y_val * 10 + pred, minlength=100).view(10, 10)
@@ -140,7 +140,7 @@ def test_consolidated_checkpoint_loads_into_the_plain_model(runs, name):
     assert ckpt["epoch"] == EPOCHS and all(v.dtype in (torch.float32, torch.int64) for v in ckpt["model_state"].values())
     reported = _reports(runs, name)[-1]["val_accuracy"]
     # The loop's validation pads the ranks' shards with at most one repeated sample.
-    assert _val_accuracy(model) == pytest.approx(reported, abs=1.5 / 359)
+    assert _val_accuracy(model) == pytest.approx(reported, abs=1.5 / 288)
     if name != "ddp":
         assert ckpt["optimizer_state"] is None and ckpt["zero"]["world_size"] == WORLD
 

@@ -1,0 +1,100 @@
+"""The test split's one measurement: the chosen trial's model on data the search never saw.
+
+Trials train on the training split and report on the validation split; the sweep picks the
+trial whose validation figure is best, so that figure is biased upward (the winner's curse
+of model selection: the more trials, the more). Once the sweep is over, the best trial's
+checkpoint is measured once on the test split (``data.test_fraction``, or the data set's own
+test set): its ``test_*`` figures go to ``best.json``'s ``test`` record and the summary.
+Promotion measures every artifact on the same split (:mod:`raytune_opt.promote.pipeline`).
+
+best.json's ``test``: ``{"trial_id", "metrics": {"test_accuracy", "test_f1", "test_loss", ...},
+"samples"}``, or null when the data set has no test split (the figures are then validation
+figures only).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from raytune_opt import _atomic, registry, storage
+from raytune_opt._paths import ensure_under
+from raytune_opt._warn import first_line, keep_traceback
+from raytune_opt.errors import RaytuneOptError
+
+__all__ = ["measure", "record", "NO_TEST_SPLIT"]
+
+NO_TEST_SPLIT = "no test split (data.test_fraction 0, or a data set without one): these are validation figures"
+
+
+def measure(checkpoint: str | Path, seed: int, code_dirs: Sequence[str] = ()) -> dict | None:
+    """The ``test_*`` figures of ``checkpoint``'s model on its data set's test split (the data
+    section its recipe records, split with ``seed``), with ``samples``; None without a test split.
+
+    The checkpoint is the sweep's own: its user code (model, data set) is trusted, as the
+    sweep ran it.
+
+    Raises:
+        CheckpointError, DataError: the checkpoint or the data set cannot be read.
+    """
+    from raytune_opt.recipe.bundle import load_bundle
+    from raytune_opt.recipe.checkpoint import load_model
+    from raytune_opt.recipe.loop import split_metrics
+
+    with registry.code_path(list(code_dirs)):
+        model, ckpt = load_model(checkpoint, trust_code=True)
+        data = load_bundle(ckpt["recipe"]["data"], int(seed), code_dirs)
+    if data.test is None:
+        return None
+    return split_metrics(model, data, "test", "test_")
+
+
+def record(exp_dir: Path, seed: int, code_dirs: Sequence[str] = (), endpoint_url: str | None = None) -> dict | None:
+    """Measure best.json's trial on the test split and add the ``test`` record to best.json.
+
+    Never raises: the sweep's results are written already, so a failure warns on stderr
+    (traceback in warnings.log) and best.json keeps no ``test`` record.
+
+    Returns:
+        The ``test`` record, or None (no best trial, no test split, or a failure).
+    """
+    path = Path(exp_dir) / "best.json"
+    try:
+        best = json.loads(path.read_text())
+        checkpoint = _checkpoint(Path(exp_dir), best, endpoint_url)
+        if checkpoint is None:
+            return None
+        figures = measure(checkpoint, seed, code_dirs)
+    except Exception as exc:  # a view of finished results: it warns, never fails the sweep
+        where = keep_traceback(exp_dir, "test split", exc) if not isinstance(exc, RaytuneOptError) else ""
+        print(f"raytune-opt: warning: the best trial could not be measured on the test split "
+              f"({type(exc).__name__}: {first_line(exc)[:200]}){where}; 'raytune-opt promote' measures it too",
+              file=sys.stderr)
+        return None
+    test = None
+    if figures is not None:
+        samples = figures.pop("samples")
+        test = {"trial_id": best["trial_id"], "metrics": figures, "samples": samples}
+    best["test"] = test
+    _atomic.write_json(path, best)
+    return test
+
+
+def _checkpoint(exp_dir: Path, best: dict, endpoint_url: str | None) -> Path | None:
+    """best.json's checkpoint as a local file (an S3 one downloaded where promotion looks for it)."""
+    recorded = best.get("checkpoint")
+    if not recorded:
+        return None
+    if storage.is_remote(recorded):
+        local = exp_dir.joinpath(".checkpoints", *recorded.split("/")[-3:])
+        ensure_under(local, exp_dir / ".checkpoints", "the local copy of the best trial's checkpoint")
+        if not local.is_file():
+            storage.download(recorded, local, storage.resolve_endpoint(endpoint_url))
+        return local
+    path = Path(recorded)
+    if path.is_file():
+        return path
+    moved = exp_dir.joinpath(*path.parts[-3:])  # trial_<id>/checkpoint_NNNNNN/best.pt
+    return moved if moved.is_file() else path
