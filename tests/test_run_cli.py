@@ -3,6 +3,7 @@ user sees it (slow)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -84,10 +85,28 @@ def test_the_default_sweep_prints_a_short_80_column_log_and_reports_everything(l
         assert sum(line.startswith("trial ") for line in lines) == 16  # one line per finished trial
         assert any(line.startswith("  best so far ") for line in lines)
         assert any(line.startswith("best: trial ") for line in lines)
+        said = " ".join(out.split())  # lines wrap at 80 columns
+        assert "test: test_accuracy=" in said and "on 359 held-out samples no trial saw" in said, out
         assert any(line.startswith("int8") and " ok " in line for line in lines), out  # the promotion table
+        assert any("val accuracy" in line and "test accuracy" in line for line in lines), out
+        exp = storage / "digits_cnn"
+        # The best trial, and every promoted artifact, measured on the test split...
+        best = json.loads((exp / "best.json").read_text())
+        assert best["test"]["trial_id"] == best["trial_id"] and best["test"]["samples"] == 359
+        assert set(best["test"]["metrics"]) == {"test_accuracy", "test_precision", "test_recall", "test_f1",
+                                                "test_loss"}
+        arts = json.loads((exp / "promotion" / "manifest.json").read_text())["artifacts"]
+        assert all(0 < a["test_accuracy"] <= 1 for a in arts if a["name"] in ("pytorch", "onnx", "int8")), arts
+        assert [a["test_accuracy"] for a in arts if a["name"] == "pytorch"] == [
+            pytest.approx(best["test"]["metrics"]["test_accuracy"])]
+        # ... which no trial saw: nothing a trial reported names it.
+        assert not [c for c in (exp / "results.csv").read_text().splitlines()[0].split(",") if "test_" in c]
+        for history in (exp / "history").glob("*.csv"):
+            assert "test_" not in history.read_text().splitlines()[0], history
         page = storage / "digits_cnn" / "report.html"
         assert f"report: {page}" in lines
         text = page.read_text()
+        assert "Validation and test" in text
         for sid in SECTIONS:
             assert f'id="{sid}"' in text, sid
         if BROWSER:
@@ -102,7 +121,6 @@ def test_the_user_data_example_runs_to_promotion_and_promotes_again_from_anywher
     """search_spaces/examples/text_user_data.yaml: the user's data and model (token ids, int64) are
     found next to the spec by the driver and by every trial, and promotion exports and quantizes
     them; a later `promote` from another directory finds them through the experiment's record."""
-    import json
     import shutil
     import sys
 
@@ -121,6 +139,9 @@ def test_the_user_data_example_runs_to_promotion_and_promotes_again_from_anywher
     assert manifest["input"]["class_names"] == ["sports", "politics", "science", "music"]
     status = {a["name"]: a["status"] for a in manifest["artifacts"]}
     assert status["onnx"] == "ok" and status["int8"] == "ok", status
+    # The example's own test set (DataBundle(test=...), 20% of 2,000 documents) measured the best trial.
+    assert json.loads((exp / "best.json").read_text())["test"]["samples"] == 400
+    assert "on 400 held-out samples" in " ".join(out.split())
     for name in [m for m in sys.modules if m == "user_text" or m.startswith("user_text.")]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.chdir("/")

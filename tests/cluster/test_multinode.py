@@ -95,7 +95,13 @@ def test_sweep_on_two_nodes_with_s3_storage_and_promotion_from_the_bucket(cluste
     manifest = json.loads(_object(s3, "exp/two-nodes/promotion/manifest.json"))
     # Promotion read the best checkpoint from the bucket (and says so).
     assert best["checkpoint"].startswith("s3://") and manifest["source"]["checkpoint"] == best["checkpoint"]
-    assert {a["name"]: a["status"] for a in manifest["artifacts"]}["onnx"] == "ok"
+    arts = {a["name"]: a for a in manifest["artifacts"]}
+    assert arts["onnx"]["status"] == "ok"
+    # One split on both nodes: the best trial's model (trained on either) scores on the driver's
+    # validation split what it reported there, and the driver measured it once on the 359 test images.
+    assert arts["pytorch"]["accuracy"] == pytest.approx(best["value"])
+    assert best["test"]["samples"] == 359 and best["test"]["trial_id"] == best["trial_id"]
+    assert arts["pytorch"]["test_accuracy"] == pytest.approx(best["test"]["metrics"]["test_accuracy"])
 
     # `promote` straight from the bucket, with nothing local: a fresh cache.
     env = {**_env(head, s3, tmp_path), "RAYTUNE_OPT_CACHE": str(tmp_path / "cache2")}
@@ -103,6 +109,9 @@ def test_sweep_on_two_nodes_with_s3_storage_and_promotion_from_the_bucket(cluste
                  env, timeout=300)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
     assert "manifest: s3://sweeps/exp/two-nodes/promotion/manifest.json" in again.stdout
+    # The fresh cache split the data again, the same way: the same test figure.
+    redone = {a["name"]: a for a in json.loads(_object(s3, "exp/two-nodes/promotion/manifest.json"))["artifacts"]}
+    assert redone["pytorch"]["test_accuracy"] == arts["pytorch"]["test_accuracy"]
 
 
 def test_an_s3_sweep_killed_mid_way_resumes_from_the_bucket_alone(cluster, s3, tmp_path):
