@@ -86,7 +86,8 @@ def run(spec: str | os.PathLike | dict, overrides: Sequence[str] = (), *, storag
         The :class:`~raytune_opt.sweep.SweepOutcome`: ``exp_dir``, ``rows`` (one per trial),
         ``best`` (the best trial's row, or None; its figures are validation figures), ``test``
         (the best trial measured on the test split no trial saw: ``{"trial_id", "metrics":
-        {"test_accuracy", ...}, "samples"}``, as in best.json; None without a test split),
+        {"test_accuracy", ...}, "samples"}``, as in best.json; None without a test split;
+        ``{"failed": WHY}`` when it could not be measured),
         ``where``; ``promotion`` holds the manifest when the best trial was promoted (each
         artifact with its ``test_accuracy`` or ``test_score``).
 

@@ -241,6 +241,8 @@ def _test_line(test: dict | None, metric: str, best: dict) -> str:
 
     if not test:
         return f"test: {NO_TEST_SPLIT}"
+    if "failed" in test:  # the warning above says why
+        return "test: the best trial was not measured on the test split (see the warning above)"
     figures = test["metrics"]
     twin = "test_" + metric.removeprefix("val_")
     shown = [twin] if twin in figures else [k for k in ("test_accuracy", "test_rmse") if k in figures]

@@ -58,7 +58,8 @@ def record(exp_dir: Path, seed: int, code_dirs: Sequence[str] = (), endpoint_url
     (traceback in warnings.log) and best.json keeps no ``test`` record.
 
     Returns:
-        The ``test`` record, or None (no best trial, no test split, or a failure).
+        The ``test`` record; None without a best trial's checkpoint or a test split;
+        ``{"failed": WHY}`` when the measurement failed (best.json is left as it was).
     """
     path = Path(exp_dir) / "best.json"
     try:
@@ -72,7 +73,7 @@ def record(exp_dir: Path, seed: int, code_dirs: Sequence[str] = (), endpoint_url
         print(f"raytune-opt: warning: the best trial could not be measured on the test split "
               f"({type(exc).__name__}: {first_line(exc)[:200]}){where}; 'raytune-opt promote' measures it too",
               file=sys.stderr)
-        return None
+        return {"failed": f"{type(exc).__name__}: {first_line(exc)[:200]}"}
     test = None
     if figures is not None:
         samples = figures.pop("samples")

@@ -49,7 +49,8 @@ class SweepOutcome:
     spec: Spec | None = None
     uri: str = ""  # where it lives: exp_dir, or s3://bucket/prefix/NAME
     promotion: dict | None = None  # the promotion's manifest, when the caller promoted the best trial
-    test: dict | None = None  # best.json's test record: the best trial on the test split (None: no test split)
+    # best.json's test record: the best trial on the test split (None: no test split; {"failed": WHY})
+    test: dict | None = None
 
     @property
     def where(self) -> str:
