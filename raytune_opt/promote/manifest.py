@@ -177,24 +177,41 @@ def write(promotion_dir: Path, manifest: dict) -> Path:
 def table(manifest: dict) -> str:
     """One row per artifact: name, status, score (accuracy, or a regression's metric, named in
     the header), Δ vs fp32 (points of accuracy, or a regression's relative change), p50 at batch
-    1 and 64, size. When a compression step ran, the stages side by side: Δ vs the trial,
-    params, MACs and p50/p95 at batch 1 and 64 too."""
+    1 and 64, size; with a test split, the score on it too (validation's is what the gates
+    compare). When a compression step ran, the stages side by side: Δ vs the trial, params,
+    MACs and p50/p95 at batch 1 and 64 too."""
     metric = score_metric(manifest)
     if any(a["name"] in COMPRESSION for a in manifest["artifacts"]):
         return _stage_table(manifest, metric)
+    if has_test(manifest):
+        return _tested_table(manifest, metric)
     head = "accuracy" if metric is None else metric
     # A regression's change is relative, of the metric itself; for r2, of 1 - r2 (measure.Scorer).
     delta = "Δ 1-r2" if metric == "r2" else "Δ vs fp32"
-    tested = has_test(manifest)
-    width = 12 if tested else 8
-    lines = [f"{'artifact':<18} {'status':<9} {(('val ' + head) if tested else head):>{width}} {delta:>9} "
-             + (f"{'test ' + head:>13} " if tested else "") + f"{'p50@1 ms':>9} {'p50@64 ms':>9} {'size':>9}"]
+    lines = [f"{'artifact':<18} {'status':<9} {head:>8} {delta:>9} {'p50@1 ms':>9} {'p50@64 ms':>9} "
+             f"{'size':>9}"]
     for a in manifest["artifacts"]:
         lat = a.get("latency_ms") or {}
         score, change = _score_cells(a, metric)
-        test = f"{_test_cell(a, metric):>13} " if tested else ""
-        lines.append(f"{a['name']:<18} {a['status']:<9} {score:>{width}} {change:>9} {test}"
-                     f"{_ms(lat.get('batch_1')):>9} {_ms(lat.get('batch_64')):>9} {_size(a.get('size_bytes')):>9}")
+        lines.append(f"{a['name']:<18} {a['status']:<9} {score:>8} {change:>9} {_ms(lat.get('batch_1')):>9} "
+                     f"{_ms(lat.get('batch_64')):>9} {_size(a.get('size_bytes')):>9}")
+    return "\n".join(lines)
+
+
+def _tested_table(manifest: dict, metric: str | None) -> str:
+    """The table with the test split's score beside validation's, still in 80 columns: the
+    validation score and its change (what the gates compare), then the test score."""
+    short = "acc" if metric is None else metric
+    val, test = f"val {short}", f"test {short}"
+    wide = max(8, len(val), len(test))
+    delta = "Δ 1-r2" if metric == "r2" else "Δ fp32"
+    lines = [f"{'artifact':<17} {'status':<8} {val:>{wide}} {delta:>7} {test:>{wide}} {'p50@1 ms':>8} "
+             f"{'p50@64 ms':>9} {'size':>8}"]
+    for a in manifest["artifacts"]:
+        lat = a.get("latency_ms") or {}
+        score, change = _score_cells(a, metric)
+        lines.append(f"{a['name']:<17} {a['status']:<8} {score:>{wide}} {change:>7} {_test_cell(a, metric):>{wide}} "
+                     f"{_ms(lat.get('batch_1')):>8} {_ms(lat.get('batch_64')):>9} {_size(a.get('size_bytes')):>8}")
     return "\n".join(lines)
 
 

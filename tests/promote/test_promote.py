@@ -82,7 +82,7 @@ def test_promote_builds_onnx_and_int8_within_gates_and_skips_tensorrt_without_gp
     assert out.count("tensorrt: skipped") == 1 and skip["reason"] in " ".join(out.split())  # wrapped to 80 columns
     # The table: one row per artifact.
     table = out[out.index("artifact "):].splitlines()
-    assert "val accuracy" in table[0] and "test accuracy" in table[0]
+    assert "val acc" in table[0] and "test acc" in table[0] and max(map(len, table[:6])) <= 80
     assert [line.split()[0] for line in table[1:6]] == list(arts)
 
 
