@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from raytune_opt import objectives
-from raytune_opt import __version__, searchers, timeline
+from raytune_opt import __version__, registry, searchers, timeline
 from raytune_opt.errors import RaytuneOptError, UsageError
 
 
@@ -32,7 +32,9 @@ NO_OVERRIDES = {
 
 def _add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", help="the sweep spec (YAML), e.g. search_spaces/digits_cnn.yaml")
-    p.add_argument("overrides", nargs="*", metavar="key=value",
+    # A default makes argparse treat the list as optional: without one, 'run' alone says that
+    # key=value is required too.
+    p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
                    help="settings applied on top of the spec, anywhere on the line, e.g. search.num_samples=4 "
                         "train.epochs=2")
 
@@ -74,8 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("experiment", help="the directory 'raytune-opt run' wrote (STORAGE/NAME), or s3://BUCKET/PREFIX/NAME")
     pr.add_argument("--endpoint-url", help="S3-compatible endpoint of an s3:// experiment (default: "
                                            "$AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, else AWS)")
-    pr.add_argument("--targets", help="comma-separated subset of onnx,int8,tensorrt (default: the spec's "
-                                      "promote.targets)")
+    pr.add_argument("--targets", help=f"comma-separated subset of {','.join(registry.PROMOTION_STEPS)} "
+                                      f"(default: the spec's promote.targets)")
     pr.add_argument("--address", help="Ray cluster to build TensorRT engines on (default: $RAY_ADDRESS, else this "
                                       "machine if it has a GPU)")
     pr.add_argument("--trust-code", action="store_true",

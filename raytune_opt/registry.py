@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import inspect
+import math
 import os
 import re
 import sys
@@ -32,8 +33,8 @@ from typing import Any, Callable, Iterator, NamedTuple, Sequence
 from raytune_opt.errors import RaytuneOptError
 
 __all__ = ["Entry", "Registry", "ImportTargetError", "Finding", "SpecView",
-           "MODELS", "DATASETS", "LOOPS", "LOSSES", "STRATEGIES", "SEARCHERS", "OPTUNA_SAMPLERS", "SCHEDULERS",
-           "PROMOTION_STEPS", "INJECTED", "DATA_INJECTED",
+           "MODELS", "DATASETS", "LOOPS", "OPTIMIZERS", "LR_SCHEDULES", "LOSSES", "STRATEGIES", "SEARCHERS", "OPTUNA_SAMPLERS", "SCHEDULERS",
+           "PROMOTION_STEPS", "INJECTED", "DATA_INJECTED", "OPTIMIZER_INJECTED", "LR_SCHEDULE_INJECTED",
            "is_import_path", "import_target", "code_path", "add_code_paths", "Signature", "signature_of",
            "user_modules"]
 
@@ -341,20 +342,27 @@ class Signature:
     names: tuple[str, ...]  # parameters that can be passed by keyword
     required: tuple[str, ...]  # of those, without a default (plus required positional-only ones)
     var_keyword: bool  # takes **kwargs
+    positional: float = 0  # how many positional arguments it takes (math.inf: *args), skipped ones included
 
     def takes(self, name: str) -> bool:
         return self.var_keyword or name in self.names
 
 
-def signature_of(obj: Callable) -> Signature | None:
+def signature_of(obj: Callable, skip: int = 0) -> Signature | None:
     """The keyword interface of ``obj`` (a class: its constructor), or None when Python
-    cannot tell (some C callables)."""
+    cannot tell (some C callables). ``skip``: leading positional arguments the caller passes
+    itself (an optimizer's parameters), left out of ``names`` and ``required``."""
     try:
         sig = inspect.signature(obj)
     except (TypeError, ValueError):
         return None
     names, required, var_kw = [], [], False
-    for p in sig.parameters.values():
+    params = list(sig.parameters.values())
+    leading = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    positional = math.inf if any(p.kind is p.VAR_POSITIONAL for p in params) else len(leading)
+    for p in params:
+        if p in leading[:skip]:
+            continue
         if p.kind is p.VAR_KEYWORD:
             var_kw = True
         elif p.kind is p.VAR_POSITIONAL:
@@ -366,7 +374,7 @@ def signature_of(obj: Callable) -> Signature | None:
             names.append(p.name)
             if p.default is p.empty:
                 required.append(p.name)
-    return Signature(tuple(names), tuple(required), var_kw)
+    return Signature(tuple(names), tuple(required), var_kw, positional)
 
 
 # ---------------------------------------------------------------- models
@@ -453,6 +461,48 @@ for _name, _doc in (("mse", "mean squared error"), ("l1", "mean absolute error")
     LOSSES.register(_name, f"{_L}:RegressionLoss", doc=_doc, task="regression", fixed={"name": _name})
 del _name, _doc
 
+# ---------------------------------------------------------------- optimizers and lr schedules
+
+#: What an optimizer may receive from ``train.optimizer`` besides its args, when its signature names it.
+OPTIMIZER_INJECTED = ("lr", "weight_decay")
+#: What an lr schedule may receive from the recipe besides its args, when its signature names it.
+LR_SCHEDULE_INJECTED = ("steps_per_epoch", "epochs", "total_steps")
+
+#: Optimizers by name (``train.optimizer.name``). A target is called as ``target(params, **kwargs)``
+#: and returns a ``torch.optim.Optimizer`` (an Optimizer subclass is such a callable): a
+#: built-in gets the ``train.optimizer`` keys listed in its ``keys`` meta; an import-path
+#: optimizer (or an entry without ``keys``) gets ``train.optimizer.args``. Either also gets
+#: whichever of :data:`OPTIMIZER_INJECTED` its signature names
+#: (:func:`raytune_opt.recipe.optim.build_optimizer`).
+OPTIMIZERS = Registry("optimizer")
+_O = "raytune_opt.recipe.optim"
+OPTIMIZERS.register("sgd", f"{_O}:sgd", doc="SGD with momentum (and Nesterov's)", keys=("momentum", "nesterov"))
+OPTIMIZERS.register("adam", f"{_O}:adam", doc="Adam (L2 weight decay)", keys=("beta1", "beta2", "eps"))
+OPTIMIZERS.register("adamw", f"{_O}:adamw", doc="AdamW (decoupled weight decay)", keys=("beta1", "beta2", "eps"))
+OPTIMIZERS.register("rmsprop", f"{_O}:rmsprop", doc="RMSprop with momentum", keys=("momentum", "eps"))
+OPTIMIZERS.register("adagrad", f"{_O}:adagrad", doc="Adagrad", keys=("eps",))
+
+#: Learning-rate schedules by name (``train.lr_schedule.name``), stepped after every optimizer
+#: step. A target is called as ``target(optimizer, **kwargs)`` and returns a
+#: ``torch.optim.lr_scheduler.LRScheduler`` (``ReduceLROnPlateau``: stepped once per epoch with
+#: val_loss instead) or an object with the recipe's own schedule interface
+#: (:class:`raytune_opt.recipe.optim.LRSchedule`). A built-in gets the ``train.lr_schedule``
+#: keys listed in its ``keys`` meta; an import-path schedule (or an entry without ``keys``)
+#: gets ``train.lr_schedule.args``. Either also gets whichever of :data:`LR_SCHEDULE_INJECTED`
+#: its signature names.
+LR_SCHEDULES = Registry("lr schedule")
+LR_SCHEDULES.register("constant", f"{_O}:constant", doc="the peak lr throughout (after the warmup)",
+                      keys=("warmup_epochs",))
+LR_SCHEDULES.register("step", f"{_O}:step", doc="times gamma every step_size epochs",
+                      keys=("warmup_epochs", "step_size", "gamma"))
+LR_SCHEDULES.register("cosine", f"{_O}:cosine", doc="cosine from the peak down to min_lr",
+                      keys=("warmup_epochs", "min_lr"))
+LR_SCHEDULES.register("onecycle", f"{_O}:onecycle", doc="one cycle: up from peak/25 for pct_start of the steps, "
+                      "then down", keys=("warmup_epochs", "pct_start"))
+LR_SCHEDULES.register("plateau", f"{_O}:plateau", doc="times plateau_factor when val_loss stalls for "
+                      "plateau_patience epochs", keys=("warmup_epochs", "plateau_patience", "plateau_factor"))
+
+
 # ---------------------------------------------------------------- distributed strategies
 
 #: Distributed strategies by name (``train.strategy``): a :class:`~raytune_opt.strategies.Strategy`
@@ -521,7 +571,9 @@ OPTUNA_SAMPLERS.register("nsga3", "raytune_opt.optuna_samplers:NSGAIIISampler", 
 #: (``where``: the experiment's storage, for a scheduler that keeps files there) and returns a
 #: ``ray.tune.schedulers.TrialScheduler`` (:func:`raytune_opt.schedulers.build_scheduler`).
 #: Meta ``keys``: the ``scheduler.*`` settings it reads (setting another is a problem);
-#: ``needs_storage``: it keeps files in the experiment. ``check`` gets a :class:`SpecView`.
+#: ``needs_storage``: it keeps files in the experiment; ``exploits``: it restarts trials from
+#: other trials' checkpoints with changed configs (PBT's exploit), so every epoch a trial
+#: reports records the config it trained with. ``check`` gets a :class:`SpecView`.
 SCHEDULERS = Registry("scheduler")
 _T = "raytune_opt.schedulers"
 SCHEDULERS.register("fifo", f"{_T}:fifo", doc="runs every trial to the end", keys=(), multi_objective=True)
@@ -533,7 +585,7 @@ SCHEDULERS.register("median", f"{_T}:median", doc="median stopping rule", check=
                     keys=("grace_period", "min_samples_required"))
 SCHEDULERS.register("pbt", f"{_T}:pbt", doc="population-based training (exploits snapshots of trials' own "
                     "checkpoints)", check=f"{_T}:check_pbt",
-                    keys=("perturbation_interval", "quantile_fraction", "synch"), needs_storage=True)
+                    keys=("perturbation_interval", "quantile_fraction", "synch"), needs_storage=True, exploits=True)
 
 
 # ---------------------------------------------------------------- promotion steps
@@ -567,7 +619,8 @@ PROMOTION_STEPS.register("tensorrt", f"{_P}:tensorrt_step", doc="fp16 and INT8 T
 
 #: Every registry, with the spec key that names its entries.
 EXTENSION_POINTS = (("MODELS", MODELS, "model.name"), ("DATASETS", DATASETS, "data.dataset"),
-                    ("LOOPS", LOOPS, "train.loop"), ("LOSSES", LOSSES, "train.loss.name"),
+                    ("LOOPS", LOOPS, "train.loop"), ("OPTIMIZERS", OPTIMIZERS, "train.optimizer.name"),
+                    ("LR_SCHEDULES", LR_SCHEDULES, "train.lr_schedule.name"), ("LOSSES", LOSSES, "train.loss.name"),
                     ("STRATEGIES", STRATEGIES, "train.strategy"), ("SEARCHERS", SEARCHERS, "search.algorithm"),
                     ("OPTUNA_SAMPLERS", OPTUNA_SAMPLERS, "search.sampler"), ("SCHEDULERS", SCHEDULERS, "scheduler.name"),
                     ("PROMOTION_STEPS", PROMOTION_STEPS, "promote.targets"))

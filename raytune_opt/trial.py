@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
-from raytune_opt import _atomic, searchers
+from raytune_opt import _atomic, registry, searchers
 from raytune_opt._paths import ensure_under
 from raytune_opt.recipe.session import Session
 from raytune_opt.registry import add_code_paths
@@ -32,7 +32,7 @@ from raytune_opt.timeline import mark
 
 CHECKPOINT_FILE = "last.pt"
 CKPT_DIR = "ckpt"  # inside the trial directory: the trial's own best.pt / last.pt
-TRIAL_CONFIG = "trial_config"  # reported key under PBT: the config (JSON) this epoch trained with
+TRIAL_CONFIG = "trial_config"  # reported key under a scheduler that exploits (PBT): the config (JSON) it trained with
 TRIAL_CHECKPOINT = "trial_checkpoint"  # reported key: the trial's own checkpoint directory (a URI)
 OWNER = "owner.txt"  # in ckpt/: the Tune id of the trial whose checkpoints these are
 ADOPTED = "adopted_from.txt"  # in ckpt/: the PBT donor snapshot last.pt was last taken from
@@ -298,6 +298,13 @@ def _train_worker(loop_config: dict) -> None:
         session.close()
 
 
+def records_config(scheduler: str) -> bool:
+    """Whether every epoch of a trial records the config it trained with: its scheduler's
+    entry says it ``exploits`` (PBT restarts trials from others' checkpoints with changed configs)."""
+    entry = registry.SCHEDULERS.get(scheduler)
+    return entry is not None and bool(entry.meta.get("exploits"))
+
+
 def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
                    force: dict | None = None, *, remote: bool = False,
                    endpoint_url: str | None = None, code_dirs: Sequence[str] = ()) -> Callable[[dict], None]:
@@ -319,6 +326,7 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
     """
     base = {k: v for k, v in base.items() if k != "space"}
     code_dirs = tuple(code_dirs)
+    exploits = records_config(base["scheduler"]["name"])
 
     def run_trial(config: dict) -> None:
         from ray import tune
@@ -335,8 +343,9 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
         try:
             _claim(store, ckpt_dir, tune.get_context().get_trial_id())
             resume = _resume_point(tune.get_checkpoint(), ckpt_dir, store)
-            # PBT changes a trial's config as it goes: every epoch says which config it trained with.
-            extra = {TRIAL_CONFIG: json.dumps(flat, sort_keys=True)} if base["scheduler"]["name"] == "pbt" else {}
+            # A scheduler that exploits (PBT) changes a trial's config as it goes: every epoch
+            # says which config it trained with.
+            extra = {TRIAL_CONFIG: json.dumps(flat, sort_keys=True)} if exploits else {}
             if cfg["resources"]["num_workers"] == 1:
                 # Imported here: a multi-worker trial's actor only drives Train and never
                 # imports torch (see raytune_opt.train_backend).

@@ -82,3 +82,22 @@ def test_every_subcommand_either_takes_overrides_or_says_why_not():
     commands = set(cli.COMMANDS)
     assert commands == set(cli.TAKES_OVERRIDES) | set(cli.NO_OVERRIDES)
     assert not set(cli.TAKES_OVERRIDES) & set(cli.NO_OVERRIDES)
+
+
+def test_run_without_a_spec_says_only_that_the_spec_is_required(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.parse_args(["run"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1, err
+    assert "the following arguments are required: spec;" in err[0] and "key=value" not in err[0]
+    assert cli.parse_args(["run", DIGITS]).overrides == []  # overrides stay optional
+
+
+def test_promote_targets_help_lists_every_promotion_step(capsys):
+    from raytune_opt import registry
+
+    with pytest.raises(SystemExit):
+        cli.parse_args(["promote", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"comma-separated subset of {','.join(registry.PROMOTION_STEPS)} " in out
+    assert {"prune", "distill", "onnx", "int8", "tensorrt"} <= set(registry.PROMOTION_STEPS)

@@ -154,3 +154,18 @@ def test_every_registry_entry_has_a_doc_line_and_a_target_that_imports():
             assert callable(entry.load()), (attr, name)
             if isinstance(entry.check, str):
                 assert callable(registry.import_target(entry.check)), (attr, name)
+
+
+def test_a_scheduler_says_through_its_entry_that_it_exploits_checkpoints(monkeypatch):
+    import inspect
+
+    from raytune_opt import trial
+
+    assert [n for n in registry.SCHEDULERS if registry.SCHEDULERS[n].meta.get("exploits")] == ["pbt"]
+    assert trial.records_config("pbt") and not trial.records_config("asha")
+    assert '"pbt"' not in inspect.getsource(trial)  # no name test: the entry's meta decides
+    schedulers = registry.Registry("scheduler")
+    schedulers._entries.update({n: registry.SCHEDULERS[n] for n in registry.SCHEDULERS})
+    schedulers.register("my_pbt", "raytune_opt.schedulers:pbt", doc="a user's PBT variant", exploits=True)
+    monkeypatch.setattr(registry, "SCHEDULERS", schedulers)
+    assert trial.records_config("my_pbt") and not trial.records_config("fifo")

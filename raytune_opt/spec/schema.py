@@ -21,8 +21,8 @@ MODELS = registry.MODELS.names()
 # The models that take 1-D signals, and those that take images.
 SIGNAL_MODELS = tuple(m for m in MODELS if 1 in registry.MODELS[m].meta.get("inputs", ()))
 IMAGE_MODELS = tuple(m for m in MODELS if 2 in registry.MODELS[m].meta.get("inputs", ()))
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-LR_SCHEDULES = ("constant", "step", "cosine", "onecycle", "plateau")
+OPTIMIZERS = registry.OPTIMIZERS.names()
+LR_SCHEDULES = registry.LR_SCHEDULES.names()
 LOSSES = registry.LOSSES.names()
 # The task each loss trains, and each task-specific metric measures.
 LOSS_TASK = {name: registry.LOSSES[name].meta["task"] for name in LOSSES}
@@ -55,6 +55,9 @@ EPOCH_STATS = ("grad_norm", "lr", "samples_per_s", "epoch_s", "rank_param_max_di
 from raytune_opt.objectives import MEASURES  # noqa: E402  (light: no torch, no Ray)
 # Sections whose leaves a search space may tune.
 TUNABLE_SECTIONS = ("data", "model", "train")
+# Keys added after experiments were first hashed: Spec.sha256 leaves each out while it holds
+# its default, so that an experiment started before it existed still resumes.
+UNHASHED_AT_DEFAULT = (("train", "optimizer", "args"), ("train", "lr_schedule", "args"))
 
 
 @dataclass(frozen=True)
@@ -285,7 +288,13 @@ SPEC = Section("A sweep spec.", {
                           choices=STRATEGIES),
         "deepspeed": Section("DeepSpeed's own config, passed through (train.strategy: deepspeed only).", open=True),
         "optimizer": Section("The optimizer.", {
-            "name": Field("str", "adamw", "Optimizer: " + " | ".join(OPTIMIZERS) + ".", choices=OPTIMIZERS),
+            "name": Field("str", "adamw", "Optimizer: " + " | ".join(OPTIMIZERS) + ", or your own as "
+                          "'module:callable' (a torch.optim.Optimizer subclass, or a callable (params, **kwargs) "
+                          "returning one; see 'Bring your own optimizer or lr schedule').",
+                          registry=registry.OPTIMIZERS),
+            "args": Section("Keyword arguments of an import-path train.optimizer.name; search one as "
+                            "train.optimizer.args.NAME. The callable also gets whichever of lr, weight_decay (below) "
+                            "it names; the other keys here are for the built-ins.", open=True),
             "lr": Field("float", 1e-3, "Peak learning rate.", gt=0),
             "weight_decay": Field("float", 0.0, "Weight decay (decoupled for adamw, L2 otherwise).", ge=0),
             "momentum": Field("float", 0.9, "sgd and rmsprop: momentum.", ge=0, lt=1),
@@ -295,7 +304,14 @@ SPEC = Section("A sweep spec.", {
             "eps": Field("float", 1e-8, "adam/adamw/rmsprop/adagrad: numerical epsilon.", gt=0),
         }),
         "lr_schedule": Section("Learning-rate schedule, stepped per optimizer step (plateau: per epoch).", {
-            "name": Field("str", "constant", "Schedule: " + " | ".join(LR_SCHEDULES) + ".", choices=LR_SCHEDULES),
+            "name": Field("str", "constant", "Schedule: " + " | ".join(LR_SCHEDULES) + ", or your own as "
+                          "'module:callable': (optimizer, **kwargs) returning a torch LRScheduler, stepped after every "
+                          "optimizer step (ReduceLROnPlateau: per epoch, on val_loss).",
+                          registry=registry.LR_SCHEDULES),
+            "args": Section("Keyword arguments of an import-path train.lr_schedule.name; search one as "
+                            "train.lr_schedule.args.NAME. The callable also gets whichever of steps_per_epoch, epochs, "
+                            "total_steps (optimizer steps) it names; the other keys here are for the built-ins.",
+                            open=True),
             "warmup_epochs": Field("float", 0.0, "Linear warmup from 0 to the schedule's starting lr over this many epochs "
                                    "(onecycle: to its own starting lr, peak/25).",
                                    ge=0),

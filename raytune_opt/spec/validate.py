@@ -6,6 +6,7 @@ holds them all, each as ``FILE:LINE:COL: key.path: what is wrong (got VALUE); ho
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -63,7 +64,7 @@ class Spec:
         are left out (the experiment's files keep them redacted, and resume compares this), and
         so is a key of :data:`HASH_NEUTRAL` at its neutral value: a spec resolved before the key
         existed hashes as it did."""
-        data = redact_data(self.data)
+        data = _hashed(redact_data(self.data))
         for (section, key), neutral in HASH_NEUTRAL.items():
             if isinstance(data.get(section), dict) and key in data[section] and data[section][key] == neutral:
                 data = {**data, section: {k: v for k, v in data[section].items() if k != key}}
@@ -80,6 +81,21 @@ class Spec:
         """The resolved spec as YAML, credentials in URIs redacted: for printing and for the
         experiment's ``spec.yaml``."""
         return yaml.safe_dump(redact_data(self.data), sort_keys=False, default_flow_style=None)
+
+
+def _hashed(data: dict) -> dict:
+    """``data`` for :meth:`Spec.sha256`: less the keys of :data:`schema.UNHASHED_AT_DEFAULT` that
+    hold their default, so that a spec resolved before such a key existed hashes as it did."""
+    out = copy.deepcopy(data)
+    for path in schema.UNHASHED_AT_DEFAULT:
+        parent: Any = out
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        node = schema.lookup(path)
+        default = schema.defaults(node) if isinstance(node, Section) else node.default
+        if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] == default:
+            del parent[path[-1]]
+    return out
 
 
 def fmt(value: Any) -> str:
@@ -616,20 +632,31 @@ def _data_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 
 class _UserKind(NamedTuple):
-    """A section whose ``name`` key may be a user's callable with ``args`` (model, data)."""
+    """A section whose ``name`` key may be a user's callable with ``args`` (model, data,
+    optimizer, lr schedule)."""
 
-    section: str
+    section: str  # dotted: model, train.optimizer
     name_key: str  # model.name, data.dataset
     registry: registry.Registry
     injected: tuple[str, ...]  # what the callable gets besides its args, when its signature names it
     giver: str  # who gives the injected names
     builtin_reads: str  # what a built-in reads instead of args
+    passes: str = ""  # the leading positional argument the recipe passes (an optimizer's params), if any
+    # The section's other keys are the built-ins' settings: setting one for a user callable is
+    # a problem (unless it is injected and the callable takes it).
+    builtin_keys: bool = False
 
 
 _MODEL = _UserKind("model", "name", registry.MODELS, registry.INJECTED, "the data set",
                    "model.width, model.dropout...")
 _DATA = _UserKind("data", "dataset", registry.DATASETS, registry.DATA_INJECTED, "the spec",
                   "data.root, data.val_fraction...")
+_OPTIMIZER = _UserKind("train.optimizer", "name", registry.OPTIMIZERS, registry.OPTIMIZER_INJECTED,
+                       "train.optimizer", "its train.optimizer keys (lr, beta1...)", passes="params",
+                       builtin_keys=True)
+_LR_SCHEDULE = _UserKind("train.lr_schedule", "name", registry.LR_SCHEDULES, registry.LR_SCHEDULE_INJECTED,
+                         "the recipe", "its train.lr_schedule keys (warmup_epochs, gamma...)", passes="optimizer",
+                         builtin_keys=True)
 CODE_PATH_FIX = "user code is imported from the spec's directory, the current directory, then sys.path"
 
 
@@ -644,14 +671,14 @@ def _user_callable_rules(ck: _Checker, d: dict, space: Space, kind: _UserKind) -
     and every searched ``<section>.args.*`` key by name, with every required parameter
     supplied by the args or injected (a model: num_classes, input_shape, in_channels from the
     data; a data set: seed, val_fraction from the spec). Built-ins take no args."""
-    section, prefix = kind.section, f"{kind.section}.args."
-    args = d[section]["args"]
+    sec, prefix = tuple(kind.section.split(".")), f"{kind.section}.args."
+    args = _at(d, sec)["args"]
     searched = [p for p in space.params if p.key.startswith(prefix)]
     for key in args:
         if not isinstance(key, str) or not key.isidentifier():
-            ck.add((section, "args", key), f"must be a parameter name (got {fmt(key)})", "write a Python identifier")
+            ck.add((*sec, "args", key), f"must be a parameter name (got {fmt(key)})", "write a Python identifier")
             return
-    dotted = f"{section}.{kind.name_key}"
+    dotted = f"{kind.section}.{kind.name_key}"
     names = sorted(_values_of(d, space, dotted), key=str)
     user = [n for n in names if "keys" not in getattr(kind.registry.get(n), "meta", {})]
     if not user:
@@ -660,14 +687,43 @@ def _user_callable_rules(ck: _Checker, d: dict, space: Space, kind: _UserKind) -
         what = f"only user {kind.registry.kind}s take args; built-in {builtin} read{'s' if len(names) == 1 else ''} " \
                f"{kind.builtin_reads}"
         if args:
-            ck.add((section, "args"), f"{what} (got {fmt(args)})", fix)
+            ck.add((*sec, "args"), f"{what} (got {fmt(args)})", fix)
         for p in searched:
             ck.add(("space", p.key), f"{what} (got {fmt(p.key)})", fix, at=ck.param_at.get(p.key))
         return
-    name_at = ("space", dotted) if dotted in space.by_key else (section, kind.name_key)
+    name_at = ("space", dotted) if dotted in space.by_key else (*sec, kind.name_key)
     for name in user:
-        _check_user_callable(ck, kind, name, args, [p for p in searched if _active_for(p, dotted, name)],
-                             name_at, ck.param_at.get(dotted))
+        obj = _check_user_callable(ck, kind, name, args, [p for p in searched if _active_for(p, dotted, name)],
+                                   name_at, ck.param_at.get(dotted))
+        if kind.builtin_keys and obj is not None:
+            _builtin_settings_rule(ck, d, space, kind, name, registry.signature_of(obj, skip=bool(kind.passes)))
+
+
+def _at(d: dict, path: tuple) -> Any:
+    for key in path:
+        d = d[key]
+    return d
+
+
+def _builtin_settings_rule(ck: _Checker, d: dict, space: Space, kind: _UserKind, name: str,
+                           sig: registry.Signature | None) -> None:
+    """A user optimizer or schedule gets its ``args`` (and what is injected): the section's
+    keys for the built-ins (momentum, warmup_epochs...), written or searched, would do nothing."""
+    sec, dotted = tuple(kind.section.split(".")), f"{kind.section}.{kind.name_key}"
+    target = kind.registry.target_of(name)
+    for key in schema.lookup(sec).fields:
+        p = space.by_key.get(f"{kind.section}.{key}")
+        searched = p is not None and _active_for(p, dotted, name)
+        if key in (kind.name_key, "args") or not (ck.given((*sec, key)) or searched):
+            continue
+        if key in kind.injected and (sig is None or sig.takes(key)):
+            continue
+        path, where = (("space", p.key), ck.param_at.get(p.key)) if searched else ((*sec, key), None)
+        value = p.key if searched else _at(d, sec)[key]
+        what = (f"{target} takes no argument {key!r}" if key in kind.injected else
+                f"{kind.section}.{key} is a setting of the built-in {kind.registry.kind}s, not used by {target}")
+        ck.add(path, f"{what} (got {fmt(value)})",
+               f"remove it; give {target} its own arguments in {kind.section}.args", at=where)
 
 
 def _active_for(p: Param, parent: str, value: str) -> bool:
@@ -676,23 +732,28 @@ def _active_for(p: Param, parent: str, value: str) -> bool:
 
 
 def _check_user_callable(ck: _Checker, kind: _UserKind, name: str, args: dict, searched: list, name_at: tuple,
-                         at: tuple | None) -> None:
-    section, prefix = kind.section, f"{kind.section}.args."
+                         at: tuple | None) -> Any:
+    """Check one user callable against what the sweep passes it; return it (None: it does not import)."""
+    sec, prefix = tuple(kind.section.split(".")), f"{kind.section}.args."
     target = kind.registry.target_of(name)
     try:
         obj = registry.import_target(target, ck.code_dirs, guard_s=registry.IMPORT_TIMEOUT_S)
     except registry.ImportTargetError as exc:
         ck.add(name_at, f"{exc} (got {fmt(name)})", f"{exc.fix}; {CODE_PATH_FIX}", at=at)
-        return
-    sig = registry.signature_of(obj)
+        return None
+    sig = registry.signature_of(obj, skip=bool(kind.passes))
     entry = kind.registry.get(name)
     if entry is not None and entry.check is not None:
         for path, what, fix in entry.check(dict(args)):
-            ck.add((section, *path), what, fix)
+            ck.add((*sec, *path), what, fix)
     if sig is None:  # Python cannot read its signature (a C callable): the trial will tell
-        return
+        return obj
+    if sig.positional < bool(kind.passes):
+        ck.add(name_at, f"{target} must take {kind.passes} as its first positional argument (got {fmt(name)})",
+               f"define it as def build({kind.passes}, **kwargs)", at=at)
+        return obj
     # (key path, where it is written, argument name, value) for every argument the sweep passes.
-    given = [((section, "args", k), None, k, v) for k, v in args.items()]
+    given = [((*sec, "args", k), None, k, v) for k, v in args.items()]
     given += [(("space", p.key), ck.param_at.get(p.key), p.key[len(prefix):].split(".")[0], p.key)
               for p in searched]
     takes = [n for n in sig.names if n not in kind.injected]
@@ -709,8 +770,9 @@ def _check_user_callable(ck: _Checker, kind: _UserKind, name: str, args: dict, s
     supplied = {arg for _, _, arg, _ in given} | set(kind.injected)
     for required in sig.required:
         if required not in supplied:
-            ck.add(name_at, f"{target} needs argument {required!r}, which nothing supplies (got {section}.args "
+            ck.add(name_at, f"{target} needs argument {required!r}, which nothing supplies (got {kind.section}.args "
                    f"{fmt(args)})", f"set {prefix}{required}, or search {prefix}{required} in space", at=at)
+    return obj
 
 
 def _loop_rules(ck: _Checker, d: dict, space: Space) -> None:
@@ -782,6 +844,9 @@ def _precision_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 
 def _optimizer_rules(ck: _Checker, d: dict, space: Space) -> None:
+    for kind in (_OPTIMIZER, _LR_SCHEDULE):
+        if ck.ok(f"{kind.section}.name", f"{kind.section}.args"):
+            _user_callable_rules(ck, d, space, kind)
     opt = d["train"]["optimizer"]
     if opt["nesterov"] is True and opt["momentum"] == 0 and "train.optimizer.momentum" not in space.by_key:
         ck.rule("train.optimizer.momentum", ("train", "optimizer", "nesterov"),
