@@ -242,7 +242,8 @@ def _smoke(spec, echo: Callable[[str], None]) -> dict:
     data = load_bundle(cfg["data"], seed, spec.code_dirs)
     dtype = str(data.input_example.dtype).removeprefix("torch.")
     what = f"{data.num_classes} classes" if data.task == "classification" else "a regression (one output)"
-    echo(f"smoke: data {cfg['data']['dataset']}: {len(data.train)} train / {len(data.val)} val samples, "
+    held_out = "" if data.test is None else f" / {len(data.test)} test"
+    echo(f"smoke: data {cfg['data']['dataset']}: {len(data.train)} train / {len(data.val)} val{held_out} samples, "
          f"inputs {data.input_shape} {dtype}, {what}")
     name = cfg["model"]["name"]
     with registry.code_path(spec.code_dirs):

@@ -101,7 +101,7 @@ def test_the_user_data_example_passes_the_smoke_test_with_its_onnx_export(capsys
                  "--smoke"]) == 0
     lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("smoke: ")]
     assert len(lines) == 5 and lines[-1] == "smoke: ok", lines
-    assert lines[1].startswith("smoke: data user_text.data:topics: 1600 train / 400 val samples, inputs (24,) int64, "
+    assert lines[1].startswith("smoke: data user_text.data:topics: 1280 train / 320 val / 400 test samples, inputs (24,) int64, "
                                "4 classes")
     assert "a batch (8, 24) -> (8, 4)" in lines[2] and "backward ok" in lines[2]
     assert lines[3].startswith("smoke: onnx export ok")
