@@ -55,9 +55,6 @@ EPOCH_STATS = ("grad_norm", "lr", "samples_per_s", "epoch_s", "rank_param_max_di
 from raytune_opt.objectives import MEASURES  # noqa: E402  (light: no torch, no Ray)
 # Sections whose leaves a search space may tune.
 TUNABLE_SECTIONS = ("data", "model", "train")
-# Keys added after experiments were first hashed: Spec.sha256 leaves each out while it holds
-# its default, so that an experiment started before it existed still resumes.
-UNHASHED_AT_DEFAULT = (("train", "optimizer", "args"), ("train", "lr_schedule", "args"))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ holds them all, each as ``FILE:LINE:COL: key.path: what is wrong (got VALUE); ho
 
 from __future__ import annotations
 
-import copy
 import difflib
 import hashlib
 import json
@@ -39,7 +38,8 @@ IMAGE_AUGMENTATIONS = ("hflip", "random_crop_padding", "rotation_degrees", "colo
 # Keys added after experiments had been run, each with the value that does what those
 # experiments did; Spec.sha256 leaves a key out at that value, so an old experiment's
 # recorded hash still matches it (and resume can tell an old experiment from a changed spec).
-HASH_NEUTRAL = {("data", "test_fraction"): 0.0, ("data", "test_column"): None}
+HASH_NEUTRAL = {("data", "test_fraction"): 0.0, ("data", "test_column"): None,
+                ("train", "optimizer", "args"): {}, ("train", "lr_schedule", "args"): {}}
 
 
 @dataclass
@@ -64,10 +64,9 @@ class Spec:
         are left out (the experiment's files keep them redacted, and resume compares this), and
         so is a key of :data:`HASH_NEUTRAL` at its neutral value: a spec resolved before the key
         existed hashes as it did."""
-        data = _hashed(redact_data(self.data))
-        for (section, key), neutral in HASH_NEUTRAL.items():
-            if isinstance(data.get(section), dict) and key in data[section] and data[section][key] == neutral:
-                data = {**data, section: {k: v for k, v in data[section].items() if k != key}}
+        data = redact_data(self.data)
+        for path, neutral in HASH_NEUTRAL.items():
+            data = _without(data, path, neutral)
         text = json.dumps(data, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()
 
@@ -83,19 +82,13 @@ class Spec:
         return yaml.safe_dump(redact_data(self.data), sort_keys=False, default_flow_style=None)
 
 
-def _hashed(data: dict) -> dict:
-    """``data`` for :meth:`Spec.sha256`: less the keys of :data:`schema.UNHASHED_AT_DEFAULT` that
-    hold their default, so that a spec resolved before such a key existed hashes as it did."""
-    out = copy.deepcopy(data)
-    for path in schema.UNHASHED_AT_DEFAULT:
-        parent: Any = out
-        for key in path[:-1]:
-            parent = parent.get(key) if isinstance(parent, dict) else None
-        node = schema.lookup(path)
-        default = schema.defaults(node) if isinstance(node, Section) else node.default
-        if isinstance(parent, dict) and path[-1] in parent and parent[path[-1]] == default:
-            del parent[path[-1]]
-    return out
+def _without(node: Any, path: tuple, neutral: Any) -> Any:
+    """``node`` less the key at ``path`` when it holds ``neutral`` (copied along the path)."""
+    if not isinstance(node, dict) or path[0] not in node:
+        return node
+    if len(path) > 1:
+        return {**node, path[0]: _without(node[path[0]], path[1:], neutral)}
+    return {k: v for k, v in node.items() if k != path[0]} if node[path[0]] == neutral else node
 
 
 def fmt(value: Any) -> str:
