@@ -306,6 +306,9 @@ def test_cifar_uses_its_test_batch_when_there_else_splits_one_off(tmp_path, monk
     write_cifar100(tmp_path / "b")  # no test file: 20% of the training images are held out
     d = load_data(_cfg(dataset="cifar100", root=str(tmp_path / "b"), test_fraction=0.2), seed=0)
     assert len(d.y_test) == 60 and len(d.y_train) + len(d.y_val) == 240
+    data_mod._MEMO.clear()
+    again = load_data(_cfg(dataset="cifar100", root=str(tmp_path / "b"), test_fraction=0.2), seed=0)
+    assert torch.equal(again.x_test, d.x_test) and torch.equal(again.x_train, d.x_train)
 
 
 def test_imagefolder_uses_its_test_directory_when_there(tmp_path, monkeypatch):
@@ -327,3 +330,5 @@ def test_imagefolder_uses_its_test_directory_when_there(tmp_path, monkeypatch):
 def test_mnist1d_uses_its_own_test_signals():
     d = load_data(_cfg(dataset="mnist1d", test_fraction=0.2), seed=0)
     assert (len(d.y_test), len(d.y_train) + len(d.y_val)) == (1000, 4000)
+    data_mod._MEMO.clear()  # read back from the node cache: the same test signals, whatever the seed
+    assert torch.equal(load_data(_cfg(dataset="mnist1d", test_fraction=0.2), seed=1).y_test, d.y_test)
