@@ -6,7 +6,6 @@ directory; inside the job ``RAY_ADDRESS`` is set, so ``run`` joins the cluster.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import shlex
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from raytune_opt import ray_runtime
 from raytune_opt.errors import UsageError
 
 # What `submit` leaves out of the job's working directory by default, by reason (README,
@@ -63,19 +63,10 @@ def check_address(address: str) -> str:
     if url.scheme not in ("http", "https") or not url.hostname:
         raise UsageError(f"--address {address}: not a Ray dashboard URL; write http://HOST:8265 "
                          "(the Job API runs on the dashboard port, not the GCS port 6379)")
-    if url.scheme == "http" and not _is_loopback(url.hostname):
+    if url.scheme == "http" and not ray_runtime.is_loopback_host(url.hostname):
         print(f"raytune-opt: warning: {address} is plain http to a non-loopback host: the auth token and the "
               "working directory travel unencrypted; use an SSH port-forward or https", file=sys.stderr)
     return address
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def check_working_dir(working_dir: str) -> Path:

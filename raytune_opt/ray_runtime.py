@@ -168,11 +168,15 @@ def _loopback_kept(on: bool):
 
 
 def _is_loopback_address(address: str) -> bool:
-    import ipaddress
-
     if "://" in address or ":" not in address:
         return False
-    host = address.rpartition(":")[0].strip("[]")
+    return is_loopback_host(address.rpartition(":")[0].strip("[]"))
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    import ipaddress
+
     if host == "localhost":
         return True
     try:
