@@ -19,8 +19,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from raytune_opt import _atomic, registry, storage
-from raytune_opt._paths import ensure_under
+from raytune_opt import _atomic, registry
 from raytune_opt._warn import first_line, keep_traceback
 from raytune_opt.errors import RaytuneOptError
 
@@ -64,9 +63,12 @@ def record(exp_dir: Path, seed: int, code_dirs: Sequence[str] = (), endpoint_url
     path = Path(exp_dir) / "best.json"
     try:
         best = json.loads(path.read_text())
-        checkpoint = _checkpoint(Path(exp_dir), best, endpoint_url)
-        if checkpoint is None:
+        if not best.get("checkpoint"):
             return None
+        # The same file promotion uses (an S3 one downloaded where promotion looks for it).
+        from raytune_opt.promote.select import locate_checkpoint
+
+        checkpoint = locate_checkpoint(Path(exp_dir), best, endpoint_url)
         figures = measure(checkpoint, seed, code_dirs)
     except Exception as exc:  # a view of finished results: it warns, never fails the sweep
         where = keep_traceback(exp_dir, "test split", exc) if not isinstance(exc, RaytuneOptError) else ""
@@ -81,21 +83,3 @@ def record(exp_dir: Path, seed: int, code_dirs: Sequence[str] = (), endpoint_url
     best["test"] = test
     _atomic.write_json(path, best)
     return test
-
-
-def _checkpoint(exp_dir: Path, best: dict, endpoint_url: str | None) -> Path | None:
-    """best.json's checkpoint as a local file (an S3 one downloaded where promotion looks for it)."""
-    recorded = best.get("checkpoint")
-    if not recorded:
-        return None
-    if storage.is_remote(recorded):
-        local = exp_dir.joinpath(".checkpoints", *recorded.split("/")[-3:])
-        ensure_under(local, exp_dir / ".checkpoints", "the local copy of the best trial's checkpoint")
-        if not local.is_file():
-            storage.download(recorded, local, storage.resolve_endpoint(endpoint_url))
-        return local
-    path = Path(recorded)
-    if path.is_file():
-        return path
-    moved = exp_dir.joinpath(*path.parts[-3:])  # trial_<id>/checkpoint_NNNNNN/best.pt
-    return moved if moved.is_file() else path

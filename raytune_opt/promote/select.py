@@ -84,7 +84,7 @@ def select_source(exp_dir: str | Path) -> Source:
 
 
 def _source(exp_dir: Path, spec: dict, best: dict, metric: str, mode: str, rule: dict | None = None) -> Source:
-    checkpoint = _locate_checkpoint(exp_dir, best, (spec.get("storage") or {}).get("endpoint_url"))
+    checkpoint = locate_checkpoint(exp_dir, best, (spec.get("storage") or {}).get("endpoint_url"))
     from raytune_opt.recipe.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)  # CheckpointError (exit 2) when unreadable
@@ -180,7 +180,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _locate_checkpoint(exp_dir: Path, best: dict, endpoint_url: str | None = None) -> Path:
+def locate_checkpoint(exp_dir: Path, best: dict, endpoint_url: str | None = None) -> Path:
     """best.json's checkpoint, or the same file under ``exp_dir`` when the experiment was moved.
 
     A checkpoint on S3 (``s3://...``) is downloaded into ``exp_dir/.checkpoints/`` first.
