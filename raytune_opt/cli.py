@@ -246,13 +246,15 @@ def _test_line(test: dict | None, metric: str, best: dict) -> str:
     if "failed" in test:  # the warning above says why
         return "test: the best trial was not measured on the test split (see the warning above)"
     figures = test["metrics"]
+    val = test.get("val") or best  # promote.select's trial has its own validation figures
     twin = "test_" + metric.removeprefix("val_")
     shown = [twin] if twin in figures else [k for k in ("test_accuracy", "test_rmse") if k in figures]
-    pairs = ", ".join(f"{k}={figures[k]:.4f}" + (f" (val {best['val_' + k[5:]]:.4f})"
-                                                  if isinstance(best.get("val_" + k[5:]), (int, float)) else "")
+    pairs = ", ".join(f"{k}={figures[k]:.4f}" + (f" (val {val['val_' + k[5:]]:.4f})"
+                                                  if isinstance(val.get("val_" + k[5:]), (int, float)) else "")
                       for k in shown)
+    which = f" (trial {test['trial_id']}, promote.select's)" if test.get("selected_by") else ""
     # One line: why the two differ is the report's and the README's to say.
-    return f"test: {pairs} on {test['samples']} samples no trial saw"
+    return f"test: {pairs} on {test['samples']} samples no trial saw{which}"
 
 
 def _after_promotion(outcome) -> None:

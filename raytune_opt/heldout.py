@@ -28,9 +28,11 @@ __all__ = ["measure", "record", "NO_TEST_SPLIT"]
 NO_TEST_SPLIT = "no test split (data.test_fraction 0, or a data set without one): these are validation figures"
 
 
-def measure(checkpoint: str | Path, seed: int, code_dirs: Sequence[str] = ()) -> dict | None:
+def measure(checkpoint: str | Path, seed: int, code_dirs: Sequence[str] = (), *, also_val: bool = False) -> dict | None:
     """The ``test_*`` figures of ``checkpoint``'s model on its data set's test split (the data
     section its recipe records, split with ``seed``), with ``samples``; None without a test split.
+    With ``also_val``, its ``val_*`` figures too (a trial other than best.json's best, whose
+    validation figures the summary shows beside the test ones).
 
     The checkpoint is the sweep's own: its user code (model, data set) is trusted, as the
     sweep ran it.
@@ -47,11 +49,17 @@ def measure(checkpoint: str | Path, seed: int, code_dirs: Sequence[str] = ()) ->
         data = load_bundle(ckpt["recipe"]["data"], int(seed), code_dirs)
     if data.test is None:
         return None
-    return split_metrics(model, data, "test", "test_")
+    figures = split_metrics(model, data, "test", "test_")
+    if also_val:
+        figures["val"] = {k: v for k, v in split_metrics(model, data, "val", "val_").items() if k != "samples"}
+    return figures
 
 
-def record(exp_dir: Path, seed: int, code_dirs: Sequence[str] = (), endpoint_url: str | None = None) -> dict | None:
-    """Measure best.json's trial on the test split and add the ``test`` record to best.json.
+def record(exp_dir: Path, seed: int, code_dirs: Sequence[str] = (), endpoint_url: str | None = None,
+           *, selected: bool = False) -> dict | None:
+    """Measure the chosen trial on the test split and add the ``test`` record to best.json:
+    best.json's best, or with ``selected`` (``promote.select`` is set: several objectives) the
+    trial that rule picks, the point promotion converts (its ``val`` figures are recorded too).
 
     Never raises: the sweep's results are written already, so a failure warns on stderr
     (traceback in warnings.log) and best.json keeps no ``test`` record.
@@ -63,13 +71,17 @@ def record(exp_dir: Path, seed: int, code_dirs: Sequence[str] = (), endpoint_url
     path = Path(exp_dir) / "best.json"
     try:
         best = json.loads(path.read_text())
-        if not best.get("checkpoint"):
-            return None
         # The same file promotion uses (an S3 one downloaded where promotion looks for it).
-        from raytune_opt.promote.select import locate_checkpoint
+        from raytune_opt.promote.select import locate_checkpoint, select_source
 
-        checkpoint = locate_checkpoint(Path(exp_dir), best, endpoint_url)
-        figures = measure(checkpoint, seed, code_dirs)
+        if selected:
+            source = select_source(exp_dir)
+            trial_id, checkpoint = source.trial_id, source.checkpoint
+        elif not best.get("checkpoint"):
+            return None
+        else:
+            trial_id, checkpoint = best["trial_id"], locate_checkpoint(Path(exp_dir), best, endpoint_url)
+        figures = measure(checkpoint, seed, code_dirs, also_val=selected)
     except Exception as exc:  # a view of finished results: it warns, never fails the sweep
         where = keep_traceback(exp_dir, "test split", exc) if not isinstance(exc, RaytuneOptError) else ""
         print(f"raytune-opt: warning: the best trial could not be measured on the test split "
@@ -79,7 +91,10 @@ def record(exp_dir: Path, seed: int, code_dirs: Sequence[str] = (), endpoint_url
     test = None
     if figures is not None:
         samples = figures.pop("samples")
-        test = {"trial_id": best["trial_id"], "metrics": figures, "samples": samples}
+        val = figures.pop("val", None)
+        test = {"trial_id": trial_id, "metrics": figures, "samples": samples}
+        if val is not None:
+            test.update(selected_by="promote.select", val=val)
     best["test"] = test
     _atomic.write_json(path, best)
     return test

@@ -513,7 +513,8 @@ def _fit_and_record(tuner, spec: Spec, loc: stores.Location, quiet_console: bool
                          "writes them") from None
     test = None
     if best is not None:  # the chosen trial, measured once on the split no trial saw
-        test = heldout.record(exp_dir, spec.data["seed"], spec.code_dirs, loc.endpoint_url)
+        test = heldout.record(exp_dir, spec.data["seed"], spec.code_dirs, loc.endpoint_url,
+                              selected=bool(spec.data["promote"].get("select")))
     loc.publish("results.csv", "history", "best.json")
     report.after_sweep(loc)  # report.html and optuna.journal.log; warns, never fails the sweep
     return SweepOutcome(exp_dir, rows, best, wall, spec, uri=loc.uri, test=test)

@@ -219,6 +219,11 @@ def test_the_pareto_example_runs_two_objectives_with_a_constraint_to_a_front_and
     assert "val_accuracy" in chosen["rule"]["why"] and "latency_ms max 1" in chosen["rule"]["why"]
     fast = [t for t, p in point.items() if p["latency_ms"] <= 1.0]
     assert chosen["trial_id"] == max(fast, key=lambda t: point[t]["val_accuracy"])
+    # The test split measures the promoted point, not the best trial by the first metric (issue 27).
+    test = best["test"]
+    assert test["trial_id"] == chosen["trial_id"] and test["selected_by"] == "promote.select", test
+    assert test["val"]["val_accuracy"] == pytest.approx(point[chosen["trial_id"]]["val_accuracy"], abs=1e-6)
+    assert f"samples no trial saw (trial {chosen['trial_id']}, promote.select's)" in " ".join(out.split())
     arts = {a["name"]: a for a in manifest["artifacts"]}  # pruned, then exported and quantized
     assert arts["prune"]["status"] in ("ok", "rejected") and arts["prune"]["params"] < arts["pytorch"]["params"], arts
     assert arts["onnx"]["status"] == "ok" and arts["int8"]["status"] in ("ok", "rejected")

@@ -363,14 +363,18 @@ def _validation_and_test(best: dict) -> str:
         return ('<p class="hint">No test split (data.test_fraction 0, a data set without one, or an experiment of '
                 'an older version): the figures on this page are validation figures, those the search selected on, '
                 'so they are biased upward.</p>')
-    val = best.get("metrics") or {}
+    # promote.select's trial (several objectives) was measured on both splits; else best.json's best.
+    val = test.get("val") if isinstance(test.get("val"), dict) else best.get("metrics") or {}
+    chosen = (f'<p>Trial {escape(str(test.get("trial_id")))}, the one promote.select picks (the point promotion '
+              'converts).</p>') if test.get("selected_by") else ""
+
     def cell(v) -> str:
         return escape(svg.fmt(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
 
     rows = "".join(f"<tr><th>{escape(k.removeprefix('test_'))}</th><td class=num>{cell(val.get('val_' + k[5:]))}"
                    f"</td><td class=num>{cell(v)}</td></tr>" for k, v in figures.items() if k.startswith("test_"))
     samples = test.get("samples")
-    return (f'<h3>Validation and test</h3><table class="meta"><tr><th></th><th>validation</th>'
+    return (f'<h3>Validation and test</h3>{chosen}<table class="meta"><tr><th></th><th>validation</th>'
             f'<th>test{f" ({escape(str(samples))} samples)" if samples is not None else ""}</th></tr>{rows}</table>'
             '<p class="hint">The validation figure is that of the trial the search picked because it was best '
             'there, so it is biased upward (the more trials, the more); the test split was held out from every '
