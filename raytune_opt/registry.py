@@ -586,6 +586,12 @@ SCHEDULERS.register("median", f"{_T}:median", doc="median stopping rule", check=
 SCHEDULERS.register("pbt", f"{_T}:pbt", doc="population-based training (exploits snapshots of trials' own "
                     "checkpoints)", check=f"{_T}:check_pbt",
                     keys=("perturbation_interval", "quantile_fraction", "synch"), needs_storage=True, exploits=True)
+SCHEDULERS.register("pb2", f"{_T}:pb2", doc="population-based bandits: PBT's exploit, a GP bandit's explore over "
+                    "uniform, loguniform or randint bounds (scikit-learn)", check=f"{_T}:check_pb2",
+                    keys=("perturbation_interval", "quantile_fraction", "synch"), needs_storage=True, exploits=True)
+SCHEDULERS.register("moasha", f"{_T}:moasha", doc="multi-objective ASHA: each rung ranked by non-dominated sorting "
+                    "(infeasible trials last); several objectives only", check=f"{_T}:check_moasha",
+                    keys=("max_t", "grace_period", "reduction_factor"), needs_storage=True, multi_objective=True)
 
 
 # ---------------------------------------------------------------- promotion steps

@@ -14,7 +14,8 @@ import os
 import random
 from typing import TYPE_CHECKING
 
-from raytune_opt import registry
+from raytune_opt import moasha as mo
+from raytune_opt import objectives, registry
 from raytune_opt.registry import Finding, SpecView
 
 if TYPE_CHECKING:
@@ -100,6 +101,30 @@ def pbt(spec: Spec, where: dict):
     )
 
 
+def pb2(spec: Spec, where: dict):
+    s = spec.data["scheduler"]
+    seed = spec.data["search"]["seed"] if spec.data["search"]["seed"] is not None else spec.data["seed"]
+    bounds, log_keys = {}, []
+    for p in spec.space.params:
+        if pbt_mutable(p.key):  # check_pb2 let only PB2_KINDS through
+            low, high = p.domain.args[:2]
+            bounds[p.key] = [low, high - 1] if p.domain.kind == "randint" else [low, high]  # randint: high excluded
+            if p.domain.kind == "loguniform":
+                log_keys.append(p.key)
+    return _checkpointed_pb2_class()(
+        snapshots=f"{where['exp_dir']}/{PBT_SNAPSHOTS}", endpoint_url=where.get("endpoint_url"),
+        remote=where.get("remote", False), seed=seed, log_keys=log_keys,
+        time_attr=TIME_ATTR, perturbation_interval=s["perturbation_interval"],
+        quantile_fraction=s["quantile_fraction"], synch=s["synch"], hyperparam_bounds=bounds,
+    )
+
+
+#: The domains PB2 explores (a GP bandit over continuous bounds): uniform and randint on their
+#: own scale, loguniform on the log scale. A choice, a grid, a quantized or a normal domain has no
+#: bounds to explore between.
+PB2_KINDS = ("uniform", "loguniform", "randint")
+
+
 def _pbt_mutation(domain):
     """What PBT's explore step draws a key from: a grid's values as a list (PBT resamples one
     or shifts to a neighbour); Tune's ``grid_search`` dict would read as a nested config and
@@ -144,11 +169,17 @@ def _seeded_global_random(seed: int):
 
 
 @functools.cache
-def _checkpointed_pbt_class():
+def _checkpointed_pbt_class(base: str = "pbt"):
+    """CheckpointedPBT over Ray's PBT (``base="pbt"``) or over Ray's PB2 (``"pb2"``: the same
+    exploit, a GP bandit's explore)."""
     from ray.tune import Checkpoint
-    from ray.tune.schedulers import PopulationBasedTraining
 
-    class CheckpointedPBT(PopulationBasedTraining):
+    if base == "pb2":
+        from ray.tune.schedulers.pb2 import PB2 as Base
+    else:
+        from ray.tune.schedulers import PopulationBasedTraining as Base
+
+    class CheckpointedPBT(Base):
         """Ray's PBT, exploiting snapshots of the donor's own ``last.pt``.
 
         Ray's PBT remembers the checkpoint a top trial had when it was judged, and hands it to
@@ -269,6 +300,194 @@ def _checkpointed_pbt_class():
     return CheckpointedPBT
 
 
+@functools.cache
+def _checkpointed_pb2_class():
+    import math
+
+    base = _checkpointed_pbt_class("pb2")
+
+    class CheckpointedPB2(base):
+        """Ray's PB2 with CheckpointedPBT's donor snapshots, exploring log-uniform keys on
+        their log scale.
+
+        Ray's PB2 fits its GP to the raw values between each key's bounds: a learning rate in
+        [1e-5, 3e-2] would be explored almost only above 1e-3. Its data and bounds hold the
+        log10 of a log-uniform key instead; the value chosen goes back to the config as 10**x.
+        """
+
+        def __init__(self, *, log_keys=(), **kwargs):
+            super().__init__(**kwargs)
+            self._log_keys = set(log_keys)
+            self._scaled_bounds = {k: ([math.log10(lo), math.log10(hi)] if k in self._log_keys else [lo, hi])
+                                   for k, (lo, hi) in self._hyperparam_bounds_flat.items()}
+
+        def _save_trial_state(self, state, time, result, trial):
+            score = super()._save_trial_state(state, time, result, trial)
+            if self._log_keys and len(self.data):  # PB2 just appended this result's row
+                row = self.data.index[-1]
+                for key in self._log_keys:
+                    self.data.loc[row, key] = math.log10(float(self.data.loc[row, key]))
+            return score
+
+        def _get_new_config(self, trial, trial_to_clone):
+            with _seeded_global_random(self._rng.getrandbits(63)):  # the GP's acquisition starts at random
+                return self._explore_scaled(trial, trial_to_clone)
+
+        def _explore_scaled(self, trial, trial_to_clone):
+            """Ray's PB2._get_new_config, on the scaled data and bounds."""
+            import numpy as np
+            from ray.tune.schedulers.pb2 import _explore
+            from ray.tune.utils.util import flatten_dict, unflatten_dict
+
+            if self.data["Time"].max() > self.last_exploration_time:
+                self.current = None  # a new time step: trials still going are not penalised
+            donor = flatten_dict(trial_to_clone.config)
+            scaled = {k: (math.log10(v) if k in self._log_keys else v) for k, v in donor.items()}
+            new_flat, data = _explore(self.data, self._scaled_bounds, self.current, trial_to_clone, trial, scaled)
+            self.data = data.copy()
+            new = np.array([new_flat[k] for k in self._scaled_bounds]).reshape(1, -1)
+            if self.data["Time"].max() > self.last_exploration_time:
+                self.last_exploration_time = self.data["Time"].max()
+                self.current = new.copy()
+            else:
+                self.current = np.concatenate((self.current, new), axis=0)
+            out = dict(new_flat)
+            for key, (lo, hi) in self._hyperparam_bounds_flat.items():
+                # Back from the log scale; PB2's GP works in float32, a hair outside a bound.
+                value = float(10 ** new_flat[key]) if key in self._log_keys else new_flat[key]
+                out[key] = type(value)(min(max(value, lo), hi))
+            return unflatten_dict(out), {}
+
+    CheckpointedPB2.__module__ = __name__
+    return CheckpointedPB2
+
+
+def moasha(spec: Spec, where: dict):
+    s = spec.data["scheduler"]
+    max_t = _max_t(spec)
+    return _moasha_class()(objectives=objectives.objectives(spec.data["search"]),
+                           constraints=spec.data["search"]["constraints"] or {}, max_t=max_t,
+                           grace_period=s["grace_period"], reduction_factor=s["reduction_factor"],
+                           state_file=f"{where['exp_dir']}/{MOASHA_STATE}", remote=where.get("remote", False),
+                           endpoint_url=where.get("endpoint_url"))
+
+
+MOASHA_STATE = "moasha_state.json"  # in the experiment: MO-ASHA's rungs, rewritten at every decision
+
+
+@functools.cache
+def _moasha_class():
+    import json
+
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class MOASHA(FIFOScheduler):
+        """Multi-objective ASHA (:mod:`raytune_opt.moasha`) as a Ray Tune scheduler.
+
+        Its objectives and constraints come from the spec: with several objectives Tune's own
+        metric is None. Tune keeps no scheduler state across a resume (a resumed sweep gets the
+        scheduler as ``tuner.pkl`` holds it, from before the first trial), so the rungs are
+        written to the experiment (``moasha_state.json``) at every decision and read back by
+        the resumed copy before its first one: a trial stopped before a kill stays stopped,
+        and one promoted at a rung is not judged there again.
+        """
+
+        def __init__(self, *, objectives, constraints, max_t, grace_period, reduction_factor, state_file,
+                     remote, endpoint_url):
+            super().__init__()
+            self._objectives = [tuple(o) for o in objectives]
+            self._constraints = dict(constraints)
+            self._max_t = max_t
+            self._rungs = mo.Rungs(mo.milestones(grace_period, max_t, reduction_factor), reduction_factor)
+            self._state_file, self._remote, self._endpoint_url = state_file, remote, endpoint_url
+            self._loaded = True  # a new sweep starts with empty rungs
+            self._filesystem = None
+            self._num_stopped = 0
+
+        def __getstate__(self):
+            state = self.__dict__.copy()
+            # A pickled copy is what a resumed sweep gets back (tuner.pkl): it reads the rungs kept.
+            state["_loaded"], state["_filesystem"] = False, None
+            return state
+
+        @property
+        def _fs(self):
+            from pyarrow import fs
+
+            from raytune_opt.storage import s3_filesystem
+
+            if self._filesystem is None:
+                self._filesystem = s3_filesystem(self._endpoint_url) if self._remote else fs.LocalFileSystem()
+            return self._filesystem
+
+        def set_search_properties(self, metric, mode, **spec) -> bool:
+            return True  # the objectives are its own (Tune passes None with several)
+
+        def _load(self) -> None:
+            if self._loaded:
+                return
+            from pyarrow import fs
+
+            if self._fs.get_file_info(self._state_file).type == fs.FileType.File:
+                with self._fs.open_input_stream(self._state_file) as f:
+                    self._rungs = mo.Rungs.from_dict(json.loads(f.readall().decode()))
+            self._loaded = True
+
+        def _persist(self) -> None:
+            text = json.dumps(self._rungs.to_dict(), indent=1)
+            if self._remote:
+                with self._fs.open_output_stream(self._state_file) as f:  # an S3 put is atomic
+                    f.write(text.encode())
+            else:
+                from raytune_opt import _atomic
+
+                _atomic.write_text(self._state_file, text)
+
+        def on_trial_add(self, tune_controller, trial):
+            self._load()
+
+        def on_trial_result(self, tune_controller, trial, result):
+            self._load()
+            t = result.get(TIME_ATTR)
+            if not isinstance(t, (int, float)):
+                return TrialScheduler.CONTINUE
+            if t >= self._max_t:
+                return TrialScheduler.STOP
+            before = self._rungs.to_dict()
+            decision = self._rungs.on_result(trial.trial_id, t, mo.point_of(result, self._objectives,
+                                                                             self._constraints))
+            if self._rungs.to_dict() != before:
+                self._persist()
+            if decision == mo.STOP:
+                self._num_stopped += 1
+                return TrialScheduler.STOP
+            return TrialScheduler.CONTINUE
+
+        def on_trial_complete(self, tune_controller, trial, result):
+            self._load()
+            if result and isinstance(result.get(TIME_ATTR), (int, float)):
+                self._rungs.record(trial.trial_id, result[TIME_ATTR],
+                                   mo.point_of(result, self._objectives, self._constraints))
+                self._persist()
+
+        def save(self, checkpoint_path: str) -> None:
+            from raytune_opt import _atomic
+
+            _atomic.write_text(checkpoint_path, json.dumps(self._rungs.to_dict()))
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path) as f:
+                self._rungs = mo.Rungs.from_dict(json.load(f))
+            self._loaded = True
+
+        def debug_string(self) -> str:
+            sizes = ", ".join(f"epoch {m}: {len(r)}" for m, r in self._rungs.recorded.items())
+            return f"Using MO-ASHA: num_stopped={self._num_stopped}; trials per rung: {sizes}"
+
+    MOASHA.__module__ = __name__
+    return MOASHA
+
+
 def _persist_driver_logs(trial) -> None:
     """Copy a trial's ``result.json`` and ``progress.csv`` from the driver's staging directory
     to its directory on storage.
@@ -338,26 +557,56 @@ def check_hyperband(view: SpecView) -> list[Finding]:
 
 
 def check_pbt(view: SpecView) -> list[Finding]:
+    return _population_rules(view, "pbt")
+
+
+def _population_rules(view: SpecView, name: str) -> list[Finding]:
+    """What PBT and PB2 both need: no searcher that explores, a flat space with keys they may
+    perturb, checkpoints to hand over."""
     d, space = view.data, view.space
     out = []
     algorithm = d["search"]["algorithm"]
     if registry.SEARCHERS[algorithm].meta["explores"]:
         usable = [n for n in registry.SEARCHERS if not registry.SEARCHERS[n].meta["explores"]]
-        out.append(Finding(("scheduler", "name"), "pbt explores by itself and cannot be combined with a searcher "
+        out.append(Finding(("scheduler", "name"), f"{name} explores by itself and cannot be combined with a searcher "
                            f"(got search.algorithm={algorithm})", f"set search.algorithm: {' or '.join(usable)}",
                            reads="search.algorithm"))
     if not space:
-        out.append(Finding(("scheduler", "name"), "pbt needs a space to mutate (got an empty space)",
+        out.append(Finding(("scheduler", "name"), f"{name} needs a space to mutate (got an empty space)",
                            "add space entries", reads="space"))
     if space.is_conditional:
-        out.append(Finding(("scheduler", "name"), "pbt cannot mutate a conditional space (got conditional "
+        out.append(Finding(("scheduler", "name"), f"{name} cannot mutate a conditional space (got conditional "
                            "parameters)", "remove the conditions or use asha", reads="space"))
     if space and not any(pbt_mutable(p.key) for p in space.params):
-        out.append(Finding(("scheduler", "name"), "pbt can perturb none of the searched keys (got "
+        out.append(Finding(("scheduler", "name"), f"{name} can perturb none of the searched keys (got "
                            f"{', '.join(p.key for p in space.params)}: they change the model, the data or the run)",
                            "search an optimizer, loss, augmentation or schedule setting, train.batch_size or "
                            "model.dropout", reads="space"))
     if not d["train"]["checkpoint"]:
-        out.append(Finding(("train", "checkpoint"), "pbt copies checkpoints between trials (got false)",
+        out.append(Finding(("train", "checkpoint"), f"{name} copies checkpoints between trials (got false)",
                            "set it to true", reads="train.checkpoint"))
+    return out
+
+
+def check_pb2(view: SpecView) -> list[Finding]:
+    """PBT's rules, and bounds to explore: every key PB2 perturbs must be uniform, loguniform
+    or randint (keys it may not perturb are sampled once, any domain)."""
+    out = _population_rules(view, "pb2")
+    for p in view.space.params:
+        if pbt_mutable(p.key) and p.domain.kind not in PB2_KINDS:
+            out.append(Finding(("space", p.key), f"pb2 explores continuous bounds ({', '.join(PB2_KINDS)}), not a "
+                               f"{p.domain.kind} (got {{{p.domain.kind}: {list(p.domain.args)}}})",
+                               "give it bounds, e.g. {uniform: [low, high]} or {loguniform: [low, high]}, "
+                               "or use scheduler.name: pbt", at=p.key))
+    return out
+
+
+def check_moasha(view: SpecView) -> list[Finding]:
+    """MO-ASHA ranks by several objectives; with one, ASHA does the same job."""
+    out = check_grace_period(view)
+    metric = view.data["search"]["metric"]
+    if len(objectives.objectives(view.data["search"])) < 2:
+        out.append(Finding(("scheduler", "name"), f"moasha ranks trials by several objectives, and search.metric "
+                           f"names one (got {metric})", "use scheduler.name: asha, or list several objectives in "
+                           "search.metric", reads="search.metric search.mode"))
     return out

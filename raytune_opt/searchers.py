@@ -399,7 +399,8 @@ def _optuna_class():
 
         - A trial a scheduler stopped (its last result has no ``stop_reason``: the recipe sets
           one only on the epoch that ends it) is told PRUNED, as Optuna's own pruners leave
-          it, with its epochs' values as intermediate values (step: the epoch). Ray tells it
+          it, with its epochs' values as intermediate values (step: the epoch; several objectives,
+          stopped by moasha: none, Optuna takes none of several). Ray tells it
           COMPLETE with the value of the epoch it was stopped at, so TPE ranked an early-epoch
           accuracy against finished trials' final ones. (benchmarks/search_quality.py on
           mnist1d, 5 seeds, before and after: best accuracy [0.9788, 0.9738, 0.9375, 0.975,
@@ -435,8 +436,7 @@ def _optuna_class():
             ot_trial = self._ot_trials.get(trial_id)
             if ot_trial is None or trial_id in self._completed_trials:
                 return super().on_trial_complete(trial_id, result, error)
-            if result and not error and not isinstance(self.metric, list) and "stop_reason" in result \
-                    and result["stop_reason"] is None:
+            if result and not error and "stop_reason" in result and result["stop_reason"] is None:
                 from optuna.trial import TrialState
 
                 try:  # stopped by the scheduler: Optuna keeps its intermediate values

@@ -110,3 +110,19 @@ def test_a_trial_the_scheduler_stopped_is_pruned_for_optuna_with_its_epochs_as_s
     stopped, finished = alg.searcher._ot_study.trials
     assert stopped.state == TrialState.PRUNED and stopped.intermediate_values == {1: 0.6, 2: 0.7}
     assert finished.state == TrialState.COMPLETE and finished.value == 0.9
+
+
+def test_a_trial_moasha_stopped_is_pruned_for_optuna_with_several_objectives():
+    from optuna.trial import TrialState
+
+    spec = load_spec(ROOT / "search_spaces" / "digits_cnn.yaml", ["scheduler={name: moasha}",
+                     "search.metric=[val_accuracy, latency_ms]", "search.mode=[max, min]"])
+    alg, param_space = searchers.build_searcher(spec)
+    alg.set_search_properties(None, None, param_space)
+    for tid in ("stopped", "finished"):
+        assert alg.suggest(tid)
+    alg.on_trial_complete("stopped", {"val_accuracy": 0.6, "latency_ms": 1.0, "epoch": 1, "stop_reason": None})
+    alg.on_trial_complete("finished", {"val_accuracy": 0.9, "latency_ms": 1.0, "epoch": 4, "stop_reason": "completed"})
+    stopped, finished = alg.searcher._ot_study.trials
+    assert stopped.state == TrialState.PRUNED  # not an early epoch's values ranked with finished trials'
+    assert finished.state == TrialState.COMPLETE and finished.values == [0.9, 1.0]

@@ -161,7 +161,7 @@ def test_a_scheduler_says_through_its_entry_that_it_exploits_checkpoints(monkeyp
 
     from raytune_opt import trial
 
-    assert [n for n in registry.SCHEDULERS if registry.SCHEDULERS[n].meta.get("exploits")] == ["pbt"]
+    assert [n for n in registry.SCHEDULERS if registry.SCHEDULERS[n].meta.get("exploits")] == ["pbt", "pb2"]
     assert trial.records_config("pbt") and not trial.records_config("asha")
     assert '"pbt"' not in inspect.getsource(trial)  # no name test: the entry's meta decides
     schedulers = registry.Registry("scheduler")

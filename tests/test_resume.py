@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from raytune_opt import registry
 from raytune_opt.errors import UsageError
 from raytune_opt.sweep import resume_sweep
 from tests._chromium import BROWSER
@@ -42,11 +43,15 @@ SEARCHERS = {
     "hyperopt": ["search.algorithm=hyperopt", f"search.num_samples={N}", NUMERIC],
 }
 SCHEDULERS = {
-    "fifo": "scheduler={name: fifo}",
-    "asha": "scheduler={name: asha, grace_period: 1, reduction_factor: 2}",
-    "hyperband": "scheduler={name: hyperband, reduction_factor: 2}",  # no concurrency limit: see validate
-    "median": "scheduler={name: median, grace_period: 1, min_samples_required: 2}",
-    "pbt": "scheduler={name: pbt, perturbation_interval: 1}",
+    "fifo": ["scheduler={name: fifo}"],
+    "asha": ["scheduler={name: asha, grace_period: 1, reduction_factor: 2}"],
+    "hyperband": ["scheduler={name: hyperband, reduction_factor: 2}"],  # no concurrency limit: see validate
+    "median": ["scheduler={name: median, grace_period: 1, min_samples_required: 2}"],
+    "pbt": ["scheduler={name: pbt, perturbation_interval: 1}"],
+    "pb2": ["scheduler={name: pb2, perturbation_interval: 1}"],
+    # Several objectives: with these, validation accepts moasha (and the searchers that take them).
+    "moasha": ["scheduler={name: moasha, grace_period: 1, reduction_factor: 2}",
+               "search.metric=[val_accuracy, latency_ms]", "search.mode=[max, min]"],
 }
 # Every (searcher, scheduler) pair validation accepts (tests/test_schedulers.py checks the
 # list against validation), each killed once, the kill moments spread over the pairs; the
@@ -81,14 +86,24 @@ PAIRS = [
     ("optuna/random", "fifo", ("mid",)),
     ("optuna/random", "asha", ("start",)),
     ("optuna/random", "median", ("late",)),
+    ("random", "pb2", ("late",)),
+    ("optuna/tpe", "moasha", ("late",)),
+    ("grid", "moasha", ("start",)),
+    ("random", "moasha", ("late",)),
+    ("optuna/gp", "moasha", ("start",)),
+    ("optuna/random", "moasha", ("late",)),
 ]
-# Seven pairs, one per searcher (the fewest that cover them all). Left to -m exhaustive: grid +
-# PBT (its "late" kill flakes, see the stop notes) and random + ASHA (it found Tune's torn
-# state copy, tune_state.repair; the tpe + asha pair's cut-short state checks that repair).
+# Seven pairs, one per searcher (the fewest that cover them all), and one per scheduler added
+# since (pb2 and moasha cover a scheduler nothing else does). Left to -m exhaustive: grid +
+# PBT (its "late" kill flakes, see the stop notes), random + ASHA (it found Tune's torn
+# state copy, tune_state.repair; the tpe + asha pair's cut-short state checks that repair), and
+# moasha with the other searchers of several objectives (no new scheduler, searcher or moment).
 CI_PAIRS = {
     ("optuna/tpe", "asha"),  # the default spec's pair, killed twice
     ("grid", "hyperband"), ("random", "pbt"),
     ("hyperopt", "median"), ("optuna/gp", "fifo"), ("optuna/cmaes", "median"), ("optuna/random", "fifo"),
+    ("random", "pb2"),  # PB2's GP state and the donor hand-over after a kill
+    ("optuna/tpe", "moasha"),  # MO-ASHA's rungs read back from the experiment; Optuna told PRUNED
 }
 
 
@@ -205,7 +220,7 @@ def _cut_tune_state_short(exp: Path) -> None:
 def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searcher, scheduler, kills):
     address = local_ray.get_runtime_context().gcs_address
     limit = "null" if scheduler == "hyperband" else 2
-    run = [sys.executable, "-m", "raytune_opt", "run", str(DIGITS), *SEARCHERS[searcher], SCHEDULERS[scheduler],
+    run = [sys.executable, "-m", "raytune_opt", "run", str(DIGITS), *SEARCHERS[searcher], *SCHEDULERS[scheduler],
            f"train.epochs={EPOCHS}", "train.limit_batches=16", f"resources.max_concurrent_trials={limit}",
            "promote.enabled=false", "--storage", str(tmp_path), "--address", address]
     # 0.1-s epochs leave some moments only a fraction of a second: a sweep that ended before
@@ -233,7 +248,8 @@ def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searche
     assert outcome.exit_code == 0
     assert len(rows) == N and len({r["trial_id"] for r in rows}) == N, rows  # none lost, none twice
     assert all(r["status"] in ("ok", "stopped") for r in rows), [(r["status"], r["error"]) for r in rows]
-    if scheduler != "pbt":  # PBT's exploits copy configs between trials
+    exploits = registry.SCHEDULERS[scheduler].meta.get("exploits")
+    if not exploits:  # PBT's and PB2's exploits copy configs between trials
         assert len({r["config"] for r in rows}) == N, [r["config"] for r in rows]  # no config proposed twice
     if scheduler == "fifo":
         assert all(int(r["epochs"]) == EPOCHS for r in rows), rows
@@ -241,7 +257,7 @@ def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searche
         with open(exp / "history" / f"{r['trial_id']}.csv") as f:
             epochs = [int(float(h["epoch"])) for h in csv.DictReader(f)]
         assert epochs[-1] == int(r["epochs"]), (r["trial_id"], epochs)
-        if scheduler != "pbt":  # a PBT exploit may continue from a donor's earlier epoch
+        if not exploits:  # a PBT exploit may continue from a donor's earlier epoch
             assert epochs == sorted(set(epochs)), (r["trial_id"], epochs)
     _assert_searcher_knows_every_trial(searcher, exp)
     # Trials caught mid-way by the last kill went on from their own checkpoint: their
@@ -256,9 +272,14 @@ def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searche
         epochs = [x["epoch"] for x in lines if not x.get("replayed")]
         assert epochs.count(1) == 1, (name, epochs)
         continued += 0 < k < EPOCHS and len(lines) > k  # it reported again, from its checkpoint
-    if kills[-1] != "start" and scheduler in ("fifo", "pbt"):  # nothing stops a trial early
+    if kills[-1] != "start" and scheduler in ("fifo", "pbt", "pb2"):  # nothing stops a trial early
         assert continued, seen
     assert json.loads((exp / "best.json").read_text())["trial_id"] in {r["trial_id"] for r in rows}
+    if scheduler == "moasha":  # what it stopped, before the kills or after, stayed stopped
+        from raytune_opt import moasha, schedulers
+
+        state = moasha.Rungs.from_dict(json.loads((exp / schedulers.MOASHA_STATE).read_text()))
+        assert state.stopped <= {r["trial_id"] for r in rows if r["status"] == "stopped"}, (state.stopped, rows)
     # The resumed sweep's report lists each trial once.
     page = (exp / "report.html").read_text()
     leaderboard = page[page.index('id="leaderboard"'):page.index('id="history"')]

@@ -1,7 +1,7 @@
 """Scheduler conformance: every scheduler the schema allows runs a real small sweep.
 
 For each: no trial errors; the scheduler's own decisions show in the results (stopped
-trials with their stop reason, or PBT's config changes in the history); checkpoints,
+trials with their stop reason, MO-ASHA's rungs, or PBT's and PB2's config changes in the history); checkpoints,
 best-trial selection and promotion work afterwards. Which searchers each scheduler runs
 with here: ``SCHEDULER_SEARCHERS``; tests/test_resume.py kills and resumes a sweep of every
 (searcher, scheduler) pair validation accepts.
@@ -33,7 +33,10 @@ SCHEDULER_SEARCHERS = {
     "hyperband": ["search.algorithm=random"],
     "median": ["search.algorithm=optuna", "search.sampler=random"],
     "pbt": ["search.algorithm=random"],
+    "pb2": ["search.algorithm=random"],
+    "moasha": ["search.algorithm=optuna", "search.sampler=tpe"],
 }
+MULTI = ["search.metric=[val_accuracy, latency_ms]", "search.mode=[max, min]"]
 SETTINGS = {
     "fifo": ["scheduler={name: fifo}", "search.num_samples=4", "train.epochs=3"],
     "asha": ["scheduler={name: asha, grace_period: 1, reduction_factor: 2}", "search.num_samples=8",
@@ -45,8 +48,12 @@ SETTINGS = {
     # The issue's bar: PBT, 8 trials over 8 epochs, no errored trial.
     "pbt": ["scheduler={name: pbt, perturbation_interval: 2, quantile_fraction: 0.25}", "search.num_samples=8",
             "train.epochs=8"],
+    "pb2": ["scheduler={name: pb2, perturbation_interval: 2, quantile_fraction: 0.25}", "search.num_samples=8",
+            "train.epochs=8"],
+    "moasha": ["scheduler={name: moasha, grace_period: 1, reduction_factor: 2}", *MULTI, "search.num_samples=8",
+               "train.epochs=4"],
 }
-STOPPERS = {"asha", "hyperband", "median"}
+STOPPERS = {"asha", "hyperband", "median", "moasha"}
 
 
 def test_the_conformance_test_covers_every_scheduler_of_the_schema():
@@ -84,8 +91,16 @@ def test_scheduler_runs_a_real_sweep_then_promotion(local_ray, tmp_path, name):
             assert int(r["epochs"]) < epochs and r["stop_reason"] == f"stopped by {name} at epoch {r['epochs']}"
     else:
         assert not stopped and all(int(r["epochs"]) == epochs for r in rows), rows
-    if name == "pbt":
+    if name in ("pbt", "pb2"):
         _assert_pbt_perturbed_and_reported_the_best_epochs_config(exp, rows, spec)
+    if name == "pb2":  # its GP explores inside the bounds (a loguniform's on the log scale)
+        for r in rows:
+            for h in _history(exp, r["trial_id"]):
+                for p in spec.space.params:
+                    low, high = p.domain.args
+                    assert low <= float(h[f"config.{p.key}"]) <= high, (r["trial_id"], p.key, h[f"config.{p.key}"])
+    if name == "moasha":
+        _assert_moasha_ranked_each_rung(exp, rows)
 
     # Checkpoints, the best trial and promotion afterwards.
     best = json.loads((exp / "best.json").read_text())
@@ -111,6 +126,35 @@ def _assert_pbt_perturbed_and_reported_the_best_epochs_config(exp: Path, rows: l
             assert float(reported[key]) == pytest.approx(float(best[f"config.{key}"])), (r["trial_id"], key)
     assert changed, "PBT never exploited a trial"  # its decisions: configs changed mid-run
     assert (exp / "pbt_global.txt").stat().st_size > 0  # Ray's own log of every exploit
+
+
+def _assert_moasha_ranked_each_rung(exp: Path, rows: list[dict]) -> None:
+    from raytune_opt import moasha
+
+    state = moasha.Rungs.from_dict(json.loads((exp / schedulers.MOASHA_STATE).read_text()))
+    by_id = {r["trial_id"]: r for r in rows}
+    assert state.stopped and state.stopped <= {t for t, r in by_id.items() if r["status"] == "stopped"}
+    for t in state.stopped:  # stopped right at the highest rung it reached, where it ranked low
+        reached = max(m for m, rung in state.recorded.items() if t in rung)
+        assert int(by_id[t]["epochs"]) == reached, (t, by_id[t]["epochs"], reached)
+        assert moasha.rank(state.recorded[reached])[0] != t
+
+
+def test_pb2_explores_bounds_on_their_own_scale_and_refuses_other_domains():
+    from raytune_opt.errors import SpecError
+
+    with pytest.raises(SpecError) as err:
+        load_spec(DIGITS, ["search.algorithm=random", "scheduler={name: pb2}",
+                           "space={train.optimizer.lr: {choice: [0.01, 0.1]}, model.width: {choice: [16, 32]}}"])
+    # The key, the value and the fix; model.width (PB2 never perturbs it) may be a choice.
+    assert "space.train.optimizer.lr: pb2 explores continuous bounds (uniform, loguniform, randint), not a choice " \
+           "(got {choice: [0.01, 0.1]}); give it bounds" in str(err.value) and "model.width" not in str(err.value)
+    spec = load_spec(DIGITS, ["search.algorithm=random", "scheduler={name: pb2}",
+                              "space={train.optimizer.lr: {loguniform: [1.0e-4, 1.0e-1]}, "
+                              "train.batch_size: {randint: [16, 129]}, model.width: {choice: [16, 32]}}"])
+    pb2 = schedulers.build_scheduler(spec, {"exp_dir": "/tmp/x", "remote": False, "endpoint_url": None})
+    assert pb2._hyperparam_bounds_flat == {"train.optimizer.lr": [1e-4, 1e-1], "train.batch_size": [16, 128]}
+    assert pb2._scaled_bounds == {"train.optimizer.lr": [-4.0, -1.0], "train.batch_size": [16, 128]}
 
 
 def test_pbt_perturbs_only_keys_that_keep_the_model_shape():
@@ -188,7 +232,7 @@ def _overrides(searcher: str, scheduler: str) -> list[str]:
     from tests import test_resume
 
     limit = ["resources.max_concurrent_trials=null"] if scheduler == "hyperband" else []  # see validate
-    return [*test_resume.SEARCHERS[searcher], test_resume.SCHEDULERS[scheduler], *limit]
+    return [*test_resume.SEARCHERS[searcher], *test_resume.SCHEDULERS[scheduler], *limit]
 
 
 def _allowed_pairs() -> set[tuple[str, str]]:

@@ -378,16 +378,18 @@ SPEC = Section("A sweep spec.", {
     }),
     "scheduler": Section("Trial scheduler (early stopping across trials); time unit: epochs.", {
         "name": Field("str", "fifo", " | ".join(SCHEDULERS) + ".", choices=SCHEDULERS, tunable=False),
-        "max_t": Field("int", None, "asha/hyperband: most epochs a trial may run; null: train.epochs.",
+        "max_t": Field("int", None, "asha/moasha/hyperband: most epochs a trial may run; null: train.epochs.",
                        nullable=True, ge=1, tunable=False),
-        "grace_period": Field("int", 1, "asha/median: epochs before a trial can be stopped.", ge=1, tunable=False),
-        "reduction_factor": Field("float", 3.0, "asha/hyperband: halving rate.", gt=1, tunable=False),
+        "grace_period": Field("int", 1, "asha/moasha/median: epochs before a trial can be stopped.", ge=1,
+                              tunable=False),
+        "reduction_factor": Field("float", 3.0, "asha/moasha/hyperband: halving rate (moasha: a trial goes on when it "
+                                  "ranks in the top 1/reduction_factor of its rung).", gt=1, tunable=False),
         "brackets": Field("int", 1, "asha: number of brackets.", ge=1, tunable=False),
         "min_samples_required": Field("int", 3, "median: trials needed before stopping any.", ge=1, tunable=False),
-        "perturbation_interval": Field("int", 2, "pbt: epochs between exploit/explore steps.", ge=1, tunable=False),
-        "quantile_fraction": Field("float", 0.25, "pbt: fraction of trials that exploit the top ones.", gt=0, le=0.5,
+        "perturbation_interval": Field("int", 2, "pbt/pb2: epochs between exploit/explore steps.", ge=1, tunable=False),
+        "quantile_fraction": Field("float", 0.25, "pbt/pb2: fraction of trials that exploit the top ones.", gt=0, le=0.5,
                                    tunable=False),
-        "synch": Field("bool", False, "pbt: every trial waits at each perturbation_interval until all have reached "
+        "synch": Field("bool", False, "pbt/pb2: every trial waits at each perturbation_interval until all have reached "
                        "it (Ray's synchronous PBT; each wait restarts the trial from its checkpoint).", tunable=False),
     }),
     "space": Section("Search space: dotted recipe key -> domain (see README).", open=True),

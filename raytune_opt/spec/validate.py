@@ -936,7 +936,7 @@ def _multi_objective_rules(ck: _Checker, d: dict, space: Space) -> None:
         able = [n for n in registry.SCHEDULERS if registry.SCHEDULERS[n].meta.get("multi_objective")]
         ck.add(("scheduler", "name"), f"{sched} compares trials by one metric, and search.metric lists "
                f"{len(search['metric'])} (got {sched})", f"use scheduler.name: {' or '.join(able)} with several "
-               "objectives (Ray has no multi-objective ASHA)")
+               "objectives")
 
 
 def _select_rules(ck: _Checker, d: dict, space: Space) -> None:
