@@ -21,6 +21,10 @@ start`` here) and taken out again when the run ends. The dashboard is on (Train 
 placement-group cleaner uses the state API: with it off, stopped trials leaked placement
 groups and later trials hung).
 
+Ray's processes are told where this run's dashboard is (``RAY_API_SERVER_ADDRESS``): Ray's
+state API otherwise looks for "the" Ray of the machine, and with a second one running (another
+user's sweep) Train V2's placement-group cleaner died and later trials timed out.
+
 With an address, Ray is joined as it is; a cluster that answers a client without a token
 gets one warning line saying how to turn token auth on.
 """
@@ -38,6 +42,9 @@ AUTH_MODES = ("disabled", "token")  # what Ray 2.60 knows (ray._raylet.Authentic
 # Ray's single-machine switch: loopback addresses stay loopback (ray._private.ray_constants).
 _LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 _AUTH_ENV = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")
+# Where Ray's state API (Train V2's placement-group cleaner, our tests) finds this run's
+# dashboard; without it, it looks for "the" Ray of the machine and fails when there are two.
+_API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 # gloo and NCCL listen on the interface of the machine's hostname unless told which one.
 _COLLECTIVE_IFACE_ENV = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 _LOOPBACK_IFACE = "lo0" if sys.platform == "darwin" else "lo"
@@ -96,12 +103,18 @@ def _start_embedded(num_cpus: int | None) -> None:
 
     global _embedded_state
     _restore_embedded()  # an earlier embedded Ray shut down without stop()
-    before = {k: os.environ.get(k) for k in _AUTH_ENV}
+    before = {k: os.environ.get(k) for k in (*_AUTH_ENV, _API_SERVER_ENV)}
     _embedded_state = {"env": before, "enable_cluster": ray_constants.ENABLE_RAY_CLUSTER}
     try:
         if set_auth_mode(embedded=True) == "token":
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # never printed, never written
         _reload_auth_config()
+        # A second Ray on the machine (another user's sweep, a `ray start`) made Train V2's
+        # placement-group cleaner die with "Found multiple active Ray instances" (its state API
+        # autodetects the cluster), so stopped trials leaked placement groups and later ones
+        # timed out: this run's processes are told where its own dashboard is.
+        dashboard_port = _free_loopback_port()
+        os.environ[_API_SERVER_ENV] = f"http://127.0.0.1:{dashboard_port}"
         # This process resolves loopback as loopback for the whole run (the state API that
         # Train and our tests use resolves the GCS address again); Ray's processes inherit
         # the switch from the environment they start with.
@@ -111,7 +124,7 @@ def _start_embedded(num_cpus: int | None) -> None:
         os.environ.update(for_ray)
         try:
             ray.init(address="local", include_dashboard=True, dashboard_host="127.0.0.1",
-                     _node_ip_address="127.0.0.1", num_cpus=num_cpus or os.cpu_count(),
+                     dashboard_port=dashboard_port, _node_ip_address="127.0.0.1", num_cpus=num_cpus or os.cpu_count(),
                      log_to_driver=False, configure_logging=True, logging_level="ERROR")
         finally:
             for k, v in outside.items():  # for Ray's processes, not for the ones we start later
@@ -119,6 +132,20 @@ def _start_embedded(num_cpus: int | None) -> None:
     except BaseException:
         _restore_embedded()
         raise
+
+
+def _free_loopback_port(preferred: int = 8265) -> int:
+    """Ray's default dashboard port when it is free on loopback, else any free one."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise AssertionError("no free port on 127.0.0.1")
 
 
 def _restore_embedded() -> None:

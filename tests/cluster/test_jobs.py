@@ -103,3 +103,20 @@ def test_bad_addresses_are_refused_before_anything_is_sent(tmp_path, capsys):
     assert "plain http to a non-loopback host" in capsys.readouterr().err
     jobs.check_address("http://127.0.0.1:8265")
     assert capsys.readouterr().err == ""
+
+
+def test_the_embedded_rays_processes_find_their_own_cluster_beside_another(local_ray, head_node):
+    """Two Rays on one machine (this module's head beside the tests' embedded one, as another
+    user's sweep would be): the state API in the embedded Ray's workers, which Train V2's
+    placement-group cleaner uses, must reach its own cluster instead of failing with "Found
+    multiple active Ray instances" (the cleaner then died, and a sweep leaked placement groups
+    until its 2-worker trials timed out)."""
+    ray = local_ray
+
+    @ray.remote(num_cpus=0)
+    def own_nodes() -> list:
+        from ray.util.state import list_nodes
+
+        return [n.node_id for n in list_nodes()]
+
+    assert ray.get(own_nodes.remote(), timeout=60) == [ray.get_runtime_context().get_node_id()]
