@@ -61,9 +61,12 @@ def one(way: str, n: int, storage: str) -> dict:
     try:
         cpu0, t0 = _driver_cpu(), time.monotonic()
         if way == "ours":
+            from raytune_opt import report
             from raytune_opt.sweep import run_sweep
 
-            outcome = run_sweep(spec, storage=storage, verbose=0)
+            # As the CLI runs it: the report refreshed during the sweep and written at its end.
+            outcome = run_sweep(spec, storage=storage, verbose=0, callbacks=report.callbacks)
+            report.after_sweep(outcome.location)
             wall, cpu = time.monotonic() - t0, _driver_cpu() - cpu0
             ok = [r for r in outcome.rows if r.status == "ok"]
             train_s = sum(r.train_seconds for r in outcome.rows)

@@ -96,15 +96,17 @@ def run(spec: str | os.PathLike | dict, overrides: Sequence[str] = (), *, storag
     """
     import io
 
-    from raytune_opt import ray_runtime
-    from raytune_opt.sweep import after_promotion, run_sweep
+    from raytune_opt import ray_runtime, report
+    from raytune_opt.sweep import run_sweep
 
     local = ray_runtime.resolve_address(address) is None and not dry_run
     with _spec_file(spec) as (path, code_dirs, label):  # the file must outlive the run (it is copied in)
         loaded = _load_file(path, overrides, local, code_dirs, label)
         silence = contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext()
         with silence:
-            outcome = run_sweep(loaded, address=address, storage=storage, dry_run=dry_run, verbose=0, live=True)
+            outcome = run_sweep(loaded, address=address, storage=storage, dry_run=dry_run, verbose=0, live=True,
+                                callbacks=report.callbacks)
+            report.after_sweep(outcome.location)  # warns, never fails the sweep
             if outcome.best is not None and (loaded.data["promote"]["enabled"] if promote is None else promote):
                 from raytune_opt.promote import promote as promote_experiment
 
@@ -112,7 +114,7 @@ def run(spec: str | os.PathLike | dict, overrides: Sequence[str] = (), *, storag
                 outcome.promotion = promote_experiment(outcome.where, None, address, log=print,
                                                        endpoint_url=loaded.data["storage"]["endpoint_url"],
                                                        trust_code=True)
-            after_promotion(outcome)
+            report.after_promotion(outcome)
     return outcome
 
 
@@ -135,11 +137,11 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu", *, trust_code
     """
     from raytune_opt import registry
     from raytune_opt.recipe.checkpoint import load_model as load_checkpoint_model
-    from raytune_opt.sweep import RUN_META, code_dirs_of
+    from raytune_opt.experiment import BEST, RUN_META, code_dirs_of
 
     path = Path(path).expanduser()
     dirs: list[str] = []
-    if (path / RUN_META).is_file() or (path / "best.json").is_file():
+    if (path / RUN_META).is_file() or (path / BEST).is_file():
         from raytune_opt.promote.select import select_source
 
         dirs = code_dirs_of(path) if trust_code else []

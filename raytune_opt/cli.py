@@ -163,7 +163,7 @@ def space_summary(spec) -> list[str]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from raytune_opt import ray_runtime
+    from raytune_opt import ray_runtime, report
     from raytune_opt.spec import load_spec
     from raytune_opt.sweep import run_sweep
 
@@ -172,7 +172,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     mode = "dry run" if args.dry_run else "sweep"
     _say(f"raytune-opt {mode}: {args.spec} (spec sha256 {spec.sha256()[:12]})")
     outcome = run_sweep(spec, address=args.address, storage=args.storage, dry_run=args.dry_run,
-                        verbose=1 if args.verbose else 0, live=not args.verbose)
+                        verbose=1 if args.verbose else 0, live=not args.verbose, callbacks=report.callbacks)
     return _finish(outcome, spec, args.address)
 
 
@@ -180,6 +180,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from raytune_opt.sweep import resume_sweep
 
     print(f"raytune-opt: resuming {args.experiment}", flush=True)
+    # The report's refresh comes back with the sweep's own Tune callbacks (Tune's state holds them).
     outcome = resume_sweep(args.experiment, address=args.address, restart_errored=args.restart_errored,
                            endpoint_url=args.endpoint_url)
     return _finish(outcome, outcome.spec, args.address)
@@ -209,9 +210,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _finish(outcome, spec, address) -> int:
-    """The leaderboard, the best trial and, unless turned off, promotion."""
-    from raytune_opt import results
+    """The report, the leaderboard, the best trial and, unless turned off, promotion."""
+    from raytune_opt import report, results
 
+    report.after_sweep(outcome.location)  # report.html and optuna.journal.log; warns, never fails the sweep
     search = spec.data["search"]
     print()
     print(results.leaderboard(outcome.rows, *objectives.primary(search)))
@@ -258,7 +260,7 @@ def _test_line(test: dict | None, metric: str, best: dict) -> str:
 
 
 def _after_promotion(outcome) -> None:
-    from raytune_opt.sweep import after_promotion
+    from raytune_opt.report import after_promotion
 
     page = after_promotion(outcome)
     if page is not None:

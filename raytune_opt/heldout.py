@@ -22,6 +22,7 @@ from typing import Sequence
 from raytune_opt import _atomic, registry
 from raytune_opt._warn import first_line, keep_traceback
 from raytune_opt.errors import RaytuneOptError
+from raytune_opt.experiment import BEST
 
 __all__ = ["measure", "record", "NO_TEST_SPLIT"]
 
@@ -68,7 +69,7 @@ def record(exp_dir: Path, seed: int, code_dirs: Sequence[str] = (), endpoint_url
         The ``test`` record; None without a best trial's checkpoint or a test split;
         ``{"failed": WHY}`` when the measurement failed (best.json is left as it was).
     """
-    path = Path(exp_dir) / "best.json"
+    path = Path(exp_dir) / BEST
     try:
         best = json.loads(path.read_text())
         # The same file promotion uses (an S3 one downloaded where promotion looks for it).

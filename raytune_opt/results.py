@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raytune_opt import _atomic, objectives
+from raytune_opt.experiment import BEST, PARETO, RESULTS, history_file
 from raytune_opt.spec.schema import METRICS
 
 METRIC_COLUMNS = ("val_accuracy", "val_f1", "val_precision", "val_recall", "val_loss", "train_loss")
@@ -100,7 +101,7 @@ def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], me
         for k in space_keys:
             rec[f"config.{k}"] = r.config.get(k, "")
         w.writerow(rec)
-    _atomic.write_text(exp_dir / "results.csv", out.getvalue())
+    _atomic.write_text(exp_dir / RESULTS, out.getvalue())
     for r in rows:
         if r.history:
             hist_cols = sorted({k for h in r.history for k in h})
@@ -108,7 +109,7 @@ def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], me
             hw = csv.DictWriter(buf, fieldnames=hist_cols)
             hw.writeheader()
             hw.writerows(r.history)
-            _atomic.write_text(exp_dir / "history" / f"{r.trial_id}.csv", buf.getvalue())
+            _atomic.write_text(history_file(exp_dir, r.trial_id), buf.getvalue())
     best = select_best(rows, metric, mode)
     front = pareto(rows, objs) if more else []
     if more:
@@ -123,7 +124,7 @@ def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], me
         if more:
             record["objectives"] = [_best_of(rows, m, md) for m, md in objs]
             record["pareto"] = [r.trial_id for r in front]
-        _atomic.write_json(exp_dir / "best.json", record)
+        _atomic.write_json(exp_dir / BEST, record)
     return best
 
 
@@ -150,7 +151,7 @@ def write_pareto(exp_dir: Path, front: list[TrialRow], objs: list[tuple[str, str
         w.writerow({"trial_id": r.trial_id, **{m: r.best.get(m, "") for m, _ in objs}, "epochs": r.epochs,
                     "config": json.dumps(r.config, sort_keys=True),
                     "checkpoint": f"{r.checkpoint.rstrip('/')}/best.pt" if r.checkpoint else ""})
-    _atomic.write_text(exp_dir / "pareto.csv", out.getvalue())
+    _atomic.write_text(exp_dir / PARETO, out.getvalue())
 
 
 def leaderboard(rows: list[TrialRow], metric: str, mode: str, top: int = 10, width: int = 80) -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import math
 import os
 import shutil
@@ -15,13 +14,15 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from raytune_opt import objectives
-from raytune_opt import _atomic, heldout, ray_runtime, report, results, schedulers, searchers, tracking, trial
+from raytune_opt import experiment, heldout, ray_runtime, results, schedulers, searchers, tracking, trial
 from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
 from raytune_opt._paths import ensure_under
 from raytune_opt.errors import UsageError
-from raytune_opt.redact import redact, redact_data
+from raytune_opt.experiment import BEST, HISTORY, RESULTS, RUN_INPUT, RUN_META, SPEC
+from raytune_opt.redact import redact_data
 from raytune_opt.spec import Spec, schema
 
 # What --dry-run forces on every trial, after the trial's own config: toy scale, one worker.
@@ -35,11 +36,6 @@ DRY_RUN_FORCE = {
 }
 
 
-RUN_META = "raytune_opt_run.json"  # marks an experiment directory; read by resume
-RUN_INPUT = "spec.input.yaml"  # the spec file as given, re-validated on resume
-RUN_FORMAT = "raytune-opt/experiment/v1"
-
-
 @dataclass
 class SweepOutcome:
     exp_dir: Path  # the experiment's local directory (an S3 experiment's local mirror)
@@ -51,6 +47,7 @@ class SweepOutcome:
     promotion: dict | None = None  # the promotion's manifest, when the caller promoted the best trial
     # best.json's test record: the best trial on the test split (None: no test split; {"failed": WHY})
     test: dict | None = None
+    location: stores.Location | None = None  # where it lives, for what comes after the sweep (the report)
 
     @property
     def where(self) -> str:
@@ -59,28 +56,6 @@ class SweepOutcome:
     @property
     def exit_code(self) -> int:
         return 0 if any(r.successful for r in self.rows) else 1
-
-
-def after_promotion(outcome: SweepOutcome) -> Path | None:
-    """The report again (the sweep's page did not have the promotion yet), then MLflow's
-    artifacts; the report's path, if there is one."""
-    from raytune_opt.report import after_sweep
-
-    if outcome.spec.data["promote"]["enabled"]:
-        page = after_sweep(stores.from_uri(outcome.where, outcome.spec.data["storage"]["endpoint_url"]))
-    else:
-        page = outcome.exp_dir / "report.html"
-    tracking.log_sweep_artifacts(outcome.exp_dir)
-    return page if page is not None and page.is_file() else None
-
-
-def code_dirs_of(exp_dir: str | Path) -> list[str]:
-    """Where the sweep in ``exp_dir`` imported user code from (its run file; none for older runs)."""
-    try:
-        dirs = json.loads((Path(exp_dir) / RUN_META).read_text()).get("code_dirs") or []
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [d for d in dirs if isinstance(d, str)]
 
 
 def experiment_location(spec: Spec, storage_root: str | None) -> stores.Location:
@@ -167,11 +142,15 @@ def code_to_ship(spec: Spec, address: str | None) -> list:
 
 
 def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = None,
-              dry_run: bool = False, verbose: int = 1, live: bool = False) -> SweepOutcome:
+              dry_run: bool = False, verbose: int = 1, live: bool = False,
+              callbacks: Callable[[stores.Location], list] | None = None) -> SweepOutcome:
     """Run the sweep the spec describes and write its results.
 
     ``verbose`` is Ray Tune's console verbosity; ``live`` adds raytune-opt's compact view
-    (``raytune_opt.live``; the CLI's default, with ``verbose=0``).
+    (``raytune_opt.live``; the CLI's default, with ``verbose=0``). ``callbacks`` gives the
+    caller's own Tune callbacks for the experiment's location (the CLI's and the API's:
+    ``report.callbacks``, the page refreshed as trials finish); a resumed sweep gets them back
+    from Tune's state.
 
     Raises:
         UsageError: results for this name exist already, or the cluster is unreachable.
@@ -185,22 +164,23 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     loc = experiment_location(spec, storage)
     exp_dir = loc.local
     loc.check_writable()
-    if loc.exists("results.csv") or loc.exists("spec.yaml"):
+    if loc.exists(RESULTS) or loc.exists(SPEC):
         raise UsageError(f"{loc.uri}: a sweep named '{spec.name}' already has results there; pass name=NEW_NAME "
                          "or --storage OTHER_DIR (or 'raytune-opt resume' it)")
     _refuse_foreign(loc)
     address = ray_runtime.resolve_address(address)
     if address is None or dry_run:  # on a cluster the data may live only on the worker nodes
         check_data(spec)
-    # Trackers and the report's refresh; an unreachable MLflow fails here, before Ray starts.
-    callbacks = tracking.callbacks(spec, loc) + report.callbacks(loc) + (_live_callbacks(spec, loc) if live else [])
+    # Trackers and the caller's (the report's refresh); an unreachable MLflow fails here, before Ray starts.
+    tune_callbacks = (tracking.callbacks(spec, loc) + (list(callbacks(loc)) if callbacks else [])
+                      + (_live_callbacks(spec, loc) if live else []))
     from raytune_opt.tune_state import KeepState
 
-    callbacks.append(KeepState(loc.local, loc))  # resumable after a kill at any moment (tune_state.py)
+    tune_callbacks.append(KeepState(loc.local, loc))  # resumable after a kill at any moment (tune_state.py)
     search = spec.data["search"]
     search_alg, param_space = searchers.build_searcher(spec)
     if address is None:  # a bad storage path fails before Ray starts
-        _write_inputs(loc, spec, source_text, dry_run)
+        experiment.write_inputs(loc, spec, source_text, dry_run)
     shipped = code_to_ship(spec, address)
     embedded = ray_runtime.start(address, py_modules=shipped)
     try:
@@ -208,7 +188,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
             if not loc.remote:  # before anything is written there
                 # Checkpoints of trials on a node that does not see the directory would be lost.
                 stores.check_shared(exp_dir.parent)
-            _write_inputs(loc, spec, source_text, dry_run)
+            experiment.write_inputs(loc, spec, source_text, dry_run)
         tuner = tune.Tuner(
             _trainable(spec, loc, dry_run, shipped),
             param_space=param_space,
@@ -233,7 +213,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 **({"sync_config": tune.SyncConfig(sync_period=10)} if loc.remote else {}),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=callbacks,
+                callbacks=tune_callbacks,
             ),
         )
         return _fit_and_record(tuner, spec, loc, quiet_console=live)
@@ -272,28 +252,6 @@ def _live_callbacks(spec: Spec, loc: stores.Location) -> list:
     return live.callbacks(spec, loc.uri)
 
 
-def _write_inputs(loc: stores.Location, spec: Spec, source_text: str, dry_run: bool) -> None:
-    """The experiment's first files: what ``resume`` needs to rebuild exactly this sweep."""
-    exp_dir = loc.local
-    if loc.remote and exp_dir.exists():  # a stale mirror of an earlier experiment of that name
-        ensure_under(exp_dir, stores.mirror_root(), f"the stale local mirror of {loc.uri}")
-        shutil.rmtree(exp_dir)
-    try:
-        exp_dir.mkdir(parents=True, exist_ok=True)
-        # Credentials in URIs are redacted here too (resume asks the environment for them).
-        _atomic.write_text(exp_dir / RUN_INPUT, redact(source_text))
-        _atomic.write_json(exp_dir / RUN_META, {"format": RUN_FORMAT, "spec_source": spec.source,
-                                                "overrides": redact_data(list(spec.overrides)), "dry_run": dry_run,
-                                                "spec_sha256": spec.sha256(), "storage": redact(loc.uri),
-                                                "endpoint_url": loc.endpoint_url,
-                                                "code_dirs": list(spec.code_dirs)})
-        _atomic.write_text(exp_dir / "spec.yaml", spec.to_yaml())
-    except OSError as exc:
-        raise UsageError(f"storage.path {exp_dir.parent}: cannot write the experiment there ({exc.strerror or exc}); "
-                         "pass --storage DIR with a writable directory") from None
-    loc.publish(RUN_INPUT, RUN_META, "spec.yaml")
-
-
 def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_errored: bool = False,
                  endpoint_url: str | None = None) -> SweepOutcome:
     """Continue an interrupted sweep: finished trials stay, unfinished ones continue from
@@ -313,7 +271,7 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
     from raytune_opt.spec import load_spec
 
     loc = _resume_location(str(exp_dir), endpoint_url)
-    meta = _read_meta(loc.local)
+    meta = experiment.read_record(loc.local)
     # User code is imported from where the run found it (older runs recorded no such key).
     code_dirs = meta.get("code_dirs")
     spec = load_spec(loc.local / RUN_INPUT, meta["overrides"], code_dirs=tuple(code_dirs) if code_dirs else None)
@@ -387,15 +345,10 @@ def recorded_spec(spec: Spec, recorded_sha256: str, where: str) -> Spec:
 
 def _resume_location(exp_dir: str, endpoint_url: str | None) -> stores.Location:
     """The experiment to resume; an S3 one gets a fresh local mirror of the run record."""
-    import json
-
     if not stores.is_remote(exp_dir):
         loc = stores.from_uri(exp_dir)
         if loc.local.is_dir() and (loc.local / RUN_META).is_file():
-            try:
-                recorded = json.loads((loc.local / RUN_META).read_text()).get("storage")
-            except (ValueError, AttributeError):
-                recorded = None  # _read_meta says what is wrong
+            recorded = experiment.recorded_storage(loc.local)  # None: read_record says what is wrong
             if stores.is_remote(recorded):
                 problem = stores.s3_problem(recorded)
                 if problem:
@@ -411,7 +364,7 @@ def _resume_location(exp_dir: str, endpoint_url: str | None) -> stores.Location:
     if loc.local.exists():  # the bucket is the truth; a stale mirror must not mix in
         ensure_under(loc.local, stores.mirror_root(), f"the stale local mirror of {loc.uri}")
         shutil.rmtree(loc.local)
-    loc.fetch(RUN_META, RUN_INPUT, "spec.yaml")
+    loc.fetch(RUN_META, RUN_INPUT, SPEC)
     return loc
 
 
@@ -429,57 +382,6 @@ def _forget_errored_checkpoints(loc: stores.Location) -> None:
         if info.type == fs.FileType.Directory and info.base_name.startswith("trial_"):
             if s3.get_file_info(f"{info.path}/error.txt").type == fs.FileType.File:
                 s3.delete_dir_contents(f"{info.path}/{trial.CKPT_DIR}", missing_dir_ok=True)
-
-
-def _read_meta(exp_dir: Path) -> dict:
-    import json
-
-    meta_path = exp_dir / RUN_META
-    if not exp_dir.is_dir():
-        raise UsageError(f"{exp_dir}: not a directory; pass the experiment directory (STORAGE/NAME)")
-    if not meta_path.is_file() or not (exp_dir / RUN_INPUT).is_file():
-        raise UsageError(f"{exp_dir}: not a raytune-opt experiment (no {RUN_META}); pass the directory "
-                         "'raytune-opt run' printed (STORAGE/NAME)")
-    try:
-        meta = json.loads(meta_path.read_text())
-        if not isinstance(meta, dict):
-            raise ValueError("not a mapping")
-        fmt = meta.get("format")
-        meta["overrides"], meta["dry_run"], meta["spec_sha256"]
-    except (ValueError, KeyError):
-        raise UsageError(f"{meta_path}: unreadable or truncated; the experiment cannot be resumed") from None
-    if fmt != RUN_FORMAT:
-        raise UsageError(f"{meta_path}: written by another raytune-opt version (format {fmt!r}, "
-                         f"this one reads {RUN_FORMAT!r}); start a new sweep")
-    problem = _meta_problem(meta)
-    if problem:
-        raise UsageError(f"{meta_path}: {problem}; the run record is damaged: restore it from a copy, or start a new "
-                         "sweep with 'raytune-opt run'")
-    return meta
-
-
-def _strings(v) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
-
-
-# The run record's fields that resume reads: what each must be.
-_META_FIELDS = {
-    "overrides": (_strings, "a list of strings"),
-    "dry_run": (lambda v: isinstance(v, bool), "true or false"),
-    "spec_sha256": (lambda v: isinstance(v, str), "a string"),
-    "code_dirs": (lambda v: v is None or _strings(v), "a list of strings"),
-    "storage": (lambda v: v is None or isinstance(v, str), "a string"),
-}
-
-
-def _meta_problem(meta: dict) -> str | None:
-    """What is wrong with the run record's fields (their types, the storage URI), or None."""
-    for key, (ok, want) in _META_FIELDS.items():
-        if key in meta and not ok(meta[key]):
-            return f"{key} must be {want} (got {json.dumps(meta[key])[:80]})"
-    storage = meta.get("storage")
-    problem = stores.s3_problem(storage) if stores.is_remote(storage) else None
-    return f"storage {storage!r}: {problem}" if problem else None
 
 
 def _trial_dirname(t) -> str:
@@ -515,9 +417,8 @@ def _fit_and_record(tuner, spec: Spec, loc: stores.Location, quiet_console: bool
     if best is not None:  # the chosen trial, measured once on the split no trial saw
         test = heldout.record(exp_dir, spec.data["seed"], spec.code_dirs, loc.endpoint_url,
                               selected=bool(spec.data["promote"].get("select")))
-    loc.publish("results.csv", "history", "best.json")
-    report.after_sweep(loc)  # report.html and optuna.journal.log; warns, never fails the sweep
-    return SweepOutcome(exp_dir, rows, best, wall, spec, uri=loc.uri, test=test)
+    loc.publish(RESULTS, HISTORY, BEST)
+    return SweepOutcome(exp_dir, rows, best, wall, spec, uri=loc.uri, test=test, location=loc)
 
 
 @contextlib.contextmanager

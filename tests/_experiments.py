@@ -1,6 +1,6 @@
 """A synthetic experiment directory in the exact on-disk format a sweep writes.
 
-Written by the project's own writers (``sweep._write_inputs``, ``results.write_results``,
+Written by the project's own writers (``experiment.write_inputs``, ``results.write_results``,
 ``make_checkpoint``, ``promote.manifest.artifact``) from a real shipped spec, so the report
 reads what a real sweep leaves; the values are made up (seeded). Used by the report tests
 and by ``benchmarks/report_scale.py`` (200 trials).
@@ -28,14 +28,14 @@ def make_experiment(storage: Path, n_trials: int = 12, *, name: str = "synthetic
     errors and one diverges (when there are at least 6). ``finished=False`` leaves only
     Tune's per-trial files (params.json, progress.csv), as a sweep still running does.
     """
-    from raytune_opt import results, storage as stores, sweep
+    from raytune_opt import experiment, results, storage as stores
     from raytune_opt.recipe.checkpoint import make_checkpoint, save_checkpoint
     from raytune_opt.spec import load_spec
 
     rng = random.Random(seed)
     spec = load_spec(spec_path, [f"name={name}", f"train.epochs={epochs}", *overrides])
     loc = stores.locate(str(storage), name)
-    sweep._write_inputs(loc, spec, Path(spec_path).read_text(), False)
+    experiment.write_inputs(loc, spec, Path(spec_path).read_text(), False)
     exp = loc.local
     rows = []
     for i in range(1, n_trials + 1):

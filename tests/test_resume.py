@@ -243,6 +243,9 @@ def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searche
         assert json.loads(seen[0]) == {} or not any(json.loads(seen[0]).values()), seen
 
     outcome = resume_sweep(exp, address=address)
+    from raytune_opt.report import after_sweep
+
+    after_sweep(outcome.location)  # what 'raytune-opt resume' does next (the sweep does not know the report)
     with open(exp / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert outcome.exit_code == 0

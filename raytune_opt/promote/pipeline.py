@@ -35,6 +35,7 @@ import numpy as np
 
 from raytune_opt import _atomic, progress, registry, storage
 from raytune_opt._fmt import signed
+from raytune_opt.experiment import BEST, RESULTS, SPEC, code_dirs_of
 from raytune_opt.promote import export, manifest, measure, quantize, tensorrt
 from raytune_opt.promote.errors import ArtifactError, PromotionError
 from raytune_opt.promote.select import Source, select_source
@@ -112,7 +113,7 @@ def promote(exp_dir: str | Path, targets=None, address: str | None = None, *,
     log = log or (lambda line: None)
     # An S3 experiment is promoted in its local mirror; the promotion is uploaded beside it.
     loc = storage.from_uri(str(exp_dir), endpoint_url)
-    loc.fetch("spec.yaml", "best.json", "results.csv", f"{DIRNAME}/{manifest.FILENAME}")
+    loc.fetch(SPEC, BEST, RESULTS, f"{DIRNAME}/{manifest.FILENAME}")
     source = select_source(loc.local)
     targets = parse_targets(source.promote_cfg["targets"] if targets is None else targets)
     # Decided first: joining a cluster that is not there should fail before minutes of work.
@@ -129,7 +130,6 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
              log: Callable[[str], None], trust_code: bool) -> dict:
     from raytune_opt.recipe.bundle import load_bundle, materialize
     from raytune_opt.recipe.checkpoint import load_model
-    from raytune_opt.sweep import code_dirs_of
 
     cfg = source.promote_cfg
     # The run's code directories go on sys.path only for a trusted experiment: untrusted, a
@@ -201,7 +201,7 @@ def _check_trusted(source: Source, ckpt: dict, targets: list[str], trust_code: b
         student = student_section(trial, given) if isinstance(given, dict) else {}
         target = trust.section_target(student.get("name"), registry.MODELS)
         if target is not None:
-            trust.require(target, registry.MODELS, source=source.exp_dir / "spec.yaml", trust_code=trust_code)
+            trust.require(target, registry.MODELS, source=source.exp_dir / SPEC, trust_code=trust_code)
 
 
 class _Run:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from raytune_opt import _records, objectives, results, storage
 from raytune_opt._paths import ensure_under
+from raytune_opt.experiment import BEST, RESULTS, SPEC
 from raytune_opt.promote.errors import NoSuccessfulTrialError, NotAnExperimentError
 from raytune_opt.spec.resolved import read_resolved
 
@@ -54,7 +55,7 @@ def select_source(exp_dir: str | Path) -> Source:
             ``results.csv``, or its checkpoint is missing or from another sweep.
     """
     exp_dir = Path(exp_dir).expanduser().resolve()
-    spec_path = exp_dir / "spec.yaml"
+    spec_path = exp_dir / SPEC
     if not exp_dir.is_dir() or not spec_path.is_file():
         what = "does not exist" if not exp_dir.exists() else "holds no spec.yaml"
         raise NotAnExperimentError(
@@ -65,7 +66,7 @@ def select_source(exp_dir: str | Path) -> Source:
     if spec["promote"].get("select"):
         return _selected(exp_dir, spec, spec["promote"]["select"])
 
-    best_path = exp_dir / "best.json"
+    best_path = exp_dir / BEST
     if not best_path.is_file():
         raise NoSuccessfulTrialError(f"{exp_dir}: no successful trial to promote (no best.json; "
                                      f"{_trial_summary(exp_dir)}); {_RERUN}")
@@ -118,7 +119,7 @@ def _selected(exp_dir: Path, spec: dict, select: dict) -> Source:
     """
     metric, where = select["metric"], select.get("where") or {}
     mode = _direction(spec, metric, select.get("mode"))
-    path = exp_dir / "results.csv"
+    path = exp_dir / RESULTS
     if not path.is_file():
         raise NoSuccessfulTrialError(f"{exp_dir}: no results.csv to apply promote.select to; {_RERUN}")
     with open(path, newline="") as f:
@@ -150,7 +151,7 @@ def _selected(exp_dir: Path, spec: dict, select: dict) -> Source:
 def _best_sha(exp_dir: Path) -> str:
     """The sweep's spec hash, as best.json records it (checkpoints carry the same)."""
     try:
-        return str(json.loads((exp_dir / "best.json").read_text()).get("spec_sha256") or "")
+        return str(json.loads((exp_dir / BEST).read_text()).get("spec_sha256") or "")
     except (OSError, ValueError):
         return ""
 
@@ -187,12 +188,12 @@ def locate_checkpoint(exp_dir: Path, best: dict, endpoint_url: str | None = None
     """
     recorded = best.get("checkpoint")
     if not recorded:
-        raise NoSuccessfulTrialError(f"{exp_dir / 'best.json'}: trial {best.get('trial_id')} has no checkpoint "
+        raise NoSuccessfulTrialError(f"{exp_dir / BEST}: trial {best.get('trial_id')} has no checkpoint "
                                      f"(was train.checkpoint false?); promotion needs one, {_RERUN}")
     if storage.is_remote(recorded):
         problem = storage.s3_problem(recorded)
         if problem:
-            raise NoSuccessfulTrialError(f"{exp_dir / 'best.json'}: checkpoint {recorded!r}: {problem}; {_RERUN}")
+            raise NoSuccessfulTrialError(f"{exp_dir / BEST}: checkpoint {recorded!r}: {problem}; {_RERUN}")
         local = exp_dir.joinpath(".checkpoints", *recorded.split("/")[-3:])
         ensure_under(local, exp_dir / ".checkpoints", "the local copy of the best trial's checkpoint")
         if not local.is_file():
@@ -210,7 +211,7 @@ def locate_checkpoint(exp_dir: Path, best: dict, endpoint_url: str | None = None
 
 
 def _read_rows(exp_dir: Path, metric: str) -> list[results.TrialRow] | None:
-    path = exp_dir / "results.csv"
+    path = exp_dir / RESULTS
     if not path.is_file():
         return None
     rows = []

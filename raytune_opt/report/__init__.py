@@ -1,9 +1,10 @@
 """The sweep report: ``EXPERIMENT/report.html`` and an Optuna journal for optuna-dashboard.
 
 ``write_report(exp)`` reads whatever the experiment holds now (a finished, running or
-resumed sweep) and writes one self-contained HTML page (inline SVG, no network); the sweep
-calls :func:`after_sweep` when it ends, and :func:`callbacks` gives the Tune callback that
-refreshes the page while trials finish.
+resumed sweep) and writes one self-contained HTML page (inline SVG, no network). The CLI and
+the API pass :func:`callbacks` (the Tune callback that refreshes the page while trials
+finish) to the sweep, call :func:`after_sweep` when it ends and :func:`after_promotion` after
+its promotion; the sweep itself does not know the report exists.
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from raytune_opt import _atomic
 from raytune_opt._warn import first_line, keep_traceback
 from raytune_opt import storage as stores
 from raytune_opt.errors import RaytuneOptError, UsageError
+from raytune_opt.experiment import BEST, HISTORY, REPORT, RESULTS, RUN_INPUT, RUN_META, SPEC
 
-REPORT = "report.html"
-
-__all__ = ["REPORT", "write_report", "after_sweep", "callbacks"]
+__all__ = ["REPORT", "write_report", "after_sweep", "after_promotion", "callbacks"]
 
 
 def write_report(exp_dir: str | Path, out: str | Path | None = None, *, journal: bool = True,
@@ -43,11 +43,10 @@ def write_report(exp_dir: str | Path, out: str | Path | None = None, *, journal:
 
     loc = stores.from_uri(str(exp_dir), endpoint_url)
     if loc.remote:  # the driver's small files; trials' files stay in the bucket
-        from raytune_opt.sweep import RUN_INPUT, RUN_META  # the search space is rebuilt from them
-
-        loc.fetch(RUN_INPUT, RUN_META, "spec.yaml", "results.csv", "best.json", "promotion/manifest.json")
-        if loc.exists("history"):
-            loc.fetch("history")
+        # RUN_INPUT and RUN_META: the search space is rebuilt from them.
+        loc.fetch(RUN_INPUT, RUN_META, SPEC, RESULTS, BEST, "promotion/manifest.json")
+        if loc.exists(HISTORY):
+            loc.fetch(HISTORY)
     exp = data.load(loc.local)
     st = study.build_study(exp)
     importance = study.importances(st)
@@ -90,6 +89,23 @@ def after_sweep(loc: stores.Location) -> Path | None:
               f"{first_line(exc)}){where}; run 'raytune-opt report {loc.uri}'",
               file=sys.stderr)
         return None
+
+
+def after_promotion(outcome) -> Path | None:
+    """The report again after the sweep's own promotion (the sweep's page did not have it
+    yet), then MLflow's artifacts; the report's path, if there is one.
+
+    Args:
+        outcome: the :class:`~raytune_opt.sweep.SweepOutcome` of a run or a resume.
+    """
+    from raytune_opt import tracking
+
+    if outcome.spec.data["promote"]["enabled"]:
+        page = after_sweep(stores.from_uri(outcome.where, outcome.spec.data["storage"]["endpoint_url"]))
+    else:
+        page = outcome.exp_dir / REPORT
+    tracking.log_sweep_artifacts(outcome.exp_dir)
+    return page if page is not None and page.is_file() else None
 
 
 def callbacks(loc: stores.Location) -> list:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from raytune_opt import _records, objectives
 from raytune_opt.errors import RaytuneOptError, UsageError
+from raytune_opt.experiment import BEST, RESULTS, SPEC, history_file
 
 # Text columns of a history file; every other column is a number (the recipe's metrics for
 # either task, or whatever a user loop reported).
@@ -71,20 +72,20 @@ def load(exp_dir: str | Path) -> Experiment:
     from raytune_opt.spec.resolved import read_resolved
 
     exp_dir = Path(exp_dir).expanduser().resolve()
-    spec_path = exp_dir / "spec.yaml"
+    spec_path = exp_dir / SPEC
     if not spec_path.is_file():
         raise UsageError(f"{exp_dir}: not a raytune-opt experiment (no spec.yaml); pass the directory "
                          "'raytune-opt run' printed (STORAGE/NAME)")
     spec = read_resolved(spec_path, UsageError, "restore it from a copy, or run the sweep again")
     space = _space(exp_dir, spec)
     trials: dict[str, Trial] = {}
-    finished = (exp_dir / "results.csv").is_file()
+    finished = (exp_dir / RESULTS).is_file()
     if finished:
         try:
             for t in _from_results(exp_dir):
                 trials[t.trial_id] = t
         except (KeyError, ValueError, csv.Error, UnicodeDecodeError) as exc:
-            raise UsageError(f"{exp_dir / 'results.csv'}: unreadable ({type(exc).__name__}: {exc}); move it aside and "
+            raise UsageError(f"{exp_dir / RESULTS}: unreadable ({type(exc).__name__}: {exc}); move it aside and "
                              "the report reads the trials' own files instead") from None
     known = {t.order for t in trials.values()}
     for t in _from_tune_dirs(exp_dir, spec, space):
@@ -92,11 +93,11 @@ def load(exp_dir: str | Path) -> Experiment:
         # under its new id) is not shown twice.
         if t.trial_id not in trials and t.order not in known:
             trials[t.trial_id] = t
-    best = _json(exp_dir / "best.json")
+    best = _json(exp_dir / BEST)
     manifest = _json(exp_dir / "promotion" / "manifest.json")
     # A field of the wrong kind: one line here, not a TypeError while the page is drawn.
     if best is not None:
-        _records.check_best(best, exp_dir / "best.json")
+        _records.check_best(best, exp_dir / BEST)
     if manifest is not None:
         _records.check_manifest(manifest, exp_dir / "promotion" / "manifest.json")
     ordered = sorted(trials.values(), key=lambda t: (t.order, t.trial_id))
@@ -110,9 +111,9 @@ def _space(exp_dir: Path, spec: dict):
     from raytune_opt.spec.validate import space_from_data
 
     try:
-        return space_from_data(spec.get("space"), str(exp_dir / "spec.yaml"))
+        return space_from_data(spec.get("space"), str(exp_dir / SPEC))
     except RaytuneOptError as exc:
-        raise UsageError(f"{exp_dir / 'spec.yaml'}: its search space does not parse ({str(exc).splitlines()[0]}); "
+        raise UsageError(f"{exp_dir / SPEC}: its search space does not parse ({str(exc).splitlines()[0]}); "
                          "the report needs it: restore spec.yaml from a copy") from None
 
 
@@ -157,7 +158,7 @@ def _history(path: Path) -> list[dict]:
 
 
 def _from_results(exp_dir: Path) -> list[Trial]:
-    with open(exp_dir / "results.csv", newline="") as f:
+    with open(exp_dir / RESULTS, newline="") as f:
         rows = list(csv.DictReader(f))
     out = []
     for i, r in enumerate(rows, start=2):
@@ -170,7 +171,7 @@ def _from_results(exp_dir: Path) -> list[Trial]:
             config = {}
         best = {k.removeprefix("best_"): _num(v) for k, v in r.items() if k.startswith("best_") and _num(v) is not None}
         out.append(Trial(tid, r["status"], r.get("stop_reason", ""), config, int(float(r.get("epochs") or 0)),
-                         _num(r.get("seconds")), best, _history(exp_dir / "history" / f"{tid}.csv"),
+                         _num(r.get("seconds")), best, _history(history_file(exp_dir, tid)),
                          _order(tid, r.get("checkpoint", "")), r.get("checkpoint", ""), r.get("error", "")))
     return out
 

@@ -24,6 +24,7 @@ from raytune_opt import redact
 from raytune_opt import storage as stores
 from raytune_opt._warn import first_line, keep_traceback
 from raytune_opt.errors import UsageError
+from raytune_opt.experiment import BEST, REPORT, RESULTS
 
 __all__ = ["callbacks", "check_mlflow", "log_sweep_artifacts", "QUIET_LOGGERS"]
 
@@ -109,16 +110,16 @@ def log_sweep_artifacts(exp_dir: str | Path) -> None:
         client = MlflowClient(tracking_uri=redact.usable(rec["tracking_uri"]))
         run_id = rec["parent_run_id"]
         try:
-            best = json.loads((exp_dir / "best.json").read_text())
+            best = json.loads((exp_dir / BEST).read_text())
         except (OSError, ValueError):
             best = {}
         if best.get("checkpoint") and Path(best["checkpoint"]).is_file():
             client.log_artifact(run_id, best["checkpoint"], artifact_path="best")
-            client.log_artifact(run_id, str(exp_dir / "best.json"), artifact_path="best")
+            client.log_artifact(run_id, str(exp_dir / BEST), artifact_path="best")
         promotion = exp_dir / "promotion"
         if (promotion / "manifest.json").is_file():
             client.log_artifacts(run_id, str(promotion), artifact_path="promotion")
-        for name in ("report.html", "results.csv"):
+        for name in (REPORT, RESULTS):
             if (exp_dir / name).is_file():
                 client.log_artifact(run_id, str(exp_dir / name))
     except Exception as exc:  # a tracker is a view; the files in exp_dir are the record

@@ -133,7 +133,8 @@ def test_a_run_record_with_a_climbing_storage_uri_is_refused(tmp_path):
 @pytest.mark.parametrize("field, value", [("overrides", 5), ("overrides", [1]), ("code_dirs", "x"),
                                           ("dry_run", "no"), ("storage", "s3://b//x")])
 def test_a_run_record_field_of_the_wrong_kind_is_one_line(field, value, tmp_path):
-    from raytune_opt.sweep import RUN_FORMAT, resume_sweep
+    from raytune_opt.experiment import RUN_FORMAT
+    from raytune_opt.sweep import resume_sweep
 
     record = {"format": RUN_FORMAT, "overrides": [], "dry_run": False, "spec_sha256": "x", field: value}
     (tmp_path / "raytune_opt_run.json").write_text(json.dumps(record))

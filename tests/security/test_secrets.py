@@ -79,21 +79,21 @@ def test_a_bad_value_with_a_password_is_redacted_in_the_error(capsys):
 
 
 def test_the_experiment_files_keep_no_password_and_the_spec_resumes_to_the_same_hash(tmp_path):
-    from raytune_opt import storage, sweep
+    from raytune_opt import experiment, storage
 
     uri = f"http://alice:{SECRET}@127.0.0.1:5000"
     spec_file = tmp_path / "spec.yaml"
     spec_file.write_text(DIGITS.read_text() + f"\n# a comment that names {uri}\n")
     spec = load_spec(spec_file, [f"tracking.mlflow.tracking_uri={uri}", "name=sec"])
     loc = storage.Location(str(tmp_path / "out" / "sec"), tmp_path / "out" / "sec")
-    sweep._write_inputs(loc, spec, spec_file.read_text(), dry_run=False)
+    experiment.write_inputs(loc, spec, spec_file.read_text(), dry_run=False)
     files = _files_under(loc.local)
-    assert set(files) >= {"spec.yaml", sweep.RUN_INPUT, sweep.RUN_META}
+    assert set(files) >= {"spec.yaml", experiment.RUN_INPUT, experiment.RUN_META}
     assert not [name for name, text in files.items() if SECRET in text]
     assert "http://alice:***@127.0.0.1:5000" in files["spec.yaml"]
     # resume rebuilds the spec from the redacted files: the same settings, the same hash
-    meta = json.loads(files[sweep.RUN_META])
-    again = load_spec(loc.local / sweep.RUN_INPUT, meta["overrides"])
+    meta = json.loads(files[experiment.RUN_META])
+    again = load_spec(loc.local / experiment.RUN_INPUT, meta["overrides"])
     assert again.sha256() == spec.sha256() == meta["spec_sha256"]
 
 

@@ -241,7 +241,7 @@ def test_promote_puts_the_run_records_code_dirs_on_sys_path_only_when_trusted(tm
     """A built-in model and data set, but the run record's code_dirs hold a module that the
     built-in data set imports on first use (scikit-learn, for digits): a fresh process that
     promotes without --trust-code must not import it from there."""
-    from raytune_opt.sweep import RUN_META
+    from raytune_opt.experiment import RUN_META
 
     marker = tmp_path / "ran"
     planted = tmp_path / "planted"

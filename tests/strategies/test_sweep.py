@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from raytune_opt import report
 from raytune_opt.recipe.checkpoint import load_model
 from raytune_opt.spec import load_spec
 from raytune_opt.sweep import run_sweep
@@ -25,7 +26,8 @@ def test_a_zero_stage_sweep_with_asha_completes_and_keeps_every_ranks_shard(loca
     # test_zero_training.py (each 2-worker trial here costs ~45 s of start-up on 2 cores).
     spec = load_spec(SPEC, ["train.epochs=2", "promote.enabled=false", "name=zero",
                             "space={train.deepspeed.zero_optimization.stage: {grid: [1, 3]}}"])
-    outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
+    outcome = run_sweep(spec, storage=str(tmp_path), verbose=0, callbacks=report.callbacks)
+    report.after_sweep(outcome.location)  # as the CLI and the API do
     with open(outcome.exp_dir / "results.csv") as f:
         rows = list(csv.DictReader(f))
     assert outcome.exit_code == 0 and len(rows) == 2
