@@ -159,6 +159,14 @@ def space_summary(spec) -> list[str]:
     if search.get("constraints"):
         lines.append("constraints: " + ", ".join(f"{k} {side} {b[side]:g}" for k, b in search["constraints"].items()
                                                  for side in ("min", "max") if side in b))
+    if search.get("enqueue"):
+        lines.append(f"enqueue: {len(search['enqueue'])} config(s) trained first")
+    if search.get("warm_start"):
+        from raytune_opt import warm_start
+
+        learns = "" if warm_start.learns(search) else f" ({chosen} does not learn from them: they will be ignored)"
+        lines.append(f"warm start: the finished trials of {', '.join(search['warm_start'])}, read when the sweep "
+                     f"starts{learns}")
     return lines
 
 

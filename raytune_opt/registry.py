@@ -531,13 +531,14 @@ SEARCHERS.register("grid", f"{_S}:build_basic", doc="every point of the grid, nu
 SEARCHERS.register("random", f"{_S}:build_random", doc="random samples (Ray's variant generator; Optuna's "
                    "RandomSampler for a conditional space)", check=f"{_S}:check_random",
                    caps=dict(grid=True, conditional=True, normal=True, categorical=True, qloguniform=True),
-                   sequential="conditional", explores=False, multi_objective=True)
+                   sequential="conditional", explores=False, multi_objective=True, enqueue=True)
 SEARCHERS.register("optuna", f"{_S}:build_optuna", doc="Optuna with search.sampler (define-by-run for a "
-                   "conditional space)", caps="sampler", sequential=True, explores=True, multi_objective="sampler")
+                   "conditional space)", caps="sampler", sequential=True, explores=True, multi_objective="sampler",
+                   enqueue=True)
 SEARCHERS.register("hyperopt", f"{_S}:build_hyperopt", doc="HyperOpt TPE (nested hp.choice for a conditional "
                    "space)", check=f"{_S}:check_hyperopt",
                    caps=dict(grid=False, conditional=True, normal=True, categorical=True, qloguniform=True),
-                   sequential=True, explores=True, multi_objective=False)
+                   sequential=True, explores=True, multi_objective=False, enqueue=True)
 
 #: Optuna samplers by name (``search.sampler``, with ``search.algorithm: optuna``): a target
 #: is an ``optuna.samplers.BaseSampler`` class or factory called with ``seed=``. Meta ``caps``
@@ -556,7 +557,7 @@ OPTUNA_SAMPLERS.register("cmaes", "optuna.samplers:CmaEsSampler", doc="CMA evolu
                                    qloguniform=False), multi_objective=False, constraints=False)
 OPTUNA_SAMPLERS.register("random", "optuna.samplers:RandomSampler", doc="independent random samples",
                          caps=dict(grid=False, conditional=True, normal=False, categorical=True, qloguniform=False),
-                         multi_objective=True, constraints=False)
+                         multi_objective=True, constraints=False, learns=False)
 OPTUNA_SAMPLERS.register("nsga2", "raytune_opt.optuna_samplers:NSGAIISampler", doc="NSGA-II, the genetic multi-objective "
                          "classic", caps=dict(grid=False, conditional=True, normal=False, categorical=True,
                                               qloguniform=False), multi_objective=True, constraints=True)

@@ -10,8 +10,10 @@ express, are written as an Optuna define-by-run function or a HyperOpt nested ``
 from __future__ import annotations
 
 import functools
+import math
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 
 from raytune_opt import objectives as objectives_
@@ -331,8 +333,12 @@ def _limiter_class():
     return ResumableLimiter
 
 
-def build_searcher(spec):
-    """``(search_alg, param_space)`` for ``tune.Tuner`` as the spec asks, seeded from the spec."""
+def build_searcher(spec, told: list | None = None):
+    """``(search_alg, param_space)`` for ``tune.Tuner`` as the spec asks, seeded from the spec.
+
+    ``told``: earlier trials (:class:`raytune_opt.warm_start.Told`) for a searcher that learns
+    from results; one that does not (random, grid) is not told.
+    """
     search = spec.data["search"]
     space = spec.space
     seed = _seed(spec)
@@ -342,6 +348,10 @@ def build_searcher(spec):
         searcher, param_space = build_basic(spec, **kwargs)
     else:
         searcher, param_space = registry.SEARCHERS[search["algorithm"]].load()(spec, **kwargs)
+    from raytune_opt import warm_start
+
+    if told and warm_start.learns(search):
+        searcher.warm_start(told)  # every searcher that learns has it (tests/test_warm_start.py)
     from ray.tune.search import Searcher
 
     if limit and isinstance(searcher, Searcher):  # a generator limits itself
@@ -357,7 +367,10 @@ def build_basic(spec, *, seed: int, metric: str, mode: str, limit: int):
     concurrency limit itself)."""
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
-    return BasicVariantGenerator(random_state=seed, max_concurrent=limit), spec.space.to_tune()
+    from raytune_opt.warm_start import enqueued
+
+    return (BasicVariantGenerator(random_state=seed, max_concurrent=limit, points_to_evaluate=enqueued(spec)),
+            spec.space.to_tune())
 
 
 def build_random(spec, *, seed: int, metric: str, mode: str, limit: int):
@@ -378,10 +391,12 @@ def _optuna(spec, sampler_name: str, seed: int, metric, mode):
     sampler = _optuna_sampler(sampler_name, seed)
     told = bool(registry.OPTUNA_SAMPLERS[sampler_name].meta.get("constraints"))
     cls = _optuna_class()
-    kwargs = dict(metric=metric, mode=mode, sampler=sampler)
+    from raytune_opt.warm_start import enqueued
+
+    kwargs = dict(metric=metric, mode=mode, sampler=sampler, enqueue=enqueued(spec))
     if space.is_conditional:
         return cls(constraints, told, space=OptunaDefineByRun(space), **kwargs), {}
-    return cls(constraints, told, **kwargs), space.to_tune()
+    return cls(constraints, told, space_def=space, **kwargs), space.to_tune()
 
 
 @functools.cache
@@ -417,9 +432,58 @@ def _optuna_class():
           samplers are told FAIL.
         """
 
-        def __init__(self, constraints: dict, told: bool, **kwargs):
+        def __init__(self, constraints: dict, told: bool, *, enqueue=(), space_def: Space | None = None,
+                     **kwargs):
+            # Before Ray's __init__: with a define-by-run space it creates the study at once.
+            self._enqueue, self._warm = list(enqueue), []
+            self._space_def = space_def if space_def is not None else kwargs["space"].space
             super().__init__(**kwargs)
             self._constraints, self._told = dict(constraints), told
+
+        # -- search.enqueue and search.warm_start: Ray's points_to_evaluate wants every key of a
+        # Tune space and its evaluated_rewards only complete single-objective trials over one,
+        # so the study is told here, through Optuna's own enqueue_trial and add_trial.
+        def _setup_study(self, mode):
+            super()._setup_study(mode)
+            for point in self._enqueue:  # keys left out are sampled (Optuna's enqueue_trial)
+                self._ot_study.enqueue_trial(point)
+            self._enqueue = []
+            self._tell_warm()
+
+        def warm_start(self, told: list) -> None:
+            self._warm = list(told)
+            if self._ot_study is not None:
+                self._tell_warm()
+
+        def _tell_warm(self) -> None:
+            import optuna
+            from optuna.trial import TrialState
+
+            several = isinstance(self.metric, list)
+            modes = self.mode if several else [self.mode]
+            skipped = 0
+            for t in self._warm:
+                dists = {k: (self._space[k] if isinstance(self._space, dict) else
+                             _optuna_distribution(self._space_def.by_key[k])) for k in t.config}
+                try:
+                    if t.state == "pruned":
+                        trial = optuna.trial.create_trial(
+                            state=TrialState.PRUNED, params=t.config, distributions=dists,
+                            intermediate_values=None if several else {e: v for e, v in t.intermediate})
+                    else:
+                        values = [v if math.isfinite(v) else (-1e30 if m == "max" else 1e30)
+                                  for v, m in zip(t.values, modes)]
+                        trial = optuna.trial.create_trial(
+                            state=TrialState.COMPLETE, params=t.config, distributions=dists,
+                            **({"values": values} if several else {"value": values[0]}))
+                    self._ot_study.add_trial(trial)
+                except ValueError:  # a value off a step grid Ray's conversion made
+                    skipped += 1
+            if skipped:
+                print(f"warm start: Optuna could not take {skipped} of the {len(self._warm)} earlier trial(s) "
+                      "(values off the space's step grid)", file=sys.stderr)
+            self._warm = []  # told once; the study keeps them (and Tune's saved state, the study)
+
 
         def on_trial_result(self, trial_id, result):
             if isinstance(self.metric, list) or result.get("replayed"):
@@ -467,9 +531,122 @@ def _optuna_class():
 
 
 def build_hyperopt(spec, *, seed: int, metric: str, mode: str, limit: int):
-    from ray.tune.search.hyperopt import HyperOptSearch
+    from raytune_opt.warm_start import enqueued
 
     space = spec.space
+    cls = _hyperopt_class()
+    kwargs = dict(metric=metric, mode=mode, random_state_seed=seed)
     if space.is_conditional:
-        return HyperOptSearch(space=hyperopt_space(space), metric=metric, mode=mode, random_state_seed=seed), {}
-    return HyperOptSearch(metric=metric, mode=mode, random_state_seed=seed), space.to_tune()
+        return cls(space, enqueued(spec), space=hyperopt_space(space), **kwargs), {}
+    return cls(space, enqueued(spec), **kwargs), space.to_tune()
+
+
+def _optuna_distribution(p):
+    """The Optuna distribution :func:`_suggest` asks for ``p``."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    kind, a = p.domain.kind, p.domain.args
+    return {"choice": lambda: CategoricalDistribution(list(a)),
+            "uniform": lambda: FloatDistribution(a[0], a[1]),
+            "quniform": lambda: FloatDistribution(a[0], a[1], step=a[2]),
+            "loguniform": lambda: FloatDistribution(a[0], a[1], log=True),
+            "randint": lambda: IntDistribution(a[0], a[1] - 1),
+            "qrandint": lambda: IntDistribution(a[0], a[1], step=a[2]),
+            "lograndint": lambda: IntDistribution(a[0], a[1] - 1, log=True)}[kind]()
+
+
+def hyperopt_labels(space: Space) -> list[tuple]:
+    """``(label, param, conditions)`` of every node of the HyperOpt space: the labels
+    :func:`hyperopt_space` gives (a Tune space converted by Ray: the keys), and the
+    ``(parent key, value)`` pairs under which each is active."""
+    children: dict[tuple, list] = {}
+    roots = []
+    for p in space.params:
+        if p.conditions:
+            cond = p.conditions[-1]
+            for v in cond.values:
+                children.setdefault((cond.parent, v), []).append(p)
+        else:
+            roots.append(p)
+    out = []
+
+    def walk(params, prefix: str, conds: tuple) -> None:
+        for p in params:
+            label = prefix + p.key
+            out.append((label, p, conds))
+            for v in (p.domain.args if p.domain.kind == "choice" else ()):
+                if (p.key, v) in children:
+                    walk(children[(p.key, v)], f"{label}={v}/", conds + ((p.key, v),))
+
+    walk(roots, "", ())
+    return out
+
+
+@functools.cache
+def _hyperopt_class():
+    from ray.tune.search.hyperopt import HyperOptSearch
+
+    class HyperOptForTrials(HyperOptSearch):
+        """Ray's HyperOptSearch that takes enqueued configs of a conditional space and earlier
+        trials: Ray's points_to_evaluate are converted for a Tune space only, and it takes no
+        evaluated rewards. Both become HyperOpt trial documents here (as hyperopt's own
+        ``generate_trials_to_calculate`` writes them): enqueued ones new, first in line (Ray's
+        ``suggest`` takes those first); earlier trials done, with their loss."""
+
+        def __init__(self, space_def: Space, enqueue: list, **kwargs):
+            self._space_def, self._enqueue, self._warm = space_def, list(enqueue), []
+            super().__init__(**kwargs)
+
+        def _setup_hyperopt(self) -> None:
+            self._points_to_evaluate = None
+            super()._setup_hyperopt()
+            if self._enqueue:  # Ray's suggest takes trials[n - 1] while n > 0: the first in line last
+                self._insert([self._vals(c) for c in reversed(self._enqueue)], None)
+                self._points_to_evaluate = len(self._enqueue)
+                self._enqueue = []
+            self._tell_warm()
+
+        def warm_start(self, told: list) -> None:
+            self._warm = list(told)
+            if getattr(self, "_hpopt_trials", None) is not None:
+                self._tell_warm()
+
+        def _tell_warm(self) -> None:
+            sign = -1.0 if self._mode == "max" else 1.0  # HyperOpt minimizes a loss
+            results = []
+            for t in self._warm:
+                # A trial a scheduler stopped: its last value, as Ray tells HyperOpt a stopped trial.
+                value = t.values[0] if t.values else t.intermediate[-1][1]
+                results.append({"loss": sign * value, "status": "ok"} if math.isfinite(value)
+                               else {"status": "fail"})
+            if self._warm:
+                self._insert([self._vals(t.config) for t in self._warm], results)
+            self._warm = []
+
+        def _vals(self, config: dict) -> dict:
+            vals = {}
+            for label, p, conds in hyperopt_labels(self._space_def):
+                active = p.key in config and all(config.get(k) == v for k, v in conds)
+                value = config.get(p.key)
+                if active and p.domain.kind == "choice":
+                    value = next(i for i, o in enumerate(p.domain.args) if o == value)
+                vals[label] = [value] if active else []
+            return vals
+
+        def _insert(self, vals_list: list, results: list | None) -> None:
+            import hyperopt as hpo
+
+            trials = self._hpopt_trials
+            docs = []
+            for i, (tid, vals) in enumerate(zip(trials.new_trial_ids(len(vals_list)), vals_list)):
+                misc = {"tid": tid, "cmd": ("domain_attachment", "FMinIter_Domain"), "workdir": None,
+                        "idxs": {k: [tid] if v else [] for k, v in vals.items()}, "vals": vals}
+                doc, = trials.new_trial_docs([tid], [None], [results[i] if results else {"status": "new"}], [misc])
+                if results:
+                    doc["state"] = hpo.JOB_STATE_DONE
+                docs.append(doc)
+            trials.insert_trial_docs(docs)
+            trials.refresh()
+
+    HyperOptForTrials.__module__ = __name__
+    return HyperOptForTrials

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from raytune_opt import objectives
-from raytune_opt import experiment, heldout, ray_runtime, results, schedulers, searchers, tracking, trial
+from raytune_opt import experiment, heldout, ray_runtime, results, schedulers, searchers, tracking, trial, warm_start
 from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
 from raytune_opt._paths import ensure_under
 from raytune_opt.errors import UsageError
@@ -178,9 +178,14 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
 
     tune_callbacks.append(KeepState(loc.local, loc))  # resumable after a kill at any moment (tune_state.py)
     search = spec.data["search"]
-    search_alg, param_space = searchers.build_searcher(spec)
+    # Earlier experiments' trials, read (as data) and checked before Ray starts.
+    warm = warm_start.load(spec, loc.uri, loc.endpoint_url)
+    for line in warm.lines if warm else ():
+        print(line, file=sys.stderr)
+    search_alg, param_space = searchers.build_searcher(spec, told=warm.told if warm else None)
     if address is None:  # a bad storage path fails before Ray starts
         experiment.write_inputs(loc, spec, source_text, dry_run)
+        _record_warm_start(loc, warm)
     shipped = code_to_ship(spec, address)
     embedded = ray_runtime.start(address, py_modules=shipped)
     try:
@@ -189,6 +194,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 # Checkpoints of trials on a node that does not see the directory would be lost.
                 stores.check_shared(exp_dir.parent)
             experiment.write_inputs(loc, spec, source_text, dry_run)
+            _record_warm_start(loc, warm)
         tuner = tune.Tuner(
             _trainable(spec, loc, dry_run, shipped),
             param_space=param_space,
@@ -219,6 +225,14 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
         return _fit_and_record(tuner, spec, loc, quiet_console=live)
     finally:
         ray_runtime.stop(embedded)
+
+
+def _record_warm_start(loc: stores.Location, warm) -> None:
+    """The told trials, for the report (a resume does not read the earlier experiments again:
+    the searcher's saved state holds them)."""
+    if warm is not None:
+        warm_start.write(loc.local, warm)
+        loc.publish(warm_start.WARM_START)
 
 
 def _refuse_foreign(loc: stores.Location) -> None:

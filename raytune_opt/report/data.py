@@ -53,6 +53,7 @@ class Experiment:
     best: dict | None  # best.json
     manifest: dict | None  # promotion/manifest.json
     finished: bool  # results.csv exists
+    warm: list = field(default_factory=list)  # of Trial: search.warm_start's told trials (warm_start.json)
 
     @property
     def metric(self) -> str:
@@ -101,7 +102,28 @@ def load(exp_dir: str | Path) -> Experiment:
     if manifest is not None:
         _records.check_manifest(manifest, exp_dir / "promotion" / "manifest.json")
     ordered = sorted(trials.values(), key=lambda t: (t.order, t.trial_id))
-    return Experiment(exp_dir, spec, space, ordered, best, manifest, finished)
+    warm = _warm_trials(exp_dir, spec)
+    return Experiment(exp_dir, spec, space, ordered, best, manifest, finished, warm=warm)
+
+
+def _warm_trials(exp_dir: Path, spec: dict) -> list[Trial]:
+    """search.warm_start's told trials as the report shows them (status ``warm start``)."""
+    from raytune_opt import warm_start
+
+    rec = warm_start.read(exp_dir)
+    metric = objectives.primary(spec["search"])[0]
+    out = []
+    for t in (rec or {}).get("told", ()):
+        if not isinstance(t, dict) or not isinstance(t.get("config"), dict):
+            continue
+        best = t.get("best")
+        source = Path(str(t.get("experiment", ""))).name or str(t.get("experiment", ""))
+        steps = [s for s in t.get("intermediate") or () if isinstance(s, (list, tuple)) and len(s) == 2]
+        out.append(Trial(f"{source}/{t.get('trial_id')}", "warm start",
+                         "told, not trained" + (" (pruned there)" if t.get("state") == "pruned" else ""),
+                         t["config"], len(steps), None, {metric: _num(best)} if _num(best) is not None else {},
+                         [{"epoch": e, metric: v} for e, v in steps], order=-1))
+    return out
 
 
 def _space(exp_dir: Path, spec: dict):

@@ -18,7 +18,7 @@ from raytune_opt.report.data import Experiment, Trial
 TOP_LOSS_TRIALS = 5
 CONTOUR_GRID = 28
 STATUS_COLOUR = {"ok": "#2ca02c", "stopped": "#7f7f7f", "diverged": "#d62728", "error": "#d62728",
-                 "infeasible": "#ff7f0e", "unfinished": "#1f77b4"}
+                 "infeasible": "#ff7f0e", "unfinished": "#1f77b4", "warm start": "#8c564b"}
 FRONT_COLOUR = "#9467bd"
 
 
@@ -62,6 +62,12 @@ def _header(exp: Experiment) -> str:
             ("search", f"{algo}, {exp.metric} ({exp.mode})"),
             ("scheduler", spec["scheduler"]["name"]),
             ("generated", _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))]
+    if exp.warm:
+        sources = sorted({t.trial_id.rsplit("/", 1)[0] for t in exp.warm})
+        vals = [t.best[exp.metric] for t in exp.warm if exp.metric in t.best]
+        top = (max(vals) if exp.mode == "max" else min(vals)) if vals else None
+        rows.insert(3, ("warm start", f"{len(exp.warm)} earlier trial(s) of {', '.join(sources)} told to the searcher, "
+                                      "not trained" + (f" (their best {exp.metric} {svg.fmt(top)})" if vals else "")))
     if exp.best:
         rows.insert(3, ("best", f"trial {exp.best['trial_id']}: {exp.metric} {svg.fmt(exp.best['value'])} "
                                 f"(epoch {exp.best.get('metrics', {}).get('epoch')})"))
@@ -115,13 +121,17 @@ def _leaderboard(exp: Experiment) -> str:
     keys = _keys(exp)
     rank = {t.trial_id: i for i, t in enumerate(_ranked(exp), 1)}
     # Beside the sweep's metric, the others people compare by, for the task the trials report.
-    reported = {m for t in exp.trials for m in t.best}
+    reported = {m for t in exp.trials + exp.warm for m in t.best}
     extra = [m for m in ("val_accuracy", "val_f1", "val_rmse", "val_r2", "val_loss") if m != exp.metric and m in reported]
     head = (["rank", "trial", "status", "stop reason", "epochs", f"best {exp.metric}"]
             + [f"best {m}" for m in extra] + ["seconds"] + [k for k in keys])
     rows = []
-    for t in sorted(exp.trials, key=lambda t: rank.get(t.trial_id, 1 << 30)):
-        cells = [rank.get(t.trial_id, ""), t.trial_id, t.status, t.stop_reason or t.error, t.epochs,
+    enqueued = [c for c in exp.spec["search"].get("enqueue") or () if isinstance(c, dict) and c]
+    for t in sorted(exp.trials, key=lambda t: rank.get(t.trial_id, 1 << 30)) + exp.warm:
+        reason = t.stop_reason or t.error
+        if any(all(t.config.get(k) == v for k, v in c.items()) for c in enqueued):
+            reason = f"enqueued (search.enqueue); {reason}"
+        cells = [rank.get(t.trial_id, ""), t.trial_id, t.status, reason, t.epochs,
                  t.best.get(exp.metric)] + [t.best.get(m) for m in extra] + [t.seconds] + [t.config.get(k) for k in keys]
         tds = []
         for c in cells:
@@ -129,7 +139,7 @@ def _leaderboard(exp: Experiment) -> str:
             shown = "" if c is None else svg.fmt(round(c, 6) if isinstance(c, float) else c)
             tds.append(f'<td{" class=num" if num else ""} data-v="{escape(str(c)) if num else escape(shown)}">'
                        f'{escape(shown)}</td>')
-        rows.append(f'<tr class="st-{escape(t.status)}">{"".join(tds)}</tr>')
+        rows.append(f'<tr class="st-{escape(t.status.replace(" ", "-"))}">{"".join(tds)}</tr>')
     ths = "".join(f'<th title="sort by {escape(h)}">{escape(h)}</th>' for h in head)
     return (f'<p class="hint">Click a column to sort by it (again to reverse). Empty config cells: the key was '
             f'inactive in that trial (a conditional parameter).</p><div class="scroll"><table class="sortable '
@@ -169,9 +179,16 @@ def _pareto(exp: Experiment) -> str:
 
 
 def _history(exp: Experiment) -> str:
-    if not exp.trials:
+    if not exp.trials and not exp.warm:
         return _none("no trial has reported yet")
     points, best_x, best_y, best = [], [], [], None
+    warm = [t.best[exp.metric] for t in exp.warm if svg.finite(t.best.get(exp.metric))]
+    if warm:  # the sweep starts from what its warm start knew: their best, drawn at trial 0
+        best = max(warm) if exp.mode == "max" else min(warm)
+        points.append({"x": 0, "y": best, "color": STATUS_COLOUR["warm start"], "hollow": False,
+                       "title": f"warm start: the best of {len(exp.warm)} earlier trial(s): {exp.metric} {svg.fmt(best)}"})
+        best_x.append(0)
+        best_y.append(best)
     for i, t in enumerate(exp.trials, 1):
         v = _value(t, exp.metric)
         if v is None:

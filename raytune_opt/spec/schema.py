@@ -179,6 +179,18 @@ def _constraints_check(value: Any) -> str | None:
     return None
 
 
+def _warm_start_check(value: Any) -> str | None:
+    if not value or not all(isinstance(v, str) and v.strip() for v in value):
+        return "must be a non-empty list of experiment directories or s3:// URIs"
+    return None
+
+
+def _enqueue_check(value: Any) -> str | None:
+    if not value or not all(isinstance(v, dict) and v and all(isinstance(k, str) for k in v) for v in value):
+        return "must be a non-empty list of configs, each {space key: value}"
+    return None
+
+
 def _select_check(value: Any) -> str | None:
     if value is None:
         return None
@@ -375,6 +387,15 @@ SPEC = Section("A sweep spec.", {
                              nullable=True, check=_constraints_check, tunable=False),
         "num_samples": Field("int", 8, "Trials to run (grid: repeats of the whole grid).", ge=1, tunable=False),
         "seed": Field("int", None, "Searcher seed; null: the top-level seed.", nullable=True, ge=0, tunable=False),
+        "warm_start": Field("list", None, "Earlier experiments (directories or s3:// URIs) whose finished trials "
+                            "the searcher is told before its first proposal, not trained again: their configs and "
+                            "last values (trials a scheduler stopped: pruned, with their epochs' values). Trials "
+                            "outside today's space are left out; the metric and mode must be this sweep's. Optuna "
+                            "and hyperopt learn from them; random and grid say they ignore them.", nullable=True,
+                            check=_warm_start_check, tunable=False),
+        "enqueue": Field("list", None, "Configs trained first, as given, before the searcher proposes: a list of "
+                         "{space key: value} (keys left out are sampled by the searcher). Counts toward "
+                         "num_samples.", nullable=True, check=_enqueue_check, tunable=False),
     }),
     "scheduler": Section("Trial scheduler (early stopping across trials); time unit: epochs.", {
         "name": Field("str", "fifo", " | ".join(SCHEDULERS) + ".", choices=SCHEDULERS, tunable=False),

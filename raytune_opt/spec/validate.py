@@ -39,7 +39,8 @@ IMAGE_AUGMENTATIONS = ("hflip", "random_crop_padding", "rotation_degrees", "colo
 # experiments did; Spec.sha256 leaves a key out at that value, so an old experiment's
 # recorded hash still matches it (and resume can tell an old experiment from a changed spec).
 HASH_NEUTRAL = {("data", "test_fraction"): 0.0, ("data", "test_column"): None,
-                ("train", "optimizer", "args"): {}, ("train", "lr_schedule", "args"): {}}
+                ("train", "optimizer", "args"): {}, ("train", "lr_schedule", "args"): {},
+                ("search", "warm_start"): None, ("search", "enqueue"): None}
 
 
 @dataclass
@@ -470,8 +471,16 @@ def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     """Rules across keys, each skipped when a setting it reads was already reported invalid."""
     for rules in (_data_rules, _model_rules, _loop_rules, _task_rules, _precision_rules, _optimizer_rules,
                   _search_rules, _scheduler_rules, _promotion_rules, _select_rules, _strategy_rules, _resource_rules,
-                  _loss_rules, _searcher_rules):
+                  _loss_rules, _searcher_rules, _warm_start_rules):
         rules(ck, d, space)
+
+
+def _warm_start_rules(ck: _Checker, d: dict, space: Space) -> None:
+    """search.warm_start and search.enqueue: their rules live beside them (raytune_opt/warm_start.py)."""
+    from raytune_opt import warm_start
+
+    if ck.ok("search.warm_start", "search.enqueue", "search.algorithm"):
+        _entry_rules_of(ck, warm_start.check(registry.SpecView(d, space, ck.given)))
 
 
 def _data_rules(ck: _Checker, d: dict, space: Space) -> None:
@@ -827,7 +836,11 @@ def _select_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 def _entry_rules(ck: _Checker, entry: registry.Entry, view: registry.SpecView) -> None:
     """Record what a searcher's, scheduler's or promotion step's own ``check`` finds."""
-    for f in entry.checks(view):
+    _entry_rules_of(ck, entry.checks(view))
+
+
+def _entry_rules_of(ck: _Checker, findings) -> None:
+    for f in findings:
         if ck.ok(*f.reads.split()):
             ck.add(f.path, f.what, f.fix, at=ck.param_at.get(f.at) if f.at else None)
 
