@@ -214,7 +214,8 @@ def _read(uri: str, this_uri: str | None, endpoint_url: str | None):
         except UsageError as exc:
             raise UsageError(f"search.warm_start {uri}: {exc}") from None
     if not (loc.local / SPEC).is_file():
-        raise UsageError(f"search.warm_start {uri}: not a raytune-opt experiment (no {SPEC} at {loc.local}); name "
+        raise UsageError(f"search.warm_start {uri}: not a raytune-opt experiment (no {SPEC} at "
+                         f"{loc.uri if loc.remote else loc.local}); name "
                          "the directory an earlier 'raytune-opt run' printed (STORAGE/NAME)")
     try:
         exp = load_experiment(loc.local)
