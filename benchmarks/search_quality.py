@@ -15,6 +15,11 @@ the searcher), side by side in one run on the embedded local Ray, 2 trials at a 
 3. PBT against random search with FIFO at the same total epochs: a population of
    ``PBT_POPULATION`` trials of ``PBT_EPOCHS`` epochs (perturbing every 2) against
    ``PBT_RANDOM_TRIALS`` random trials of 6 epochs; the best validation accuracy of each.
+5. Warm start (``--section warm_start``, kept beside the rest of the saved JSON): per seed, an
+   earlier ``WARM_EARLIER``-trial TPE sweep (same data split, another searcher seed), then a TPE
+   sweep of ``BUDGET`` new trials warm-started from it, against a cold ``BUDGET``-trial TPE sweep:
+   how many new trials each needs to reach the cold sweep's final best (cold: the trial that found
+   it; warm: 0 when the earlier trials already hold it, ``BUDGET`` + 1 when never), median over seeds.
 4. Ours (Optuna TPE proposing through Ray Tune, ASHA stopping) against in-process Optuna (the
    same TPE sampler and seed, its SuccessiveHalvingPruner with the same grace period and
    reduction factor, ``n_jobs=2``) on the same space, recipe and budget (``BUDGET`` trials of
@@ -27,6 +32,8 @@ Usage::
     python benchmarks/search_quality.py --seeds 0 1     # a quicker look
     python benchmarks/search_quality.py --rerun ours_tpe_asha   # redo one run of every seed in the
                                                         # saved JSON (after a change to it), keep the rest
+    python benchmarks/search_quality.py --section warm_start --seeds 0 1 2 3 4   # only comparison 5,
+                                                        # kept beside the saved JSON's other runs
 
 Writes benchmarks/out/search_quality.json (machine, versions, every sweep's figures, the
 summary, the goals and whether each was met) and search_quality.svg beside it.
@@ -70,6 +77,10 @@ SEARCHERS = {
     "hyperopt_tpe": ["search.algorithm=hyperopt"],
     "random": ["search.algorithm=random"],
 }
+
+
+WARM_EARLIER = 12  # trials of the earlier sweep a warm-started one continues from
+TPE_FIFO = ["search.algorithm=optuna", "search.sampler=tpe", SCHEDULERS["fifo"], "train.epochs=6"]
 
 
 def _sweep(overrides: list[str], storage: str, name: str) -> dict:
@@ -167,6 +178,58 @@ def run(seeds: list[int], done_seed=None) -> dict:
     finally:
         ray_runtime.stop(True)
     return runs
+
+
+def warm_start_runs(seeds: list[int]) -> list[dict]:
+    """Comparison 5: per seed, the earlier sweep, the warm-started one and a cold one."""
+    from raytune_opt import ray_runtime
+
+    out = []
+    ray_runtime.start(None)
+    try:
+        with tempfile.TemporaryDirectory(prefix="raytune_opt_quality_") as storage:
+            for seed in seeds:
+                # The same data split (seed) as the others; another searcher seed, so that the
+                # earlier sweep's trials are not the cold sweep's first twelve.
+                earlier = _sweep([f"seed={seed}", f"search.seed={seed + 1000}", *TPE_FIFO,
+                                  f"search.num_samples={WARM_EARLIER}"], storage, f"s{seed}-earlier")
+                warm = _sweep([f"seed={seed}", f"search.seed={seed}", *TPE_FIFO, f"search.num_samples={BUDGET}",
+                               f"search.warm_start=[{storage}/s{seed}-earlier]"], storage, f"s{seed}-warm")
+                cold = _sweep([f"seed={seed}", f"search.seed={seed}", *TPE_FIFO, f"search.num_samples={BUDGET}"],
+                              storage, f"s{seed}-cold")
+                for name, r in (("earlier", earlier), ("warm", warm), ("cold", cold)):
+                    out.append({"seed": seed, "run": name, **r})
+                    print(json.dumps({k: v for k, v in out[-1].items() if k != "best_so_far"}), flush=True)
+    finally:
+        ray_runtime.stop(True)
+    return out
+
+
+def summarize_warm_start(runs: list[dict]) -> dict:
+    by = {(r["seed"], r["run"]): r for r in runs}
+    seeds = sorted({r["seed"] for r in runs if all((r["seed"], n) in by for n in ("earlier", "warm", "cold"))})
+    cold_needed, warm_needed, per_seed = [], [], []
+    for s in seeds:
+        target = by[(s, "cold")]["best_val_accuracy"]
+        cold_n = _trials_to_reach(by[(s, "cold")]["best_so_far"], target)
+        earlier_best = by[(s, "earlier")]["best_val_accuracy"]
+        warm_curve = [max(v, earlier_best) for v in by[(s, "warm")]["best_so_far"]]
+        warm_n = 0 if earlier_best >= target - 1e-9 else _trials_to_reach(warm_curve, target)
+        warm_n = BUDGET + 1 if warm_n is None else warm_n
+        cold_needed.append(cold_n)
+        warm_needed.append(warm_n)
+        per_seed.append({"seed": s, "target_cold_best": target, "earlier_best": earlier_best,
+                         "warm_best": by[(s, "warm")]["best_val_accuracy"], "cold_new_trials": cold_n,
+                         "warm_new_trials": warm_n})
+    if not seeds:
+        return {}
+    return {"seeds": seeds, "earlier_trials": WARM_EARLIER, "budget": BUDGET,
+            "new_trials_to_reach_cold_best": {"cold": _spread(cold_needed), "warm": _spread(warm_needed)},
+            "best_val_accuracy": {"cold": _spread([by[(s, "cold")]["best_val_accuracy"] for s in seeds]),
+                                  "warm": _spread([by[(s, "warm")]["best_val_accuracy"] for s in seeds]),
+                                  "earlier": _spread([by[(s, "earlier")]["best_val_accuracy"] for s in seeds])},
+            "per_seed": per_seed,
+            "warm_needs_fewer_new_trials": statistics.median(warm_needed) < statistics.median(cold_needed)}
 
 
 def in_process_optuna(seed: int) -> dict:
@@ -327,6 +390,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--rerun", nargs="+", choices=[*PAIR_RUNS, "optuna_in_process"],
                     help="redo these runs of the saved JSON's seeds, keep the rest")
+    ap.add_argument("--section", choices=["warm_start"], help="run only this comparison (its results go "
+                    "beside the saved JSON's other runs)")
     args = ap.parse_args()
     t0 = time.monotonic()
     out = ROOT / "benchmarks" / "out" / "search_quality.json"
@@ -348,6 +413,17 @@ def main() -> None:
         plot(runs, seeds, out.with_suffix(".svg"))
         print(json.dumps(result["summary"], indent=2), flush=True)
 
+    if args.section == "warm_start":
+        saved = json.loads(out.read_text()) if out.exists() else {}
+        runs = warm_start_runs(args.seeds)
+        saved["warm_start"] = {
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"platform": platform.platform(), "processor": platform.processor(), "cores": os.cpu_count()},
+            "versions": _versions(), "spec": str(SPEC.relative_to(ROOT)), "recipe": TPE_FIFO,
+            "summary": summarize_warm_start(runs), "runs": runs, "wall_s": round(time.monotonic() - t0, 1)}
+        out.write_text(json.dumps(saved, indent=2) + "\n")
+        print(json.dumps(saved["warm_start"]["summary"], indent=2), flush=True)
+        return
     if args.rerun:  # the JSON keeps what the replaced runs measured, and when
         saved = json.loads(out.read_text())
         args.seeds = saved["seeds_planned"]

@@ -13,6 +13,8 @@ _EXTRA_FOR = {
     "tensorrt": "tensorrt",
     "polygraphy": "tensorrt",
     "mlflow": "mlflow",
+    "hpbandster": "bohb",
+    "ConfigSpace": "bohb",
 }
 
 

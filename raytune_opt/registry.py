@@ -521,8 +521,9 @@ STRATEGIES.register("deepspeed", "raytune_opt.strategies.deepspeed:DeepSpeedStra
 #: searcher can express (:class:`raytune_opt.searchers.Capabilities`; ``"sampler"``: what the
 #: chosen :data:`OPTUNA_SAMPLERS` entry can); ``sequential``: it proposes one trial at a time
 #: (``"conditional"``: only for a conditional space); ``explores``: it learns from results
-#: (PBT, which explores by itself, takes only those that do not). ``check`` gets a
-#: :class:`SpecView`: rules beyond the capabilities.
+#: (PBT, which explores by itself, takes only those that do not); ``scheduler``: the only
+#: scheduler it works with; ``requires``: modules it needs, from the ``extra`` of that name.
+#: ``check`` gets a :class:`SpecView`: rules beyond the capabilities.
 SEARCHERS = Registry("searcher")
 _S = "raytune_opt.searchers"
 SEARCHERS.register("grid", f"{_S}:build_basic", doc="every point of the grid, num_samples times",
@@ -539,6 +540,12 @@ SEARCHERS.register("hyperopt", f"{_S}:build_hyperopt", doc="HyperOpt TPE (nested
                    "space)", check=f"{_S}:check_hyperopt",
                    caps=dict(grid=False, conditional=True, normal=True, categorical=True, qloguniform=True),
                    sequential=True, explores=True, multi_objective=False, enqueue=True)
+SEARCHERS.register("bohb", f"{_S}:build_bohb", doc="BOHB: kernel-density models of the good configs at each "
+                   "budget (Ray's TuneBOHB, hpbandster), with scheduler.name: hyperband_bohb (the bohb extra)",
+                   check=f"{_S}:check_bohb",
+                   caps=dict(grid=False, conditional=False, normal=False, categorical=True, qloguniform=False),
+                   sequential=False, explores=True, multi_objective=False, scheduler="hyperband_bohb",
+                   requires=("hpbandster", "ConfigSpace"), extra="bohb")
 
 #: Optuna samplers by name (``search.sampler``, with ``search.algorithm: optuna``): a target
 #: is an ``optuna.samplers.BaseSampler`` class or factory called with ``seed=``. Meta ``caps``
@@ -593,6 +600,9 @@ SCHEDULERS.register("pb2", f"{_T}:pb2", doc="population-based bandits: PBT's exp
 SCHEDULERS.register("moasha", f"{_T}:moasha", doc="multi-objective ASHA: each rung ranked by non-dominated sorting "
                     "(infeasible trials last); several objectives only", check=f"{_T}:check_moasha",
                     keys=("max_t", "grace_period", "reduction_factor"), needs_storage=True, multi_objective=True)
+SCHEDULERS.register("hyperband_bohb", f"{_T}:hyperband_bohb", doc="Hyperband for BOHB (Ray's HyperBandForBOHB): "
+                    "brackets largest first, trials paused at each milestone; with search.algorithm: bohb only",
+                    check=f"{_T}:check_hyperband_bohb", keys=("max_t", "reduction_factor"))
 
 
 # ---------------------------------------------------------------- promotion steps

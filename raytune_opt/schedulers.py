@@ -59,10 +59,42 @@ def hyperband(spec: Spec, where: dict):
     return _resumable_hyperband_class()(time_attr=TIME_ATTR, max_t=_max_t(spec), reduction_factor=s["reduction_factor"])
 
 
+def hyperband_bohb(spec: Spec, where: dict):
+    s = spec.data["scheduler"]
+    return _resumable_hyperband_class("bohb")(time_attr=TIME_ATTR, max_t=_max_t(spec),
+                                              reduction_factor=s["reduction_factor"])
+
+
+def hyperband_milestones(spec: Spec) -> list[int]:
+    """The epochs at which the spec's hyperband(_bohb) judges trials. Ray's brackets, written
+    again (Ray computes them only as trials arrive): bracket s starts at int(max_t * eta**-s)
+    epochs and multiplies by eta up to max_t. BOHB's warm start tells earlier trials at these."""
+    import math
+
+    max_t, eta = _max_t(spec), spec.data["scheduler"]["reduction_factor"]
+    out = set()
+    for s in range(int(round(math.log(max_t) / math.log(eta))) + 1):
+        r = int(max_t * eta ** -s)
+        if r == 0:  # Ray skips a bracket too small to start
+            continue
+        out.add(r)
+        for _ in range(s):
+            r = int(min(r * eta, max_t))
+            out.add(r)
+    return sorted(out)
+
+
 @functools.cache
-def _resumable_hyperband_class():
+def _resumable_hyperband_class(base: str = "hyperband"):
+    """ResumableHyperBand over Ray's HyperBand (``base="hyperband"``) or over Ray's
+    HyperBandForBOHB (``"bohb"``: brackets filled largest first, a trial paused at a milestone
+    even before its bracket is full, BOHB told each result at a milestone)."""
     from ray.tune.experiment import Trial
-    from ray.tune.schedulers import HyperBandScheduler
+
+    if base == "bohb":
+        from ray.tune.schedulers import HyperBandForBOHB as HyperBandScheduler
+    else:
+        from ray.tune.schedulers import HyperBandScheduler
 
     class ResumableHyperBand(HyperBandScheduler):
         """Ray's HyperBand, minus a resume hang.
@@ -78,6 +110,8 @@ def _resumable_hyperband_class():
             super().on_trial_add(tune_controller, trial)
 
     ResumableHyperBand.__module__ = __name__
+    if base == "bohb":
+        ResumableHyperBand.__name__ = ResumableHyperBand.__qualname__ = "ResumableHyperBandForBOHB"
     return ResumableHyperBand
 
 
@@ -554,6 +588,17 @@ def check_hyperband(view: SpecView) -> list[Finding]:
                            "use search.algorithm: random or grid with hyperband, or scheduler.name: asha",
                            reads="search.algorithm"))
     return out
+
+
+def check_hyperband_bohb(view: SpecView) -> list[Finding]:
+    """HyperBandForBOHB tells BOHB's searcher which trials it pauses and at which budget each
+    result was measured: with another searcher it fails at its first milestone."""
+    algorithm = view.data["search"]["algorithm"]
+    if algorithm != "bohb":
+        return [Finding(("scheduler", "name"), f"hyperband_bohb schedules trials for BOHB's searcher (got "
+                        f"search.algorithm={algorithm})", "set search.algorithm: bohb, or use scheduler.name: "
+                        "hyperband or asha", reads="search.algorithm")]
+    return []
 
 
 def check_pbt(view: SpecView) -> list[Finding]:

@@ -14,6 +14,7 @@ import math
 import os
 import pickle
 import sys
+import random
 from dataclasses import dataclass
 
 from raytune_opt import objectives as objectives_
@@ -650,3 +651,146 @@ def _hyperopt_class():
 
     HyperOptForTrials.__module__ = __name__
     return HyperOptForTrials
+
+
+# ---------------------------------------------------------------- BOHB
+
+#: Domains Ray's TuneBOHB would change: it drops a quantization with only a warning (a batch size
+#: of 37 where the space says multiples of 16); we refuse them instead.
+_BOHB_REFUSED = ("quniform", "qrandint", "qloguniform")
+#: What ConfigSpace takes as a choice's options.
+_BOHB_OPTION_TYPES = (str, int, float, bool)
+
+
+def check_bohb(view: registry.SpecView) -> list[registry.Finding]:
+    """What BOHB's space conversion cannot take beyond its capabilities: quantized domains
+    (Ray drops the quantization) and choices whose options are not plain values."""
+    out = []
+    for p in view.space.params:
+        if p.domain.kind in _BOHB_REFUSED:
+            plain = {"quniform": "uniform", "qrandint": "randint", "qloguniform": "loguniform"}[p.domain.kind]
+            out.append(registry.Finding(("space", p.key), f"bohb cannot quantize (got {{{p.domain.kind}: "
+                                        f"{list(p.domain.args)}}})", f"use {plain} or a choice of the values you "
+                                        "want, or search.algorithm: hyperopt/random", at=p.key))
+        elif p.domain.kind == "choice" and not all(isinstance(v, _BOHB_OPTION_TYPES) for v in p.domain.args):
+            out.append(registry.Finding(("space", p.key), f"bohb takes choices of strings, numbers or booleans (got "
+                                        f"{list(p.domain.args)})", "choose among names and look the values up in "
+                                        "your own code, or use search.algorithm: optuna/hyperopt", at=p.key))
+    return out
+
+
+def build_bohb(spec, *, seed: int, metric: str, mode: str, limit: int):
+    """BOHB (Falkner et al., 2018): Ray's TuneBOHB (hpbandster), with scheduler ``hyperband_bohb``.
+    The concurrency limit counts running trials only (TuneBOHB's own, which Ray's limiter defers
+    to): a trial paused at a milestone frees its place for the next one of its bracket."""
+    from raytune_opt import _imports
+
+    from raytune_opt.schedulers import hyperband_milestones
+
+    for module in registry.SEARCHERS["bohb"].meta["requires"]:  # hpbandster, ConfigSpace (the bohb extra)
+        _imports.require(module, "search.algorithm: bohb")
+    return (_bohb_class()(metric=metric, mode=mode, seed=seed, milestones=hyperband_milestones(spec)),
+            spec.space.to_tune())
+
+
+def _plain(value):
+    """A numpy scalar as the Python value it holds (ConfigSpace hands back np.str_, np.int64)."""
+    import numpy as np
+
+    return value.item() if isinstance(value, np.generic) else value
+
+
+@functools.cache
+def _bohb_class():
+    from ray.tune.search.bohb import TuneBOHB
+    from ray.tune.search.bohb.bohb_search import _BOHBJobWrapper
+
+    from raytune_opt.schedulers import TIME_ATTR, _seeded_global_random
+
+    class SeededBOHB(TuneBOHB):
+        """Ray's TuneBOHB, seeded all through, told every result a milestone decided on.
+
+        - hpbandster draws from numpy's global generator (which configs are random, the kernel
+          density samples): each proposal draws from the searcher's own generator instead, kept
+          with its saved state, so the same seed proposes the same configs, across a resume too.
+        - Values go to Tune as Python values (ConfigSpace hands back np.str_ / np.int64).
+        - The result on which HyperBandForBOHB stops a trial (a loser at a milestone, every trial
+          at max_t) is told too, at its completion: Tune gives a searcher no result of a trial its
+          scheduler stops, and Ray's TuneBOHB ignores the completion's, so BOHB never heard of
+          the trials it should learn to avoid (seen: 9 of an 8-trial sweep's 13 milestone results told).
+        - A result is told once, at the budget it was measured at (its epoch). Ray tells the
+          bracket's milestone; the two differ only after a resume, when a trial continued from
+          a later epoch than its new bracket's milestone.
+        - A trial it did not propose is not told (Ray raised KeyError), and a finished trial's
+          config is kept: a resumed sweep resumes errored trials too, under the same id.
+        - ``search.warm_start``: each earlier trial is told its value at every milestone of this
+          sweep it reached, as if it had run here; budgets in increasing order, since hpbandster
+          records no result of a budget below the largest it has a model of.
+        """
+
+        def __init__(self, *, seed: int, milestones: list[int], **kwargs):
+            super().__init__(seed=seed, **kwargs)
+            self._rng = random.Random(seed)
+            self._told: dict[str, float] = {}  # trial id -> the epoch it was last told at
+            self._milestones, self._warm = tuple(milestones), []
+
+        def _setup_bohb(self):
+            super()._setup_bohb()
+            self._tell_warm()
+
+        def warm_start(self, told: list) -> None:
+            self._warm = list(told)
+            if getattr(self, "bohber", None) is not None:
+                self._tell_warm()
+
+        def _tell_warm(self) -> None:
+            jobs = sorted(((epoch, t.config, value) for t in self._warm for epoch, value in t.intermediate
+                           if epoch in self._milestones), key=lambda job: job[0])
+            skipped = 0
+            for i, (epoch, config, value) in enumerate(jobs):
+                last_of_budget = i + 1 == len(jobs) or jobs[i + 1][0] != epoch
+                try:
+                    self.bohber.new_result(_BOHBJobWrapper(self._metric_op * value, epoch, config),
+                                           update_model=last_of_budget)
+                except ValueError:  # a value ConfigSpace's conversion of the space does not take
+                    skipped += 1
+            if skipped:
+                print(f"warm start: BOHB could not take {skipped} of the {len(jobs)} earlier result(s)",
+                      file=sys.stderr)
+            self._warm = []  # told once; hpbandster keeps them (and Tune's saved state, the searcher)
+
+        def suggest(self, trial_id):
+            with _seeded_global_random(self._rng.getrandbits(63)):
+                config = super().suggest(trial_id)
+            return config if config is None else {k: _plain(v) for k, v in config.items()}
+
+        def on_trial_result(self, trial_id, result):
+            if trial_id not in self.trial_to_params:
+                return
+            if trial_id not in self.paused:
+                self.running.add(trial_id)
+            if "budget" in result.get("hyperband_info", {}):  # HyperBandForBOHB decided on it
+                self._tell(trial_id, result)
+
+        def on_trial_complete(self, trial_id, result=None, error=False):
+            self.paused.discard(trial_id)
+            self.running.discard(trial_id)
+            if result and not error and trial_id in self.trial_to_params:
+                self._tell(trial_id, result)
+
+        def _tell(self, trial_id, result) -> None:
+            epoch = result.get(TIME_ATTR)
+            value = result.get(self.metric)
+            # An untrained trial (epoch 0: it broke a constraint known before training) is no budget.
+            if not isinstance(epoch, (int, float)) or epoch < 1 or not isinstance(value, (int, float)) \
+                    or self._told.get(trial_id) == epoch:
+                return
+            self.bohber.new_result(self.to_wrapper(trial_id, result))  # a NaN (diverged) counts as worst
+            self._told[trial_id] = epoch
+
+        def to_wrapper(self, trial_id, result):
+            return _BOHBJobWrapper(self._metric_op * result[self.metric], result[TIME_ATTR],
+                                   self.trial_to_params[trial_id])
+
+    SeededBOHB.__module__ = __name__
+    return SeededBOHB

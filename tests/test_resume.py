@@ -41,6 +41,7 @@ SEARCHERS = {
     "optuna/cmaes": ["search.algorithm=optuna", "search.sampler=cmaes", f"search.num_samples={N}", NUMERIC],
     "optuna/random": ["search.algorithm=optuna", "search.sampler=random", f"search.num_samples={N}", NUMERIC],
     "hyperopt": ["search.algorithm=hyperopt", f"search.num_samples={N}", NUMERIC],
+    "bohb": ["search.algorithm=bohb", f"search.num_samples={N}", NUMERIC],
 }
 SCHEDULERS = {
     "fifo": ["scheduler={name: fifo}"],
@@ -52,6 +53,7 @@ SCHEDULERS = {
     # Several objectives: with these, validation accepts moasha (and the searchers that take them).
     "moasha": ["scheduler={name: moasha, grace_period: 1, reduction_factor: 2}",
                "search.metric=[val_accuracy, latency_ms]", "search.mode=[max, min]"],
+    "hyperband_bohb": ["scheduler={name: hyperband_bohb, reduction_factor: 2}"],  # bohb's, and bohb only its
 }
 # Every (searcher, scheduler) pair validation accepts (tests/test_schedulers.py checks the
 # list against validation), each killed once, the kill moments spread over the pairs; the
@@ -92,18 +94,21 @@ PAIRS = [
     ("random", "moasha", ("late",)),
     ("optuna/gp", "moasha", ("start",)),
     ("optuna/random", "moasha", ("late",)),
+    ("bohb", "hyperband_bohb", ("late",)),
 ]
 # Seven pairs, one per searcher (the fewest that cover them all), and one per scheduler added
 # since (pb2 and moasha cover a scheduler nothing else does). Left to -m exhaustive: grid +
 # PBT (its "late" kill flakes, see the stop notes), random + ASHA (it found Tune's torn
 # state copy, tune_state.repair; the tpe + asha pair's cut-short state checks that repair), and
 # moasha with the other searchers of several objectives (no new scheduler, searcher or moment).
+# bohb and hyperband_bohb take only each other: their one pair is in CI.
 CI_PAIRS = {
     ("optuna/tpe", "asha"),  # the default spec's pair, killed twice
     ("grid", "hyperband"), ("random", "pbt"),
     ("hyperopt", "median"), ("optuna/gp", "fifo"), ("optuna/cmaes", "median"), ("optuna/random", "fifo"),
     ("random", "pb2"),  # PB2's GP state and the donor hand-over after a kill
     ("optuna/tpe", "moasha"),  # MO-ASHA's rungs read back from the experiment; Optuna told PRUNED
+    ("bohb", "hyperband_bohb"),  # the only pair of each: trials paused at a milestone when killed
 }
 
 
@@ -200,6 +205,13 @@ def _assert_searcher_knows_every_trial(searcher: str, exp: Path) -> None:
         trials = _searcher_state(exp)["_hpopt_trials"].trials
         done = [t for t in trials if t["result"].get("status") == "ok"]
         assert len(done) == N, [t["result"] for t in trials]
+    elif searcher == "bohb":
+        state = _searcher_state(exp)
+        with open(exp / "results.csv") as f:
+            ids = {r["trial_id"] for r in csv.DictReader(f)}
+        assert ids <= set(state["trial_to_params"]), (ids, state["trial_to_params"])  # before the kill too
+        # Every trial's result at a milestone (4 trials: too few for hpbandster's model, which would skip some).
+        assert sum(map(len, state["bohber"].losses.values())) >= N, state["bohber"].losses
 
 
 def _cut_tune_state_short(exp: Path) -> None:

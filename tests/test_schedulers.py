@@ -35,6 +35,7 @@ SCHEDULER_SEARCHERS = {
     "pbt": ["search.algorithm=random"],
     "pb2": ["search.algorithm=random"],
     "moasha": ["search.algorithm=optuna", "search.sampler=tpe"],
+    "hyperband_bohb": ["search.algorithm=bohb"],
 }
 MULTI = ["search.metric=[val_accuracy, latency_ms]", "search.mode=[max, min]"]
 SETTINGS = {
@@ -52,8 +53,10 @@ SETTINGS = {
             "train.epochs=8"],
     "moasha": ["scheduler={name: moasha, grace_period: 1, reduction_factor: 2}", *MULTI, "search.num_samples=8",
                "train.epochs=4"],
+    "hyperband_bohb": ["scheduler={name: hyperband_bohb, reduction_factor: 2}", "search.num_samples=8",
+                       "train.epochs=4"],
 }
-STOPPERS = {"asha", "hyperband", "median", "moasha"}
+STOPPERS = {"asha", "hyperband", "median", "moasha", "hyperband_bohb"}
 
 
 def test_the_conformance_test_covers_every_scheduler_of_the_schema():
@@ -101,6 +104,13 @@ def test_scheduler_runs_a_real_sweep_then_promotion(local_ray, tmp_path, name):
                     assert low <= float(h[f"config.{p.key}"]) <= high, (r["trial_id"], p.key, h[f"config.{p.key}"])
     if name == "moasha":
         _assert_moasha_ranked_each_rung(exp, rows)
+    if name == "hyperband_bohb":  # BOHB was told every trial's result where the scheduler decided on it
+        from tests.test_resume import _searcher_state
+
+        state = _searcher_state(exp)
+        # The last one too: where a trial was stopped at a milestone, or ended at max_t.
+        assert {r["trial_id"]: int(r["epochs"]) for r in rows} == state["_told"], state["_told"]
+        assert len(state["bohber"].losses) >= 2, state["bohber"].losses  # at two budgets or more
 
     # Checkpoints, the best trial and promotion afterwards.
     best = json.loads((exp / "best.json").read_text())
@@ -189,6 +199,50 @@ def test_hyperband_behind_a_concurrency_limit_or_a_sequential_searcher_is_refuse
     assert "a limit of 2 keeps them from filling" in text and "optuna proposes one trial at a time" in text
     load_spec(DIGITS, ["scheduler={name: hyperband}", "search.algorithm=random",
                        "resources.max_concurrent_trials=null"])
+
+
+def test_hyperband_bohb_leaves_finished_trials_out_of_its_brackets():
+    # A resumed sweep adds every trial again, finished ones too. One in a bracket never reports:
+    # HyperBandForBOHB's bracket then never completes a milestone (its cur_iter_done), is never
+    # processed, and the trials it paused wait forever (the hang ResumableHyperBand fixed for hyperband).
+    from ray.tune.experiment import Trial
+
+    class FakeTrial:
+        def __init__(self, status):
+            self.status = status
+
+    spec = load_spec(DIGITS, ["search.algorithm=bohb", "scheduler={name: hyperband_bohb, reduction_factor: 2}",
+                              "train.epochs=4"])
+    sched = schedulers.build_scheduler(spec, {"exp_dir": "/tmp/x", "remote": False, "endpoint_url": None})
+    sched.set_search_properties("val_accuracy", "max")
+    done, errored, waiting = FakeTrial(Trial.TERMINATED), FakeTrial(Trial.ERROR), FakeTrial(Trial.PENDING)
+    for trial in (done, errored, waiting):
+        sched.on_trial_add(None, trial)
+    assert set(sched._trial_info) == {waiting}
+    bracket, _ = sched._trial_info[waiting]
+    assert bracket._n == 4 and bracket._r == 1  # the largest bracket first: 4 trials from epoch 1 (max_t 4, eta 2)
+
+
+def test_bohb_and_hyperband_bohb_each_need_the_other_and_the_bohb_extra(monkeypatch):
+    from raytune_opt import _imports
+    from raytune_opt.errors import SpecError
+
+    with pytest.raises(SpecError) as err:
+        load_spec(DIGITS, ["search.algorithm=bohb"])  # the digits spec's scheduler: asha
+    assert "scheduler.name: bohb learns from what hyperband_bohb tells it of each trial (got asha); set " \
+           "scheduler.name: hyperband_bohb" in str(err.value)
+    with pytest.raises(SpecError) as err:
+        load_spec(DIGITS, ["search.algorithm=random", "scheduler={name: hyperband_bohb}"])
+    assert "scheduler.name: hyperband_bohb schedules trials for BOHB's searcher (got search.algorithm=random); set " \
+           "search.algorithm: bohb" in str(err.value)
+    both = ["search.algorithm=bohb", "scheduler={name: hyperband_bohb}"]
+    load_spec(DIGITS, both)
+    real = _imports.is_available
+    monkeypatch.setattr(_imports, "is_available", lambda module: module != "hpbandster" and real(module))
+    with pytest.raises(SpecError) as err:
+        load_spec(DIGITS, both)
+    assert "search.algorithm: bohb needs hpbandster, not installed (got bohb); install the bohb extra: pip " \
+           "install 'raytune-opt[bohb]'" in str(err.value)
 
 
 def test_a_pbt_space_with_nothing_pbt_may_perturb_is_refused():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raytune_opt import searchers
+from raytune_opt import registry, searchers
 from raytune_opt.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -147,6 +147,8 @@ def _cases() -> list:
     for algorithm, sampler in searchers.searcher_keys():
         for name, override in CANDIDATE_SPACES.items():
             overrides = [f"search.algorithm={algorithm}", f"search.sampler={sampler}", "search.num_samples=64"]
+            needs = registry.SEARCHERS[algorithm].meta.get("scheduler")  # bohb: hyperband_bohb
+            overrides += [f"scheduler={{name: {needs}}}"] if needs else []
             try:
                 spec = load_spec(CONDITIONAL if override is None else DIGITS, overrides + ([override] if override else []))
             except SpecError:
@@ -225,3 +227,111 @@ def test_optunas_own_log_lines_stay_out_of_the_terminal(capfd):
     assert searcher.suggest("t1")
     captured = capfd.readouterr()
     assert "A new study created" not in captured.err + captured.out
+
+
+# ---------------------------------------------------------------- BOHB
+
+BOHB = ["search.algorithm=bohb", "scheduler={name: hyperband_bohb}"]
+
+
+def _bohb(overrides: list[str]):
+    spec = load_spec(DIGITS, [*BOHB, *overrides])
+    alg, param_space = searchers.build_searcher(spec)
+    alg.set_search_properties(spec.data["search"]["metric"], spec.data["search"]["mode"], param_space)
+    return alg
+
+
+def test_bohb_learns_from_each_budget_and_draws_from_its_own_seed():
+    import math
+
+    import numpy as np
+
+    space = "space={train.optimizer.lr: {loguniform: [1.0e-5, 1.0e-1]}, model.width: {choice: [16, 32, 48]}}"
+
+    def sweep():
+        bohb = _bohb([space, "search.seed=5", "resources.max_concurrent_trials=null"])
+        configs = []
+        for i in range(24):  # the best lr is 1e-3; HyperBandForBOHB tells each result with its budget
+            config = bohb.suggest(f"t{i}")
+            configs.append(config)
+            score = 1 - abs(math.log10(config["train.optimizer.lr"]) + 3) / 4
+            bohb.on_trial_result(f"t{i}", {"val_accuracy": score, "epoch": 1, "hyperband_info": {"budget": 1}})
+            bohb.on_trial_complete(f"t{i}", {"val_accuracy": score, "epoch": 1})
+        return bohb, configs
+
+    np.random.seed(0)
+    before = np.random.get_state()[1].copy()
+    bohb, first = sweep()
+    _, second = sweep()
+    # hpbandster draws its random share and its model's samples from numpy's global generator:
+    # here from the searcher's own seed, so the model-based picks repeat too, and the global one is untouched.
+    assert first == second and (np.random.get_state()[1] == before).all()
+    assert list(bohb.bohber.kde_models) == [1]  # a model of the budget-1 results
+    distance = [abs(math.log10(c["train.optimizer.lr"]) + 3) for c in first]
+    assert np.median(distance[-8:]) < np.median(distance[:8]) / 2, distance  # it proposes near what scored best
+    assert all(type(c["model.width"]) is int and type(c["train.optimizer.lr"]) is float for c in first)  # not numpy's
+
+
+def test_bohb_is_told_each_decided_result_once_at_its_epoch_and_only_of_its_own_trials():
+    bohb = _bohb(["resources.max_concurrent_trials=null"])
+    bohb.suggest("a")
+    bohb.suggest("b")
+    # A resumed trial continues past its new bracket's milestone: its value is the epoch-3 one.
+    bohb.on_trial_result("a", {"val_accuracy": 0.5, "epoch": 3, "hyperband_info": {"budget": 1}})
+    bohb.on_trial_result("a", {"val_accuracy": 0.5, "epoch": 3, "hyperband_info": {"budget": 1}})  # Tune's duplicate
+    bohb.on_trial_result("b", {"val_accuracy": 0.2, "epoch": 1})  # between milestones: nothing decided
+    assert bohb.bohber.losses == {3: [-0.5]}
+    # The scheduler stopped b at this result: Tune tells the searcher only its completion.
+    bohb.on_trial_complete("b", {"val_accuracy": 0.1, "epoch": 2})
+    bohb.on_trial_result("x", {"val_accuracy": 0.5, "epoch": 1, "hyperband_info": {"budget": 1}})  # not its trial
+    bohb.on_trial_complete("a", {"val_accuracy": 0.55, "epoch": 4}, error=True)
+    assert bohb.bohber.losses == {3: [-0.5], 2: [-0.1]}
+    # An errored trial resumed under the same id (resume_sweep resumes errored trials) is still told.
+    bohb.on_trial_result("a", {"val_accuracy": 0.6, "epoch": 4, "hyperband_info": {"budget": 4}})
+    bohb.on_trial_complete("a", {"val_accuracy": 0.6, "epoch": 4})  # the same result again: told once
+    assert bohb.bohber.losses == {3: [-0.5], 2: [-0.1], 4: [-0.6]}
+
+
+def test_bohbs_concurrency_limit_counts_running_trials_not_paused_ones(tmp_path):
+    alg = _bohb(["resources.max_concurrent_trials=2"])
+    assert alg.suggest("a") and alg.suggest("b") and alg.suggest("c") is None  # two at a time
+    alg.on_pause("a")  # HyperBandForBOHB paused it at a milestone: its place goes to the next trial
+    assert alg.suggest("c") and alg.suggest("d") is None
+    alg.save(str(tmp_path / "state.pkl"))
+    again = _bohb(["resources.max_concurrent_trials=2"])
+    again.restore(str(tmp_path / "state.pkl"))
+    assert again.searcher.running == {"b", "c"} and again.searcher.paused == {"a"}
+    again.on_unpause("a")
+    assert again.suggest("d") is None
+
+
+def test_bohb_is_told_earlier_trials_at_the_milestones_of_this_sweep(capsys):
+    import math
+
+    import numpy as np
+
+    from raytune_opt.warm_start import Told
+
+    lr = "space={train.optimizer.lr: {loguniform: [1.0e-5, 1.0e-1]}}"
+    overrides = [lr, "scheduler={name: hyperband_bohb, reduction_factor: 2}", "train.epochs=4", "search.seed=2",
+                 "resources.max_concurrent_trials=null"]
+    spec = load_spec(DIGITS, [*BOHB, *overrides])
+
+    def score(x, epoch):  # the best lr is 1e-3; more epochs, higher scores
+        return 1 - abs(math.log10(x) + 3) / 4 - 0.1 * (4 - epoch)
+
+    told = [Told("earlier", f"e{i}", {"train.optimizer.lr": x}, (score(x, 4),), "complete",
+                 tuple((e, score(x, e)) for e in (1, 2, 3, 4))) for i, x in enumerate(np.geomspace(1e-5, 1e-1, 8))]
+    told.append(Told("earlier", "stopped", {"train.optimizer.lr": 0.05}, (), "pruned", ((1, 0.1),)))
+    searcher, param_space = searchers.build_searcher(spec, told=told)
+    searcher.set_search_properties("val_accuracy", "max", param_space)  # as Tune does: hpbandster starts here
+    # At this sweep's milestones (max_t 4, eta 2: epochs 1, 2 and 4), not at epoch 3.
+    assert {b: len(v) for b, v in searcher.bohber.losses.items()} == {1: 9, 2: 8, 4: 8}
+    assert 4 in searcher.bohber.kde_models and capsys.readouterr().err == ""
+    cold, _ = searchers.build_searcher(spec)
+    cold.set_search_properties("val_accuracy", "max", param_space)
+
+    def distance(alg):
+        return np.median([abs(math.log10(alg.suggest(f"t{i}")["train.optimizer.lr"]) + 3) for i in range(16)])
+
+    assert distance(searcher) < distance(cold) / 2  # it proposes near what the earlier sweep found

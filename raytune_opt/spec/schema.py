@@ -399,12 +399,12 @@ SPEC = Section("A sweep spec.", {
     }),
     "scheduler": Section("Trial scheduler (early stopping across trials); time unit: epochs.", {
         "name": Field("str", "fifo", " | ".join(SCHEDULERS) + ".", choices=SCHEDULERS, tunable=False),
-        "max_t": Field("int", None, "asha/moasha/hyperband: most epochs a trial may run; null: train.epochs.",
+        "max_t": Field("int", None, "asha/moasha/hyperband(_bohb): most epochs a trial may run; null: train.epochs.",
                        nullable=True, ge=1, tunable=False),
         "grace_period": Field("int", 1, "asha/moasha/median: epochs before a trial can be stopped.", ge=1,
                               tunable=False),
-        "reduction_factor": Field("float", 3.0, "asha/moasha/hyperband: halving rate (moasha: a trial goes on when it "
-                                  "ranks in the top 1/reduction_factor of its rung).", gt=1, tunable=False),
+        "reduction_factor": Field("float", 3.0, "asha/moasha/hyperband(_bohb): halving rate (moasha: a trial goes on "
+                                  "when it ranks in the top 1/reduction_factor of its rung).", gt=1, tunable=False),
         "brackets": Field("int", 1, "asha: number of brackets.", ge=1, tunable=False),
         "min_samples_required": Field("int", 3, "median: trials needed before stopping any.", ge=1, tunable=False),
         "perturbation_interval": Field("int", 2, "pbt/pb2: epochs between exploit/explore steps.", ge=1, tunable=False),

@@ -634,6 +634,19 @@ def _searcher_rules(ck: _Checker, d: dict, space: Space) -> None:
     if ck.ok("search.algorithm", "search.sampler"):
         for pkey, what, fix in searchers.refusals(space, search["algorithm"], search["sampler"]):
             ck.add(("space", pkey), what, fix, at=ck.param_at.get(pkey))
+    if not ck.ok("search.algorithm"):
+        return
+    from raytune_opt import _imports
+
+    algorithm, entry = search["algorithm"], registry.SEARCHERS[search["algorithm"]]
+    missing = [m for m in entry.meta.get("requires", ()) if not _imports.is_available(m)]
+    if missing:
+        ck.add(("search", "algorithm"), f"{algorithm} needs {' and '.join(missing)}, not installed (got {algorithm})",
+               f"install the {entry.meta['extra']} extra: pip install 'raytune-opt[{entry.meta['extra']}]'")
+    needs = entry.meta.get("scheduler")
+    if needs and ck.ok("scheduler.name") and d["scheduler"]["name"] != needs:
+        ck.add(("scheduler", "name"), f"{algorithm} learns from what {needs} tells it of each trial (got "
+               f"{d['scheduler']['name']})", f"set scheduler.name: {needs}")
 
 
 _KINDS = {0: "feature vectors", 1: "1-D signals", 2: "images"}
