@@ -225,11 +225,8 @@ def _suggest(trial, p):
 _BRANCH = "__value__"  # key holding a choice's own value inside its hyperopt branch dict
 
 
-def hyperopt_space(space: Space) -> dict:
-    """A native HyperOpt space in which conditional parameters live inside ``hp.choice`` branches."""
-    from hyperopt import hp
-    import numpy as np
-
+def _branches(space: Space) -> tuple[dict, list]:
+    """``({(parent key, value): [params under that branch]}, [unconditional params])``."""
     children: dict[tuple, list] = {}
     roots = []
     for p in space.params:
@@ -239,6 +236,15 @@ def hyperopt_space(space: Space) -> dict:
                 children.setdefault((cond.parent, v), []).append(p)
         else:
             roots.append(p)
+    return children, roots
+
+
+def hyperopt_space(space: Space) -> dict:
+    """A native HyperOpt space in which conditional parameters live inside ``hp.choice`` branches."""
+    from hyperopt import hp
+    import numpy as np
+
+    children, roots = _branches(space)
 
     def node(p, label: str):
         kind, a = p.domain.kind, p.domain.args
@@ -560,15 +566,7 @@ def hyperopt_labels(space: Space) -> list[tuple]:
     """``(label, param, conditions)`` of every node of the HyperOpt space: the labels
     :func:`hyperopt_space` gives (a Tune space converted by Ray: the keys), and the
     ``(parent key, value)`` pairs under which each is active."""
-    children: dict[tuple, list] = {}
-    roots = []
-    for p in space.params:
-        if p.conditions:
-            cond = p.conditions[-1]
-            for v in cond.values:
-                children.setdefault((cond.parent, v), []).append(p)
-        else:
-            roots.append(p)
+    children, roots = _branches(space)
     out = []
 
     def walk(params, prefix: str, conds: tuple) -> None:
