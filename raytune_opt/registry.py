@@ -539,13 +539,13 @@ SEARCHERS.register("optuna", f"{_S}:build_optuna", doc="Optuna with search.sampl
 SEARCHERS.register("hyperopt", f"{_S}:build_hyperopt", doc="HyperOpt TPE (nested hp.choice for a conditional "
                    "space)", check=f"{_S}:check_hyperopt",
                    caps=dict(grid=False, conditional=True, normal=True, categorical=True, qloguniform=True),
-                   sequential=True, explores=True, multi_objective=False, enqueue=True)
+                   sequential=True, explores=True, multi_objective=False, enqueue="complete")
 SEARCHERS.register("bohb", f"{_S}:build_bohb", doc="BOHB: kernel-density models of the good configs at each "
                    "budget (Ray's TuneBOHB, hpbandster), with scheduler.name: hyperband_bohb (the bohb extra)",
                    check=f"{_S}:check_bohb",
                    caps=dict(grid=False, conditional=False, normal=False, categorical=True, qloguniform=False),
                    sequential=False, explores=True, multi_objective=False, scheduler="hyperband_bohb",
-                   requires=("hpbandster", "ConfigSpace"), extra="bohb")
+                   requires=("hpbandster", "ConfigSpace"), extra="bohb", enqueue="complete")
 
 #: Optuna samplers by name (``search.sampler``, with ``search.algorithm: optuna``): a target
 #: is an ``optuna.samplers.BaseSampler`` class or factory called with ``seed=``. Meta ``caps``

@@ -687,8 +687,10 @@ def build_bohb(spec, *, seed: int, metric: str, mode: str, limit: int):
 
     for module in registry.SEARCHERS["bohb"].meta["requires"]:  # hpbandster, ConfigSpace (the bohb extra)
         _imports.require(module, "search.algorithm: bohb")
-    return (_bohb_class()(metric=metric, mode=mode, seed=seed, milestones=hyperband_milestones(spec)),
-            spec.space.to_tune())
+    from raytune_opt.warm_start import enqueued
+
+    return (_bohb_class()(metric=metric, mode=mode, seed=seed, milestones=hyperband_milestones(spec),
+                          points_to_evaluate=enqueued(spec) or None), spec.space.to_tune())
 
 
 def _plain(value):

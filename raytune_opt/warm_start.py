@@ -107,11 +107,11 @@ def check(view: registry.SpecView) -> list[registry.Finding]:
                                     f"{search['num_samples']}", f"raise search.num_samples to at least {len(enqueue)} "
                                     "or enqueue fewer", reads="search.num_samples"))
     for i, config in enumerate(enqueue):
-        if search["algorithm"] == "hyperopt":  # it cannot sample the rest of a given point (Ray says the same)
+        if entry.meta["enqueue"] == "complete":  # hyperopt, bohb: they cannot sample the rest of a given point
             given = {k: v for k, v in config.items() if k in space.by_key}
             missing = [p.key for p in space.params if p.key not in given and space.is_active(p.key, given)]
             if missing:
-                out.append(registry.Finding(("search", "enqueue", i), f"hyperopt needs every active key of an "
+                out.append(registry.Finding(("search", "enqueue", i), f"{search['algorithm']} needs every active key of an "
                                             f"enqueued config (missing: {', '.join(missing)})", "give a value for each "
                                             "(or use search.algorithm: optuna, which samples the keys left out)"))
         for key, value in config.items():

@@ -274,3 +274,13 @@ def test_a_warm_started_sweep_killed_mid_way_resumes_with_its_told_trials_told_o
     assert len(told) == 6 and [t.state for t in told].count(TrialState.PRUNED) == 1, study.trials  # once each
     assert len(study.trials) == 6 + N
     assert json.loads((exp / warm_start.WARM_START).read_text())["sources"] == [str(earlier)]
+
+
+def test_bohb_trains_a_complete_enqueued_config_first():
+    overrides = ["search.algorithm=bohb", "scheduler={name: hyperband_bohb}", LR]
+    first = {"train.optimizer.lr": 0.002, "model.width": 16}
+    spec = load_spec(DIGITS, overrides + [f"search.enqueue=[{json.dumps(first)}]"])
+    searcher, param_space = searchers.build_searcher(spec)
+    _tune_would(searcher, param_space)
+    assert searchers.flatten_config(searcher.suggest("first"), spec.space) == first
+    assert searchers.flatten_config(searcher.suggest("second"), spec.space) != first
