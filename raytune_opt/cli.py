@@ -77,13 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--endpoint-url", help="S3-compatible endpoint of an s3:// experiment (default: "
                                            "$AWS_ENDPOINT_URL_S3 or $AWS_ENDPOINT_URL, else AWS)")
     pr.add_argument("--targets", help=f"comma-separated subset of {','.join(registry.PROMOTION_STEPS)} "
-                                      f"(default: the spec's promote.targets)")
+                                      f"and your own steps as module:callable (default: the spec's promote.targets)")
     pr.add_argument("--address", help="Ray cluster to build TensorRT engines on (default: $RAY_ADDRESS, else this "
                                       "machine if it has a GPU)")
     pr.add_argument("--trust-code", action="store_true",
-                    help="import the model or data set code (module:callable) the experiment's files name, from "
-                         "where its sweep did: needed to promote your own model's experiment by hand; without it "
-                         "only built-in models and data sets are rebuilt. It runs that code: use it only for "
+                    help="import the model, data set or promotion step code (module:callable) the experiment's "
+                         "files name, from where its sweep did: needed to promote your own model's experiment by "
+                         "hand; without it only built-in models and data sets are rebuilt. It runs that code: use it only for "
                          "experiments you trust ('run' and 'resume' promote their own sweep without it)")
 
     rs = sub.add_parser("resume", help="continue an interrupted sweep, then promote its best trial",

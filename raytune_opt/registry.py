@@ -120,7 +120,8 @@ class Entry:
 
 
 class Registry:
-    """Names -> :class:`Entry`, in registration order."""
+    """Names -> :class:`Entry`, in registration order; entries with an ``order`` meta (a
+    number) come first, by it (a promotion step's: the order the steps run in)."""
 
     def __init__(self, kind: str):
         self.kind = kind
@@ -149,7 +150,7 @@ class Registry:
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self.names())
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -161,7 +162,17 @@ class Registry:
         return self._entries.get(name)
 
     def names(self) -> tuple[str, ...]:
-        return tuple(self._entries)
+        return tuple(sorted(self._entries, key=lambda n: self._entries[n].meta.get("order", math.inf)))
+
+    def discover(self, package: str) -> None:
+        """Import every module of ``package`` whose name does not start with ``_``: each
+        registers its entries itself when imported (a built-in promotion step is one file in
+        :mod:`raytune_opt.promote.steps`). Those modules must import neither torch nor Ray."""
+        import pkgutil
+
+        for info in pkgutil.iter_modules(importlib.import_module(package).__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{package}.{info.name}")
 
     def target_of(self, name: str) -> str:
         """The import path ``name`` stands for: a registered entry's target, or ``name`` itself."""
@@ -607,29 +618,19 @@ SCHEDULERS.register("hyperband_bohb", f"{_T}:hyperband_bohb", doc="Hyperband for
 
 # ---------------------------------------------------------------- promotion steps
 
-#: Promotion steps by name (``promote.targets``), run in this order: a target is ``step(run)``
-#: with the pipeline's run (:mod:`raytune_opt.promote.pipeline`: the model, the data, what
-#: earlier steps made, ``add(artifact)`` for the manifest). Meta ``needs``: steps that run
-#: first (built even when not listed; validation asks for them to be listed); ``compresses``:
-#: it makes a smaller model the later steps convert; ``by_default`` (default true): in the
-#: default ``promote.targets``. ``check`` gets a :class:`SpecView`: the step's own rules on the spec.
+#: Promotion steps by name (``promote.targets``). A target is ``step(ctx)`` with a
+#: :class:`raytune_opt.promote.StepContext` (what the step may read, and ``record``, ``use``,
+#: ``leave`` for what it adds); ``promote.targets`` may also name one by import path. Each
+#: built-in is one module of :mod:`raytune_opt.promote.steps`, found and imported here, that
+#: registers itself as a user's would. Meta ``order``: when it runs (steps run by it); ``needs``:
+#: steps that run first (built even when not listed; validation asks for them to be listed);
+#: ``compresses``: it makes a smaller model the later steps convert; ``by_default`` (default
+#: true): in the default ``promote.targets``; ``settings``: its ``promote.<name>`` section (a
+#: :class:`raytune_opt.spec.fields.Section`, put under ``promote`` by the schema); ``gpu``: it
+#: builds on a GPU node, which the pipeline finds before any step runs. ``check`` gets a
+#: :class:`SpecView`: the step's own rules on the spec.
 PROMOTION_STEPS = Registry("promotion step")
-_P = "raytune_opt.promote.pipeline"
-# Compression steps (meta compresses): run first, each replaces the model the later steps
-# convert when it passes its gate; by_default False: not in promote.targets unless listed.
-PROMOTION_STEPS.register("prune", "raytune_opt.promote.prune:prune_step", doc="structured channel pruning "
-                         "(Torch-Pruning removes channels), fine-tuned with distillation from the unpruned model, "
-                         "behind its gate", check="raytune_opt.promote.prune:check", needs=(), compresses=True,
-                         by_default=False)
-PROMOTION_STEPS.register("distill", "raytune_opt.promote.distill:distill_step", doc="a student model "
-                         "(promote.distill.model) trained with distillation from the trial, behind its gate",
-                         check="raytune_opt.promote.distill:check", needs=(), compresses=True, by_default=False)
-PROMOTION_STEPS.register("onnx", f"{_P}:onnx_step", doc="ONNX export (dynamic batch axis), parity against PyTorch, "
-                         "latency on ONNX Runtime", needs=())
-PROMOTION_STEPS.register("int8", f"{_P}:int8_step", doc="INT8 QDQ by ONNX Runtime static quantization, behind the "
-                         "accuracy gate (a regression: the metric's relative change)", needs=("onnx",))
-PROMOTION_STEPS.register("tensorrt", f"{_P}:tensorrt_step", doc="fp16 and INT8 TensorRT engines, built and timed on "
-                         "a GPU node", needs=("onnx",))
+PROMOTION_STEPS.discover("raytune_opt.promote.steps")
 
 
 # ---------------------------------------------------------------- the README's table

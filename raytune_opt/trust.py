@@ -1,8 +1,8 @@
 """Which code a file may make raytune-opt import: built-ins always, the user's only when trusted.
 
 Checkpoints, an experiment's resolved spec (``spec.yaml``) and its run record name code: a
-model's or a data set's ``target`` (``module:callable``) with the arguments to call it with,
-and the directories to import it from (``code_dirs``). Rebuilding the model imports and
+model's or a data set's ``target`` (``module:callable``) with the arguments to call it with, a
+promotion step of ``promote.targets``, and the directories to import it from (``code_dirs``). Rebuilding the model imports and
 calls that target; ``torch.load(weights_only=True)`` does not help, since the code is named,
 not pickled. So, as Hugging Face's ``trust_remote_code``:
 

@@ -2,22 +2,25 @@
 (behind an accuracy gate) and TensorRT engines on a GPU node, described by
 ``promotion/manifest.json``.
 
-Modules: :mod:`.select` (which trial), :mod:`.prune` and :mod:`.distill` (compression
-before conversion, sharing :mod:`.compress`), :mod:`.export` (ONNX, parity), :mod:`.quantize`
-(INT8, gate), :mod:`.tensorrt` (engines), :mod:`.measure` (accuracy, latency),
-:mod:`.manifest` (the record and its table), :mod:`.pipeline` (the order of the steps).
+Modules: :mod:`.select` (which trial), :mod:`.steps` (the steps, one module each, written to
+:class:`StepContext`, the contract in :mod:`.context`), :mod:`.pipeline` (their order, the
+reference they compare with, the manifest), and what the steps use: :mod:`.prune` and
+:mod:`.compress` (compression before conversion), :mod:`.export` (ONNX, parity),
+:mod:`.quantize` (INT8, gate), :mod:`.tensorrt` (engines), :mod:`.measure` (accuracy,
+latency), :mod:`.manifest` (the record and its table).
 """
 
 import importlib
 
 from raytune_opt.promote.errors import NoSuccessfulTrialError, NotAnExperimentError, PromotionError
 
-__all__ = ["promote", "parse_targets", "table", "TARGETS", "PromotionError", "NotAnExperimentError",
+__all__ = ["promote", "parse_targets", "table", "TARGETS", "StepContext", "PromotionError", "NotAnExperimentError",
            "NoSuccessfulTrialError"]
 
-# Imported when first used: validation imports the compression steps' checks from this package
-# (.prune, .distill), and the pipeline imports torch.
-_LAZY = {"promote": "pipeline", "parse_targets": "pipeline", "TARGETS": "pipeline", "table": "manifest"}
+# Imported when first used: validation imports the steps' declarations and checks from this
+# package (.steps), and the pipeline imports torch.
+_LAZY = {"promote": "pipeline", "parse_targets": "pipeline", "TARGETS": "pipeline", "table": "manifest",
+         "StepContext": "context"}
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""What the compression steps (:mod:`.prune`, :mod:`.distill`) share: training a model with
+"""What the compression steps (:mod:`.steps.prune`, :mod:`.steps.distill`) share: training a model with
 knowledge distillation from a teacher on the trial's own recipe, and turning the result into
 an artifact (scored, gated against the trial, saved as a checkpoint ``raytune_opt.load_model``
 reads, and made the model the later steps convert when it passes its gate).
@@ -31,21 +31,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from raytune_opt import progress
-from raytune_opt.promote import manifest, measure
+from raytune_opt.promote import measure
 from raytune_opt.promote.errors import CompressionError
 
 if TYPE_CHECKING:
-    from raytune_opt.promote.pipeline import _Run
+    from raytune_opt.promote.context import StepContext
 
-__all__ = ["settings", "kd_loss", "distill_train", "footprint_of", "finish"]
-
-
-def settings(promote_cfg: dict, name: str) -> dict:
-    """``promote.<name>`` with the schema's defaults under it (experiments written before the
-    section existed have none)."""
-    from raytune_opt.spec import schema
-
-    return {**schema.defaults(schema.lookup(("promote", name))), **(promote_cfg.get(name) or {})}
+__all__ = ["kd_loss", "distill_train", "footprint_of", "finish"]
 
 
 def kd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, task_loss: nn.Module, *,
@@ -64,7 +56,7 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, 
     return alpha * soft + (1 - alpha) * task
 
 
-def _recipe_train(run: _Run) -> dict:
+def _recipe_train(ctx: StepContext) -> dict:
     """The trial's ``train`` section with the schema's defaults under it."""
     from raytune_opt.spec import schema
 
@@ -73,10 +65,10 @@ def _recipe_train(run: _Run) -> dict:
             return {**default, **{k: merge(default.get(k), v) for k, v in given.items()}}
         return given
 
-    return merge(schema.defaults(schema.lookup(("train",))), run.ckpt["recipe"].get("train") or {})
+    return merge(schema.defaults(schema.lookup(("train",))), ctx.checkpoint["recipe"].get("train") or {})
 
 
-def distill_train(student: nn.Module, teacher: nn.Module, run: _Run, *, epochs: int, alpha: float,
+def distill_train(student: nn.Module, teacher: nn.Module, ctx: StepContext, *, epochs: int, alpha: float,
                   temperature: float, label: str) -> None:
     """Train ``student`` in place for ``epochs`` epochs of the trial's recipe with distillation
     from ``teacher`` (both end on the CPU, in eval mode; nothing happens for 0 epochs).
@@ -93,7 +85,7 @@ def distill_train(student: nn.Module, teacher: nn.Module, run: _Run, *, epochs: 
     from raytune_opt.recipe.losses import build_loss
     from raytune_opt.recipe.optim import build_optimizer, build_scheduler
 
-    data, tcfg, seed = run.data, _recipe_train(run), int(run.source.spec["seed"])
+    data, tcfg, seed = ctx.data, _recipe_train(ctx), ctx.seed
     regression = data.task == "regression"
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     labels = train_labels(data.train) if tcfg["loss"].get("class_weights") == "balanced" else None
@@ -158,9 +150,9 @@ def footprint_of(model: nn.Module, example: torch.Tensor) -> dict:
     return out
 
 
-def finish(run: _Run, name: str, model: nn.Module, *, made: str, spec: dict, recipe: dict, epochs: int,
+def finish(ctx: StepContext, model: nn.Module, *, made: str, spec: dict, recipe: dict, epochs: int,
            details: dict) -> None:
-    """Score ``model`` (the output of compression step ``name``), save it as
+    """Score ``model`` (the output of the compression step ``ctx.step``), save it as
     ``promotion/model.<made>.pt``, gate it against the trial and record it; when it passes,
     the later steps convert it instead of the model they had.
 
@@ -176,34 +168,33 @@ def finish(run: _Run, name: str, model: nn.Module, *, made: str, spec: dict, rec
     """
     from raytune_opt.recipe.checkpoint import load_model, make_checkpoint, save_checkpoint
 
-    cfg = settings(run.cfg, name)
+    name, cfg = ctx.step, ctx.settings
     model.eval()
     runner = measure.torch_runner(model)
     with progress.step(f"{name}: scoring, measuring latency"):
-        outputs = measure.predict(runner, run.x_val)
-        score = run.scorer.score(outputs, run.y_val)
-        latency = measure.latencies(runner, run.x_val)
-        test = run.test_score(runner)
-    metric = "val_accuracy" if not run.scorer.regression else f"val_{run.scorer.metric}"
-    path = run.out_dir / f"model.{made}.pt"
+        outputs = measure.predict(runner, ctx.x_val)
+        score = ctx.scorer.score(outputs, ctx.y_val)
+        latency = measure.latencies(runner, ctx.x_val)
+        test = ctx.test_score(runner)
+    metric = "val_accuracy" if not ctx.scorer.regression else f"val_{ctx.scorer.metric}"
+    path = ctx.out_dir / f"model.{made}.pt"
     save_checkpoint(make_checkpoint(
         model_spec=spec, model_state=model.state_dict(), epoch=epochs, metrics={metric: score}, recipe=recipe,
-        spec_sha256=str(run.ckpt.get("spec_sha256", "")),
-        extra={"promotion": {"step": name, "trial_id": run.source.trial_id, "settings": cfg, **details}}), path)
+        spec_sha256=str(ctx.checkpoint.get("spec_sha256", "")),
+        extra={"promotion": {"step": name, "trial_id": ctx.source.trial_id, "settings": cfg, **details}}), path)
     # The spec names the model this promotion built: a user one only where the experiment is trusted.
-    _check_reloads(path, outputs, run.x_val, lambda p: load_model(p, trust_code=run.trust_code), made)
-    limit = cfg["max_relative_change"] if run.scorer.regression else cfg["max_accuracy_drop"]
-    gate = measure.Scorer(run.scorer.metric, float(limit), section=name, against="the trial")
-    reason = gate.rejection(score, run.fp32)
-    size = footprint_of(model, run.data.input_example)
-    trial = run.artifacts[0]  # the pytorch row
+    _check_reloads(path, outputs, ctx.x_val, lambda p: load_model(p, trust_code=ctx.trust_code), made)
+    limit = cfg["max_relative_change"] if ctx.scorer.regression else cfg["max_accuracy_drop"]
+    gate = measure.Scorer(ctx.scorer.metric, float(limit), section=name, against="the trial")
+    reason = gate.rejection(score, ctx.fp32)
+    size = footprint_of(model, ctx.data.input_example)
+    trial = ctx.artifacts[0]  # the pytorch row
     of_trial = {k: (size[k] / trial[k] if size.get(k) is not None and trial.get(k) else None) for k in size}
-    run.add(manifest.artifact(name, "rejected" if reason else "ok", path=path, root=run.out_dir, reason=reason,
-                              **run.scored(score, test), latency_ms=latency,
-                              runtime=f"pytorch cpu, {run.threads} threads",
-                              **size, of_trial=of_trial, from_step=None, **details))
+    ctx.record(name, "rejected" if reason else "ok", path=path, reason=reason, **ctx.scored(score, test),
+               latency_ms=latency, runtime=f"pytorch cpu, {ctx.threads} threads", **size, of_trial=of_trial,
+               from_step=None, **details)
     if not reason:
-        run.use(name, model, outputs, score, size, against=f"the {made} fp32 model")
+        ctx.use(model, outputs, score, size, against=f"the {made} fp32 model")
 
 
 def _check_reloads(path, outputs: np.ndarray, x_val: np.ndarray, load_model, made: str) -> None:

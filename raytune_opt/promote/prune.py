@@ -1,5 +1,5 @@
-"""The ``prune`` promotion step: structured channel pruning with Torch-Pruning, then
-fine-tuning with knowledge distillation from the unpruned model.
+"""Structured channel pruning with Torch-Pruning: what the ``prune`` promotion step
+(:mod:`raytune_opt.promote.steps.prune`) and ``validate --smoke`` use.
 
 Torch-Pruning (``torch-pruning`` on PyPI, Fang et al., CVPR 2023) traces a forward pass into
 a dependency graph and removes whole channels: a conv's output channels together with the
@@ -11,15 +11,8 @@ them go from each prunable layer (with ``global_pruning``, ranked across layers,
 of the whole model); ``round_to`` keeps counts multiples of a number. The layers that make
 the model's output are never pruned, so it keeps its classes.
 
-The pruned model is then fine-tuned on the trial's recipe with distillation from the
-unpruned one (:mod:`.compress`), gated against the trial (``promote.prune.max_accuracy_drop``,
-a regression ``max_relative_change``), and saved as ``promotion/model.pruned.pt``: the
-trial's model spec plus the resized layers (:mod:`raytune_opt.recipe.resize`), so
-``raytune_opt.load_model`` rebuilds it without Torch-Pruning, as the trial's own module
-classes with fewer channels.
-
 Torch-Pruning is imported here only, when a model is pruned. This module imports neither
-torch nor Ray at import time (validation imports :func:`check`).
+torch nor Ray at import time.
 """
 
 from __future__ import annotations
@@ -28,68 +21,12 @@ import copy
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from raytune_opt import registry
 from raytune_opt.promote.errors import CompressionError
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from raytune_opt.promote.pipeline import _Run
-
-__all__ = ["prune_step", "prune_model", "dry_run", "check"]
-
-_UNUSED_WITHOUT_FINETUNING = ("distill_alpha", "temperature")
-
-
-def check(view: registry.SpecView) -> list[registry.Finding]:
-    """The prune step's rules beyond the schema's bounds: settings of the fine-tuning are
-    refused when there is none (they would do nothing)."""
-    cfg = view.data["promote"]["prune"]
-    out = []
-    if cfg["finetune_epochs"] == 0:
-        for key in _UNUSED_WITHOUT_FINETUNING:
-            if view.given(("promote", "prune", key)):
-                out.append(registry.Finding(("promote", "prune", key), f"not used with finetune_epochs 0 (got "
-                                            f"{cfg[key]})", "remove it, or fine-tune: promote.prune.finetune_epochs: 2",
-                                            reads="promote.prune.finetune_epochs"))
-    return out
-
-
-def prune_step(run: _Run) -> None:
-    """Prune a copy of the trial's model, fine-tune it with distillation from the trial's,
-    gate, save and record it (a model Torch-Pruning cannot prune: a failed record, one line)."""
-    from raytune_opt import progress
-    from raytune_opt.promote import compress, manifest
-    from raytune_opt.recipe.errors import RecipeConfigError
-
-    cfg = compress.settings(run.cfg, "prune")
-    teacher = run.trial_model  # the first step: the model the chain had is the trial's
-    try:
-        with progress.step("prune: tracing the model and removing channels"):
-            pruned = prune_model(copy.deepcopy(teacher), run.data.input_example, ratio=float(cfg["ratio"]),
-                                 round_to=cfg["round_to"], global_pruning=bool(cfg["global_pruning"]))
-        spec = _spec(run, pruned)
-        epochs = int(cfg["finetune_epochs"])
-        compress.distill_train(pruned, teacher, run, epochs=epochs, alpha=float(cfg["distill_alpha"]),
-                               temperature=float(cfg["temperature"]), label="prune")
-        recipe = dict(run.ckpt["recipe"])
-        compress.finish(run, "prune", pruned, made="pruned", spec=spec, recipe=recipe, epochs=epochs,
-                        details={"pruning": {"ratio": cfg["ratio"], "round_to": cfg["round_to"],
-                                             "global_pruning": cfg["global_pruning"], "library": _library(),
-                                             "finetune_epochs": epochs}})
-    except (CompressionError, RecipeConfigError) as exc:
-        run.add(manifest.artifact("prune", "failed", reason=str(exc)))
-
-
-def _spec(run: _Run, pruned: nn.Module) -> dict:
-    """The trial's model spec plus the layers pruning resized (what load_model rebuilds)."""
-    from raytune_opt.recipe.resize import describe
-
-    try:
-        resized = describe(pruned, run.trial_model)
-    except ValueError as exc:
-        raise CompressionError(f"prune: {exc}") from None
-    return {**run.ckpt["model"], "resized": resized}
+__all__ = ["prune_model", "dry_run"]
 
 
 def prune_model(model: nn.Module, example, *, ratio: float, round_to: int | None = None,
@@ -200,12 +137,3 @@ def dry_run(model: nn.Module, example, cfg: dict) -> tuple[int, int]:
     prune_model(twin, example, ratio=float(cfg["ratio"]), round_to=cfg["round_to"],
                 global_pruning=bool(cfg["global_pruning"]))
     return before, sum(p.numel() for p in twin.parameters())
-
-
-def _library() -> str:
-    from importlib import metadata
-
-    try:
-        return f"torch-pruning {metadata.version('torch-pruning')}"
-    except metadata.PackageNotFoundError:
-        return "torch-pruning"

@@ -29,8 +29,8 @@ import numpy as np
 from raytune_opt import _atomic, progress
 from raytune_opt._fmt import signed
 from raytune_opt.promote import measure
+from raytune_opt.promote.steps.int8 import CALIBRATION_METHODS as METHODS  # the int8 step's setting owns them
 
-METHODS = ("minmax", "entropy", "percentile")
 FLAVORS = ("cpu", "tensorrt")
 
 

@@ -4,16 +4,20 @@ One declarative tree (:data:`SPEC`) drives validation, defaults, the README's sp
 reference and the check that a ``space`` key names a real recipe setting. Names that a
 registry owns (models, datasets, optimizers, ...) are listed here so that ``validate``
 never has to import torch or Ray; a test checks they match the registries. The model names
-come from :data:`raytune_opt.registry.MODELS` itself (it imports neither).
+come from :data:`raytune_opt.registry.MODELS` itself (it imports neither). A promotion
+step's settings (``promote.<step>``) are not written here: each step declares its section
+beside its code (:mod:`raytune_opt.promote.steps`) and :func:`_promote_section` puts them under
+``promote``. The node types, :class:`Field` and :class:`Section`, live in
+:mod:`raytune_opt.spec.fields`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from raytune_opt import registry
+from raytune_opt.spec.fields import Field, Section  # noqa: F401  (the node types, re-exported)
 
 # Names owned by the registries in raytune_opt.recipe / searchers / schedulers.
 DATASETS = registry.DATASETS.names()
@@ -34,7 +38,6 @@ SAMPLERS = registry.OPTUNA_SAMPLERS.names()
 SCHEDULERS = registry.SCHEDULERS.names()
 PROMOTION_TARGETS = registry.PROMOTION_STEPS.names()
 DEFAULT_TARGETS = tuple(t for t in PROMOTION_TARGETS if registry.PROMOTION_STEPS[t].meta.get("by_default", True))
-CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 # Metrics the training recipe reports after every epoch, and the direction that is better.
 # val_loss is always plain cross-entropy (no weights, no smoothing) for classification and
 # the mean squared error for regression, whatever the training loss, so that it compares
@@ -55,48 +58,6 @@ EPOCH_STATS = ("grad_norm", "lr", "samples_per_s", "epoch_s", "rank_param_max_di
 from raytune_opt.objectives import MEASURES  # noqa: E402  (light: no torch, no Ray)
 # Sections whose leaves a search space may tune.
 TUNABLE_SECTIONS = ("data", "model", "train")
-
-
-@dataclass(frozen=True)
-class Field:
-    """One leaf key of the spec."""
-
-    type: str  # "int" | "float" | "bool" | "str" | "list" | "dict" | "any"
-    default: Any
-    doc: str
-    choices: tuple | None = None
-    nullable: bool = False
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    check: Callable[[Any], str | None] | None = None  # extra rule: returns what is wrong
-    # The choices are this registry's names as they are when a spec is checked (names
-    # registered later count), or a "module:callable" import path.
-    registry: Any = None
-    tunable: bool = True
-    fixed_because: str = ""  # why a tunable section's key is not tunable, for the space error
-
-    def bounds_text(self) -> str:
-        parts = []
-        if self.ge is not None:
-            parts.append(f">= {self.ge:g}")
-        if self.gt is not None:
-            parts.append(f"> {self.gt:g}")
-        if self.le is not None:
-            parts.append(f"<= {self.le:g}")
-        if self.lt is not None:
-            parts.append(f"< {self.lt:g}")
-        return " and ".join(parts)
-
-
-@dataclass(frozen=True)
-class Section:
-    """A mapping of keys to Fields or nested Sections."""
-
-    doc: str
-    fields: dict = field(default_factory=dict)
-    open: bool = False  # open sections accept any key (DeepSpeed's config is passed through)
 
 
 MAX_NAME_CHARS = 128
@@ -209,12 +170,27 @@ def _select_check(value: Any) -> str | None:
 
 
 def _targets_check(value: Any) -> str | None:
-    bad = [t for t in value if t not in PROMOTION_TARGETS]
+    bad = [t for t in value if t not in PROMOTION_TARGETS and not registry.is_import_path(t)]
     if bad:
-        return f"unknown promotion target(s) {bad}; valid: {', '.join(PROMOTION_TARGETS)}"
+        return (f"unknown promotion target(s) {bad}; valid: {', '.join(PROMOTION_TARGETS)}, or your own step as "
+                f"'module:callable'")
     if len(set(value)) != len(value):
         return "lists a target twice"
     return None
+
+
+def _promote_section(doc: str, core: dict) -> Section:
+    """``promote``: its own keys (``core``) and, after them, the ``promote.<step>`` section each
+    promotion step declares beside its code (the entry's ``settings`` meta,
+    :mod:`raytune_opt.promote.steps`): first the steps built by default, then the others,
+    each group in the order the steps run."""
+    steps = sorted((registry.PROMOTION_STEPS[n] for n in PROMOTION_TARGETS),
+                   key=lambda e: not e.meta.get("by_default", True))
+    sections = {e.name: e.meta["settings"] for e in steps if e.meta.get("settings") is not None}
+    taken = sorted(set(sections) & set(core))
+    if taken:
+        raise ValueError(f"promotion step(s) {taken} would hide the promote keys of that name: rename the step")
+    return Section(doc, {**core, **sections})
 
 
 SPEC = Section("A sweep spec.", {
@@ -414,11 +390,12 @@ SPEC = Section("A sweep spec.", {
                        "it (Ray's synchronous PBT; each wait restarts the trial from its checkpoint).", tunable=False),
     }),
     "space": Section("Search space: dotted recipe key -> domain (see README).", open=True),
-    "promote": Section("What happens to the best trial when the sweep ends.", {
+    "promote": _promote_section("What happens to the best trial when the sweep ends.", {
         "enabled": Field("bool", True, "Run promotion at the end of `raytune-opt run`.", tunable=False),
         "targets": Field("list", list(DEFAULT_TARGETS), "Artifacts to build: " + " | ".join(PROMOTION_TARGETS) +
                          ", run in that order. prune and distill (only when listed) compress the model first; the "
-                         "last one accepted by its gate is what onnx, int8 and tensorrt convert.",
+                         "last one accepted by its gate is what onnx, int8 and tensorrt convert. Your own step, "
+                         "'module:callable' taking the step context, runs after them (see 'Your own promotion step').",
                          check=_targets_check, tunable=False),
         "select": Field("dict", None, "Which trial to promote; null: the best by the first search.metric among "
                         "feasible trials. {metric: NAME, where: {KEY: {min, max}}}: the best by NAME among trials whose "
@@ -431,55 +408,6 @@ SPEC = Section("A sweep spec.", {
         "ort_threads": Field("int", None, "Intra-op threads of ONNX Runtime and PyTorch when measuring latency "
                              "(recorded in the manifest); null: the machine's cores.", nullable=True, ge=1,
                              tunable=False),
-        "int8": Section("INT8 quantization with ONNX Runtime.", {
-            "calibration_batches": Field("int", 16, "Training batches used to calibrate.", ge=1, tunable=False),
-            "calibration_method": Field("str", "minmax", "minmax | entropy | percentile (others are tried when the "
-                                        "gate fails).", choices=CALIBRATION_METHODS, tunable=False),
-            "max_accuracy_drop": Field("float", 1.0, "Accuracy gate: most accuracy points INT8 may lose vs fp32.",
-                                       ge=0, tunable=False),
-            "max_relative_change": Field("float", 0.05, "Regression gate: most relative worsening of the metric "
-                                         "vs fp32.", ge=0, tunable=False),
-        }),
-        "prune": Section("promote.targets: prune. Structured channel pruning with Torch-Pruning (channels are "
-                         "removed: a smaller, faster model), then fine-tuning on the trial's recipe with knowledge "
-                         "distillation from the unpruned model.", {
-            "ratio": Field("float", 0.5, "Fraction of the channels removed from each prunable layer (with "
-                           "global_pruning: from the whole model).", gt=0, lt=1, tunable=False),
-            "round_to": Field("int", 8, "Round every pruned layer's kept channels down to a multiple of this (so "
-                              "more than ratio goes): ONNX Runtime's CPU convolutions work in blocks of 8 channels, "
-                              "and other counts fall off that path (a CNN pruned to 22/44 channels ran 2.4-3.7x "
-                              "slower than its unpruned 32/64); null: no rounding.", nullable=True, ge=1,
-                              tunable=False),
-            "global_pruning": Field("bool", False, "Rank channels across all layers (layers lose different "
-                                    "fractions) instead of removing ratio from each.", tunable=False),
-            "finetune_epochs": Field("int", 2, "Epochs of fine-tuning after pruning (the trial's optimizer, "
-                                     "schedule, loss, augmentation); 0: none.", ge=0, tunable=False),
-            "distill_alpha": Field("float", 0.5, "Weight of distillation from the unpruned model in the fine-tuning "
-                                   "loss (1 - alpha: the trial's own loss on the labels).", ge=0, le=1, tunable=False),
-            "temperature": Field("float", 4.0, "Softmax temperature of the distillation (a regression matches the "
-                                 "teacher's outputs by MSE instead).", gt=0, tunable=False),
-            "max_accuracy_drop": Field("float", 1.0, "Gate: most accuracy points the pruned, fine-tuned model may "
-                                       "lose vs the trial; a model that loses more is kept but rejected.", ge=0,
-                                       tunable=False),
-            "max_relative_change": Field("float", 0.05, "Regression gate: most relative worsening of the metric "
-                                         "vs the trial.", ge=0, tunable=False),
-        }),
-        "distill": Section("promote.targets: distill. A student model trained from scratch on the trial's recipe "
-                           "with knowledge distillation from the trial's model as teacher.", {
-            "model": Field("dict", None, "The student, as a model section (e.g. {width: 8}, or {name: mlp, width: "
-                           "64}): keys not given are the trial's when it keeps the trial's model.name, else the "
-                           "defaults. Required when distill is a target.", nullable=True, tunable=False),
-            "epochs": Field("int", None, "Training epochs of the student; null: the trial's train.epochs.",
-                            nullable=True, ge=1, tunable=False),
-            "alpha": Field("float", 0.5, "Weight of distillation in the loss (1 - alpha: the trial's own loss on "
-                           "the labels).", ge=0, le=1, tunable=False),
-            "temperature": Field("float", 4.0, "Softmax temperature of the distillation (a regression matches the "
-                                 "teacher's outputs by MSE instead).", gt=0, tunable=False),
-            "max_accuracy_drop": Field("float", 1.0, "Gate: most accuracy points the student may lose vs the trial.",
-                                       ge=0, tunable=False),
-            "max_relative_change": Field("float", 0.05, "Regression gate: most relative worsening of the metric "
-                                         "vs the trial.", ge=0, tunable=False),
-        }),
     }),
     "tracking": Section("Where the sweep is also logged besides its own files (report.html is always written).", {
         "tensorboard": Field("bool", True, "TensorBoard event files per trial under EXPERIMENT/tensorboard/<trial>/: "

@@ -413,8 +413,15 @@ def _promotion_rules(ck: _Checker, d: dict, space: Space) -> None:
     if not ck.ok("promote.targets"):
         return
     view = registry.SpecView(d, space, ck.given)
-    for target in promote["targets"]:
-        entry = registry.PROMOTION_STEPS[target]
+    for i, target in enumerate(promote["targets"]):
+        entry = registry.PROMOTION_STEPS.get(target)
+        if entry is None:  # your own step, by import path: it must import and take the context
+            from raytune_opt.promote.steps import user_step_problem
+
+            problem = user_step_problem(target, ck.code_dirs)
+            if problem:
+                ck.add(("promote", "targets"), *problem, at=("promote", "targets", i))
+            continue
         for need in entry.meta.get("needs", ()):
             if need not in promote["targets"]:
                 ck.add(("promote", "targets"), f"{target} is built from what the {need} step makes (got "

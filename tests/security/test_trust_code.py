@@ -237,6 +237,32 @@ def test_promote_refuses_a_distillation_student_named_by_the_experiments_spec(tm
         _forget(name)
 
 
+def test_promote_refuses_a_promotion_step_named_by_the_experiments_spec(tmp_path, capsys, monkeypatch):
+    import yaml
+
+    monkeypatch.setenv("RAYTUNE_OPT_CACHE", str(tmp_path / "cache"))
+    marker = tmp_path / "ran"
+    name = _evil_module(tmp_path / "here", f"evil_step_{tmp_path.name.replace('-', '_')}", marker,
+                        "def card(ctx):\n    ctx.record('card', 'skipped', reason='ran as a step')\n")
+    monkeypatch.chdir(tmp_path / "here")
+    try:
+        exp, _ = _untrusted_experiment(tmp_path)
+        spec = yaml.safe_load((exp / "spec.yaml").read_text())
+        spec["promote"]["targets"] = ["onnx", f"{name}:card"]
+        (exp / "spec.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+        before = _files(exp)
+        code = main(["promote", str(exp)])
+        assert not marker.exists() and name not in sys.modules and _files(exp) == before
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err == [f"{exp / 'spec.yaml'} names your own promotion step {name}:card; {FLAG_LINE}"]
+        # Trusted, it runs as the built-in steps do.
+        assert main(["promote", str(exp), "--trust-code"]) == 0 and marker.exists()
+        manifest = json.loads((exp / "promotion" / "manifest.json").read_text())
+        assert [a["name"] for a in manifest["artifacts"]][-1] == "card"
+    finally:
+        _forget(name)
+
+
 def test_promote_puts_the_run_records_code_dirs_on_sys_path_only_when_trusted(tmp_path):
     """A built-in model and data set, but the run record's code_dirs hold a module that the
     built-in data set imports on first use (scikit-learn, for digits): a fresh process that

@@ -6,12 +6,13 @@ registered name or a ``module:callable`` with its keys or ``args``). When it kee
 trial's ``model.name`` (or names none), the keys it does not give are the trial's, so
 ``{width: 8}`` is the trial's model at width 8; a student of another model starts from the
 schema's defaults. It is trained from scratch for ``promote.distill.epochs`` (default: the
-trial's ``train.epochs``) on the trial's recipe (:mod:`.compress`), gated against the trial
-(``promote.distill.max_accuracy_drop``, a regression ``max_relative_change``) and saved as
-``promotion/model.distilled.pt`` with its own model section in the recipe, so it loads as any
-checkpoint.
+trial's ``train.epochs``) on the trial's recipe (:mod:`raytune_opt.promote.compress`), gated
+against the trial (``promote.distill.max_accuracy_drop``, a regression ``max_relative_change``)
+and saved as ``promotion/model.distilled.pt`` with its own model section in the recipe, so it
+loads as any checkpoint.
 
-This module imports neither torch nor Ray at import time (validation imports :func:`check`).
+A compression step: it runs after ``prune`` (``order``), and only when listed (``by_default``
+false). This module imports neither torch nor Ray at import time (validation imports it).
 """
 
 from __future__ import annotations
@@ -21,11 +22,34 @@ from typing import TYPE_CHECKING
 
 from raytune_opt import registry
 from raytune_opt.promote.errors import CompressionError
+from raytune_opt.spec.fields import Field, Section
 
 if TYPE_CHECKING:
-    from raytune_opt.promote.pipeline import _Run
+    from raytune_opt.promote.context import StepContext
 
-__all__ = ["distill_step", "student_section", "check"]
+__all__ = ["distill", "student_section", "check"]
+
+SETTINGS = Section("promote.targets: distill. A student model trained from scratch on the trial's recipe "
+                   "with knowledge distillation from the trial's model as teacher.", {
+    "model": Field("dict", None, "The student, as a model section (e.g. {width: 8}, or {name: mlp, width: "
+                   "64}): keys not given are the trial's when it keeps the trial's model.name, else the "
+                   "defaults. Required when distill is a target.", nullable=True, tunable=False),
+    "epochs": Field("int", None, "Training epochs of the student; null: the trial's train.epochs.",
+                    nullable=True, ge=1, tunable=False),
+    "alpha": Field("float", 0.5, "Weight of distillation in the loss (1 - alpha: the trial's own loss on "
+                   "the labels).", ge=0, le=1, tunable=False),
+    "temperature": Field("float", 4.0, "Softmax temperature of the distillation (a regression matches the "
+                         "teacher's outputs by MSE instead).", gt=0, tunable=False),
+    "max_accuracy_drop": Field("float", 1.0, "Gate: most accuracy points the student may lose vs the trial.",
+                               ge=0, tunable=False),
+    "max_relative_change": Field("float", 0.05, "Regression gate: most relative worsening of the metric "
+                                 "vs the trial.", ge=0, tunable=False),
+})
+
+registry.PROMOTION_STEPS.register(
+    "distill", f"{__name__}:distill", doc="a student model (promote.distill.model) trained with distillation from "
+    "the trial, behind its gate", check=f"{__name__}:check", order=20, needs=(), compresses=True, by_default=False,
+    settings=SETTINGS)
 
 _EXAMPLE = "e.g. {width: 8} (the trial's model, narrower) or {name: small_cnn, width: 8}"
 
@@ -34,7 +58,7 @@ def check(view: registry.SpecView) -> list[registry.Finding]:
     """The student must be given, as a model section whose keys are the spec's ``model`` keys,
     each valid there, naming a registered model or an import path that takes the data's inputs."""
     from raytune_opt.spec import schema
-    from raytune_opt.spec.validate import coerce, did_you_mean, fmt
+    from raytune_opt.spec.checker import coerce, did_you_mean, fmt
 
     at = ("promote", "distill", "model")
     student = view.data["promote"]["distill"]["model"]
@@ -87,30 +111,30 @@ def student_section(trial_model: dict, given: dict) -> dict:
     return {**base, **given}
 
 
-def distill_step(run: _Run) -> None:
+def distill(ctx: StepContext) -> None:
     """Build the student, train it with distillation from the trial's model, gate, save and
     record it (a student that cannot be built: a failed record, one line)."""
-    from raytune_opt.promote import compress, manifest
+    from raytune_opt.promote import compress
     from raytune_opt.recipe.errors import RecipeConfigError
 
-    cfg = compress.settings(run.cfg, "distill")
+    cfg = ctx.settings
+    recipe = ctx.checkpoint["recipe"]
     try:
         if not cfg["model"]:
             raise CompressionError(f"distill: promote.distill.model is not set; set it to the student's model "
                                    f"section, {_EXAMPLE}")
-        section = student_section(run.ckpt["recipe"].get("model") or {}, cfg["model"])
-        student, spec = _build(run, section)
-        epochs = int(cfg["epochs"] or run.ckpt["recipe"].get("train", {}).get("epochs") or 1)
-        compress.distill_train(student, run.trial_model, run, epochs=epochs, alpha=float(cfg["alpha"]),
+        section = student_section(recipe.get("model") or {}, cfg["model"])
+        student, spec = _build(ctx, section)
+        epochs = int(cfg["epochs"] or recipe.get("train", {}).get("epochs") or 1)
+        compress.distill_train(student, ctx.trial_model, ctx, epochs=epochs, alpha=float(cfg["alpha"]),
                                temperature=float(cfg["temperature"]), label="distill")
-        recipe = {**run.ckpt["recipe"], "model": section}
-        compress.finish(run, "distill", student, made="distilled", spec=spec, recipe=recipe, epochs=epochs,
-                        details={"student": section, "epochs": epochs})
+        compress.finish(ctx, student, made="distilled", spec=spec, recipe={**recipe, "model": section},
+                        epochs=epochs, details={"student": section, "epochs": epochs})
     except (CompressionError, RecipeConfigError) as exc:
-        run.add(manifest.artifact("distill", "failed", reason=str(exc)))
+        ctx.record("distill", "failed", reason=str(exc))
 
 
-def _build(run: _Run, section: dict):
+def _build(ctx: StepContext, section: dict):
     """The student (seeded as a trial's model is) and its spec.
 
     Raises:
@@ -122,13 +146,13 @@ def _build(run: _Run, section: dict):
     from raytune_opt.recipe.errors import RecipeConfigError
     from raytune_opt.recipe.models import build_model_from_spec, model_spec
 
-    data = run.data
-    torch.manual_seed(int(run.source.spec["seed"]))
+    data = ctx.data
+    torch.manual_seed(ctx.seed)
     # A user student was refused up front unless the experiment is trusted (pipeline._check_trusted).
-    with registry.code_path(run.code_dirs) if run.trust_code else contextlib.nullcontext():
+    with registry.code_path(ctx.code_dirs) if ctx.trust_code else contextlib.nullcontext():
         try:
             spec = model_spec(section, data.input_shape, data.num_classes)
-            return build_model_from_spec(spec, run.code_dirs), spec
+            return build_model_from_spec(spec, list(ctx.code_dirs)), spec
         except RecipeConfigError as exc:
             raise CompressionError(f"distill: promote.distill.model: {exc}") from None
         except Exception as exc:  # the user's constructor
