@@ -525,7 +525,7 @@ def _deepspeed_checks(ck: _Checker, train: dict, space: Space) -> None:
     there (fixed or searched), and the merged config must pass DeepSpeed's own config
     classes (when DeepSpeed is installed; a DeepSpeed spec without it is a problem)."""
     from raytune_opt import _imports
-    from raytune_opt.strategies import deepspeed as ds
+    from raytune_opt.strategies import deepspeed_config as ds
 
     for key, ours in ds.conflicts(train["deepspeed"]):
         ck.add(("train", "deepspeed", key), f"the recipe sets train.deepspeed.{key} from {ours} "

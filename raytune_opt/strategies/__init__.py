@@ -8,13 +8,27 @@ DeepSpeed itself is imported only when a DeepSpeed trial starts.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from raytune_opt import registry
-from raytune_opt.strategies.base import Strategy
-from raytune_opt.strategies.ddp import DDPStrategy
+
+if TYPE_CHECKING:
+    from raytune_opt.strategies.base import Strategy
 
 __all__ = ["Strategy", "DDPStrategy", "build_strategy", "strategy_class", "NAMES"]
 
 NAMES = registry.STRATEGIES.names()
+# Importing the package imports no torch (validation reads deepspeed_config, inside it): the
+# classes that need torch are imported on first use.
+_LAZY = {"Strategy": "raytune_opt.strategies.base", "DDPStrategy": "raytune_opt.strategies.ddp"}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def strategy_class(name: str) -> type[Strategy]:
