@@ -74,7 +74,7 @@ class Finding(NamedTuple):
 
 @dataclass(frozen=True)
 class SpecView:
-    """What a searcher's, scheduler's or promotion step's ``check`` gets: the spec's settings
+    """What a searcher's, scheduler's, strategy's or promotion step's ``check`` gets: the spec's settings
     (defaults filled in, every value already valid on its own), its parsed search space, and
     ``given(path)``: whether the user wrote a key (rather than it holding its default)."""
 
@@ -95,7 +95,7 @@ class Entry:
             path loaded when a spec is checked (it must import neither torch nor Ray). What it
             gets depends on the registry: a model or data set gets the arguments the spec
             gives it and returns ``[(key_path, what, fix), ...]`` relative to its section; a
-            searcher, scheduler or promotion step gets a :class:`SpecView` and returns
+            searcher, scheduler, strategy or promotion step gets a :class:`SpecView` and returns
             :class:`Finding` s. None: no rules beyond the generic ones.
         meta: plain facts the validator reads without importing the target (a model's
             input kinds, the section keys a built-in reads).
@@ -517,11 +517,14 @@ LR_SCHEDULES.register("plateau", f"{_O}:plateau", doc="times plateau_factor when
 # ---------------------------------------------------------------- distributed strategies
 
 #: Distributed strategies by name (``train.strategy``): a :class:`~raytune_opt.strategies.Strategy`
-#: subclass, constructed with the trial's session and ``train`` section.
+#: subclass, constructed with the trial's session and ``train`` section. Meta ``keys``: the
+#: ``train`` settings only this strategy reads (set under another strategy: a problem). ``check``
+#: gets a :class:`SpecView`, when the sweep may use the strategy: its rules on the spec.
 STRATEGIES = Registry("strategy")
 STRATEGIES.register("ddp", "raytune_opt.strategies.ddp:DDPStrategy", doc="PyTorch DDP (and the single process)")
 STRATEGIES.register("deepspeed", "raytune_opt.strategies.deepspeed:DeepSpeedStrategy",
-                    doc="DeepSpeed ZeRO stage 1-3 (pip install 'raytune-opt[deepspeed]')")
+                    doc="DeepSpeed ZeRO stage 1-3 (pip install 'raytune-opt[deepspeed]')",
+                    check="raytune_opt.strategies.deepspeed_config:check", keys=("deepspeed",))
 
 
 # ---------------------------------------------------------------- searchers

@@ -377,7 +377,7 @@ def _select_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 
 def _entry_rules(ck: _Checker, entry: registry.Entry, view: registry.SpecView) -> None:
-    """Record what a searcher's, scheduler's or promotion step's own ``check`` finds."""
+    """Record what a searcher's, scheduler's, strategy's or promotion step's own ``check`` finds."""
     _entry_rules_of(ck, entry.checks(view))
 
 
@@ -430,13 +430,21 @@ def _promotion_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 
 def _strategy_rules(ck: _Checker, d: dict, space: Space) -> None:
-    train = d["train"]
-    if train["strategy"] != "deepspeed" and train["deepspeed"] and "train.strategy" not in space.by_key:
-        ck.rule("train.strategy", ("train", "deepspeed"),
-                f"only used with train.strategy: deepspeed (got strategy={train['strategy']})",
-                "remove train.deepspeed or set train.strategy: deepspeed")
-    if "deepspeed" in _values_of(d, space, "train.strategy") and ck.ok("train.strategy", "train.deepspeed"):
-        _deepspeed_checks(ck, train, space)
+    """A strategy's own settings (its entry's ``keys``: train.deepspeed) do nothing under another
+    strategy; each strategy the sweep may use checks the spec (its entry's ``check``) when its
+    own settings are valid."""
+    train, strategies = d["train"], registry.STRATEGIES
+    for name in strategies:
+        for key in strategies[name].meta.get("keys", ()):
+            if train["strategy"] != name and train[key] and "train.strategy" not in space.by_key:
+                ck.rule("train.strategy", ("train", key),
+                        f"only used with train.strategy: {name} (got strategy={train['strategy']})",
+                        f"remove train.{key} or set train.strategy: {name}")
+    used, view = _values_of(d, space, "train.strategy"), registry.SpecView(d, space, ck.given)
+    for name in strategies:
+        own = [f"train.{key}" for key in strategies[name].meta.get("keys", ())]
+        if name in used and ck.ok("train.strategy", *own):
+            _entry_rules(ck, strategies[name], view)
 
 
 def _resource_rules(ck: _Checker, d: dict, space: Space) -> None:
@@ -515,62 +523,6 @@ def _input_kind_checks(ck: _Checker, d: dict, space: Space, values_of) -> None:
         elif dotted not in space.by_key and any(v for v in values) and ck.ok(dotted):
             ck.add(("train", "augment", key), f"an image augmentation; {dataset} holds {kind} "
                    f"(got {fmt(d['train']['augment'][key])})", "set it to 0 (mixup_alpha works on any input)")
-
-
-DEEPSPEED_DOCS = "see https://www.deepspeed.ai/docs/config-json/"
-
-
-def _deepspeed_checks(ck: _Checker, train: dict, space: Space) -> None:
-    """train.deepspeed is DeepSpeed's own config: the keys the recipe owns may not be set
-    there (fixed or searched), and the merged config must pass DeepSpeed's own config
-    classes (when DeepSpeed is installed; a DeepSpeed spec without it is a problem)."""
-    from raytune_opt import _imports
-    from raytune_opt.strategies import deepspeed_config as ds
-
-    for key, ours in ds.conflicts(train["deepspeed"]):
-        ck.add(("train", "deepspeed", key), f"the recipe sets train.deepspeed.{key} from {ours} "
-               f"(got {fmt(train['deepspeed'][key])})", f"remove train.deepspeed.{key} and set {ours} instead")
-    searched = [p for p in space.params if p.key.startswith("train.deepspeed.")]
-    for p in searched:
-        top = p.key.split(".")[2]
-        if top in ds.RECIPE_OWNED:
-            ours = ds.RECIPE_OWNED[top]
-            ck.add(("space", p.key), f"the recipe sets train.deepspeed.{top} from {ours} (got {fmt(p.key)})",
-                   f"search {ours} instead", at=ck.param_at.get(p.key))
-    if not _imports.is_available("deepspeed"):
-        ck.add(("train", "strategy"), "deepspeed trials need the deepspeed package, which is not installed "
-               "(got strategy=deepspeed)", f"install it with: {ds.INSTALL}")
-        return
-    recipe_keys = ("train.batch_size", "train.grad_accum_steps", "train.precision", "train.grad_clip_norm")
-    if not ck.ok(*recipe_keys):
-        return
-    # Clashing keys are reported above; the rest of the config is still checked.
-    own = {k: v for k, v in train["deepspeed"].items() if k not in ds.RECIPE_OWNED}
-    base = ds.build_config({**train, "deepspeed": own})
-    found = ds.check_config(base)
-    for path, what in found:
-        ck.add(("train", "deepspeed", *path), what, DEEPSPEED_DOCS)
-    if found:
-        return
-    # Every option of a searched DeepSpeed key must pass too (numeric ranges are not sampled here).
-    for p in searched:
-        if not p.domain.categorical or p.key.split(".")[2] in ds.RECIPE_OWNED:
-            continue
-        for option in p.domain.args:
-            config = json.loads(json.dumps(base))  # a deep copy of plain values
-            node = config
-            *parents, leaf = p.key.split(".")[2:]
-            for part in parents:
-                if not isinstance(node.get(part), dict):
-                    node[part] = {}
-                node = node[part]
-            node[leaf] = option
-            found = ds.check_config(config)
-            if found:
-                where, what = found[0]
-                ck.add(("space", p.key), f"DeepSpeed rejects option {fmt(option)}: {what}", DEEPSPEED_DOCS,
-                       at=ck.param_at.get(p.key))
-                break
 
 
 def check_local_resources(d: dict, cpus: int | None = None, gpus: int | None = None) -> list[tuple[tuple, str, str]]:

@@ -5,16 +5,19 @@ keys (:data:`RECIPE_OWNED`) and writes them itself (:func:`build_config`). Valid
 this module (the keys the spec may not set there, the merged config DeepSpeed's classes must
 accept) as the trial does (:mod:`raytune_opt.strategies.deepspeed`), so it lives apart from
 the strategy: importing it imports neither torch nor DeepSpeed (:func:`check_config` imports
-DeepSpeed when called).
+DeepSpeed when called). Its :func:`check` is the deepspeed strategy's rules on a spec
+(``registry.STRATEGIES``).
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 from typing import Any
 
 from raytune_opt.recipe.errors import RecipeConfigError
+from raytune_opt.registry import Finding, SpecView
 
 
 INSTALL = "pip install 'raytune-opt[deepspeed]'"
@@ -151,3 +154,66 @@ def _pydantic_message(err: dict) -> str:
         msg = "DeepSpeed has no such key"
     got = err.get("input")
     return f"{msg} (got {got!r})" if not isinstance(got, dict) else msg
+
+
+# ---------------------------------------------------------------- the spec's rules
+
+DEEPSPEED_DOCS = "see https://www.deepspeed.ai/docs/config-json/"
+# The recipe's keys build_config writes into the merged config: a rule over the merged config
+# would only repeat a problem already reported with one of them.
+_RECIPE_KEYS = "train.batch_size train.grad_accum_steps train.precision train.grad_clip_norm"
+
+
+def check(view: SpecView) -> list[Finding]:
+    """The deepspeed strategy's rules on a spec (its registry entry's ``check``; validation
+    runs it when the sweep may use DeepSpeed and train.deepspeed is valid).
+
+    train.deepspeed is DeepSpeed's own config: the keys the recipe owns may not be set there
+    (fixed or searched), and the merged config must pass DeepSpeed's own config classes (when
+    DeepSpeed is installed; a DeepSpeed spec without it is a problem)."""
+    from raytune_opt import _imports
+    from raytune_opt.spec.checker import fmt
+
+    train, space, out = view.data["train"], view.space, []
+    for key, ours in conflicts(train["deepspeed"]):
+        out.append(Finding(("train", "deepspeed", key), f"the recipe sets train.deepspeed.{key} from {ours} "
+                           f"(got {fmt(train['deepspeed'][key])})", f"remove train.deepspeed.{key} and set {ours} instead"))
+    searched = [p for p in space.params if p.key.startswith("train.deepspeed.")]
+    for p in searched:
+        top = p.key.split(".")[2]
+        if top in RECIPE_OWNED:
+            ours = RECIPE_OWNED[top]
+            out.append(Finding(("space", p.key), f"the recipe sets train.deepspeed.{top} from {ours} (got {fmt(p.key)})",
+                               f"search {ours} instead", at=p.key))
+    if not _imports.is_available("deepspeed"):
+        out.append(Finding(("train", "strategy"), "deepspeed trials need the deepspeed package, which is not installed "
+                           "(got strategy=deepspeed)", f"install it with: {INSTALL}"))
+        return out
+    # Clashing keys are reported above; the rest of the config is still checked.
+    own = {k: v for k, v in train["deepspeed"].items() if k not in RECIPE_OWNED}
+    base = build_config({**train, "deepspeed": own})
+    found = check_config(base)
+    for path, what in found:
+        out.append(Finding(("train", "deepspeed", *path), what, DEEPSPEED_DOCS, reads=_RECIPE_KEYS))
+    if found:
+        return out
+    # Every option of a searched DeepSpeed key must pass too (numeric ranges are not sampled here).
+    for p in searched:
+        if not p.domain.categorical or p.key.split(".")[2] in RECIPE_OWNED:
+            continue
+        for option in p.domain.args:
+            config = json.loads(json.dumps(base))  # a deep copy of plain values
+            node = config
+            *parents, leaf = p.key.split(".")[2:]
+            for part in parents:
+                if not isinstance(node.get(part), dict):
+                    node[part] = {}
+                node = node[part]
+            node[leaf] = option
+            found = check_config(config)
+            if found:
+                where, what = found[0]
+                out.append(Finding(("space", p.key), f"DeepSpeed rejects option {fmt(option)}: {what}", DEEPSPEED_DOCS,
+                                   reads=_RECIPE_KEYS, at=p.key))
+                break
+    return out
