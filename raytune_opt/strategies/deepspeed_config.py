@@ -5,15 +5,21 @@ keys (:data:`RECIPE_OWNED`) and writes them itself (:func:`build_config`). Valid
 this module (the keys the spec may not set there, the merged config DeepSpeed's classes must
 accept) as the trial does (:mod:`raytune_opt.strategies.deepspeed`), so it lives apart from
 the strategy: importing it imports neither torch nor DeepSpeed (:func:`check_config` imports
-DeepSpeed when called). Its :func:`check` is the deepspeed strategy's rules on a spec
+DeepSpeed when called, and validation calls it in a child interpreter unless torch is
+loaded already: :func:`check_configs`). Its :func:`check` is the deepspeed strategy's rules on a spec
 (``registry.STRATEGIES``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 from raytune_opt.recipe.errors import RecipeConfigError
@@ -156,6 +162,51 @@ def _pydantic_message(err: dict) -> str:
     return f"{msg} (got {got!r})" if not isinstance(got, dict) else msg
 
 
+class ConfigCheckError(RuntimeError):
+    """DeepSpeed's config check could not run (its child interpreter failed or hung)."""
+
+
+#: The child's limit: it imports torch and DeepSpeed (a few seconds here); a hang must end.
+CHECK_TIMEOUT_S = 300
+
+
+def check_configs(configs: list[dict]) -> list[list[tuple[tuple, str]]]:
+    """:func:`check_config` of each of ``configs``, in order.
+
+    DeepSpeed imports torch (a few seconds and about a gigabyte): a process that has imported
+    neither (``raytune-opt validate``, the API's validation) asks a child interpreter, so that
+    validation keeps them out of it; a process that holds torch already (a trial, a notebook,
+    the test suite) checks in-process, where a child would only add its start-up.
+
+    Raises:
+        ConfigCheckError: the child failed (with its last line of stderr) or ran past
+            :data:`CHECK_TIMEOUT_S`.
+    """
+    if "torch" in sys.modules or "deepspeed" in sys.modules:
+        return [check_config(config) for config in configs]
+    root = str(Path(__file__).resolve().parents[2])  # the child imports this very package
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": root + (os.pathsep + path if path else "")}
+    try:
+        proc = subprocess.run([sys.executable, "-c", f"from {__name__} import _child; _child()"],
+                              input=json.dumps(configs, default=str), capture_output=True, text=True, env=env,
+                              timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise ConfigCheckError(f"it ran past {CHECK_TIMEOUT_S} s") from None
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise ConfigCheckError(lines[-1] if lines else f"exit status {proc.returncode}")
+    return [[(tuple(where), what) for where, what in found] for found in json.loads(proc.stdout)]
+
+
+def _child() -> None:
+    """:func:`check_configs` in a child: configs as JSON on stdin, their problems as JSON on stdout."""
+    configs = json.load(sys.stdin)
+    with contextlib.redirect_stdout(sys.stderr):  # what DeepSpeed prints must not garble the answer
+        found = [check_config(config) for config in configs]
+    json.dump(found, sys.stdout)
+
+
 # ---------------------------------------------------------------- the spec's rules
 
 DEEPSPEED_DOCS = "see https://www.deepspeed.ai/docs/config-json/"
@@ -192,28 +243,39 @@ def check(view: SpecView) -> list[Finding]:
     # Clashing keys are reported above; the rest of the config is still checked.
     own = {k: v for k, v in train["deepspeed"].items() if k not in RECIPE_OWNED}
     base = build_config({**train, "deepspeed": own})
-    found = check_config(base)
+    # Every option of a searched DeepSpeed key must pass too (numeric ranges are not sampled
+    # here). DeepSpeed judges them with the merged config, all at once (one child at most).
+    options = [(p, option, _with_option(base, p.key, option)) for p in searched
+               if p.domain.categorical and p.key.split(".")[2] not in RECIPE_OWNED for option in p.domain.args]
+    try:
+        verdicts = check_configs([base, *(config for _, _, config in options)])
+    except ConfigCheckError as exc:
+        return out + [Finding(("train", "strategy"), f"DeepSpeed's own config check did not run: {exc} (got "
+                              "strategy=deepspeed)", "check that DeepSpeed imports here: python -c 'import deepspeed'",
+                              reads=_RECIPE_KEYS)]
+    found = verdicts[0]
     for path, what in found:
         out.append(Finding(("train", "deepspeed", *path), what, DEEPSPEED_DOCS, reads=_RECIPE_KEYS))
     if found:
         return out
-    # Every option of a searched DeepSpeed key must pass too (numeric ranges are not sampled here).
-    for p in searched:
-        if not p.domain.categorical or p.key.split(".")[2] in RECIPE_OWNED:
-            continue
-        for option in p.domain.args:
-            config = json.loads(json.dumps(base))  # a deep copy of plain values
-            node = config
-            *parents, leaf = p.key.split(".")[2:]
-            for part in parents:
-                if not isinstance(node.get(part), dict):
-                    node[part] = {}
-                node = node[part]
-            node[leaf] = option
-            found = check_config(config)
-            if found:
-                where, what = found[0]
-                out.append(Finding(("space", p.key), f"DeepSpeed rejects option {fmt(option)}: {what}", DEEPSPEED_DOCS,
-                                   reads=_RECIPE_KEYS, at=p.key))
-                break
+    rejected = set()  # the first option DeepSpeed rejects is reported, for each key
+    for (p, option, _), found in zip(options, verdicts[1:]):
+        if found and p.key not in rejected:
+            rejected.add(p.key)
+            where, what = found[0]
+            out.append(Finding(("space", p.key), f"DeepSpeed rejects option {fmt(option)}: {what}", DEEPSPEED_DOCS,
+                               reads=_RECIPE_KEYS, at=p.key))
     return out
+
+
+def _with_option(config: dict, key: str, option: Any) -> dict:
+    """A copy of ``config`` with the searched ``train.deepspeed.<path>`` key set to ``option``."""
+    config = json.loads(json.dumps(config))  # a deep copy of plain values
+    node = config
+    *parents, leaf = key.split(".")[2:]
+    for part in parents:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[leaf] = option
+    return config

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import inspect
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+import raytune_opt
 from raytune_opt import _imports
 from raytune_opt.cli import main
 from raytune_opt.strategies import NAMES, Strategy, strategy_class
@@ -140,3 +144,29 @@ def test_ddp_step_returns_the_gradient_norm_before_clipping_as_torch_computes_it
     for p, b, g in zip(model.parameters(), before, grads):
         assert torch.allclose(p.detach(), b - 0.1 * scale * g, atol=1e-6)
     assert all(p.grad is None for p in model.parameters())
+
+
+@needs_deepspeed
+def test_validating_deepspeed_specs_imports_neither_torch_nor_ray_nor_deepspeed():
+    # A process without torch has DeepSpeed's own classes judge the config in a child
+    # interpreter: the shipped DeepSpeed specs validate with none of the three imported, and the
+    # child's answers are those this process (which holds torch) computes in-process.
+    from raytune_opt.strategies import deepspeed_config
+
+    train = {"batch_size": 16, "grad_accum_steps": 1, "grad_clip_norm": None, "precision": "fp32"}
+    configs = [ds.build_config({**train, "deepspeed": {"zero_optimization": {"stage": stage}}}) for stage in (7, 2)]
+    probe = ("import json, sys; import raytune_opt\n"  # validate: load_spec, every problem as a list
+             "from raytune_opt.strategies.deepspeed_config import check_configs\n"
+             "problems = [[str(p) for p in raytune_opt.validate(path)] for path in sys.argv[2:]]\n"
+             "found = check_configs(json.loads(sys.argv[1]))\n"
+             "print(json.dumps([problems, found, [m for m in ('torch', 'ray', 'deepspeed') if m in sys.modules]]))")
+    specs = [str(DS_SPEC), str(ROOT / "search_spaces" / "cifar100_resnet50_deepspeed.yaml")]
+    proc = subprocess.run([sys.executable, "-c", probe, json.dumps(configs), *specs], capture_output=True, text=True,
+                          cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    problems, found, loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded == [] and problems == [[], []]
+    assert "torch" in sys.modules  # so this process checks in-process
+    here = deepspeed_config.check_configs(configs)
+    assert [[(tuple(where), what) for where, what in f] for f in found] == here
+    assert here[0][0][0] == ("zero_optimization", "stage") and "(got 7)" in here[0][0][1] and here[1] == []
