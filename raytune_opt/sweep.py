@@ -106,7 +106,7 @@ def _scheduler(spec: Spec, loc: stores.Location):
                                              "endpoint_url": loc.endpoint_url})
 
 
-def _trainable(spec: Spec, loc: stores.Location, dry_run: bool, shipped: list):
+def _trainable(spec: Spec, loc: stores.Location, dry_run: bool, shipped: list, warm_pool: str | None = None):
     from ray import tune
 
     # Shipped modules are what trials import on a joined cluster; the driver's directories
@@ -115,8 +115,31 @@ def _trainable(spec: Spec, loc: stores.Location, dry_run: bool, shipped: list):
     # checkpoints carry the recipe; no trial needs the tracker's password.
     trainable = trial.make_trainable(redact_data(spec.data), spec.space, spec.sha256(), loc.fs_path,
                                      force=DRY_RUN_FORCE if dry_run else None, endpoint_url=loc.endpoint_url,
-                                     remote=loc.remote, code_dirs=() if shipped else spec.code_dirs)
+                                     remote=loc.remote, code_dirs=() if shipped else spec.code_dirs,
+                                     warm_pool=warm_pool)
     return tune.with_resources(trainable, _trial_resources(spec))
+
+
+def _start_warm_pool(spec: Spec, loc: stores.Location, dry_run: bool) -> str | None:
+    """``resources.warm_workers``: the sweep's pool of warm worker groups (raytune_opt.warm_slots),
+    when its trials may have several workers; slots of the spec's own shape start at once."""
+    res = spec.data["resources"]
+    if dry_run or not res.get("warm_workers") or res["num_workers"] == 1:  # resources are not searched
+        return None
+    from raytune_opt import warm_slots
+
+    # A searched strategy makes several shapes: no slot is started before a trial asks for one.
+    prewarm = None if "train.strategy" in spec.space.by_key else warm_slots.Shape.of(spec.data)
+    planned = [n for n in (res["max_concurrent_trials"], spec.data["search"]["num_samples"]) if n]
+    return warm_slots.start_pool(loc.fs_path, loc.remote, loc.endpoint_url, prewarm=prewarm,
+                                 prewarm_slots=min(planned, default=1 << 20))
+
+
+def _stop_warm_pool(pool: str | None) -> None:
+    if pool is not None:
+        from raytune_opt import warm_slots
+
+        warm_slots.stop_pool(pool)
 
 
 def code_to_ship(spec: Spec, address: str | None) -> list:
@@ -188,6 +211,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
         _record_warm_start(loc, warm)
     shipped = code_to_ship(spec, address)
     embedded = ray_runtime.start(address, py_modules=shipped)
+    pool = None
     try:
         if address is not None:
             if not loc.remote:  # before anything is written there
@@ -195,8 +219,9 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 stores.check_shared(exp_dir.parent)
             experiment.write_inputs(loc, spec, source_text, dry_run)
             _record_warm_start(loc, warm)
+        pool = _start_warm_pool(spec, loc, dry_run)
         tuner = tune.Tuner(
-            _trainable(spec, loc, dry_run, shipped),
+            _trainable(spec, loc, dry_run, shipped, pool),
             param_space=param_space,
             tune_config=tune.TuneConfig(
                 # Several objectives: the searcher holds them; Tune would overwrite them with one.
@@ -210,7 +235,8 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 # and a TorchTrainer.fit() that a scheduler stopped never returns (nothing stops its
                 # Train run); the next trial then fails ("Could not re-use actor") and the sweep hangs.
                 # A trial actor that is not reused is terminated, and its Train run with it.
-                reuse_actors=spec.data["resources"]["num_workers"] == 1,
+                # Warm slots (resources.warm_workers): the trial only relays, and ends when stopped.
+                reuse_actors=spec.data["resources"]["num_workers"] == 1 or pool is not None,
             ),
             run_config=tune.RunConfig(
                 name=spec.name, verbose=verbose, **loc.tune_storage(),
@@ -224,6 +250,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
         )
         return _fit_and_record(tuner, spec, loc, quiet_console=live)
     finally:
+        _stop_warm_pool(pool)
         ray_runtime.stop(embedded)
 
 
@@ -311,6 +338,7 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
     address = ray_runtime.resolve_address(address)
     shipped = code_to_ship(spec, address)
     embedded = ray_runtime.start(address, py_modules=shipped)
+    pool = None
     try:
         try:
             # Trials keep the same Tune ids (RESUME), so the restored searcher and its
@@ -321,7 +349,8 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
             if restart_errored:
                 _forget_errored_checkpoints(loc)
             again = tune.ResumeConfig.ResumeType.RESUME
-            tuner = tune.Tuner.restore(restore_path, trainable=_trainable(spec, loc, dry_run, shipped),
+            pool = _start_warm_pool(spec, loc, dry_run)  # the slots died with the driver: new ones
+            tuner = tune.Tuner.restore(restore_path, trainable=_trainable(spec, loc, dry_run, shipped, pool),
                                        storage_filesystem=loc.filesystem(),
                                        _resume_config=tune.ResumeConfig(unfinished=again, errored=again))
         except (EOFError, OSError, ValueError, RuntimeError) as exc:  # truncated state (ray#58179)
@@ -332,6 +361,7 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
         # sweep that had it: Ray's console stays quiet either way.
         return _fit_and_record(tuner, spec, loc, quiet_console=True)
     finally:
+        _stop_warm_pool(pool)
         ray_runtime.stop(embedded)
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 from dataclasses import dataclass
 
 from ray.train.backend import Backend, BackendConfig
@@ -77,7 +78,8 @@ class _TorchBackend(Backend):
         from ray.train._internal.utils import get_address_and_port
 
         addr, port = worker_group.execute_single(0, get_address_and_port)
-        worker_group.execute(_set_rendezvous, addr=addr, port=port)
+        # A fresh id for every group Train starts (a warm slot tells a restart by it: warm_slots.py).
+        worker_group.execute(_set_rendezvous, addr=addr, port=port, group=uuid.uuid4().hex)
         ray.get([worker_group.execute_single_async(i, _setup_process_group, backend=backend_config.backend,
                                                    world_rank=i, world_size=len(worker_group),
                                                    timeout_s=backend_config.timeout_s)
@@ -101,9 +103,10 @@ class _TorchBackend(Backend):
 
 # What runs on the workers: Ray's own functions, imported there.
 
-def _set_rendezvous(addr: str, port: int) -> None:
+def _set_rendezvous(addr: str, port: int, group: str = "") -> None:
     from ray.train.torch.config import _set_torch_distributed_env_vars
 
+    os.environ["RAYTUNE_OPT_GROUP"] = group  # = warm_slots.GROUP_ENV
     os.environ["MASTER_ADDR"] = addr
     os.environ["MASTER_PORT"] = str(port)
     # LOCAL_RANK, RANK, WORLD_SIZE ... (torch.distributed reads them at init)

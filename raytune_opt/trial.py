@@ -5,7 +5,9 @@ TorchTrainer costs ~20 s of start-up here before its first epoch, and ASHA lives
 trials). With several, the trial builds a Ray Train ``TorchTrainer`` whose workers run the
 same loop under DDP or DeepSpeed, and a relay (``_ReportRelay``: Ray's ``TuneReportCallback``
 without its end-of-run deadlock) forwards rank 0's metrics and checkpoint path to Tune (the
-Train V2 pattern: ``tune.Tuner(TorchTrainer)`` no longer works).
+Train V2 pattern: ``tune.Tuner(TorchTrainer)`` no longer works). With
+``resources.warm_workers: true`` the trial sends its loop config to a warm slot instead, a
+worker group kept across trials (:mod:`raytune_opt.warm_slots`), and relays what comes back.
 
 Under DeepSpeed every rank reports its own ZeRO shard files with the checkpoint; Train V2
 syncs one checkpoint directory name across the ranks and each rank uploads into it
@@ -307,7 +309,8 @@ def records_config(scheduler: str) -> bool:
 
 def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
                    force: dict | None = None, *, remote: bool = False,
-                   endpoint_url: str | None = None, code_dirs: Sequence[str] = ()) -> Callable[[dict], None]:
+                   endpoint_url: str | None = None, code_dirs: Sequence[str] = (),
+                   warm_pool: str | None = None) -> Callable[[dict], None]:
     """The Tune function trainable for a sweep.
 
     Args:
@@ -323,6 +326,8 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
         code_dirs: directories put at the front of the trial's (and its Train workers')
             ``sys.path`` so that a user model (``model.name: module:callable``) imports there
             as it did on the driver. They must exist on the node that runs the trial.
+        warm_pool: the sweep's slot pool (``resources.warm_workers``): a multi-worker trial
+            runs in a warm slot (:mod:`raytune_opt.warm_slots`) instead of a Train run of its own.
     """
     base = {k: v for k, v in base.items() if k != "space"}
     code_dirs = tuple(code_dirs)
@@ -354,8 +359,15 @@ def make_trainable(base: dict, space: Space, spec_sha256: str, exp_dir: str,
                 train(cfg, TuneSession(_device(cfg), _threads(cfg), ckpt_dir, store, extra), spec_sha256=spec_sha256,
                       resume_from=resume)
                 return
-            _fit_torch_trainer(cfg, spec_sha256, resume, exp_dir, tune.get_context().get_trial_id(),
-                               None if remote else ckpt_dir, endpoint_url, remote, store, extra, code_dirs)
+            loop_config = _loop_config(cfg, spec_sha256, resume, None if remote else ckpt_dir, store, extra,
+                                       code_dirs)
+            if warm_pool:
+                from raytune_opt import warm_slots
+
+                warm_slots.run_trial(warm_pool, tune.get_context().get_trial_id(), warm_slots.Shape.of(cfg),
+                                     loop_config, ckpt_dir, store)
+                return
+            _fit_torch_trainer(cfg, loop_config, exp_dir, tune.get_context().get_trial_id(), endpoint_url, remote)
         finally:
             if remote:
                 ensure_under(ckpt_dir, tempfile.gettempdir(), "a trial's scratch checkpoint directory")
@@ -444,15 +456,24 @@ def _recorded_epoch(ckpt_dir: str) -> int:
         return 0
 
 
-def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir: str, trial_id: str,
-                       ckpt_dir: str | None, endpoint_url: str | None = None, remote: bool = False,
-                       store: OwnStore | None = None, extra: dict | None = None,
-                       code_dirs: Sequence[str] = ()) -> None:
-    """Run the trial's TorchTrainer.
+def _loop_config(cfg: dict, spec_sha256: str, resume: str | None, ckpt_dir: str | None, store: OwnStore | None,
+                 extra: dict | None, code_dirs: Sequence[str]) -> dict:
+    """What a multi-worker trial's ranks get (:func:`_train_worker`, a warm slot's workers).
 
     Args:
         ckpt_dir: where rank 0 keeps best.pt/last.pt (and every rank its shard); None: each
             rank a temporary directory (S3 storage: ranks may sit on nodes without the driver's disk).
+    """
+    return {"cfg": cfg, "spec_sha256": spec_sha256, "resume_from": resume, "checkpoint_root": ckpt_dir,
+            "store": store, "extra": extra or {}, "code_dirs": tuple(code_dirs)}
+
+
+def _fit_torch_trainer(cfg: dict, loop_config: dict, exp_dir: str, trial_id: str, endpoint_url: str | None = None,
+                       remote: bool = False) -> None:
+    """Run the trial's TorchTrainer (a Train run of its own: ``resources.warm_workers: false``).
+
+    Args:
+        loop_config: what the ranks get (:func:`_loop_config`).
         remote: ``exp_dir`` is a ``bucket/prefix/NAME`` path on S3 at ``endpoint_url``.
     """
     from raytune_opt.storage import s3_filesystem
@@ -474,9 +495,7 @@ def _fit_torch_trainer(cfg: dict, spec_sha256: str, resume: str | None, exp_dir:
     relay = _ReportRelay()
     trainer = _trainer_class()(
         train_loop_per_worker=_train_worker,
-        train_loop_config={"cfg": cfg, "spec_sha256": spec_sha256, "resume_from": resume,
-                           "checkpoint_root": ckpt_dir, "store": store, "extra": extra or {},
-                           "code_dirs": tuple(code_dirs)},
+        train_loop_config=loop_config,
         backend_config=TorchBackendConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=res["num_workers"], use_gpu=use_gpu,
                                                resources_per_worker=per_worker),

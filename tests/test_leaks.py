@@ -13,6 +13,8 @@ between all runs (the detached ``AutoscalingCoordinator``). Per trial the sweep 
 Tune trial actor (``ImplicitFunc``) and its placement group, Tune's ``_QueueActor``, and Train's
 ``TrainController``, ``RayTrainWorker`` x2, ``SynchronizationActor``, ``DatasetManager``,
 ``PreemptionWatcher``, the detached ``PlacementGroupCleaner`` and the workers' placement group.
+With warm worker groups the Train actors are made once per slot (with the slot's ``_SlotRunner``)
+and the sweep adds its slot ``Pool``; the trial actors are reused.
 
 The trials that finish also show that DDP kept their replicas identical (``rank_param_max_diff``)
 and that best.pt was written.
@@ -60,7 +62,10 @@ def _lrs(n: int) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(max(300, 45 * N))  # a hang fails fast; ~30 s a trial here
-def test_asha_stopped_two_worker_trials_leave_no_placement_groups_or_actors(local_ray, tmp_path):
+@pytest.mark.parametrize("warm", [False, True], ids=["per-trial", "warm"])
+def test_asha_stopped_two_worker_trials_leave_no_placement_groups_or_actors(local_ray, tmp_path, warm):
+    """Per trial: a Train run each; warm (resources.warm_workers): one slot serves every trial,
+    ASHA's stops end assignments in it, and the sweep's end retires the slot and its pool."""
     assert N >= 2, f"RAYTUNE_OPT_LEAK_TRIALS must be at least 2, but got {N=}"
     grid = ", ".join(f"{lr:.6e}" for lr in _lrs(N))
     spec = load_spec(DIGITS, [
@@ -70,7 +75,7 @@ def test_asha_stopped_two_worker_trials_leave_no_placement_groups_or_actors(loca
         # One trial at a time: every stopped trial then has a successor waiting for its actor (with
         # reuse, Tune handed it over and the successor failed after 120 s: see sweep.run_sweep).
         "resources.num_workers=2", "resources.cpus_per_worker=1", "resources.max_concurrent_trials=1",
-        "promote.enabled=false", "name=leaks"])
+        f"resources.warm_workers={str(warm).lower()}", "promote.enabled=false", "name=leaks"])
     pgs_before, actors_before = _live()
 
     peak = {"pgs": 0, "actors": 0}

@@ -62,7 +62,7 @@ def _train_workers(root_pid: int) -> dict[int, str]:
 
 def _registered_epoch(exp: Path) -> int | None:
     """The epoch of the last checkpoint Train registered (every rank reported it), if any."""
-    for snapshot in exp.glob("train/train-*/checkpoint_manager_snapshot.json"):
+    for snapshot in exp.glob("train/*/checkpoint_manager_snapshot.json"):  # train-<trial> or a warm slot-<...>
         try:
             return int(json.loads(snapshot.read_text())["latest_checkpoint_result"]["metrics"]["epoch"])
         except (ValueError, KeyError, TypeError, OSError):
@@ -82,12 +82,16 @@ def _epochs(result_json: Path) -> list[int]:
     return out
 
 
-def test_killing_one_train_worker_restarts_the_group_from_its_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("warm", [False, True], ids=["per-trial", "warm"])
+def test_killing_one_train_worker_restarts_the_group_from_its_last_checkpoint(tmp_path, warm):
+    # warm: the trial runs in a warm slot (resources.warm_workers); Train restarts the slot's
+    # group and the slot's pool hands the new ranks the same trial and its registered checkpoint.
     cmd = [sys.executable, "-m", "raytune_opt.cli", "run", str(DIGITS),
            "search={algorithm: random, num_samples: 1}", "scheduler={name: fifo}", "space={}",
            f"train.epochs={EPOCHS}", "model.width=128",  # ~1 s an epoch: the kill lands mid-trial
            "resources.num_workers=2", "resources.cpus_per_worker=1", "resources.max_concurrent_trials=1",
-           "promote.enabled=false", "name=wf", "--storage", str(tmp_path)]
+           f"resources.warm_workers={str(warm).lower()}", "promote.enabled=false", "name=wf", "--storage",
+           str(tmp_path)]
     log = open(tmp_path / "driver.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
                             env={**os.environ, "RAY_AUTH_MODE": "disabled"})

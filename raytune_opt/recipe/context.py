@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import math
 import random
 import time
@@ -112,8 +113,25 @@ class TrialContext:
         """The data set ``data.dataset`` names (loaded on first use), without its test split:
         a trial trains and validates; the test split is measured after the sweep only."""
         if self._data is None:
-            self._data = dataclasses.replace(load_bundle(self.config["data"], int(self.config["seed"])), test=None)
+            data_cfg, seed = self.config["data"], int(self.config["seed"])
+            # A warm slot's worker reads it from the node cache once for the slot's trials.
+            key = ("raytune_opt.data", json.dumps(data_cfg, sort_keys=True, default=str), seed)
+            bundle = self.session.keep(key, lambda: load_bundle(data_cfg, seed))
+            self._data = dataclasses.replace(bundle, test=None)
         return self._data
+
+    def keep(self, key: str, make: Callable[[], Any]) -> Any:
+        """``make()`` computed once per worker process and returned to every later trial there:
+        with ``resources.warm_workers: true`` a slot's workers serve one trial after another,
+        so a frozen base model, a tokenizer or a large table is loaded once per slot (without
+        warm workers each trial makes its own). Keep only what no trial changes: the value is
+        shared, not copied.
+
+        Args:
+            key: names the value (the same key gives the same value to every trial of the slot).
+            make: builds it; called once per process for each key.
+        """
+        return self.session.keep(("user", key), make)
 
     def build_model(self) -> nn.Module:
         """The model ``model.name`` names, built for the data (on :attr:`device`, not yet

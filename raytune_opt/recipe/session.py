@@ -90,6 +90,12 @@ class Session:
         None when the session cannot tell (then a resumed run replays nothing)."""
         return None
 
+    def keep(self, key, make: Callable[[], object]):
+        """``make()``, or what it returned for ``key`` before in this process when the runner
+        keeps values across trials (a warm slot's worker: ``resources.warm_workers``); here
+        it is made for every trial."""
+        return make()
+
 
 class LocalSession(Session):
     """A single process: reports go to :attr:`reports` (and ``callback``, if given).

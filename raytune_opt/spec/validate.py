@@ -40,7 +40,8 @@ IMAGE_AUGMENTATIONS = ("hflip", "random_crop_padding", "rotation_degrees", "colo
 # recorded hash still matches it (and resume can tell an old experiment from a changed spec).
 HASH_NEUTRAL = {("data", "test_fraction"): 0.0, ("data", "test_column"): None,
                 ("train", "optimizer", "args"): {}, ("train", "lr_schedule", "args"): {},
-                ("search", "warm_start"): None, ("search", "enqueue"): None}
+                ("search", "warm_start"): None, ("search", "enqueue"): None,
+                ("resources", "warm_workers"): False}
 
 
 @dataclass
