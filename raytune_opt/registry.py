@@ -74,9 +74,10 @@ class Finding(NamedTuple):
 
 @dataclass(frozen=True)
 class SpecView:
-    """What a searcher's, scheduler's, strategy's or promotion step's ``check`` gets: the spec's settings
-    (defaults filled in, every value already valid on its own), its parsed search space, and
-    ``given(path)``: whether the user wrote a key (rather than it holding its default)."""
+    """What an entry's ``check`` gets (a searcher's, scheduler's, strategy's, loss's or
+    promotion step's): the spec's settings (defaults filled in, every value already valid on
+    its own), its parsed search space, and ``given(path)``: whether the user wrote a key
+    (rather than it holding its default)."""
 
     data: dict
     space: Any  # raytune_opt.space.Space
@@ -95,8 +96,8 @@ class Entry:
             path loaded when a spec is checked (it must import neither torch nor Ray). What it
             gets depends on the registry: a model or data set gets the arguments the spec
             gives it and returns ``[(key_path, what, fix), ...]`` relative to its section; a
-            searcher, scheduler, strategy or promotion step gets a :class:`SpecView` and returns
-            :class:`Finding` s. None: no rules beyond the generic ones.
+            searcher, scheduler, strategy, loss or promotion step gets a :class:`SpecView`
+            and returns :class:`Finding` s. None: no rules beyond the generic ones.
         meta: plain facts the validator reads without importing the target (a model's
             input kinds, the section keys a built-in reads).
     """
@@ -459,17 +460,19 @@ LOOPS.register("builtin", "raytune_opt.recipe.loop:builtin_loop", doc="the built
 
 #: Training losses by name: a target called with the ``train.loss`` section's keys it names
 #: (and ``weight``: class weights) returns an ``nn.Module`` taking (output, target). ``task``:
-#: what it trains.
+#: what it trains. ``check`` gets a :class:`SpecView` when the sweep may use the loss (one
+#: shared by several entries runs once): the rules of ``train.loss``.
 LOSSES = Registry("loss")
 _L = "raytune_opt.recipe.losses"
+_LC = "raytune_opt.recipe.loss_rules:check"
 # meta: task; args (train.loss key -> constructor argument); a classification loss also
 # gets weight (the class weights); fixed: constructor arguments of the entry itself.
 LOSSES.register("cross_entropy", f"{_L}:CrossEntropy", doc="cross-entropy, label smoothing, class weights",
-                task="classification", args={"label_smoothing": "label_smoothing"})
+                task="classification", args={"label_smoothing": "label_smoothing"}, check=_LC)
 LOSSES.register("focal", f"{_L}:FocalLoss", doc="focal loss (focal_gamma), class weights", task="classification",
-                args={"focal_gamma": "gamma"})
+                args={"focal_gamma": "gamma"}, check=_LC)
 for _name, _doc in (("mse", "mean squared error"), ("l1", "mean absolute error"), ("huber", "Huber, delta 1")):
-    LOSSES.register(_name, f"{_L}:RegressionLoss", doc=_doc, task="regression", fixed={"name": _name})
+    LOSSES.register(_name, f"{_L}:RegressionLoss", doc=_doc, task="regression", fixed={"name": _name}, check=_LC)
 del _name, _doc
 
 # ---------------------------------------------------------------- optimizers and lr schedules

@@ -27,8 +27,6 @@ from raytune_opt.spec.space_parser import parse_space, space_from_data  # noqa: 
 from raytune_opt.spec.schema import Section
 from raytune_opt.spec.yaml_loader import load_value, load_yaml_file
 
-NUM_CLASSES = {n: registry.DATASETS[n].meta["num_classes"] for n in registry.DATASETS
-               if "num_classes" in registry.DATASETS[n].meta}
 # Metrics of the test split (measured after the sweep, never by a trial): refused wherever a
 # spec selects (search.metric, search.constraints, promote.select).
 TEST_PREFIX = "test_"
@@ -378,7 +376,8 @@ def _select_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 
 def _entry_rules(ck: _Checker, entry: registry.Entry, view: registry.SpecView) -> None:
-    """Record what a searcher's, scheduler's, strategy's or promotion step's own ``check`` finds."""
+    """Record what an entry's own ``check`` finds (a searcher's, scheduler's, strategy's, loss's
+    or promotion step's)."""
     _entry_rules_of(ck, entry.checks(view))
 
 
@@ -456,19 +455,14 @@ def _resource_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 
 def _loss_rules(ck: _Checker, d: dict, space: Space) -> None:
-    loss = d["train"]["loss"]
-    names = _values_of(d, space, "train.loss.name")
-    if ck.given(("train", "loss", "label_smoothing")) and loss["label_smoothing"] > 0 \
-            and "focal" in names and "cross_entropy" not in names:
-        ck.rule("train.loss.name", ("train", "loss", "label_smoothing"),
-                f"only cross_entropy smooths labels (got loss {loss['name']})",
-                "remove label_smoothing or use train.loss.name: cross_entropy")
-    weights = loss["class_weights"]
-    n_classes = NUM_CLASSES.get(d["data"]["dataset"])
-    if isinstance(weights, list) and n_classes and len(weights) != n_classes:
-        ck.rule("data.dataset", ("train", "loss", "class_weights"),
-                f"needs one weight per class: {n_classes} for {d['data']['dataset']} (got {len(weights)})",
-                f"give {n_classes} weights or 'balanced'")
+    """The rules of the losses the sweep may use (their entries' ``check``; one shared by
+    several entries runs once)."""
+    used, view, ran = _values_of(d, space, "train.loss.name"), registry.SpecView(d, space, ck.given), []
+    for name in registry.LOSSES:
+        entry = registry.LOSSES[name]
+        if name in used and entry.check not in ran:
+            ran.append(entry.check)
+            _entry_rules(ck, entry, view)
 
 
 def _searcher_rules(ck: _Checker, d: dict, space: Space) -> None:
