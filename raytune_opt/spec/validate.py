@@ -30,8 +30,6 @@ from raytune_opt.spec.yaml_loader import load_value, load_yaml_file
 # Metrics of the test split (measured after the sweep, never by a trial): refused wherever a
 # spec selects (search.metric, search.constraints, promote.select).
 TEST_PREFIX = "test_"
-# Augmentations that move or recolour image pixels; 1-D signals take Mixup only.
-IMAGE_AUGMENTATIONS = ("hflip", "random_crop_padding", "rotation_degrees", "color_jitter", "cutmix_alpha")
 
 # Keys added after experiments had been run, each with the value that does what those
 # experiments did; Spec.sha256 leaves a key out at that value, so an old experiment's
@@ -198,20 +196,10 @@ def _warm_start_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 
 def _data_rules(ck: _Checker, d: dict, space: Space) -> None:
-    data = d["data"]
-    entry = registry.DATASETS.get(data["dataset"]) if ck.ok("data.dataset") else None
-    builtin = entry is not None and "keys" in entry.meta
-    needs_root = builtin and entry.meta["needs_root"] and not (entry.meta.get("downloads") and data["download"])
-    if needs_root and not data["root"] and ck.ok("data.download"):
-        ck.add(("data", "root"), f"required for dataset {data['dataset']} (got null)",
-               "set data.root to the directory holding the data", at=("data", "dataset"))
-    for key in (entry.meta.get("requires", ()) if builtin else ()):
-        if not data[key] and ck.ok(f"data.{key}"):
-            ck.add(("data", key), f"required for dataset {data['dataset']} (got null)",
-                   f"set data.{key} ({schema.lookup(('data', key)).doc.split(';')[0].split(' (')[0]})",
-                   at=("data", "dataset"))
-    if "data.dataset" not in space.by_key and builtin:
-        _input_kind_checks(ck, d, space, lambda key: _values_of(d, space, key))
+    """A built-in data set's rules (its entry's ``check``), then a user data set's signature."""
+    entry = registry.DATASETS.get(d["data"]["dataset"]) if ck.ok("data.dataset") else None
+    if entry is not None and "keys" in entry.meta:
+        _entry_rules(ck, entry, registry.SpecView(d, space, ck.given))
     user_code.data_rules(ck, d, space)
 
 
@@ -376,15 +364,16 @@ def _select_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 
 def _entry_rules(ck: _Checker, entry: registry.Entry, view: registry.SpecView) -> None:
-    """Record what an entry's own ``check`` finds (a searcher's, scheduler's, strategy's, loss's
-    or promotion step's)."""
+    """Record what an entry's own ``check`` finds (a built-in data set's, searcher's,
+    scheduler's, strategy's, loss's or promotion step's)."""
     _entry_rules_of(ck, entry.checks(view))
 
 
 def _entry_rules_of(ck: _Checker, findings) -> None:
     for f in findings:
         if ck.ok(*f.reads.split()):
-            ck.add(f.path, f.what, f.fix, at=ck.param_at.get(f.at) if f.at else None)
+            at = ck.param_at.get(f.at) if isinstance(f.at, str) else f.at  # a searched key, or a key path
+            ck.add(f.path, f.what, f.fix, at=at)
 
 
 def _scheduler_rules(ck: _Checker, d: dict, space: Space) -> None:
@@ -484,40 +473,6 @@ def _searcher_rules(ck: _Checker, d: dict, space: Space) -> None:
     if needs and ck.ok("scheduler.name") and d["scheduler"]["name"] != needs:
         ck.add(("scheduler", "name"), f"{algorithm} learns from what {needs} tells it of each trial (got "
                f"{d['scheduler']['name']})", f"set scheduler.name: {needs}")
-
-
-_KINDS = {0: "feature vectors", 1: "1-D signals", 2: "images"}
-
-
-def _input_kind_checks(ck: _Checker, d: dict, space: Space, values_of) -> None:
-    """The model (fixed or every searched option) must take the data set's inputs, and
-    inputs other than images take no image augmentation. (A searched data set is checked by
-    each trial.)"""
-    dataset = d["data"]["dataset"]
-    dims = registry.DATASETS[dataset].meta["inputs"]
-    kind = _KINDS[dims]
-    fit = [m for m in registry.MODELS if dims in registry.MODELS[m].meta.get("inputs", ())]
-    searched = space.by_key.get("model.name")
-    # Models that say which inputs they take (user models by import path do not: --smoke would).
-    described = {m for m in registry.MODELS if "inputs" in registry.MODELS[m].meta}
-    for name in sorted((values_of("model.name") & described) - set(fit)):
-        if searched is not None:
-            ck.add(("space", "model.name"), f"option {name} does not take {kind} (data.dataset {dataset}) (got {fmt(name)})",
-                   f"drop it; models for {kind}: {', '.join(fit)}", at=ck.param_at.get("model.name"))
-        elif ck.ok("model.name"):
-            ck.add(("model", "name"), f"does not take {kind} (data.dataset {dataset}) (got {fmt(name)})",
-                   f"use one of {', '.join(fit)}, or another data.dataset")
-    if dims == 2:
-        return
-    for key in IMAGE_AUGMENTATIONS:
-        dotted = f"train.augment.{key}"
-        values = values_of(dotted)
-        if dotted in space.by_key and (not values or any(v for v in values)):
-            ck.add(("space", dotted), f"an image augmentation; {dataset} holds {kind} (got a searched "
-                   f"{dotted})", "remove it from space (mixup_alpha works on any input)", at=ck.param_at.get(dotted))
-        elif dotted not in space.by_key and any(v for v in values) and ck.ok(dotted):
-            ck.add(("train", "augment", key), f"an image augmentation; {dataset} holds {kind} "
-                   f"(got {fmt(d['train']['augment'][key])})", "set it to 0 (mixup_alpha works on any input)")
 
 
 def check_local_resources(d: dict, cpus: int | None = None, gpus: int | None = None) -> list[tuple[tuple, str, str]]:
