@@ -13,6 +13,7 @@ _EXTRA_FOR = {
     "tensorrt": "tensorrt",
     "polygraphy": "tensorrt",
     "mlflow": "mlflow",
+    "lightning": "lightning",
     "hpbandster": "bohb",
     "ConfigSpace": "bohb",
 }

@@ -460,6 +460,9 @@ del _name, _n
 #: ``module:callable`` itself. The built-in recipe is one of them.
 LOOPS = Registry("loop")
 LOOPS.register("builtin", "raytune_opt.recipe.loop:builtin_loop", doc="the built-in recipe: every train.* key")
+LOOPS.register("lightning", "raytune_opt.integrations.lightning:lightning_loop", doc="Lightning's Trainer: "
+               "model.name a LightningModule, data.dataset a LightningDataModule, train.trainer its arguments",
+               check="raytune_opt.integrations.lightning_rules:check")
 
 
 # ---------------------------------------------------------------- losses

@@ -284,6 +284,8 @@ def _smoke(spec, echo: Callable[[str], None]) -> dict:
     params = sum(p.numel() for p in model.parameters())
     echo(f"smoke: model {name}: {params:,} parameters, a batch {_shape(x)} -> {_shape(out)}, loss "
          f"{loss.item():.4g}, backward ok")
+    if cfg["train"]["loop"] == "lightning":
+        _lightning(model, cfg, spec, echo)
     exported = pruned = False
     promote = spec.data["promote"]
     if promote["enabled"] and promote["targets"]:
@@ -294,6 +296,27 @@ def _smoke(spec, echo: Callable[[str], None]) -> dict:
         pruned = True
     return {"config": config, "input_shape": data.input_shape, "num_classes": data.num_classes,
             "output_shape": tuple(out.shape), "onnx": exported, "prune": pruned}
+
+
+def _lightning(model, cfg: dict, spec, echo: Callable[[str], None]) -> None:
+    """One training and one validation step through the LightningModule (Lightning's
+    fast_dev_run); the sweep's metrics must be among what it logs."""
+    import copy
+
+    from raytune_opt import objectives
+    from raytune_opt.integrations.lightning import smoke_metrics
+
+    try:
+        logged = smoke_metrics(copy.deepcopy(model), cfg, spec.code_dirs)
+    except Exception as exc:  # the user's module or data module
+        raise SmokeError(f"smoke: train.loop lightning: one training and one validation step raised "
+                         f"{describe_raised(exc)}") from exc
+    missing = [m for m, _ in objectives.objectives(cfg["search"]) if m not in logged]
+    if missing:
+        raise SmokeError(f"smoke: train.loop lightning: the module does not log {', '.join(missing)} (search.metric); "
+                         f"it logs {', '.join(sorted(logged)) or 'nothing'}: self.log({missing[0]!r}, ...) in "
+                         f"validation_step, or set search.metric to one of those")
+    echo(f"smoke: lightning: one training and one validation step ok, the module logs {', '.join(sorted(logged))}")
 
 
 def _prune(model, data, name: str, cfg: dict, echo: Callable[[str], None]) -> None:

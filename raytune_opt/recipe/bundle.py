@@ -109,7 +109,8 @@ def as_bundle(result: Any, label: str, task: str | None = None) -> DataBundle:
     """Check what a data set callable returned and fill in what it left out.
 
     Args:
-        result: a :class:`DataBundle`, a ``(train, val)`` pair or a ``(train, val, test)`` triple.
+        result: a :class:`DataBundle`, a ``(train, val)`` pair, a ``(train, val, test)`` triple, or
+            a LightningDataModule (its loaders' data sets).
         label: the callable, for messages (``mypkg.data:load``).
         task: the spec's ``data.task`` (None: the bundle's, else its labels': an integer
             classifies, a float regresses).
@@ -123,6 +124,10 @@ def as_bundle(result: Any, label: str, task: str | None = None) -> DataBundle:
                   "(train, val, test) triple of torch Datasets")
     if isinstance(result, (tuple, list)) and len(result) in (2, 3):
         result = DataBundle(train=result[0], val=result[1], test=result[2] if len(result) == 3 else None)
+    if _is_datamodule(result):  # a LightningDataModule (train.loop: lightning): the data sets of its loaders
+        from raytune_opt.integrations.lightning import datamodule_bundle
+
+        result = datamodule_bundle(result, label)
     if not isinstance(result, DataBundle):
         kind = _describe(result) if isinstance(result, (tuple, list)) else _a(type(result).__name__)
         raise DataError(f"data.dataset {label} returned {kind}, not a DataBundle, a (train, val) pair or a "
@@ -160,6 +165,12 @@ def as_bundle(result: Any, label: str, task: str | None = None) -> DataBundle:
                         f"name per class")
     return replace(result, num_classes=num_classes, task=task, input_example=_example(result, first, label),
                    class_names=tuple(str(n) for n in names))
+
+
+def _is_datamodule(obj: Any) -> bool:
+    """Whether ``obj`` looks like a LightningDataModule (without importing Lightning)."""
+    return all(callable(getattr(obj, name, None)) for name in ("prepare_data", "setup", "train_dataloader",
+                                                                "val_dataloader"))
 
 
 def _regression(result: DataBundle, first: dict, label: str) -> DataBundle:

@@ -336,6 +336,9 @@ SPEC = Section("A sweep spec.", {
         }),
         "checkpoint": Field("bool", True, "Save a checkpoint every epoch, keeping the best and the last.",
                             tunable=False),
+        "trainer": Section("train.loop: lightning only: keyword arguments of Lightning's Trainer (e.g. precision, "
+                           "gradient_clip_val, accumulate_grad_batches); search one as train.trainer.NAME. "
+                           "train.epochs is its max_epochs.", open=True),
     }),
     "resources": Section("Resources per trial.", {
         "num_workers": Field("int", 1, "Ray Train workers (DDP ranks) per trial; 1 runs the loop in the trial itself.",

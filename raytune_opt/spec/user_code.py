@@ -182,8 +182,21 @@ def _check_user_callable(ck: Checker, kind: _UserKind, name: str, args: dict, se
 
 
 def loop_rules(ck: Checker, d: dict, space: Space) -> None:
-    """A user loop must import, be callable, and take ``(config, ctx)``."""
-    if not ck.ok("train.loop") or not user_loop(d):
+    """A user loop must import, be callable, and take ``(config, ctx)``; a registered loop
+    with rules of its own (lightning) is checked by them, and only it takes train.trainer."""
+    if not ck.ok("train.loop"):
+        return
+    entry = registry.LOOPS.get(d["train"]["loop"])
+    trainer_given = d["train"]["trainer"] or any(k.startswith("train.trainer.") for k in space.by_key)
+    if trainer_given and (entry is None or entry.name != "lightning"):
+        ck.add(("train", "trainer"), f"Lightning's Trainer arguments, but train.loop is {d['train']['loop']} (got "
+               f"{fmt(d['train']['trainer'])})", "set train.loop: lightning, or remove train.trainer")
+    if entry is not None and entry.check is not None:  # its rules import neither torch nor the trainer
+        for f in entry.checks(registry.SpecView(d, space, ck.given)):
+            if ck.ok(*f.reads.split()):
+                ck.add(f.path, f.what, f.fix, at=ck.param_at.get(f.at) if f.at else None)
+        return
+    if not user_loop(d):
         return
     target = registry.LOOPS.target_of(d["train"]["loop"])
     try:

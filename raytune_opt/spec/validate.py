@@ -37,7 +37,7 @@ TEST_PREFIX = "test_"
 HASH_NEUTRAL = {("data", "test_fraction"): 0.0, ("data", "test_column"): None,
                 ("train", "optimizer", "args"): {}, ("train", "lr_schedule", "args"): {},
                 ("search", "warm_start"): None, ("search", "enqueue"): None,
-                ("resources", "warm_workers"): False}
+                ("resources", "warm_workers"): False, ("train", "trainer"): {}}
 
 
 @dataclass

@@ -1,0 +1,131 @@
+"""Validation rules of ``train.loop: lightning`` (imports neither torch nor Lightning).
+
+What Lightning owns (the optimizers of ``configure_optimizers``, the module's LR schedule,
+its precision and gradient settings under ``train.trainer``) is the user's; what the spec's
+own ``train.*`` keys would set and Lightning does not read is refused, not silently dropped.
+``train.trainer`` keys are checked against :data:`TRAINER_PARAMS`, the keyword arguments
+of ``lightning.Trainer`` written out here because importing Lightning (and torch) takes
+~20 s on a small machine, too slow for ``validate``; a test compares the list with the
+installed ``lightning.Trainer`` signature.
+"""
+
+from __future__ import annotations
+
+__all__ = ["TRAINER_PARAMS", "OWNED", "READ", "check"]
+
+#: ``lightning.Trainer.__init__``'s keyword arguments (lightning 2.6).
+TRAINER_PARAMS = (
+    "accelerator", "strategy", "devices", "num_nodes", "precision", "logger", "callbacks", "fast_dev_run",
+    "max_epochs", "min_epochs", "max_steps", "min_steps", "max_time", "limit_train_batches", "limit_val_batches",
+    "limit_test_batches", "limit_predict_batches", "overfit_batches", "val_check_interval", "check_val_every_n_epoch",
+    "num_sanity_val_steps", "log_every_n_steps", "enable_checkpointing", "enable_progress_bar",
+    "enable_model_summary", "accumulate_grad_batches", "gradient_clip_val", "gradient_clip_algorithm",
+    "deterministic", "benchmark", "inference_mode", "use_distributed_sampler", "profiler", "detect_anomaly",
+    "barebones", "plugins", "sync_batchnorm", "reload_dataloaders_every_n_epochs", "default_root_dir",
+    "enable_autolog_hparams", "model_registry",
+)
+
+#: Trainer arguments the sweep sets itself, and what sets them instead.
+OWNED = {
+    "max_epochs": "train.epochs (the schedulers' time unit)",
+    "min_epochs": "train.epochs",
+    "max_steps": "train.epochs",
+    "min_steps": "train.epochs",
+    "max_time": "search.budget or the scheduler",
+    "accelerator": "resources.gpus_per_worker",
+    "devices": "resources.num_workers and resources.gpus_per_worker",
+    "num_nodes": "resources.num_workers",
+    "strategy": "resources.num_workers (Ray's DDP strategy for several workers)",
+    "plugins": "Ray's environment plugin (several workers)",
+    "logger": "the sweep's results and tracking",
+    "callbacks": "the sweep (it reports every epoch through its own callback)",
+    "enable_checkpointing": "train.checkpoint (best.pt / last.pt in the sweep's format)",
+    "default_root_dir": "storage.path",
+    "fast_dev_run": "raytune-opt validate --smoke (one training and one validation step)",
+}
+
+#: The ``train`` keys a Lightning trial reads; every other one is refused when given.
+READ = ("loop", "epochs", "limit_batches", "checkpoint", "trainer")
+
+_OWNER = {  # what takes the place of a built-in train key, for the fix
+    "optimizer": "return the optimizer from your LightningModule's configure_optimizers",
+    "lr_schedule": "return the schedule from configure_optimizers",
+    "batch_size": "give it to your LightningDataModule in data.args (search it as data.args.batch_size)",
+    "precision": "set train.trainer.precision (e.g. bf16-mixed)",
+    "grad_accum_steps": "set train.trainer.accumulate_grad_batches",
+    "grad_clip_norm": "set train.trainer.gradient_clip_val",
+    "loss": "compute the loss in your LightningModule's training_step",
+    "augment": "augment in your LightningDataModule",
+    "early_stopping": "use a scheduler (ASHA) to stop trials early",
+    "strategy": "several workers (resources.num_workers) train with Ray's DDP strategy; DeepSpeed is not wired "
+                "for Lightning yet",
+    "deepspeed": "several workers (resources.num_workers) train with Ray's DDP strategy; DeepSpeed is not wired "
+                 "for Lightning yet",
+}
+
+
+def check(view) -> list:
+    """The rules of ``train.loop: lightning`` (``validate`` calls it).
+
+    Args:
+        view: a :class:`raytune_opt.registry.SpecView`.
+
+    Returns:
+        :class:`raytune_opt.registry.Finding` s.
+    """
+    from raytune_opt import _imports
+    from raytune_opt.registry import Finding
+    from raytune_opt.spec.checker import did_you_mean, fmt
+
+    out = []
+    if not _imports.is_available("lightning"):
+        out.append(Finding(("train", "loop"), "train.loop lightning needs the Python package 'lightning', which is "
+                           "not installed (got lightning)", "install the lightning extra: pip install "
+                           "'raytune-opt[lightning]'"))
+    train = view.data["train"]
+    for key in train:
+        if key in READ:
+            continue
+        searched = sorted(k for k in view.space.by_key if k == f"train.{key}" or k.startswith(f"train.{key}."))
+        given = _given_leaves(view, ("train", key), train[key])
+        for path in given:
+            value = _at(train, path[1:])
+            out.append(Finding(path, f"Lightning's Trainer does not read it with train.loop: lightning (got "
+                               f"{fmt(value)})", f"remove it; {_OWNER.get(key, 'the LightningModule owns it')}"))
+        for dotted in searched:
+            out.append(Finding(("space", dotted), f"searches {dotted}, which Lightning's Trainer does not read with "
+                               f"train.loop: lightning", f"remove it from space; {_OWNER.get(key, '')}".rstrip("; "),
+                               at=dotted))
+    trainer = train.get("trainer") or {}
+    searched = {k[len("train.trainer."):]: k for k in view.space.by_key if k.startswith("train.trainer.")}
+    for name in [*trainer, *(k for k in searched if k not in trainer)]:
+        at = searched.get(name)
+        path = ("train", "trainer", name)
+        if name in OWNED:
+            out.append(Finding(path, f"the sweep sets Trainer's {name} itself (got {fmt(trainer.get(name))})",
+                               f"remove it; {OWNED[name]} sets it", at=at))
+        elif name not in TRAINER_PARAMS:
+            hint = did_you_mean(name, TRAINER_PARAMS)
+            out.append(Finding(path, f"lightning.Trainer takes no argument {name!r} (got {fmt(trainer.get(name))})",
+                               (hint + " " if hint else "") + "see lightning.Trainer's arguments", at=at))
+    if train["limit_batches"] is not None and "limit_train_batches" in trainer:
+        out.append(Finding(("train", "trainer", "limit_train_batches"), f"train.limit_batches sets it already (got "
+                           f"{fmt(trainer['limit_train_batches'])} and train.limit_batches {train['limit_batches']})",
+                           "keep one of the two"))
+    return out
+
+
+def _given_leaves(view, path: tuple, value) -> list[tuple]:
+    """The paths under ``path`` the user wrote (a section's leaves, or ``path`` itself)."""
+    if not view.given(path):
+        return []
+    if isinstance(value, dict) and value:
+        leaves = [leaf for key, sub in value.items() for leaf in _given_leaves(view, (*path, key), sub)]
+        return leaves or [path]
+    return [path]
+
+
+def _at(node, path: tuple):
+    for key in path:
+        node = node[key]
+    return node
