@@ -109,6 +109,7 @@ class Shape:
 
 _POOLS: dict = {}  # name -> handle of the pools this driver started
 
+
 def start_pool(exp_dir: str, remote: bool, endpoint_url: str | None, prewarm: Shape | None = None,
                prewarm_slots: int = 0) -> str:
     """Start the sweep's slot pool (owned by this process: it dies with the driver); its name.

@@ -254,15 +254,18 @@ def test_a_pbt_space_with_nothing_pbt_may_perturb_is_refused():
 
 
 @pytest.mark.slow
-def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_path):
+@pytest.mark.parametrize("warm", [False, pytest.param(True, marks=pytest.mark.exhaustive)], ids=["per-trial", "warm"])
+def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_path, warm):
     # Synchronous PBT: both trials meet at epoch 2 whenever each got its workers, so exactly one
     # exploit happens there (asynchronous PBT needed 20 epochs to be sure the two overlapped,
-    # and restarted a 2-worker trial at many of them: 5 minutes here).
+    # and restarted a 2-worker trial at many of them: 5 minutes here). Warm: the paused and the
+    # exploiting trial go back into warm slots, which restore the donor's checkpoint.
     spec = load_spec(DIGITS, ["search.algorithm=random", "search.num_samples=2", "search.seed=1",
                               "scheduler={name: pbt, perturbation_interval: 2, quantile_fraction: 0.5, synch: true}",
                               "space={train.optimizer.lr: {loguniform: [1.0e-4, 3.0e-2]}}", "train.epochs=3",
                               "train.limit_batches=4", "resources.num_workers=2", "resources.cpus_per_worker=0.5",
-                              "resources.max_concurrent_trials=2", "promote.enabled=false", "name=pbt2"])
+                              "resources.max_concurrent_trials=2", f"resources.warm_workers={str(warm).lower()}",
+                              "promote.enabled=false", "name=pbt2"])
     outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
     rows = _rows(outcome.exp_dir)
     assert [r["status"] for r in rows] == ["ok", "ok"], [(r["status"], r["error"]) for r in rows]

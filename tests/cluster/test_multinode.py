@@ -170,18 +170,21 @@ def test_an_s3_sweep_killed_mid_way_resumes_from_the_bucket_alone(cluster, s3, t
     # epochs twice in its history: Tune keeps the trial's results across the resume.)
 
 
-def test_two_worker_trial_with_a_rank_on_each_node_checkpoints_to_s3(cluster, s3, tmp_path):
+@pytest.mark.parametrize("warm", [False, pytest.param(True, marks=pytest.mark.exhaustive)], ids=["per-trial", "warm"])
+def test_two_worker_trial_with_a_rank_on_each_node_checkpoints_to_s3(cluster, s3, tmp_path, warm):
+    # Warm: the slot's group spans both nodes (one CPU each) and keeps its Train run on S3.
     head, worker, _ = cluster
-    proc = _s3_sweep(head, s3, tmp_path, "ddp-two-nodes", "search.num_samples=1", "resources.num_workers=2",
-                     "promote.enabled=false")
+    name = "ddp-two-nodes-warm" if warm else "ddp-two-nodes"
+    proc = _s3_sweep(head, s3, tmp_path, name, "search.num_samples=1", "resources.num_workers=2",
+                     f"resources.warm_workers={str(warm).lower()}", "promote.enabled=false")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = list(csv.DictReader(io.StringIO(_object(s3, "exp/ddp-two-nodes/results.csv").decode())))
+    rows = list(csv.DictReader(io.StringIO(_object(s3, f"exp/{name}/results.csv").decode())))
     assert len(rows) == 1 and rows[0]["status"] == "ok" and rows[0]["epochs"] == "2", rows
-    keys = set(s3.keys("exp/ddp-two-nodes/"))
+    keys = set(s3.keys(f"exp/{name}/"))
     ckpt = rows[0]["checkpoint"]
     assert ckpt.startswith("s3://") and ckpt[len(f"s3://{s3.bucket}/"):] + "/best.pt" in keys, (ckpt, sorted(keys))
     # One CPU per node: the two DDP ranks had to be on different nodes, and stayed in sync.
-    hist = list(csv.DictReader(io.StringIO(_object(s3, f"exp/ddp-two-nodes/history/{rows[0]['trial_id']}.csv")
+    hist = list(csv.DictReader(io.StringIO(_object(s3, f"exp/{name}/history/{rows[0]['trial_id']}.csv")
                                            .decode())))
     assert float(hist[-1]["rank_param_max_diff"]) == 0.0
 

@@ -21,10 +21,13 @@ SPEC = ROOT / "search_spaces" / "digits_deepspeed.yaml"
 pytestmark = pytest.mark.slow
 
 
-def test_a_zero_stage_sweep_with_asha_completes_and_keeps_every_ranks_shard(local_ray, tmp_path):
+@pytest.mark.parametrize("warm", [False, pytest.param(True, marks=pytest.mark.exhaustive)], ids=["per-trial", "warm"])
+def test_a_zero_stage_sweep_with_asha_completes_and_keeps_every_ranks_shard(local_ray, tmp_path, warm):
     # ZeRO 1 (optimizer state sharded) and 3 (parameters too); stage 2 trains in
     # test_zero_training.py (each 2-worker trial here costs ~45 s of start-up on 2 cores).
+    # Warm: both stages in one slot, a new DeepSpeed engine per trial on the group the slot keeps.
     spec = load_spec(SPEC, ["train.epochs=2", "promote.enabled=false", "name=zero",
+                            f"resources.warm_workers={str(warm).lower()}",
                             "space={train.deepspeed.zero_optimization.stage: {grid: [1, 3]}}"])
     outcome = run_sweep(spec, storage=str(tmp_path), verbose=0, callbacks=report.callbacks)
     report.after_sweep(outcome.location)  # as the CLI and the API do
