@@ -20,9 +20,10 @@ from raytune_opt import objectives, registry, schedulers, searchers
 from raytune_opt.errors import Problem, SpecError
 from raytune_opt.redact import redact_data
 from raytune_opt.space import Space
-from raytune_opt.spec import schema, user_code
+from raytune_opt.spec import cross_rules, schema, user_code
 from raytune_opt.spec.checker import Checker as _Checker, coerce, did_you_mean, fmt
 from raytune_opt.spec.checker import values_of as _values_of
+from raytune_opt.spec.cross_rules import check_local_resources
 from raytune_opt.spec.space_parser import parse_space, space_from_data  # noqa: F401 (report reads it here)
 from raytune_opt.spec.schema import Section
 from raytune_opt.spec.yaml_loader import load_value, load_yaml_file
@@ -181,8 +182,9 @@ def _apply_overrides(ck: _Checker, root: dict, overrides: list[str]) -> None:
 
 def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     """Rules across keys, each skipped when a setting it reads was already reported invalid."""
-    for rules in (_data_rules, user_code.model_rules, user_code.loop_rules, _task_rules, _precision_rules, _optimizer_rules,
-                  _search_rules, _scheduler_rules, _promotion_rules, _select_rules, _strategy_rules, _resource_rules,
+    for rules in (_data_rules, user_code.model_rules, user_code.loop_rules, cross_rules.task_rules,
+                  cross_rules.precision_rules, _optimizer_rules, _search_rules, _scheduler_rules, _promotion_rules,
+                  _select_rules, _strategy_rules, cross_rules.resource_rules,
                   _loss_rules, _searcher_rules, _warm_start_rules):
         rules(ck, d, space)
 
@@ -201,53 +203,6 @@ def _data_rules(ck: _Checker, d: dict, space: Space) -> None:
     if entry is not None and "keys" in entry.meta:
         _entry_rules(ck, entry, registry.SpecView(d, space, ck.given))
     user_code.data_rules(ck, d, space)
-
-
-def _task_rules(ck: _Checker, d: dict, space: Space) -> None:
-    """data.task, a task-specific search.metric and the loss must agree on the task; a
-    regression trains with a regression loss and no Mixup/CutMix (its promotion gates INT8 on
-    the relative change of its metric, promote.int8.max_relative_change)."""
-    said: list[tuple[str, tuple, str]] = []  # (task, key path, how it says so)
-    entry = registry.DATASETS.get(d["data"]["dataset"]) if ck.ok("data.dataset") else None
-    if entry is not None and entry.meta.get("task") and "data.dataset" not in space.by_key:
-        said.append((entry.meta["task"], ("data", "dataset"), f"data.dataset {entry.name}"))
-    if d["data"]["task"] is not None and ck.ok("data.task"):
-        said.append((d["data"]["task"], ("data", "task"), f"data.task {d['data']['task']}"))
-    for metric, _ in (objectives.objectives(d["search"]) if ck.ok("search.metric", "search.mode") else ()):
-        if metric in schema.METRIC_TASK:
-            said.append((schema.METRIC_TASK[metric], ("search", "metric"), f"search.metric {metric}"))
-    losses = _values_of(d, space, "train.loss.name")
-    loss_given = ck.given(("train", "loss", "name")) or "train.loss.name" in space.by_key
-    if loss_given and ck.ok("train.loss.name"):
-        at = ("space", "train.loss.name") if "train.loss.name" in space.by_key else ("train", "loss", "name")
-        said += [(schema.LOSS_TASK[name], at, f"train.loss.name {name}") for name in sorted(losses)]
-    tasks = {t for t, _, _ in said}
-    if len(tasks) > 1:
-        first = said[0]
-        for task, path, how in said[1:]:
-            if task != first[0]:
-                ck.add(path, f"{how.split()[-1]} is for {task}, but {first[2]} is for {first[0]} "
-                       f"(got {fmt(how.split()[-1])})",
-                       f"make them agree: regression takes mse/l1/huber and val_rmse/val_mae/val_r2 (or val_loss)",
-                       at=ck.param_at.get(path[1]) if path[0] == "space" else None)
-        return
-    if tasks != {"regression"}:
-        return
-    if not loss_given:
-        ck.add(("train", "loss", "name"), f"cross_entropy is a classification loss, and {said[0][2]} makes this a "
-               f"regression (got the default cross_entropy)", "set train.loss.name: mse (or l1, huber)")
-    for key in ("mixup_alpha", "cutmix_alpha"):
-        dotted = f"train.augment.{key}"
-        if (dotted in space.by_key or d["train"]["augment"][key]) and ck.ok(dotted):
-            ck.add(("train", "augment", key), f"mixes labels of a classification; {said[0][2]} makes this a "
-                   f"regression (got {fmt(d['train']['augment'][key])})", "set it to 0")
-
-
-def _precision_rules(ck: _Checker, d: dict, space: Space) -> None:
-    if "fp16" in _values_of(d, space, "train.precision") and d["resources"]["gpus_per_worker"] == 0:
-        ck.rule("resources.gpus_per_worker", ("train", "precision"),
-                "fp16 needs a GPU (got resources.gpus_per_worker=0)",
-                "use bf16 on CPU, or give resources.gpus_per_worker > 0")
 
 
 def _optimizer_rules(ck: _Checker, d: dict, space: Space) -> None:
@@ -436,13 +391,6 @@ def _strategy_rules(ck: _Checker, d: dict, space: Space) -> None:
             _entry_rules(ck, strategies[name], view)
 
 
-def _resource_rules(ck: _Checker, d: dict, space: Space) -> None:
-    gpus = d["resources"]["gpus_per_worker"]
-    if gpus > 1 and not float(gpus).is_integer():
-        ck.rule("", ("resources", "gpus_per_worker"), f"above 1 must be a whole number (got {gpus:g})",
-                "give a fraction below 1 or an integer")
-
-
 def _loss_rules(ck: _Checker, d: dict, space: Space) -> None:
     """The rules of the losses the sweep may use (their entries' ``check``; one shared by
     several entries runs once)."""
@@ -473,37 +421,6 @@ def _searcher_rules(ck: _Checker, d: dict, space: Space) -> None:
     if needs and ck.ok("scheduler.name") and d["scheduler"]["name"] != needs:
         ck.add(("scheduler", "name"), f"{algorithm} learns from what {needs} tells it of each trial (got "
                f"{d['scheduler']['name']})", f"set scheduler.name: {needs}")
-
-
-def check_local_resources(d: dict, cpus: int | None = None, gpus: int | None = None) -> list[tuple[tuple, str, str]]:
-    """Problems running one trial of ``d`` on this machine alone (embedded local Ray)."""
-    res = d["resources"]
-    cpus = os.cpu_count() or 1 if cpus is None else cpus
-    out = []
-    need_cpu = res["num_workers"] * res["cpus_per_worker"]
-    if need_cpu > cpus:
-        out.append((("resources", "cpus_per_worker"),
-                    f"one trial needs {need_cpu:g} CPUs ({res['num_workers']} workers x {res['cpus_per_worker']:g}) "
-                    f"but this machine has {cpus}",
-                    "lower resources.num_workers / cpus_per_worker, or run on a cluster with --address"))
-    need_gpu = res["num_workers"] * res["gpus_per_worker"]
-    if need_gpu > 0:
-        if gpus is None:
-            gpus = _local_gpus()
-        if need_gpu > gpus:
-            out.append((("resources", "gpus_per_worker"),
-                        f"one trial needs {need_gpu:g} GPUs but this machine has {gpus}",
-                        "set resources.gpus_per_worker=0 for a local run, or submit to a GPU cluster"))
-    return out
-
-
-def _local_gpus() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count()
-    except Exception:  # torch without CUDA support
-        return 0
 
 
 # ---------------------------------------------------------------- entry point
