@@ -401,7 +401,7 @@ SPEC = Section("A sweep spec.", {
         "enabled": Field("bool", True, "Run promotion at the end of `raytune-opt run`.", tunable=False),
         "targets": Field("list", list(DEFAULT_TARGETS), "Artifacts to build: " + " | ".join(PROMOTION_TARGETS) +
                          ", run in that order. prune and distill (only when listed) compress the model first; the "
-                         "last one accepted by its gate is what onnx, int8 and tensorrt convert. Your own step, "
+                         "last one accepted by its gate is what the later steps convert. Your own step, "
                          "'module:callable' taking the step context, runs after them (see 'Your own promotion step').",
                          check=_targets_check, tunable=False),
         "select": Field("dict", None, "Which trial to promote; null: the best by the first search.metric among "
