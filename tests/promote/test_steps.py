@@ -23,8 +23,31 @@ SETTINGS = {"distill": {"distill": {"model": {"width": 8}, "epochs": 1}},
             "prune": {"prune": {"finetune_epochs": 1}}}
 
 
+def _pt2_runs_alone(doc: dict, promotion: Path) -> None:
+    """model.pt2 (the step added as one file, raytune_opt/promote/steps/pt2.py) loads with torch.export
+    alone and gives the trial model's outputs, also at batch sizes it was not traced with."""
+    import numpy as np
+    import torch
+
+    from raytune_opt.recipe.checkpoint import load_model
+
+    rec = {a["name"]: a for a in doc["artifacts"]}["pt2"]
+    assert rec["parity"]["max_abs_diff"] <= rec["parity"]["atol"] and rec["test_accuracy"] is not None
+    program = torch.export.load(promotion / rec["path"]).module()
+    model, _ = load_model(doc["source"]["checkpoint"])  # the trial's own model, rebuilt from its code
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((7, 1, 8, 8)).astype(np.float32))
+    with torch.no_grad():
+        for batch in (1, 7):
+            torch.testing.assert_close(program(x[:batch]), model.eval()(x[:batch]), rtol=1e-5, atol=1e-5)
+
+
+# What a step's artifacts must also do, beyond what every step's must (checked on the manifest and the files).
+CHECKS = {"pt2": _pt2_runs_alone}
+
+
 def test_targets_are_the_steps_in_registration_order_with_what_they_need():
     assert pipeline.parse_targets("tensorrt, onnx") == ["onnx", "tensorrt"]
+    assert set(SETTINGS) | set(CHECKS) <= set(registry.PROMOTION_STEPS)  # nothing here for a step that is not there
     for name in registry.PROMOTION_STEPS:
         steps = pipeline.steps_for([name])
         assert steps[-1] == name and set(registry.PROMOTION_STEPS[name].meta["needs"]) <= set(steps[:-1])
@@ -56,6 +79,9 @@ def test_every_promotion_step_alone_runs_after_its_needs_and_records_its_artifac
             assert path.is_file() and rec["sha256"] == sha256_file(path), rec
             assert rec["accuracy"] is not None, rec  # scored on the validation set
     assert json.loads((experiment / "promotion" / "manifest.json").read_text()) == doc
+    if name in CHECKS:
+        CHECKS[name](doc, experiment / "promotion")
+
 
 
 # ---- the steps' contract: one module each, its settings there, a frozen context ------------------------------------
