@@ -161,11 +161,10 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     log(f"promotion: trial {source.trial_id} ({source.metric}={source.value:.4f}), targets {','.join(targets)}")
     threads = measure.threads_for(cfg.get("ort_threads"))  # experiments of older versions have no such key
     scorer = measure.scorer_for(data.task, source.metric, cfg["int8"], _default("max_relative_change"))
-    x_val, y_val = materialize(data.val, collate_fn=data.collate_fn)
-    x_val, y_val = x_val.numpy(), y_val.numpy()
-    x_test = y_test = None
-    if data.test is not None:  # scored on every artifact, never gated on
-        x_test, y_test = (t.numpy() for t in materialize(data.test, collate_fn=data.collate_fn))
+    x_val, y_val = (t.numpy() for t in materialize(data.val, collate_fn=data.collate_fn))
+    # The test split is scored on every artifact, never gated on.
+    x_test, y_test = (None, None) if data.test is None else (
+        t.numpy() for t in materialize(data.test, collate_fn=data.collate_fn))
 
     with measure.torch_threads(threads):
         with progress.step("pytorch: measuring the fp32 reference"):
@@ -188,23 +187,29 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
             else:
                 registry.PROMOTION_STEPS[name].load()(ctx.for_step(name))
 
-    old = manifest.previous_artifacts(out_dir, source)
+    result = manifest.build(
+        source, targets=targets, artifacts=manifest.merge(manifest.previous_artifacts(out_dir, source),
+                                                          chain.artifacts),
+        inputs=_inputs(data), settings=_settings(ctx, targets), tensorrt_version=chain.versions.get("tensorrt"))
+    result["versions"].update({k: v for k, v in chain.versions.items() if k != "tensorrt"})
+    manifest.write(out_dir, result)
+    return result
+
+
+def _settings(ctx: StepContext, targets: list[str]) -> dict:
+    """The manifest's ``settings``: what the measurements and gates ran with."""
+    cfg, threads = ctx.promote, ctx.threads
     settings = {"parity_atol": cfg["parity_atol"], "int8": cfg["int8"], "ort_threads": threads,
                 "latency": f"CPU: onnxruntime CPUExecutionProvider and torch, {threads} intra-op "
                            f"threads, 5 warm-up runs, then p50/p95 of 10-200 runs; TensorRT: CUDA, "
                            f"device-resident input, synchronized"}
-    if scorer.regression:  # a classification's settings stay as they always were
-        settings["gate"] = scorer.settings()
+    if ctx.scorer.regression:  # a classification's settings stay as they always were
+        settings["gate"] = ctx.scorer.settings()
     for name in targets:
         entry = registry.PROMOTION_STEPS.get(name)
         if entry is not None and entry.meta.get("compresses"):
             settings[name] = ctx.section(name)
-    result = manifest.build(
-        source, targets=targets, artifacts=manifest.merge(old, chain.artifacts), inputs=_inputs(data),
-        settings=settings, tensorrt_version=chain.versions.get("tensorrt"))
-    result["versions"].update({k: v for k, v in chain.versions.items() if k != "tensorrt"})
-    manifest.write(out_dir, result)
-    return result
+    return settings
 
 
 def _check_trusted(source: Source, ckpt: dict, targets: list[str], trust_code: bool, named_by_file: bool) -> None:
