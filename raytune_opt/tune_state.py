@@ -145,16 +145,17 @@ class _Keeper:
         self._files: list[Path] | None = None  # the newest session's files, as last listed
         self._relist_at = 0.0
 
-    def keep(self, staging: Path) -> bool:
-        """Copy the newest session's state files from ``staging`` if they changed; whether it did."""
+    def keep(self, staging: Path, force: bool = False) -> bool:
+        """Copy the newest session's state files from ``staging`` if they changed; whether it did.
+        ``force``: now, whatever the share of the driver's time copying has taken."""
         now = time.monotonic()
-        if now < self._next:
+        if now < self._next and not force:
             return False
         # The staging directory holds a directory per trial: listing it at every step of
         # Tune's loop grew with the trials (~6 s of the driver's CPU over 1,000 trials,
         # benchmarks/sweep_scale.py). A session's files are all written by its first save,
         # so between listings (every RELIST_S) only the files found are looked at.
-        if self._files is None or now >= self._relist_at:
+        if self._files is None or now >= self._relist_at or force:
             sessions = _session_files(staging)
             newest = sorted(sessions[max(sessions)]) if sessions else []
             if not any(f.name.startswith("experiment_state-") for f in newest):
@@ -191,9 +192,18 @@ class KeepState(tune.Callback):
                               then="the sweep goes on; a crash during Tune's own copy may leave it unresumable")
 
     def on_step_end(self, iteration, trials, **info):
+        self._keep(trials)
+
+    def on_experiment_end(self, trials, **info):
+        # Tune's last save (forced, waited for) comes after its last step: without this copy, the
+        # kept one lags it, and repair() would put the older one back over a finished sweep's
+        # state (a resume of a sweep its budget ended then lost the trials the budget stopped).
+        self._keep(trials, force=True)
+
+    def _keep(self, trials, force: bool = False) -> None:
         if trials:  # every trial knows the experiment's staging directory
             try:
-                self._keeper.keep(Path(trials[0].storage.experiment_driver_staging_path))
+                self._keeper.keep(Path(trials[0].storage.experiment_driver_staging_path), force=force)
             except (OSError, UsageError) as exc:  # a full disk, a link out: never stop the sweep for a spare copy
                 self._warn(exc)
 

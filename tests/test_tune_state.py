@@ -183,6 +183,28 @@ def test_repair_puts_back_the_kept_copy_over_files_of_two_saves(tmp_path):
     assert repair(exp) == [] and _state(exp, S1) == ({"trial_data": [0, 1, 2, 3, 4]}, {"trials": 5})
 
 
+def test_tunes_last_save_is_kept_when_the_sweep_ends(tmp_path):
+    """Tune saves its state once more after its last step (forced, waited for). The copy kept
+    during the sweep lags it (copying takes at most a share of the driver's time), and
+    repair() would put that older copy back over a finished sweep's state: a resumed sweep
+    that search.budget had ended then lost the trials the budget stopped."""
+    from types import SimpleNamespace
+
+    from raytune_opt.tune_state import KeepState
+
+    staging, exp = tmp_path / "staging", tmp_path / "exp"
+    _write_session(staging, S1, n_trials=2)
+    cb = KeepState(exp)
+    cb._keeper.min_interval_s = 3600.0  # the copying keeps to its share of the driver's time
+    trial = SimpleNamespace(storage=SimpleNamespace(experiment_driver_staging_path=str(staging)))
+    cb.on_step_end(0, [trial])
+    _write_session(staging, S1, n_trials=3)  # Tune's last save, after its last step
+    _write_session(exp, S1, n_trials=3)  # ... synced into the experiment
+    cb.on_step_end(1, [trial])  # too soon for another copy
+    cb.on_experiment_end([trial])
+    assert repair(exp) == [] and _state(exp, S1) == ({"trial_data": [0, 1, 2]}, {"trials": 3})
+
+
 # --- An S3 experiment: the same keeping and repair, in a bucket (a real S3 server on loopback) ---
 
 @pytest.fixture(scope="module")
