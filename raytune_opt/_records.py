@@ -22,7 +22,8 @@ _KINDS = {
 }
 
 BEST = {"trial_id": "str", "metric": "str?", "mode": "str?", "value": "num?", "config": "dict?", "metrics": "dict?",
-        "epochs": "num?", "checkpoint": "str?", "spec_sha256": "str?", "test": "dict?"}
+        "epochs": "num?", "checkpoint": "str?", "spec_sha256": "str?", "test": "dict?",
+        "budget": "dict?"}
 MANIFEST = {"format": "str?", "status": "str?", "experiment": "str?", "source": "dict?", "artifacts": "list?",
             "settings": "dict?"}
 _SOURCE = {"trial_id": "str?", "metric": "str?", "value": "num?", "checkpoint": "str?", "checkpoint_sha256": "str?"}

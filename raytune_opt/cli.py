@@ -154,8 +154,14 @@ def space_summary(spec) -> list[str]:
     objs = objectives.objectives(search)
     lines.append(f"searchers that can take it: {', '.join(searchers.accepting(space, len(objs) > 1))}")
     said = ", ".join(f"{m} ({mode})" for m, mode in objs)
-    lines.append(f"search: {chosen}, {'metrics' if len(objs) > 1 else 'metric'} {said}, {trials} trial(s); "
+    planned = f"{trials} trial(s)" if trials is not None else "trials until the budget ends"
+    lines.append(f"search: {chosen}, {'metrics' if len(objs) > 1 else 'metric'} {said}, {planned}; "
                  f"scheduler: {spec.data['scheduler']['name']}")
+    from raytune_opt.budget import Limits
+
+    limits = Limits.from_spec(spec.data)
+    if limits.any:
+        lines.append(f"budget: {limits.describe()}")
     if search.get("constraints"):
         lines.append("constraints: " + ", ".join(f"{k} {side} {b[side]:g}" for k, b in search["constraints"].items()
                                                  for side in ("min", "max") if side in b))
@@ -226,6 +232,10 @@ def _finish(outcome, spec, address) -> int:
     print()
     print(results.leaderboard(outcome.rows, *objectives.primary(search)))
     _say(f"results: {outcome.where} (results.csv, best.json, history/, report.html) in {outcome.wall_seconds:.0f} s")
+    if outcome.budget:
+        from raytune_opt.budget import summary_line
+
+        _say(summary_line(outcome.budget))
     if outcome.best is None:
         print("raytune-opt: no trial succeeded; see the error column of results.csv", file=sys.stderr)
         return 1

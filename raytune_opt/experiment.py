@@ -26,7 +26,8 @@ if TYPE_CHECKING:
     from raytune_opt.spec import Spec
 
 __all__ = ["RUN_META", "RUN_INPUT", "RUN_FORMAT", "SPEC", "RESULTS", "BEST", "HISTORY", "PARETO", "REPORT",
-           "history_file", "write_inputs", "read_record", "record_problem", "recorded_storage", "code_dirs_of"]
+           "BUDGET", "history_file", "write_inputs", "read_record", "record_problem", "recorded_storage",
+           "code_dirs_of"]
 
 RUN_META = "raytune_opt_run.json"  # the run record: marks an experiment directory; read by resume
 RUN_INPUT = "spec.input.yaml"  # the spec file as given, re-validated on resume
@@ -37,6 +38,7 @@ BEST = "best.json"  # the best trial, and its test record
 HISTORY = "history"  # one CSV per trial: its epochs
 PARETO = "pareto.csv"  # several objectives: the non-dominated trials
 REPORT = "report.html"
+BUDGET = "budget.json"  # search.budget's state: time and resource-hours spent, why it ended (raytune_opt/budget.py)
 
 
 def history_file(exp_dir: str | Path, trial_id: str) -> Path:

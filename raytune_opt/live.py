@@ -30,9 +30,9 @@ QUIET_CONSOLE = {"RAY_AIR_NEW_OUTPUT": "0"}
 def callbacks(spec, where: str) -> list:
     """The live view for a sweep of ``spec`` stored at ``where`` (Ray's own console output
     goes off during the fit: ``QUIET_CONSOLE``)."""
-    search, space = spec.data["search"], spec.space
-    total = search["num_samples"] * (space.grid_size() if search["algorithm"] in ("grid", "random") else 1)
-    return [LiveView(spec, where, total)]
+    from raytune_opt.searchers import planned_trials
+
+    return [LiveView(spec, where, planned_trials(spec.data["search"], spec.space))]
 
 
 def _clip(line: str) -> str:
@@ -47,15 +47,22 @@ def _duration(s: float) -> str:
 class LiveView(Callback):
     """A Tune callback in the driver; holds no stream until ``setup`` (it is pickled with the Tuner)."""
 
-    def __init__(self, spec, where: str, total: int, tty: bool | None = None):
-        if total < 1:
-            raise ValueError(f"total must be >= 1, but got {total=}")
+    def __init__(self, spec, where: str, total: int | None, tty: bool | None = None):
+        """``total``: the trials planned; None: as many as search.budget allows."""
+        if total is not None and total < 1:
+            raise ValueError(f"total must be >= 1 or None, but got {total=}")
         s = spec.data
         self.metric, self.mode = objectives.primary(s["search"])
         algo = s["search"]["algorithm"] + (f" ({s['search']['sampler']})" if s["search"]["algorithm"] == "optuna"
                                            else "")
-        self.header = [f"sweep {spec.name}: {total} trials, {algo}, scheduler {s['scheduler']['name']}, "
+        planned = "trials until the budget ends" if total is None else f"{total} trials"
+        self.header = [f"sweep {spec.name}: {planned}, {algo}, scheduler {s['scheduler']['name']}, "
                        f"{self.metric} ({self.mode})", f"storage: {where}"]
+        from raytune_opt.budget import Limits
+
+        limits = Limits.from_spec(s)
+        if limits.any:
+            self.header.append(f"budget: {limits.describe()}")
         self.total, self.tty = total, tty
         self._space = spec.space
         self._state: dict = {}  # trial id -> running | done | stopped | errored
@@ -78,10 +85,12 @@ class LiveView(Callback):
             counts[v] += 1
         finished = counts["done"] + counts["stopped"] + counts["errored"]
         elapsed = time.monotonic() - self._started
-        eta = f" eta {_duration(elapsed / finished * (self.total - finished))}" if 0 < finished < self.total else ""
+        eta = (f" eta {_duration(elapsed / finished * (self.total - finished))}"
+               if self.total is not None and 0 < finished < self.total else "")
         best = f" | best {self._best[0]:.4f} {self._best[1][:8]}" if self._best else ""
         # e.g. "12/16 (2 ok 10 stop 0 err 2 run) | best 0.9582 fd31f04a | 10m25s eta 13m03s": 80 columns
-        return (f"{finished}/{self.total} ({counts['done']} ok {counts['stopped']} stop {counts['errored']} err "
+        of = f"{finished}" if self.total is None else f"{finished}/{self.total}"
+        return (f"{of} ({counts['done']} ok {counts['stopped']} stop {counts['errored']} err "
                 f"{counts['running']} run){best} | {_duration(elapsed)}{eta}")
 
     def _refresh(self, force: bool = False) -> None:
@@ -108,7 +117,7 @@ class LiveView(Callback):
             from tqdm import tqdm
 
             self._bar = tqdm(total=self.total, file=self._out, ncols=WIDTH, leave=False,
-                             bar_format="{desc} |{bar}| {n}/{total}")
+                             bar_format="{desc} |{bar}| {n}/{total}" if self.total else "{desc} {n} trials")
 
     def _config_text(self, trial) -> str:
         from raytune_opt.searchers import flatten_config

@@ -73,7 +73,7 @@ def metric_columns(rows: list[TrialRow], *metrics: str) -> list[str]:
 
 
 def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], metric: str, mode: str,
-                  spec_sha256: str, *, more: tuple = ()) -> TrialRow | None:
+                  spec_sha256: str, *, more: tuple = (), budget: dict | None = None) -> TrialRow | None:
     """Write results.csv, history/<trial>.csv and best.json (and, with ``more`` objectives
     beside ``metric``, pareto.csv); return the best row by ``metric``.
 
@@ -81,6 +81,7 @@ def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], me
         more: further ``(metric, mode)`` objectives. best.json then also holds the best trial
             of each objective and the Pareto front (the non-dominated successful trials, by
             their best epoch's values).
+        budget: search.budget's summary (why it ended the sweep, what was spent), kept in best.json.
     """
     out = io.StringIO()
     objs = [(metric, mode), *more]
@@ -124,6 +125,8 @@ def write_results(exp_dir: Path, rows: list[TrialRow], space_keys: list[str], me
         if more:
             record["objectives"] = [_best_of(rows, m, md) for m, md in objs]
             record["pareto"] = [r.trial_id for r in front]
+        if budget is not None:
+            record["budget"] = budget
         _atomic.write_json(exp_dir / BEST, record)
     return best
 

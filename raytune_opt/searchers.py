@@ -28,8 +28,11 @@ from raytune_opt.space import Space
 MAX_TRIALS = 100_000
 
 
-def planned_trials(search: dict, space: Space) -> int:
-    """Trials a sweep will run: grid and random repeat every grid point num_samples times."""
+def planned_trials(search: dict, space: Space) -> int | None:
+    """Trials a sweep will run: grid and random repeat every grid point num_samples times;
+    None: as many as search.budget allows (num_samples null)."""
+    if search["num_samples"] is None:
+        return None
     grid = space.grid_size() if search["algorithm"] in ("grid", "random") else 1
     return search["num_samples"] * grid
 

@@ -18,6 +18,7 @@ from typing import Callable
 
 from raytune_opt import objectives
 from raytune_opt import experiment, heldout, ray_runtime, results, schedulers, searchers, tracking, trial, warm_start
+from raytune_opt import budget as budgets
 from raytune_opt import storage as stores  # `storage` is run_sweep's --storage argument
 from raytune_opt._paths import ensure_under
 from raytune_opt.errors import UsageError
@@ -47,6 +48,7 @@ class SweepOutcome:
     promotion: dict | None = None  # the promotion's manifest, when the caller promoted the best trial
     # best.json's test record: the best trial on the test split (None: no test split; {"failed": WHY})
     test: dict | None = None
+    budget: dict | None = None  # search.budget's summary (budget.Ledger.summary), when the spec sets one
     location: stores.Location | None = None  # where it lives, for what comes after the sweep (the report)
 
     @property
@@ -200,6 +202,10 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
     from raytune_opt.tune_state import KeepState
 
     tune_callbacks.append(KeepState(loc.local, loc))  # resumable after a kill at any moment (tune_state.py)
+    # search.budget: a callback keeps its ledger, Tune's stopper ends the sweep when it says so.
+    budget_parts = budgets.tune_parts(spec, loc)
+    if budget_parts is not None:
+        tune_callbacks.append(budget_parts[0])
     search = spec.data["search"]
     # Earlier experiments' trials, read (as data) and checked before Ray starts.
     warm = warm_start.load(spec, loc.uri, loc.endpoint_url)
@@ -227,7 +233,9 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 # Several objectives: the searcher holds them; Tune would overwrite them with one.
                 metric=None if objectives.is_multi(search) else search["metric"],
                 mode=None if objectives.is_multi(search) else search["mode"], search_alg=search_alg,
-                scheduler=_scheduler(spec, loc), num_samples=search["num_samples"],
+                scheduler=_scheduler(spec, loc),
+                # null: Tune proposes (its -1: without end) until the budget's stopper ends the sweep.
+                num_samples=-1 if search["num_samples"] is None else search["num_samples"],
                 max_concurrent_trials=None,  # build_searcher applies resources.max_concurrent_trials
                 trial_dirname_creator=_trial_dirname,
                 # A fresh actor per trial re-imports torch and Ray (~3 s here); ASHA lives on cheap trials.
@@ -245,7 +253,7 @@ def run_sweep(spec: Spec, *, address: str | None = None, storage: str | None = N
                 **({"sync_config": tune.SyncConfig(sync_period=10)} if loc.remote else {}),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
                 failure_config=tune.FailureConfig(max_failures=0),
-                callbacks=tune_callbacks,
+                callbacks=tune_callbacks, stop=budget_parts[1] if budget_parts else None,
             ),
         )
         return _fit_and_record(tuner, spec, loc, quiet_console=live)
@@ -357,12 +365,28 @@ def resume_sweep(exp_dir: str | Path, *, address: str | None = None, restart_err
             raise UsageError(f"{loc.uri}: Ray Tune's experiment state cannot be read ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else 'truncated'}); results.csv and trial_*/ "
                              "still hold what finished") from None
-        # The restored Tuner brings back our own loggers and trackers, and the live view of a
-        # sweep that had it: Ray's console stays quiet either way.
-        return _fit_and_record(tuner, spec, loc, quiet_console=True)
+        # The restored Tuner brings back our own loggers and trackers, the live view of a
+        # sweep that had it and the budget's callback and stopper: Ray's console stays quiet either way.
+        return _fit_and_record(tuner, spec, loc, quiet_console=True, fit=_budget_left(spec, loc))
     finally:
         _stop_warm_pool(pool)
         ray_runtime.stop(embedded)
+
+
+def _budget_left(spec: Spec, loc: stores.Location) -> bool:
+    """Whether a resumed sweep has budget left (say what is left); a spent one is not run again."""
+    limits = budgets.Limits.from_spec(spec.data)
+    ledger = budgets.read(loc, limits) if limits.any else None
+    if ledger is None:
+        return True
+    if ledger.reached is None and ledger.check() is None:
+        print(f"raytune-opt: budget: {ledger.time_spent_s:.0f} s spent over {ledger.sessions} session(s); "
+              f"{ledger.left()}", flush=True)
+        return True
+    budgets.write(loc, ledger)  # a limit reached before the kill, and not yet recorded
+    print(f"raytune-opt: budget: nothing left ({ledger.reached['text']}); the results of the trials it ran are "
+          "written again", flush=True)
+    return False
 
 
 def recorded_spec(spec: Spec, recorded_sha256: str, where: str) -> Spec:
@@ -438,21 +462,26 @@ def _trial_dirname(t) -> str:
     return f"trial_{index}" if index.isdigit() else f"trial_{t.trial_id}"
 
 
-def _fit_and_record(tuner, spec: Spec, loc: stores.Location, quiet_console: bool) -> SweepOutcome:
+def _fit_and_record(tuner, spec: Spec, loc: stores.Location, quiet_console: bool,
+                    fit: bool = True) -> SweepOutcome:
+    """Run the Tuner (``fit``; else only read what it holds: a resumed sweep whose budget is
+    spent), then write the results."""
     from raytune_opt.live import QUIET_CONSOLE
 
     exp_dir = loc.local
     started = time.monotonic()
     # Tune reads these during the fit; a Python user's own Tune runs later keep their defaults.
     with _environ({**tracking.QUIET_LOGGERS, **(QUIET_CONSOLE if quiet_console else {})}):
-        grid = tuner.fit()
+        grid = tuner.fit() if fit else tuner.get_results()
     wall = time.monotonic() - started
-    rows = collect_rows(grid, spec, remote=loc.remote)
+    limits = budgets.Limits.from_spec(spec.data)
+    ledger = budgets.read(loc, limits) if limits.any else None
+    rows = collect_rows(grid, spec, remote=loc.remote, budget_reached=ledger.reached if ledger else None)
     search = spec.data["search"]
     try:  # atomic: a full or read-only disk leaves no half-written results.csv / best.json
         (metric, mode), *more = objectives.objectives(search)
         best = results.write_results(exp_dir, rows, [p.key for p in spec.space.params], metric, mode,
-                                     spec.sha256(), more=tuple(more))
+                                     spec.sha256(), more=tuple(more), budget=ledger.summary() if ledger else None)
     except OSError as exc:
         raise UsageError(f"{exp_dir}: cannot write results.csv / best.json ({exc.strerror or exc}); the trials "
                          f"and their checkpoints are kept: free the disk, then 'raytune-opt resume {exp_dir}' "
@@ -462,7 +491,8 @@ def _fit_and_record(tuner, spec: Spec, loc: stores.Location, quiet_console: bool
         test = heldout.record(exp_dir, spec.data["seed"], spec.code_dirs, loc.endpoint_url,
                               selected=bool(spec.data["promote"].get("select")))
     loc.publish(RESULTS, HISTORY, BEST)
-    return SweepOutcome(exp_dir, rows, best, wall, spec, uri=loc.uri, test=test, location=loc)
+    return SweepOutcome(exp_dir, rows, best, wall, spec, uri=loc.uri, test=test, location=loc,
+                        budget=ledger.summary() if ledger else None)
 
 
 @contextlib.contextmanager
@@ -480,8 +510,13 @@ def _environ(values: dict[str, str]):
                 os.environ[k] = v
 
 
-def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRow]:
-    """One row per trial of a Tune ResultGrid, in our terms."""
+def collect_rows(grid, spec: Spec, remote: bool = False,
+                 budget_reached: dict | None = None) -> list[results.TrialRow]:
+    """One row per trial of a Tune ResultGrid, in our terms.
+
+    ``budget_reached``: why search.budget ended the sweep (budget.Ledger.reached): the trials
+    it stopped (Tune stopped them without a last result marked ``done``) say so.
+    """
     metric, mode = objectives.primary(spec.data["search"])
     constraints = spec.data["search"].get("constraints") or {}
     wanted = {m for m, _ in objectives.objectives(spec.data["search"])} | set(constraints)
@@ -516,6 +551,8 @@ def collect_rows(grid, spec: Spec, remote: bool = False) -> list[results.TrialRo
             status = "ok"
         elif epochs < trial_planned:
             status, reason = "stopped", f"stopped by {spec.data['scheduler']['name']} at epoch {epochs}"
+            if budget_reached and not m.get("done"):  # a scheduler's stop marks the trial's last result done
+                reason = budgets.row_reason(budget_reached, epochs)
         else:
             status, reason = "ok", reason or "completed"
         broken = objectives.violations(best, constraints) if status in ("ok", "stopped") else []

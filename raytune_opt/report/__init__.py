@@ -16,7 +16,7 @@ from raytune_opt import _atomic
 from raytune_opt._warn import first_line, keep_traceback
 from raytune_opt import storage as stores
 from raytune_opt.errors import RaytuneOptError, UsageError
-from raytune_opt.experiment import BEST, HISTORY, REPORT, RESULTS, RUN_INPUT, RUN_META, SPEC
+from raytune_opt.experiment import BEST, BUDGET, HISTORY, REPORT, RESULTS, RUN_INPUT, RUN_META, SPEC
 
 __all__ = ["REPORT", "write_report", "after_sweep", "after_promotion", "callbacks"]
 
@@ -44,7 +44,7 @@ def write_report(exp_dir: str | Path, out: str | Path | None = None, *, journal:
     loc = stores.from_uri(str(exp_dir), endpoint_url)
     if loc.remote:  # the driver's small files; trials' files stay in the bucket
         # RUN_INPUT and RUN_META: the search space is rebuilt from them.
-        loc.fetch(RUN_INPUT, RUN_META, SPEC, RESULTS, BEST, "promotion/manifest.json")
+        loc.fetch(RUN_INPUT, RUN_META, SPEC, RESULTS, BEST, BUDGET, "promotion/manifest.json")
         if loc.exists(HISTORY):
             loc.fetch(HISTORY)
     exp = data.load(loc.local)

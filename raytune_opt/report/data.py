@@ -22,7 +22,7 @@ from pathlib import Path
 
 from raytune_opt import _records, objectives
 from raytune_opt.errors import RaytuneOptError, UsageError
-from raytune_opt.experiment import BEST, RESULTS, SPEC, history_file
+from raytune_opt.experiment import BEST, BUDGET, RESULTS, SPEC, history_file
 
 # Text columns of a history file; every other column is a number (the recipe's metrics for
 # either task, or whatever a user loop reported).
@@ -54,6 +54,7 @@ class Experiment:
     manifest: dict | None  # promotion/manifest.json
     finished: bool  # results.csv exists
     warm: list = field(default_factory=list)  # of Trial: search.warm_start's told trials (warm_start.json)
+    budget: dict | None = None  # budget.json: search.budget's state (raytune_opt/budget.py)
 
     @property
     def metric(self) -> str:
@@ -103,7 +104,8 @@ def load(exp_dir: str | Path) -> Experiment:
         _records.check_manifest(manifest, exp_dir / "promotion" / "manifest.json")
     ordered = sorted(trials.values(), key=lambda t: (t.order, t.trial_id))
     warm = _warm_trials(exp_dir, spec)
-    return Experiment(exp_dir, spec, space, ordered, best, manifest, finished, warm=warm)
+    return Experiment(exp_dir, spec, space, ordered, best, manifest, finished, budget=_json(exp_dir / BUDGET),
+                      warm=warm)
 
 
 def _warm_trials(exp_dir: Path, spec: dict) -> list[Trial]:

@@ -68,6 +68,13 @@ def _header(exp: Experiment) -> str:
         top = (max(vals) if exp.mode == "max" else min(vals)) if vals else None
         rows.insert(3, ("warm start", f"{len(exp.warm)} earlier trial(s) of {', '.join(sources)} told to the searcher, "
                                       "not trained" + (f" (their best {exp.metric} {svg.fmt(top)})" if vals else "")))
+    if search.get("num_samples") is None:  # as many as search.budget allowed
+        rows[2] = ("trials", f"{len(exp.trials)} (until the budget ended): "
+                             + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))
+    if exp.budget is not None:
+        from raytune_opt.budget import report_line
+
+        rows.insert(3, ("budget", report_line(exp.budget).removeprefix("budget: ")))
     if exp.best:
         rows.insert(3, ("best", f"trial {exp.best['trial_id']}: {exp.metric} {svg.fmt(exp.best['value'])} "
                                 f"(epoch {exp.best.get('metrics', {}).get('epoch')})"))

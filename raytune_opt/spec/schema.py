@@ -152,6 +152,12 @@ def _enqueue_check(value: Any) -> str | None:
     return None
 
 
+def _budget_time_check(value: Any) -> str | None:
+    from raytune_opt.budget import time_problem
+
+    return time_problem(value)
+
+
 def _select_check(value: Any) -> str | None:
     if value is None:
         return None
@@ -368,7 +374,28 @@ SPEC = Section("A sweep spec.", {
                              "params, macs or model_bytes break one is not trained (status infeasible); latency_ms "
                              "and metrics mark a trial infeasible once measured. Optuna's samplers are told.",
                              nullable=True, check=_constraints_check, tunable=False),
-        "num_samples": Field("int", 8, "Trials to run (grid: repeats of the whole grid).", ge=1, tunable=False),
+        "num_samples": Field("int", 8, "Trials to run (grid: repeats of the whole grid); null: as many as "
+                             "search.budget allows (a budget must be set; not with grid).", ge=1, nullable=True,
+                             tunable=False),
+        "budget": Section("When the sweep stops, besides num_samples: when one limit is reached it stops proposing "
+                          "and stops its running trials (their checkpoints and rows kept); the reason is in the "
+                          "summary, results.csv's stop_reason, best.json, budget.json and the report. A resume "
+                          "continues the same budget.", {
+            "time": Field("any", None, "Wall-clock limit over the sweep's whole run, counted across resumes: "
+                          "seconds, or 90s, 30m, 2h; null: none.", nullable=True, check=_budget_time_check,
+                          tunable=False),
+            "resource_hours": Field("float", None, "Limit on the trials' summed resource-hours (seconds a trial "
+                                    "runs x what it holds): GPU-hours when trials use GPUs (gpus_per_worker x "
+                                    "num_workers), else CPU-hours (cpus_per_worker x num_workers); null: none.",
+                                    nullable=True, gt=0, tunable=False),
+            "plateau": Section("Stop when the best stops improving.", {
+                "trials": Field("int", None, "Stop when the best of the first search.metric did not improve by "
+                                "min_delta or more within the last this-many finished trials; null: off.",
+                                nullable=True, ge=1, tunable=False),
+                "min_delta": Field("float", 0.0, "Smallest improvement of the best that counts (0: any).", ge=0,
+                                   tunable=False),
+            }),
+        }),
         "seed": Field("int", None, "Searcher seed; null: the top-level seed.", nullable=True, ge=0, tunable=False),
         "warm_start": Field("list", None, "Earlier experiments (directories or s3:// URIs) whose finished trials "
                             "the searcher is told before its first proposal, not trained again: their configs and "

@@ -37,6 +37,8 @@ TEST_PREFIX = "test_"
 # recorded hash still matches it (and resume can tell an old experiment from a changed spec).
 HASH_NEUTRAL = {("data", "test_fraction"): 0.0, ("data", "test_column"): None,
                 ("train", "optimizer", "args"): {}, ("train", "lr_schedule", "args"): {},
+                ("search", "budget"): {"time": None, "resource_hours": None,
+                                       "plateau": {"trials": None, "min_delta": 0.0}},
                 ("search", "warm_start"): None, ("search", "enqueue"): None,
                 ("resources", "warm_workers"): False, ("train", "trainer"): {}}
 
@@ -185,8 +187,15 @@ def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     for rules in (_data_rules, user_code.model_rules, user_code.loop_rules, cross_rules.task_rules,
                   cross_rules.precision_rules, _optimizer_rules, _search_rules, _scheduler_rules, _promotion_rules,
                   _select_rules, _strategy_rules, cross_rules.resource_rules,
-                  _loss_rules, _searcher_rules, _warm_start_rules):
+                  _loss_rules, _searcher_rules, _budget_rules, _warm_start_rules):
         rules(ck, d, space)
+
+
+def _budget_rules(ck: _Checker, d: dict, space: Space) -> None:
+    """search.budget and an unbounded search.num_samples: their rules live beside them (raytune_opt/budget.py)."""
+    from raytune_opt import budget
+
+    _entry_rules_of(ck, budget.check(registry.SpecView(d, space, ck.given)))
 
 
 def _warm_start_rules(ck: _Checker, d: dict, space: Space) -> None:
@@ -275,7 +284,7 @@ def _search_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 def _trial_count_rule(ck: _Checker, search: dict, space: Space) -> None:
     n = searchers.planned_trials(search, space)
-    if n <= searchers.MAX_TRIALS:
+    if n is None or n <= searchers.MAX_TRIALS:  # None: until search.budget ends (budget.check)
         return
     grid = n // search["num_samples"]
     said = f" ({search['num_samples']:,} x {grid:,} grid points)" if grid > 1 else ""
