@@ -13,6 +13,7 @@ _EXTRA_FOR = {
     "tensorrt": "tensorrt",
     "polygraphy": "tensorrt",
     "mlflow": "mlflow",
+    "wandb": "wandb",
     "lightning": "lightning",
     "hpbandster": "bohb",
     "ConfigSpace": "bohb",

@@ -37,9 +37,10 @@ UPLOAD_EXCLUDES: dict[str, tuple[str, ...]] = {
     "virtual env": (".venv", "venv", ".conda", ".tox", ".nox"),
     "cache": ("__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis",
               ".ipynb_checkpoints", "*.egg-info"),
-    # What raytune-opt writes (the default storage.path, MLflow's file store, benchmark runs)
-    # and model files: they would crowd out Ray's 100 MiB cap (ray#45602) and the job needs none.
-    "output": ("/results", "mlruns", "/benchmarks/out", "*.pt", "*.onnx", "*.engine"),
+    # What raytune-opt writes (the default storage.path, MLflow's file store, W&B's run files and
+    # debug logs, benchmark runs) and model files: they would crowd out Ray's 100 MiB cap
+    # (ray#45602) and the job needs none.
+    "output": ("/results", "mlruns", "wandb", "/benchmarks/out", "*.pt", "*.onnx", "*.engine"),
 }
 # How the one-line summary names each reason: singular, plural.
 _REASONS = {"secret": ("secret", "secrets"), "VCS metadata": ("VCS directory", "VCS directories"),

@@ -17,6 +17,7 @@ from raytune_opt.sweep import run_sweep
 from tests._chromium import BROWSER
 from tests.test_report import assert_page_draws
 from tests.test_tracking import check_sweep_tracking
+from tests.test_wandb import check_sweep_wandb, offline_wandb_in_a_sweep  # noqa: F401  (a fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 DIGITS = ROOT / "search_spaces" / "digits_cnn.yaml"
@@ -74,16 +75,19 @@ def test_asha_stops_some_trials_early(local_ray, tmp_path):
     assert any(int(r["epochs"]) == 6 for r in rows)
 
 
-def test_conditional_parameters_never_reach_results(local_ray, tmp_path):
+def test_conditional_parameters_never_reach_results(local_ray, tmp_path, offline_wandb_in_a_sweep):
     mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"  # the same sweep checks its trackers and its report
     spec = load_spec(CONDITIONAL, ["train.epochs=2", "train.limit_batches=4", "search.num_samples=6",
                                    "scheduler.grace_period=1", "promote.enabled=false",
-                                   f"tracking.mlflow.tracking_uri={mlflow_uri}", "tracking.mlflow.experiment=cond"])
+                                   f"tracking.mlflow.tracking_uri={mlflow_uri}", "tracking.mlflow.experiment=cond",
+                                   "tracking.wandb.project=cond", "tracking.wandb.mode=offline"])
     outcome = run_sweep(spec, storage=str(tmp_path), verbose=0, callbacks=report.callbacks)
     report.after_sweep(outcome.location)  # as the CLI and the API do
+    report.after_promotion(outcome)  # ...and this: W&B's best tag and sweep-level run
     rows = _rows(outcome.exp_dir)
     assert len(rows) == 6
     check_sweep_tracking(outcome.exp_dir, mlflow_uri, "cond", [r["trial_id"] for r in rows])
+    check_sweep_wandb(outcome.exp_dir, rows)  # offline: the fixture checks that W&B's server got no connection
     for r in rows:
         config = json.loads(r["config"])
         opt = config["train.optimizer.name"]

@@ -93,6 +93,16 @@ def _tracking_uri_check(value: Any) -> str | None:
     return None
 
 
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+def _wandb_project_check(value: Any) -> str | None:
+    # What wandb.Settings refuses in a project name.
+    if value is not None and (not value.strip() or len(value) > 128 or any(c in value for c in "/\\#?%:")):
+        return "must be 1 to 128 characters without / \\ # ? % or :"
+    return None
+
+
 def _class_weights_check(value: Any) -> str | None:
     if value is None or value == "balanced":
         return None
@@ -452,6 +462,19 @@ SPEC = Section("A sweep spec.", {
                                   tunable=False),
             "experiment": Field("str", None, "MLflow experiment name; null: the sweep's name.", nullable=True,
                                 tunable=False),
+        }),
+        "wandb": Section("Weights & Biases: a run per trial grouped by sweep (config, every epoch's metrics, status), "
+                         "the best trial tagged best, a sweep-level run with the leaderboard table (needs the wandb "
+                         "extra). The API key comes from WANDB_API_KEY or 'wandb login', never from the spec.", {
+            "project": Field("str", None, "W&B project; null: W&B off.", nullable=True, check=_wandb_project_check,
+                             tunable=False),
+            "entity": Field("str", None, "W&B entity (user or team); null: the API key's default entity.",
+                            nullable=True, tunable=False),
+            "group": Field("str", None, "W&B group of the sweep's runs; null: the sweep's name.", nullable=True,
+                           tunable=False),
+            "mode": Field("str", None, "online | offline (run files under EXPERIMENT/wandb/, no key, no network; "
+                          "'wandb sync' them later) | disabled (nothing logged); null: $WANDB_MODE, else online.",
+                          choices=WANDB_MODES, nullable=True, tunable=False),
         }),
     }),
     "storage": Section("Where results and checkpoints go.", {

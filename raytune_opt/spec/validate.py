@@ -40,7 +40,8 @@ HASH_NEUTRAL = {("data", "test_fraction"): 0.0, ("data", "test_column"): None,
                 ("search", "budget"): {"time": None, "resource_hours": None,
                                        "plateau": {"trials": None, "min_delta": 0.0}},
                 ("search", "warm_start"): None, ("search", "enqueue"): None,
-                ("resources", "warm_workers"): False, ("train", "trainer"): {}}
+                ("resources", "warm_workers"): False, ("train", "trainer"): {},
+                ("tracking", "wandb"): {"project": None, "entity": None, "group": None, "mode": None}}
 
 
 @dataclass
@@ -187,8 +188,15 @@ def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     for rules in (_data_rules, user_code.model_rules, user_code.loop_rules, cross_rules.task_rules,
                   cross_rules.precision_rules, _optimizer_rules, _search_rules, _scheduler_rules, _promotion_rules,
                   _select_rules, _strategy_rules, cross_rules.resource_rules,
-                  _loss_rules, _searcher_rules, _budget_rules, _warm_start_rules):
+                  _loss_rules, _searcher_rules, _budget_rules, _warm_start_rules, _tracking_rules):
         rules(ck, d, space)
+
+
+def _tracking_rules(ck: _Checker, d: dict, space: Space) -> None:
+    """tracking.wandb: its rules live beside the trackers (raytune_opt/tracking/__init__.py)."""
+    from raytune_opt import tracking
+
+    _entry_rules_of(ck, tracking.check(registry.SpecView(d, space, ck.given)))
 
 
 def _budget_rules(ck: _Checker, d: dict, space: Space) -> None:

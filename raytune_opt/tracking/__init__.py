@@ -1,4 +1,4 @@
-"""Trackers: TensorBoard event files and MLflow runs, as Ray Tune callbacks in the driver.
+"""Trackers: TensorBoard event files, MLflow runs and W&B runs, as Ray Tune callbacks in the driver.
 
 ``callbacks(spec, loc)`` is called before Ray starts: an MLflow tracker that cannot be
 reached is a one-line :class:`UsageError` then (exit 2), not minutes into the sweep. Once the
@@ -11,7 +11,7 @@ print a ``tensorboard --logdir /tmp/ray/...`` pointer to a directory nothing her
 purpose. Ours writes ``EXPERIMENT/tensorboard/<trial>/`` with the recipe's metrics per
 epoch and the hparams plugin's summary. Ray's MLflowLoggerCallback makes one flat run per
 trial; we need a parent run with nested trial runs, flat (active) config keys as params and
-epoch steps, so that one is ours too.
+epoch steps, so that one is ours too. W&B's is ours for reasons given in tracking/wandb.py.
 """
 
 from __future__ import annotations
@@ -26,17 +26,18 @@ from raytune_opt._warn import first_line, keep_traceback
 from raytune_opt.errors import UsageError
 from raytune_opt.experiment import BEST, REPORT, RESULTS
 
-__all__ = ["callbacks", "check_mlflow", "log_sweep_artifacts", "QUIET_LOGGERS"]
+__all__ = ["callbacks", "check", "check_mlflow", "log_sweep_artifacts", "QUIET_LOGGERS"]
 
 MLFLOW_RUN = "mlflow_run.json"  # the parent run's id, for the artifacts logged after promotion
+WANDB_RUN = "wandb_run.json"  # the W&B runs' project and ids, for the best tag and the sweep-level run
 
 
 def callbacks(spec, loc: stores.Location) -> list:
     """The Tune callbacks the spec's ``tracking`` section asks for (checked now, before Ray starts).
 
     Raises:
-        MissingDependencyError: MLflow is configured but not installed.
-        UsageError: the MLflow tracking URI cannot be reached.
+        MissingDependencyError: MLflow or W&B is configured but not installed.
+        UsageError: the MLflow tracking URI or (online) W&B cannot be reached, or W&B has no API key.
     """
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
@@ -58,6 +59,40 @@ def callbacks(spec, loc: stores.Location) -> list:
         from raytune_opt.tracking.mlflow import MLflowCallback
 
         out.append(MLflowCallback(uri, experiment, spec, loc.local))
+    wb = tcfg["wandb"]
+    if wb["project"]:
+        from raytune_opt.tracking import wandb as wandb_tracking
+
+        mode = wandb_tracking.check_wandb(wb["mode"])
+        if mode != "disabled":  # W&B's disabled runs log nothing: no callback, no W&B process
+            out.append(wandb_tracking.WandbCallback(spec, loc.local, loc.uri, mode))
+    return out
+
+
+def check(view) -> list:
+    """The ``tracking`` section's rules across keys (``validate`` calls it; imports no W&B).
+
+    Args:
+        view: a :class:`raytune_opt.registry.SpecView`.
+
+    Returns:
+        :class:`raytune_opt.registry.Finding` s.
+    """
+    from raytune_opt import _imports
+    from raytune_opt.registry import Finding
+    from raytune_opt.spec.checker import fmt
+
+    wb, out = view.data["tracking"]["wandb"], []
+    if wb["project"] is None:
+        for key in ("entity", "group", "mode"):
+            if view.given(("tracking", "wandb", key)) and wb[key] is not None:
+                out.append(Finding(("tracking", "wandb", key), f"does nothing without tracking.wandb.project (got "
+                                   f"{fmt(wb[key])})", f"set tracking.wandb.project: NAME, or remove tracking.wandb.{key}",
+                                   reads="tracking.wandb.project"))
+    elif wb["mode"] != "disabled" and not _imports.is_available("wandb"):
+        out.append(Finding(("tracking", "wandb", "project"), f"W&B tracking needs the Python package 'wandb', which "
+                           f"is not installed (got project {fmt(wb['project'])})",
+                           "install the wandb extra: pip install 'raytune-opt[wandb]'"))
     return out
 
 
@@ -96,10 +131,15 @@ def check_mlflow(uri: str, experiment: str, timeout_s: float = 5.0) -> None:
 
 def log_sweep_artifacts(exp_dir: str | Path) -> None:
     """Log the best checkpoint, the promotion (manifest and models) and report.html to the sweep's
-    parent MLflow run; nothing when the sweep had no MLflow run. Warns, never raises."""
+    parent MLflow run; tag the best trial's W&B run and write the W&B sweep-level run with the
+    leaderboard. Nothing for a tracker the sweep did not have. Warns, never raises."""
     import json
 
     exp_dir = Path(exp_dir)
+    if (exp_dir / WANDB_RUN).is_file():
+        from raytune_opt.tracking.wandb import finish_sweep
+
+        finish_sweep(exp_dir)  # warns, never raises
     try:
         rec = json.loads((exp_dir / MLFLOW_RUN).read_text())
     except (OSError, ValueError):
