@@ -116,7 +116,8 @@ class TrialContext:
             data_cfg, seed = self.config["data"], int(self.config["seed"])
             # A warm slot's worker reads it from the node cache once for the slot's trials.
             key = ("raytune_opt.data", json.dumps(data_cfg, sort_keys=True, default=str), seed)
-            bundle = self.session.keep(key, lambda: load_bundle(data_cfg, seed))
+            make = lambda: load_bundle(data_cfg, seed)  # noqa: E731
+            bundle = self.session.keep(key, make) if self.session is not None else make()  # None: no trial
             self._data = dataclasses.replace(bundle, test=None)
         return self._data
 
@@ -131,7 +132,7 @@ class TrialContext:
             key: names the value (the same key gives the same value to every trial of the slot).
             make: builds it; called once per process for each key.
         """
-        return self.session.keep(("user", key), make)
+        return self.session.keep(("user", key), make) if self.session is not None else make()
 
     def build_model(self) -> nn.Module:
         """The model ``model.name`` names, built for the data (on :attr:`device`, not yet
