@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from raytune_opt import objectives, registry, schedulers, searchers
+from raytune_opt import registry, schedulers, searchers
 from raytune_opt.errors import Problem, SpecError
 from raytune_opt.redact import redact_data
 from raytune_opt.space import Space
@@ -28,9 +28,6 @@ from raytune_opt.spec.space_parser import parse_space, space_from_data  # noqa: 
 from raytune_opt.spec.schema import Section
 from raytune_opt.spec.yaml_loader import load_value, load_yaml_file
 
-# Metrics of the test split (measured after the sweep, never by a trial): refused wherever a
-# spec selects (search.metric, search.constraints, promote.select).
-TEST_PREFIX = "test_"
 
 # Keys added after experiments had been run, each with the value that does what those
 # experiments did; Spec.sha256 leaves a key out at that value, so an old experiment's
@@ -186,8 +183,8 @@ def _apply_overrides(ck: _Checker, root: dict, overrides: list[str]) -> None:
 def _cross_checks(ck: _Checker, d: dict, space: Space) -> None:
     """Rules across keys, each skipped when a setting it reads was already reported invalid."""
     for rules in (_data_rules, user_code.model_rules, user_code.loop_rules, cross_rules.task_rules,
-                  cross_rules.precision_rules, _optimizer_rules, _search_rules, _scheduler_rules, _promotion_rules,
-                  _select_rules, _strategy_rules, cross_rules.resource_rules,
+                  cross_rules.precision_rules, _optimizer_rules, cross_rules.search_rules, _scheduler_rules,
+                  _promotion_rules, cross_rules.select_rules, _strategy_rules, cross_rules.resource_rules,
                   _loss_rules, _searcher_rules, _budget_rules, _warm_start_rules, _tracking_rules):
         rules(ck, d, space)
 
@@ -229,110 +226,6 @@ def _optimizer_rules(ck: _Checker, d: dict, space: Space) -> None:
         ck.rule("train.optimizer.momentum", ("train", "optimizer", "nesterov"),
                 "Nesterov momentum needs momentum > 0 (got momentum=0)",
                 "set train.optimizer.momentum > 0 or nesterov: false")
-
-
-def _direction(name: str) -> str | None:
-    """Which way a known metric or measure is better (None: a user loop's own)."""
-    return schema.METRICS.get(name) or ("min" if name in objectives.MEASURES else None)
-
-
-def _metric_problem(d: dict, name: str, what: str) -> tuple[str, str] | None:
-    """Why ``name`` cannot be a sweep metric here (what, fix), or None."""
-    if isinstance(name, str) and name.startswith(TEST_PREFIX):
-        # Selecting on the test split would make it one more validation split: its figures
-        # would be biased upward like the validation figures they are meant to check.
-        twin = "val_" + name[len(TEST_PREFIX):]
-        return (f"{name} is measured on the test split, which the search must never see (got {fmt(name)})",
-                f"use {twin} (the validation split); {name} is reported in best.json after the sweep")
-    if name in schema.METRICS or name in objectives.MEASURES:
-        return None
-    if user_code.user_loop(d):
-        return None  # a metric the user's loop reports (checked when it reports)
-    known = [*schema.METRICS, *objectives.MEASURES]
-    hint = did_you_mean(name, known)
-    return (f"unknown {what} (got {fmt(name)})", (hint + " " if hint else "") + "valid: " + ", ".join(known)
-            + " (or a metric your own train.loop reports)")
-
-
-def _search_rules(ck: _Checker, d: dict, space: Space) -> None:
-    search = d["search"]
-    if not ck.ok("search.metric", "search.mode"):
-        return
-    metrics = [search["metric"]] if isinstance(search["metric"], str) else search["metric"]
-    modes = [search["mode"]] if isinstance(search["mode"], str) else search["mode"]
-    if len(modes) != len(metrics):
-        ck.add(("search", "mode"), f"needs one mode per search.metric: {len(metrics)} (got {len(modes)})",
-               f"give {len(metrics)} modes, e.g. [{', '.join(_direction(m) or 'max' for m in metrics)}]")
-        return
-    for metric, mode in zip(metrics, modes):
-        problem = _metric_problem(d, metric, "metric")
-        if problem:
-            ck.add(("search", "metric"), *problem)
-            continue
-        direction = _direction(metric)
-        if direction is not None and mode != direction:
-            ck.add(("search", "mode"), f"{metric} is better when {'higher' if direction == 'max' else 'lower'} "
-                   f"(got mode={mode})", f"set its mode to {direction}")
-    if len(metrics) > 1:
-        _multi_objective_rules(ck, d, space)
-    if ck.ok("search.num_samples", "search.algorithm"):
-        _trial_count_rule(ck, search, space)
-    for key in (d["search"]["constraints"] or {}):
-        problem = _metric_problem(d, key, "constraint key")
-        if problem:
-            ck.add(("search", "constraints", key), *problem)
-    # The default sampler (tpe) left in a spec whose algorithm is switched is harmless;
-    # any other sampler outside optuna would silently do nothing.
-    takes_sampler = [n for n in registry.SEARCHERS if registry.SEARCHERS[n].meta["caps"] == "sampler"]
-    if ck.given(("search", "sampler")) and search["algorithm"] not in takes_sampler and search["sampler"] != "tpe":
-        ck.rule("search.algorithm", ("search", "sampler"),
-                f"only {' and '.join(takes_sampler)} uses a sampler (got algorithm={search['algorithm']})",
-                f"remove search.sampler or set search.algorithm: {takes_sampler[0]}")
-
-
-def _trial_count_rule(ck: _Checker, search: dict, space: Space) -> None:
-    n = searchers.planned_trials(search, space)
-    if n is None or n <= searchers.MAX_TRIALS:  # None: until search.budget ends (budget.check)
-        return
-    grid = n // search["num_samples"]
-    said = f" ({search['num_samples']:,} x {grid:,} grid points)" if grid > 1 else ""
-    ck.add(("search", "num_samples"), f"plans {n:,} trials{said}, more than one sweep takes ({searchers.MAX_TRIALS:,})",
-           "lower search.num_samples or the grid's number of points")
-
-
-def _multi_objective_rules(ck: _Checker, d: dict, space: Space) -> None:
-    """Several objectives need a searcher that takes a list of them and a scheduler that needs
-    no single metric to compare trials by."""
-    search = d["search"]
-    if ck.ok("search.algorithm", "search.sampler"):
-        if not searchers.takes_several_objectives(search["algorithm"], search["sampler"]):
-            able = [searchers.searcher_key(a, s) for a, s in searchers.searcher_keys()
-                    if searchers.takes_several_objectives(a, s)]
-            ck.add(("search", "metric"), f"several objectives, and {searchers.searcher_key(search['algorithm'], search['sampler'])} "
-                   f"optimises one (got {fmt(search['metric'])})", f"use one of {', '.join(able)}")
-    sched = d["scheduler"]["name"]
-    if ck.ok("scheduler.name") and not registry.SCHEDULERS[sched].meta.get("multi_objective"):
-        able = [n for n in registry.SCHEDULERS if registry.SCHEDULERS[n].meta.get("multi_objective")]
-        ck.add(("scheduler", "name"), f"{sched} compares trials by one metric, and search.metric lists "
-               f"{len(search['metric'])} (got {sched})", f"use scheduler.name: {' or '.join(able)} with several "
-               "objectives")
-
-
-def _select_rules(ck: _Checker, d: dict, space: Space) -> None:
-    select = d["promote"]["select"]
-    if select is None or not ck.ok("promote.select"):
-        return
-    problem = _metric_problem(d, select["metric"], "metric")
-    if problem:
-        ck.add(("promote", "select", "metric"), *problem)
-    elif _direction(select["metric"]) is None and select.get("mode") is None \
-            and select["metric"] not in dict(objectives.objectives(d["search"])):
-        ck.add(("promote", "select", "mode"), f"{select['metric']} is your loop's own metric: say which way is "
-               "better (got no mode)", "add mode: max or mode: min")
-    for key in (select.get("where") or {}):
-        problem = _metric_problem(d, key, "key")
-        if problem:
-            ck.add(("promote", "select", "where", key), *problem)
 
 
 def _entry_rules(ck: _Checker, entry: registry.Entry, view: registry.SpecView) -> None:
