@@ -653,33 +653,39 @@ class _SlotRunner:
 
     def run(self, pool_name: str, sid: str, shape: dict, run_name: str, exp_dir: str, remote: bool,
             endpoint_url: str | None) -> None:
-        import ray.train
+        from raytune_opt.trial import HEALTH_CHECK_INTERVAL_S
 
-        from raytune_opt.storage import s3_filesystem
-        from raytune_opt.train_backend import TorchBackendConfig
-        from raytune_opt.trial import HEALTH_CHECK_INTERVAL_S, _trainer_class
-
-        shape = Shape(**shape)
         # As for a per-trial run (trial._fit_torch_trainer): a worker's report waits for a poll.
         os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", str(HEALTH_CHECK_INTERVAL_S))
-        use_gpu = shape.gpus_per_worker > 0
-        trainer = _trainer_class()(
-            train_loop_per_worker=_slot_worker,
-            train_loop_config={"pool": pool_name, "slot": sid},
-            backend_config=TorchBackendConfig(backend="nccl" if use_gpu else "gloo"),
-            scaling_config=ray.train.ScalingConfig(num_workers=shape.num_workers, use_gpu=use_gpu,
-                                                   resources_per_worker=shape.per_worker),
-            run_config=ray.train.RunConfig(
-                name=run_name, storage_path=f"{exp_dir}/train",
-                storage_filesystem=s3_filesystem(endpoint_url) if remote else None,
-                callbacks=[_forward_callback(pool_name, sid)],
-                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
-                # Restart the group whenever a worker fails (the pool bounds each assignment's
-                # restarts: MAX_FAILURES); a group that cannot start ends the slot.
-                failure_config=ray.train.FailureConfig(max_failures=-1, controller_failure_limit=2),
-            ),
-        )
-        trainer.fit()
+        slot_trainer(pool_name, sid, Shape(**shape), run_name, exp_dir, remote, endpoint_url).fit()
+
+
+def slot_trainer(pool_name: str, sid: str, shape: Shape, run_name: str, exp_dir: str, remote: bool = False,
+                 endpoint_url: str | None = None):
+    """The Train run of slot ``sid``: its workers run :func:`_slot_worker` until the pool lets them go."""
+    import ray.train
+
+    from raytune_opt.storage import s3_filesystem
+    from raytune_opt.train_backend import TorchBackendConfig
+    from raytune_opt.trial import _trainer_class
+
+    use_gpu = shape.gpus_per_worker > 0
+    return _trainer_class()(
+        train_loop_per_worker=_slot_worker,
+        train_loop_config={"pool": pool_name, "slot": sid},
+        backend_config=TorchBackendConfig(backend="nccl" if use_gpu else "gloo"),
+        scaling_config=ray.train.ScalingConfig(num_workers=shape.num_workers, use_gpu=use_gpu,
+                                               resources_per_worker=shape.per_worker),
+        run_config=ray.train.RunConfig(
+            name=run_name, storage_path=f"{exp_dir}/train",
+            storage_filesystem=s3_filesystem(endpoint_url) if remote else None,
+            callbacks=[_forward_callback(pool_name, sid)],
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+            # Restart the group whenever a worker fails (the pool bounds each assignment's
+            # restarts: MAX_FAILURES); a group that cannot start ends the slot.
+            failure_config=ray.train.FailureConfig(max_failures=-1, controller_failure_limit=2),
+        ),
+    )
 
 
 def _forward_callback(pool_name: str, sid: str):

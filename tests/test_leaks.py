@@ -62,7 +62,7 @@ def _lrs(n: int) -> list[float]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(max(300, 45 * N))  # a hang fails fast; ~30 s a trial here
-@pytest.mark.parametrize("warm", [False, True], ids=["per-trial", "warm"])
+@pytest.mark.parametrize("warm", [pytest.param(False, marks=pytest.mark.exhaustive), True], ids=["per-trial", "warm"])
 def test_asha_stopped_two_worker_trials_leave_no_placement_groups_or_actors(local_ray, tmp_path, warm):
     """Per trial: a Train run each; warm (resources.warm_workers): one slot serves every trial,
     ASHA's stops end assignments in it, and the sweep's end retires the slot and its pool."""

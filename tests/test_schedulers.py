@@ -254,7 +254,7 @@ def test_a_pbt_space_with_nothing_pbt_may_perturb_is_refused():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("warm", [False, pytest.param(True, marks=pytest.mark.exhaustive)], ids=["per-trial", "warm"])
+@pytest.mark.parametrize("warm", [pytest.param(False, marks=pytest.mark.exhaustive), True], ids=["per-trial", "warm"])
 def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_path, warm):
     # Synchronous PBT: both trials meet at epoch 2 whenever each got its workers, so exactly one
     # exploit happens there (asynchronous PBT needed 20 epochs to be sure the two overlapped,

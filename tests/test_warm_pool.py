@@ -221,3 +221,22 @@ def test_a_trial_that_went_silent_is_cancelled(monkeypatch):
 ])
 def test_a_shape_is_read_from_the_trial_config(cfg, label):
     assert ws.Shape.of(cfg).label() == label
+
+
+def test_a_slot_runner_its_controller_and_a_warm_trial_never_import_torch(tmp_path):
+    # Only the slot's workers train: the runner builds the trainer, Train's controller unpickles
+    # the run's context and the slot's callback, the Tune trial relays (torch's import is ~2 s
+    # of CPU each: benchmarks/ddp_startup.py).
+    from tests.test_trial import _run
+
+    blob = tmp_path / "controller.pkl"
+    built = _run(f"""
+import sys, ray.cloudpickle as cp
+from raytune_opt import trial, warm_slots
+t = warm_slots.slot_trainer("pool", "slot0", warm_slots.Shape(2, 1.0, 0.0, "ddp"), "slot-x", "/x")
+open({str(blob)!r}, "wb").write(cp.dumps((t.train_run_context, t._create_default_callbacks(), t.run_config.callbacks)))
+print("torch" in sys.modules)
+""")
+    assert built == "False"
+    assert _run(f"import sys, pickle; pickle.loads(open({str(blob)!r}, 'rb').read()); "
+                "print('torch' in sys.modules)") == "False"

@@ -82,7 +82,7 @@ def _epochs(result_json: Path) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize("warm", [False, pytest.param(True, marks=pytest.mark.exhaustive)], ids=["per-trial", "warm"])
+@pytest.mark.parametrize("warm", [pytest.param(False, marks=pytest.mark.exhaustive), True], ids=["per-trial", "warm"])
 def test_killing_one_train_worker_restarts_the_group_from_its_last_checkpoint(tmp_path, warm):
     # warm: the trial runs in a warm slot (resources.warm_workers); Train restarts the slot's
     # group and the slot's pool hands the new ranks the same trial and its registered checkpoint.

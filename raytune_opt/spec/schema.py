@@ -363,7 +363,7 @@ SPEC = Section("A sweep spec.", {
         "gpus_per_worker": Field("float", 0.0, "GPUs per worker (fractions below 1 share a GPU).", ge=0),
         "max_concurrent_trials": Field("int", None, "Trials running at once; null: as many as the cluster fits.",
                                        nullable=True, ge=1),
-        "warm_workers": Field("bool", False, "Multi-worker trials run in warm worker groups kept across trials (a "
+        "warm_workers": Field("bool", True, "Multi-worker trials run in warm worker groups kept across trials (a "
                               "slot per shape: workers, process group, device, data set and ctx.keep values stay; "
                               "model, optimizer, seeds are new per trial); false: a Ray Train run per trial.",
                               tunable=False),

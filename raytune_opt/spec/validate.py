@@ -37,7 +37,7 @@ HASH_NEUTRAL = {("data", "test_fraction"): 0.0, ("data", "test_column"): None,
                 ("search", "budget"): {"time": None, "resource_hours": None,
                                        "plateau": {"trials": None, "min_delta": 0.0}},
                 ("search", "warm_start"): None, ("search", "enqueue"): None,
-                ("resources", "warm_workers"): False, ("train", "trainer"): {},
+                ("resources", "warm_workers"): True, ("train", "trainer"): {},
                 ("tracking", "wandb"): {"project": None, "entity": None, "group": None, "mode": None}}
 
 

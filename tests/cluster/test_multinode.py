@@ -170,7 +170,7 @@ def test_an_s3_sweep_killed_mid_way_resumes_from_the_bucket_alone(cluster, s3, t
     # epochs twice in its history: Tune keeps the trial's results across the resume.)
 
 
-@pytest.mark.parametrize("warm", [False, pytest.param(True, marks=pytest.mark.exhaustive)], ids=["per-trial", "warm"])
+@pytest.mark.parametrize("warm", [pytest.param(False, marks=pytest.mark.exhaustive), True], ids=["per-trial", "warm"])
 def test_two_worker_trial_with_a_rank_on_each_node_checkpoints_to_s3(cluster, s3, tmp_path, warm):
     # Warm: the slot's group spans both nodes (one CPU each) and keeps its Train run on S3.
     head, worker, _ = cluster

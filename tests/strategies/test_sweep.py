@@ -21,7 +21,7 @@ SPEC = ROOT / "search_spaces" / "digits_deepspeed.yaml"
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("warm", [False, pytest.param(True, marks=pytest.mark.exhaustive)], ids=["per-trial", "warm"])
+@pytest.mark.parametrize("warm", [pytest.param(False, marks=pytest.mark.exhaustive), True], ids=["per-trial", "warm"])
 def test_a_zero_stage_sweep_with_asha_completes_and_keeps_every_ranks_shard(local_ray, tmp_path, warm):
     # ZeRO 1 (optimizer state sharded) and 3 (parameters too); stage 2 trains in
     # test_zero_training.py (each 2-worker trial here costs ~45 s of start-up on 2 cores).
