@@ -641,9 +641,11 @@ SCHEDULERS.register("hyperband_bohb", f"{_T}:hyperband_bohb", doc="Hyperband for
 #: steps that run first (built even when not listed; validation asks for them to be listed);
 #: ``compresses``: it makes a smaller model the later steps convert; ``by_default`` (default
 #: true): in the default ``promote.targets``; ``settings``: its ``promote.<name>`` section (a
-#: :class:`raytune_opt.spec.fields.Section`, put under ``promote`` by the schema); ``gpu``: it
-#: builds on a GPU node, which the pipeline finds before any step runs. ``check`` gets a
-#: :class:`SpecView`: the step's own rules on the spec.
+#: :class:`raytune_opt.spec.fields.Section`, put under ``promote`` by the schema);
+#: ``hash_neutral``: that section came after experiments were recorded, so ``Spec.sha256``
+#: leaves it out while it holds its defaults (they still resume; a new step with settings sets
+#: it); ``gpu``: it builds on a GPU node, which the pipeline finds before any step runs.
+#: ``check`` gets a :class:`SpecView`: the step's own rules on the spec.
 PROMOTION_STEPS = Registry("promotion step")
 PROMOTION_STEPS.discover("raytune_opt.promote.steps")
 

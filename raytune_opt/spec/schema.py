@@ -522,6 +522,14 @@ def defaults(section: Section = SPEC) -> dict:
     return out
 
 
+#: ``promote.<step>`` at its defaults, for each step registered with ``hash_neutral=True`` (a
+#: section added after experiments were recorded): ``Spec.sha256`` leaves it out there
+#: (:data:`raytune_opt.spec.validate.HASH_NEUTRAL` takes these), so those experiments still resume.
+PROMOTE_HASH_NEUTRAL = {("promote", n): defaults(registry.PROMOTION_STEPS[n].meta["settings"])
+                        for n in PROMOTION_TARGETS if registry.PROMOTION_STEPS[n].meta.get("hash_neutral")
+                        and registry.PROMOTION_STEPS[n].meta.get("settings") is not None}
+
+
 def reference_markdown() -> str:
     """The README's spec reference, generated from :data:`SPEC` so that it cannot drift."""
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]

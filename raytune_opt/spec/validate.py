@@ -39,6 +39,7 @@ HASH_NEUTRAL = {("data", "test_fraction"): 0.0, ("data", "test_column"): None,
                 ("search", "warm_start"): None, ("search", "enqueue"): None,
                 ("resources", "warm_workers"): True, ("train", "trainer"): {},
                 ("tracking", "wandb"): {"project": None, "entity": None, "group": None, "mode": None}}
+HASH_NEUTRAL.update(schema.PROMOTE_HASH_NEUTRAL)  # the sections of newer promotion steps (their entries say so)
 
 
 @dataclass

@@ -124,6 +124,27 @@ def test_whichever_module_is_imported_first_every_step_and_section_is_there(firs
                                        list(schema.DEFAULT_TARGETS), False, False]
 
 
+@pytest.mark.parametrize("neutral", [True, False])
+def test_a_new_step_with_settings_leaves_recorded_spec_hashes_as_they_were_when_it_says_so(neutral):
+    """A step's section is in every resolved spec: one added after experiments were recorded
+    (hash_neutral) is left out of Spec.sha256 at its defaults, so those experiments still resume;
+    nothing outside the step's own module has to say so."""
+    import subprocess
+
+    from raytune_opt.spec import load_spec
+    from tests.promote.conftest import DIGITS, REPO
+
+    code = ("import json; from raytune_opt import registry; from raytune_opt.spec.fields import Field, Section; "
+            "registry.PROMOTION_STEPS.register('card', 'json:dumps', order=70, by_default=False, "
+            f"hash_neutral={neutral}, settings=Section('A model card.', {{'title': Field('str', 'card', 'Title.')}})); "
+            "from raytune_opt.spec import load_spec; "
+            f"print(json.dumps([load_spec({str(DIGITS)!r}, o).sha256() for o in ([], ['promote.card.title=x'])]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    default, given = json.loads(proc.stdout)
+    assert (default == load_spec(DIGITS).sha256()) is neutral  # the digits spec's hash as recorded, or not
+    assert given != load_spec(DIGITS).sha256()  # a value written for the new step is part of the spec
+
 def test_a_registry_discovers_a_package_whose_modules_register_themselves_in_their_order(tmp_path, monkeypatch):
     pkg = f"discovered_{tmp_path.name.replace('-', '_')}"
     (tmp_path / pkg).mkdir()
