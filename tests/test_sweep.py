@@ -75,8 +75,9 @@ def test_asha_stops_some_trials_early(local_ray, tmp_path):
     assert any(int(r["epochs"]) == 6 for r in rows)
 
 
-def test_conditional_parameters_never_reach_results(local_ray, tmp_path, offline_wandb_in_a_sweep):
+def test_conditional_parameters_never_reach_results(local_ray, tmp_path, offline_wandb_in_a_sweep, monkeypatch):
     mlflow_uri = f"sqlite:///{tmp_path}/mlflow.db"  # the same sweep checks its trackers and its report
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps the artifacts after_promotion logs in ./mlruns
     spec = load_spec(CONDITIONAL, ["train.epochs=2", "train.limit_batches=4", "search.num_samples=6",
                                    "scheduler.grace_period=1", "promote.enabled=false",
                                    f"tracking.mlflow.tracking_uri={mlflow_uri}", "tracking.mlflow.experiment=cond",
