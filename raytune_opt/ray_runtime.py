@@ -113,6 +113,9 @@ def _start_embedded(num_cpus: int | None) -> None:
         # placement-group cleaner die with "Found multiple active Ray instances" (its state API
         # autodetects the cluster), so stopped trials leaked placement groups and later ones
         # timed out: this run's processes are told where its own dashboard is.
+        # A port the kernel picks, not Ray's default 8265: two sweeps started at once on one
+        # machine both found 8265 free and the second failed to bind it (46 errors in a CI run
+        # beside another engineer's sweeps: "Failed to bind to 127.0.0.1:8265").
         dashboard_port = _free_loopback_port()
         os.environ[_API_SERVER_ENV] = f"http://127.0.0.1:{dashboard_port}"
         # This process resolves loopback as loopback for the whole run (the state API that
@@ -134,18 +137,14 @@ def _start_embedded(num_cpus: int | None) -> None:
         raise
 
 
-def _free_loopback_port(preferred: int = 8265) -> int:
-    """Ray's default dashboard port when it is free on loopback, else any free one."""
+def _free_loopback_port() -> int:
+    """A free port on loopback, as the kernel hands them out (it rotates through its ephemeral
+    range, so two starts a moment apart do not get the same one)."""
     import socket
 
-    for port in (preferred, 0):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return s.getsockname()[1]
-    raise AssertionError("no free port on 127.0.0.1")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _restore_embedded() -> None:

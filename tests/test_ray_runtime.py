@@ -59,3 +59,12 @@ def test_the_embedded_ray_runs_with_token_auth_unless_the_user_turned_it_off(mon
 def test_a_loopback_address_is_kept_as_loopback(address, loopback):
     """Ray turns 127.0.0.1 into the machine's address, where a loopback-only cluster does not listen."""
     assert ray_runtime._is_loopback_address(address) is loopback
+
+
+def test_the_embedded_dashboard_takes_a_kernel_picked_port_not_rays_default():
+    # Two sweeps started at once both found 8265 free, then the second failed to bind it
+    # (a CI run beside other sweeps: 46 errors). The kernel's pick differs between them.
+    from raytune_opt.ray_runtime import _free_loopback_port
+
+    ports = {_free_loopback_port() for _ in range(3)}
+    assert 8265 not in ports and len(ports) == 3, ports
