@@ -231,8 +231,9 @@ def test_a_killed_sweep_resumed_logs_to_the_same_runs(tmp_path, offline_wandb):
     exp, pkl = tmp_path / "cond", tmp_path / "tuner_callback.pkl"
     exp.mkdir()
     script = _KILLED_DRIVER.format(root=str(Path(__file__).resolve().parents[1]), exp=str(exp), pkl=str(pkl))
+    (tmp_path / "tmp").mkdir()  # W&B's temporary directories of the killed process, which nothing removes
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env=os.environ)
+                          env={**os.environ, "TMPDIR": str(tmp_path / "tmp")})
     assert proc.returncode == -9, proc.stderr[-2000:]
     key = json.loads((exp / "wandb_run.json").read_text())["key"]
     restored = pickle.loads(pkl.read_bytes())
