@@ -92,7 +92,7 @@ def test_a_killed_driver_takes_its_slots_with_it_and_resume_finishes_every_trial
     exp = tmp_path / "wk"
     run = [sys.executable, "-m", "raytune_opt", "run", str(DIGITS), *test_resume.SEARCHERS["random"],
            "scheduler={name: fifo}", f"train.epochs={test_resume.EPOCHS}", "train.limit_batches=16", "model.width=96",
-           "resources.num_workers=2", "resources.cpus_per_worker=0.5", "resources.max_concurrent_trials=2",
+           "resources.num_workers=2", "resources.cpus_per_worker=1", "resources.max_concurrent_trials=1",
            "resources.warm_workers=true", "promote.enabled=false", "name=wk", "--storage", str(tmp_path),
            "--address", address]
     seen = json.loads(test_resume._drive_and_kill(run, exp, "mid", tmp_path / "driver.log"))
