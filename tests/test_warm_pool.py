@@ -110,6 +110,26 @@ def test_a_stopped_trial_stops_every_rank_after_the_same_report_and_frees_its_sl
     run(go())
 
 
+def test_a_rank_that_asks_late_gets_the_decision_the_others_got_even_after_a_stop():
+    # Tune took epoch 1 (rank 0 goes on), then stopped the trial before the slow rank 1 asked:
+    # rank 1 must go on too, or the ranks part ways (rank 0 trains epoch 2 alone and hangs).
+    async def go():
+        pool = FakePool()
+        aid = await pool.submit("t1", SHAPE, {})
+        (slot, _), = pool.launched
+        await released(pool, slot.sid, "g1")
+        reported = asyncio.create_task(pool.report(aid, "g1", 1, {"epoch": 1}, None))
+        kind, payload = await pool.take(aid, None, 1.0)
+        await pool.take(aid, payload["key"], 0.01)  # tune.report returned
+        assert await pool.decision(aid, "g1", 1) is True
+        await pool.cancel(aid)
+        assert await pool.decision(aid, "g1", 1) is True  # rank 1, late
+        assert await pool.decision(aid, "g1", 2) is False  # both stop after the next report
+        await reported
+
+    run(go())
+
+
 def test_a_trial_cancelled_before_any_slot_took_it_never_reaches_one():
     async def go():
         pool = FakePool()
