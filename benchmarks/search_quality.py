@@ -480,10 +480,36 @@ def _hypervolume(points: list[list[float]], reference: list[float]) -> float:
     return float(compute_hypervolume(np.array(inside), np.array([-reference[0], reference[1]]))) if inside else 0.0
 
 
+def _feasible(t: dict) -> bool:
+    return (t["status"] in ("ok", "stopped", "diverged") and t["val_accuracy"] is not None
+            and t["latency_ms"] is not None)
+
+
 def _feasible_points(run: dict) -> list[list[float]]:
-    return [[t["val_accuracy"], t["latency_ms"]] for t in run["trial_points"]
-            if t["status"] in ("ok", "stopped", "diverged") and t["val_accuracy"] is not None
-            and t["latency_ms"] is not None]
+    return [[t["val_accuracy"], t["latency_ms"]] for t in run["trial_points"] if _feasible(t)]
+
+
+def _paired_moasha(fifo: dict, mo: dict) -> dict:
+    """Both runs train the same configs in the same order, and training is deterministic, but
+    latency_ms is measured again in each (under load, the same config measured up to 2x apart),
+    so a config near the bound can be feasible in one run only. Paired view: only the configs
+    feasible in both runs, each with the lower of its two latency measurements in both; the
+    hypervolumes then differ only by what MO-ASHA stopped."""
+    pairs = list(zip(fifo["trial_points"], mo["trial_points"]))
+    same = [i for i, (a, b) in enumerate(pairs) if _feasible(a) and _feasible(b)]
+    lat = {i: min(fifo["trial_points"][i]["latency_ms"], mo["trial_points"][i]["latency_ms"]) for i in same}
+    pts = {n: [[r["trial_points"][i]["val_accuracy"], lat[i]] for i in same] for n, r in (("fifo", fifo), ("mo", mo))}
+    both = pts["fifo"] + pts["mo"]
+    ref = [min(p[0] for p in both), max(p[1] for p in both)] if both else [0.0, 0.0]
+    ratios = [max(a["latency_ms"], b["latency_ms"]) / min(a["latency_ms"], b["latency_ms"])
+              for a, b in pairs if a["latency_ms"] and b["latency_ms"]]
+    return {"configs_feasible_in_both": len(same),
+            "feasible_in_one_run_only": sum(_feasible(a) != _feasible(b) for a, b in pairs),
+            "latency_remeasured_ratio": {"median": round(statistics.median(ratios), 3),
+                                         "max": round(max(ratios), 3)} if ratios else None,
+            "reference_point": {"val_accuracy": ref[0], "latency_ms": round(ref[1], 4)},
+            "hypervolume_fifo": round(_hypervolume(pts["fifo"], ref), 5),
+            "hypervolume_moasha": round(_hypervolume(pts["mo"], ref), 5)}
 
 
 def summarize_moasha(runs: list[dict]) -> dict:
@@ -505,6 +531,8 @@ def summarize_moasha(runs: list[dict]) -> dict:
                       "trial_epochs": by[(s, n)]["trial_epochs"]}
         a, b = by[(s, "nsga2_fifo")]["config_digests"], by[(s, "nsga2_moasha")]["config_digests"]
         row["same_config_in_proposal_order"] = sum(x == y for x, y in zip(a, b))
+        if row["same_config_in_proposal_order"] == len(a) == len(b):
+            row["paired"] = _paired_moasha(by[(s, "nsga2_fifo")], by[(s, "nsga2_moasha")])
         per_seed.append(row)
     fifo, mo = "nsga2_fifo", "nsga2_moasha"
     return {
@@ -519,6 +547,11 @@ def summarize_moasha(runs: list[dict]) -> dict:
         "hypervolume_moasha_over_fifo": _spread([round(m / f, 3) for m, f in zip(hv[mo], hv[fifo]) if f]),
         "trial_epochs_moasha_over_fifo": _spread([round(by[(s, mo)]["trial_epochs"] / by[(s, fifo)]["trial_epochs"], 3)
                                                   for s in seeds]),
+        "paired_hypervolume_moasha_over_fifo": _spread(
+            [round(r["paired"]["hypervolume_moasha"] / r["paired"]["hypervolume_fifo"], 3) for r in per_seed
+             if "paired" in r and r["paired"]["hypervolume_fifo"]]) if any("paired" in r for r in per_seed) else None,
+        "paired": "configs feasible in both runs only, each with the lower of its two latency measurements in "
+                  "both runs (see per_seed): what MO-ASHA's stopping cost, without the latency noise",
         "per_seed": per_seed}
 
 
