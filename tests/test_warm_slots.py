@@ -38,27 +38,64 @@ def _actors(classes: set[str], alive_only: bool = False) -> dict[str, str]:
     return {a.actor_id: a.class_name for a in found if a.class_name in classes}
 
 
-def _spec(name: str, *overrides: str):
+def _spec(name: str, *overrides: str, code_dirs: tuple | None = None):
     return load_spec(DIGITS, ["search={algorithm: grid, num_samples: 1}", "scheduler={name: fifo}",
                               "train.epochs=2", "train.limit_batches=8", "resources.num_workers=2",
                               "resources.max_concurrent_trials=1", "promote.enabled=false", f"name={name}",
-                              *overrides])
+                              *overrides], code_dirs=code_dirs)
 
 
 def _comparable(history: list[dict]) -> list[dict]:
     return [{k: v for k, v in h.items() if k not in TIMING} for h in history]
 
 
-def test_a_trial_right_after_another_in_a_warm_slot_reports_exactly_what_it_reports_alone(local_ray, tmp_path):
+# The built-in recipe as a user loop that keeps a value (a frozen base model, say) with ctx.keep:
+# each making of it is a line in MADE.
+KEEP_LOOP = """
+import os
+from raytune_opt.recipe.loop import builtin_loop
+
+MADE = {made!r}
+
+
+def _base():
+    with open(MADE, "a") as f:
+        f.write(f"{{os.getpid()}}\\n")
+    return object()
+
+
+def train(config, ctx):
+    ctx.keep("base", _base)
+    builtin_loop(config, ctx)
+"""
+
+
+@pytest.fixture
+def keep_loop(tmp_path):
+    from tests._user_code import user_module
+
+    made = tmp_path / "made.txt"
+    for directory, name in user_module(tmp_path, "ukeep", KEEP_LOOP.format(made=str(made))):
+        yield f"train.loop={name}:train", (str(directory),), made
+
+
+def test_a_trial_right_after_another_in_a_warm_slot_reports_exactly_what_it_reports_alone(local_ray, tmp_path,
+                                                                                            keep_loop):
+    loop, code_dirs, made = keep_loop
     lr = "space={train.optimizer.lr: {grid: [%s]}}"
     before = _actors({"RayTrainWorker"})
-    after_another = run_sweep(_spec("warm", lr % "0.01, 0.003", "resources.warm_workers=true"),
-                              storage=str(tmp_path), verbose=0)
+    after_another = run_sweep(_spec("warm", lr % "0.01, 0.003", loop, "resources.warm_workers=true",
+                                    code_dirs=code_dirs), storage=str(tmp_path), verbose=0)
     workers = set(_actors({"RayTrainWorker"})) - set(before)
-    alone = run_sweep(_spec("alone", lr % "0.003", "resources.warm_workers=false"), storage=str(tmp_path), verbose=0)
+    kept = made.read_text().split()
+    alone = run_sweep(_spec("alone", lr % "0.003", loop, "resources.warm_workers=false", code_dirs=code_dirs),
+                      storage=str(tmp_path), verbose=0)
 
     assert [r.status for r in after_another.rows] == ["ok", "ok"], [(r.status, r.error) for r in after_another.rows]
     assert len(workers) == 2, f"one 2-worker group should have served both trials, {len(workers)} workers ran"
+    # ctx.keep: made once on each rank of the slot for its two trials (alone: once per rank again).
+    assert len(kept) == len(set(kept)) == 2, kept
+    assert len(made.read_text().split()) == 4
     (second,) = [r for r in after_another.rows if r.config["train.optimizer.lr"] == 0.003]
     (first,) = [r for r in after_another.rows if r is not second]
     # One trial at a time, in the grid's order: trial_0 (lr 0.01) ran, then trial_1 in the same group.
