@@ -227,7 +227,9 @@ def _read(uri: str, this_uri: str | None, endpoint_url: str | None):
 def _trials(exp, spec, where: str, objs: list) -> tuple[list[Told], dict[str, int]]:
     """The experiment's trials today's space can take, and how many were left out, by why."""
     space: Space = spec.space
-    theirs_fixed = _flat(exp.spec)
+    # A key today's space has that theirs did not: the value the earlier sweep held it at.
+    held = {p.key: v for p in space.params if exp.space is not None and p.key not in exp.space.by_key
+            and (v := _value_at(exp.spec, p.key)) is not _MISSING}
     left: dict[str, int] = {}
     kept = []
 
@@ -238,14 +240,8 @@ def _trials(exp, spec, where: str, objs: list) -> tuple[list[Told], dict[str, in
         if t.status not in ("ok", "stopped"):
             leave(f"{t.status}")
             continue
-        config = dict(t.config)
-        # A key today's space has that theirs did not: the value the earlier sweep held it at.
-        for p in space.params:
-            if p.key not in config and p.key in theirs_fixed and exp.space is not None \
-                    and p.key not in exp.space.by_key:
-                config[p.key] = theirs_fixed[p.key]
-        config = space.prune(config)
-        gone = [k for k in config if k not in space.by_key and not _same_fixed(spec.data, k, config[k])]
+        config = space.prune({**held, **t.config})
+        gone = [k for k in config if k not in space.by_key and _value_at(spec.data, k) != config[k]]
         if gone:
             leave(f"with a key no longer searched at another value ({gone[0]})")
             continue
@@ -290,24 +286,17 @@ def _best(steps: tuple, mode: str) -> float | None:
     return (max(vals) if mode == "max" else min(vals)) if vals else None
 
 
-def _flat(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in (data or {}).items():
-        if isinstance(v, dict) and k != "space":
-            out.update(_flat(v, f"{prefix}{k}."))
-        elif k != "space":
-            out[f"{prefix}{k}"] = v
-    return out
+_MISSING = object()
 
 
-def _same_fixed(data: dict, key: str, value) -> bool:
-    """Whether today's spec holds ``key`` (no longer searched) at ``value``."""
+def _value_at(data: dict, key: str):
+    """The setting at dotted ``key`` of a resolved spec (``_MISSING``: no such setting, or a section)."""
     node: Any = data
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
-            return False
+            return _MISSING
         node = node[part]
-    return node == value
+    return _MISSING if isinstance(node, dict) else node
 
 
 # ---------------------------------------------------------------- the experiment's record
