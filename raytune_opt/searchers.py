@@ -409,6 +409,19 @@ def _optuna(spec, sampler_name: str, seed: int, metric, mode):
     return cls(constraints, told, space_def=space, **kwargs), space.to_tune()
 
 
+class TellsEarlierTrials:
+    """``warm_start(told)`` of the searchers that learn from results (search.warm_start): the
+    earlier trials are told at once when the searcher's model (its ``_model_attr``) exists, else
+    by the searcher's own set-up, which calls ``_tell_warm`` once Tune has given it the space."""
+
+    _model_attr = ""
+
+    def warm_start(self, told: list) -> None:
+        self._warm = list(told)
+        if getattr(self, self._model_attr, None) is not None:
+            self._tell_warm()
+
+
 @functools.cache
 def _optuna_class():
     import optuna
@@ -419,7 +432,7 @@ def _optuna_class():
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
 
-    class OptunaSearchForTrials(OptunaSearch):
+    class OptunaSearchForTrials(TellsEarlierTrials, OptunaSearch):
         """Ray's OptunaSearch, told what our trials mean.
 
         - A trial a scheduler stopped (its last result has no ``stop_reason``: the recipe sets
@@ -460,10 +473,7 @@ def _optuna_class():
             self._enqueue = []
             self._tell_warm()
 
-        def warm_start(self, told: list) -> None:
-            self._warm = list(told)
-            if self._ot_study is not None:
-                self._tell_warm()
+        _model_attr = "_ot_study"
 
         def _tell_warm(self) -> None:
             import optuna
@@ -493,7 +503,6 @@ def _optuna_class():
                 print(f"warm start: Optuna could not take {skipped} of the {len(self._warm)} earlier trial(s) "
                       "(values off the space's step grid)", file=sys.stderr)
             self._warm = []  # told once; the study keeps them (and Tune's saved state, the study)
-
 
         def on_trial_result(self, trial_id, result):
             if isinstance(self.metric, list) or result.get("replayed"):
@@ -588,7 +597,7 @@ def hyperopt_labels(space: Space) -> list[tuple]:
 def _hyperopt_class():
     from ray.tune.search.hyperopt import HyperOptSearch
 
-    class HyperOptForTrials(HyperOptSearch):
+    class HyperOptForTrials(TellsEarlierTrials, HyperOptSearch):
         """Ray's HyperOptSearch that takes enqueued configs of a conditional space and earlier
         trials: Ray's points_to_evaluate are converted for a Tune space only, and it takes no
         evaluated rewards. Both become HyperOpt trial documents here (as hyperopt's own
@@ -608,10 +617,7 @@ def _hyperopt_class():
                 self._enqueue = []
             self._tell_warm()
 
-        def warm_start(self, told: list) -> None:
-            self._warm = list(told)
-            if getattr(self, "_hpopt_trials", None) is not None:
-                self._tell_warm()
+        _model_attr = "_hpopt_trials"
 
         def _tell_warm(self) -> None:
             sign = -1.0 if self._mode == "max" else 1.0  # HyperOpt minimizes a loss
@@ -710,7 +716,7 @@ def _bohb_class():
 
     from raytune_opt.schedulers import TIME_ATTR, _seeded_global_random
 
-    class SeededBOHB(TuneBOHB):
+    class SeededBOHB(TellsEarlierTrials, TuneBOHB):
         """Ray's TuneBOHB, seeded all through, told every result a milestone decided on.
 
         - hpbandster draws from numpy's global generator (which configs are random, the kernel
@@ -741,10 +747,7 @@ def _bohb_class():
             super()._setup_bohb()
             self._tell_warm()
 
-        def warm_start(self, told: list) -> None:
-            self._warm = list(told)
-            if getattr(self, "bohber", None) is not None:
-                self._tell_warm()
+        _model_attr = "bohber"
 
         def _tell_warm(self) -> None:
             jobs = sorted(((epoch, t.config, value) for t in self._warm for epoch, value in t.intermediate
