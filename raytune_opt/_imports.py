@@ -15,6 +15,9 @@ _EXTRA_FOR = {
     "mlflow": "mlflow",
     "wandb": "wandb",
     "lightning": "lightning",
+    "transformers": "hf",
+    "peft": "hf",
+    "accelerate": "hf",
     "hpbandster": "bohb",
     "ConfigSpace": "bohb",
 }

@@ -34,12 +34,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from raytune_opt import objectives
+from raytune_opt import storage as stores
 from raytune_opt.experiment import BUDGET
 from raytune_opt.registry import Finding
 
 FORMAT = "raytune-opt/budget/v1"
 SAVE_EVERY_S = 1.0  # the clock's saves between trial events, local experiment
 SAVE_EVERY_S3 = 10.0  # ... S3 experiment (one PUT each)
+CAPACITY_EVERY_S = 10.0  # how often the cluster's resources are asked of Ray (resource_hours' cap)
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _TIME = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([smh]?)\s*$")
 RULES = ("time", "resource_hours", "plateau")
@@ -231,10 +233,14 @@ class Ledger:
         return self.resource_s / 3600.0
 
     # --- accounting ------------------------------------------------------------------------
-    def tick(self, dt: float, running: int) -> None:
-        """``dt`` seconds passed with ``running`` trials holding their resources."""
+    def tick(self, dt: float, running: int, capacity: float | None = None) -> None:
+        """``dt`` seconds passed with ``running`` trials holding their resources, of at most
+        ``capacity`` units the cluster has (None: not known). A multi-worker trial is RUNNING
+        in Tune while it waits for its workers (a warm slot, a placement group): trials
+        cannot hold more than the cluster has, so they are not counted beyond it."""
         self.time_spent_s += dt
-        self.resource_s += dt * running * self.limits.per_trial
+        units = running * self.limits.per_trial
+        self.resource_s += dt * (units if capacity is None else min(units, capacity))
 
     def result(self, trial_id: str, value: Any) -> None:
         """A trial reported ``value`` of the plateau's metric."""
@@ -348,7 +354,7 @@ def read(loc, limits: Limits) -> Ledger | None:
     """
     from raytune_opt.errors import UsageError
 
-    text = _read_text(_filesystem(loc.remote, loc.endpoint_url), f"{loc.fs_path}/{BUDGET}")
+    text = stores.read_text(stores.filesystem(loc.remote, loc.endpoint_url), f"{loc.fs_path}/{BUDGET}")
     if text is None:
         return None
     try:
@@ -360,7 +366,7 @@ def read(loc, limits: Limits) -> Ledger | None:
 
 def write(loc, ledger: Ledger) -> None:
     """Write the experiment's ledger (atomically; an S3 object appears whole)."""
-    _write_text(_filesystem(loc.remote, loc.endpoint_url), f"{loc.fs_path}/{BUDGET}",
+    stores.write_text(stores.filesystem(loc.remote, loc.endpoint_url), f"{loc.fs_path}/{BUDGET}",
                 json.dumps(ledger.to_dict(), indent=1), loc.remote)
 
 
@@ -394,35 +400,6 @@ def summary_line(summary: dict) -> str:
 
 
 # ---------------------------------------------------------------- files (local or S3)
-
-
-def _filesystem(remote: bool, endpoint_url: str | None):
-    from pyarrow import fs
-
-    if remote:
-        from raytune_opt.storage import s3_filesystem
-
-        return s3_filesystem(endpoint_url)
-    return fs.LocalFileSystem()
-
-
-def _read_text(filesystem, path: str) -> str | None:
-    from pyarrow import fs
-
-    if filesystem.get_file_info(path).type != fs.FileType.File:
-        return None
-    with filesystem.open_input_stream(path) as f:
-        return f.readall().decode()
-
-
-def _write_text(filesystem, path: str, text: str, remote: bool) -> None:
-    if remote:
-        with filesystem.open_output_stream(path) as f:  # an S3 object appears whole or not at all
-            f.write(text.encode())
-    else:
-        from raytune_opt import _atomic
-
-        _atomic.write_text(path, text)
 
 
 # ---------------------------------------------------------------- the Tune side
@@ -491,10 +468,11 @@ def _tune_classes():
             self._trials: list = []
             self._last = self._saved = 0.0
             self._warn = None
+            self._capacity_at, self._units = -math.inf, None
 
         def __getstate__(self):
             state = self.__dict__.copy()
-            for key in ("ledger", "_fs", "_trials", "_last", "_saved", "_warn"):
+            for key in ("ledger", "_fs", "_trials", "_last", "_saved", "_warn", "_capacity_at", "_units"):
                 state.pop(key, None)
             return state
 
@@ -509,17 +487,17 @@ def _tune_classes():
                 return
             self._saved = now
             try:
-                _write_text(self._fs, self._state_file, json.dumps(self.ledger.to_dict(), indent=1), self._remote)
+                stores.write_text(self._fs, self._state_file, json.dumps(self.ledger.to_dict(), indent=1), self._remote)
             except OSError as exc:  # a full disk, S3 gone: the sweep goes on, the clock is not kept
                 self._warn(exc)
 
         def _start(self) -> None:
             if self.ledger is not None:
                 return
-            self._fs = _filesystem(self._remote, self._endpoint_url)
+            self._fs = stores.filesystem(self._remote, self._endpoint_url)
             self._warn = WarnOnce(f"keeping the budget's state in {self._state_file}", self._warn_dir,
                                   then="the sweep goes on; a resume would start the budget again")
-            self.ledger = load(_read_text(self._fs, self._state_file), self.limits)
+            self.ledger = load(stores.read_text(self._fs, self._state_file), self.limits)
             self.ledger.sessions += 1
             self._last = time.monotonic()
             self._save(force=True)
@@ -529,8 +507,21 @@ def _tune_classes():
             self._start()
             now = time.monotonic()
             running = sum(1 for t in self._trials if getattr(t, "status", None) == "RUNNING")
-            self.ledger.tick(now - self._last, running)
+            self.ledger.tick(now - self._last, running, self._capacity(now))
             self._last = now
+
+        def _capacity(self, now: float) -> float | None:
+            """The cluster's units of the budget's resource (CPU or GPU), asked of Ray at most
+            every CAPACITY_EVERY_S (an autoscaler changes it); None when Ray cannot say."""
+            if now - self._capacity_at >= CAPACITY_EVERY_S:
+                import ray
+
+                try:
+                    self._units = float(ray.cluster_resources().get(self.limits.resource, 0.0)) or None
+                except Exception:  # Ray not reachable for a moment: count as before, uncapped
+                    self._units = None
+                self._capacity_at = now
+            return self._units
 
         def stop_all(self) -> bool:
             """Whether the budget ends the sweep now (the stopper's answer)."""

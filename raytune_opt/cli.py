@@ -357,6 +357,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    from raytune_opt.ray_runtime import no_telemetry
+
+    no_telemetry()
     try:
         timeline.check()
         return COMMANDS[args.command](args)

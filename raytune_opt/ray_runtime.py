@@ -8,7 +8,8 @@ address and the gRPC servers then listen on every interface. Ray keeps loopback 
 only in its single-machine mode (``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Windows' and macOS's
 default, read once into ``ray_constants.ENABLE_RAY_CLUSTER``): we switch it on in this process
 while the embedded Ray runs, and in the environment Ray's own processes inherit while it
-starts. The ranks of a multi-worker trial listen on loopback too: gloo and NCCL are pointed
+starts. Its processes send MLflow's telemetry nowhere (:data:`NO_TELEMETRY_ENV`, unless the
+user set it). The ranks of a multi-worker trial listen on loopback too: gloo and NCCL are pointed
 at the loopback interface (``GLOO_SOCKET_IFNAME`` / ``NCCL_SOCKET_IFNAME``, unless set), and
 rank 0's rendezvous store, which torch binds to every interface, is made on a loopback socket
 (``train_backend._hold_loopback_store``).
@@ -48,6 +49,12 @@ _API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 # gloo and NCCL listen on the interface of the machine's hostname unless told which one.
 _COLLECTIVE_IFACE_ENV = ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
 _LOOPBACK_IFACE = "lo0" if sys.platform == "darwin" else "lo"
+# What is sent home unless told not to: MLflow 3 starts a telemetry client at import and sends
+# usage events (config.mlflow-telemetry.io, seen from a test sweep with MLflow tracking). The
+# processes raytune-opt starts send nothing off the machine that the user did not ask for; a user
+# who set the variable keeps their value. (Ray's usage report needs nothing: ray.init turns it off
+# for the clusters it starts, release wheels; tests/security/test_network.py watches both.)
+NO_TELEMETRY_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 # What an embedded run changed, to put back when it ends: {"env": {...}, "enable_cluster": bool}.
 _embedded_state: dict | None = None
 
@@ -122,7 +129,8 @@ def _start_embedded(num_cpus: int | None) -> None:
         # Train and our tests use resolves the GCS address again); Ray's processes inherit
         # the switch from the environment they start with.
         ray_constants.ENABLE_RAY_CLUSTER = False
-        for_ray = {_LOCAL_ONLY_ENV: "0", **{k: _LOOPBACK_IFACE for k in _COLLECTIVE_IFACE_ENV if k not in os.environ}}
+        for_ray = {_LOCAL_ONLY_ENV: "0", **{k: _LOOPBACK_IFACE for k in _COLLECTIVE_IFACE_ENV if k not in os.environ},
+                   **{k: v for k, v in NO_TELEMETRY_ENV.items() if k not in os.environ}}
         outside = {k: os.environ.get(k) for k in for_ray}
         os.environ.update(for_ray)
         try:
@@ -135,6 +143,13 @@ def _start_embedded(num_cpus: int | None) -> None:
     except BaseException:
         _restore_embedded()
         raise
+
+
+def no_telemetry() -> None:
+    """This process and the ones it starts send no usage telemetry (:data:`NO_TELEMETRY_ENV`),
+    unless the user set the variables. Before Ray or MLflow is imported: MLflow decides at import."""
+    for k, v in NO_TELEMETRY_ENV.items():
+        os.environ.setdefault(k, v)
 
 
 def _free_loopback_port() -> int:

@@ -248,7 +248,12 @@ def _smoke(spec, echo: Callable[[str], None]) -> dict:
     name = cfg["model"]["name"]
     with registry.code_path(spec.code_dirs):
         try:
-            model = build_model_from_spec(model_spec(cfg["model"], data.input_shape, data.num_classes))
+            built = model_spec(cfg["model"], data.input_shape, data.num_classes)
+            if cfg["train"]["loop"] == "hf_trainer":  # the Hugging Face model as the sweep calls it, its adapter on
+                from raytune_opt.integrations.hf import spec_extra
+
+                built.update(spec_extra(cfg))
+            model = build_model_from_spec(built)
         except RecipeConfigError as exc:
             raise SmokeError(f"smoke: model.name {name}: {exc}") from None
         except Exception as exc:  # the user's constructor
@@ -286,6 +291,8 @@ def _smoke(spec, echo: Callable[[str], None]) -> dict:
          f"{loss.item():.4g}, backward ok")
     if cfg["train"]["loop"] == "lightning":
         _lightning(model, cfg, spec, echo)
+    elif cfg["train"]["loop"] == "hf_trainer":
+        _hf_trainer(model, cfg, data, echo)
     exported = pruned = False
     promote = spec.data["promote"]
     if promote["enabled"] and promote["targets"]:
@@ -301,22 +308,42 @@ def _smoke(spec, echo: Callable[[str], None]) -> dict:
 def _lightning(model, cfg: dict, spec, echo: Callable[[str], None]) -> None:
     """One training and one validation step through the LightningModule (Lightning's
     fast_dev_run); the sweep's metrics must be among what it logs."""
+    from raytune_opt.integrations.lightning import smoke_metrics
+
+    _through_trainer("lightning", "validation", lambda m: smoke_metrics(m, cfg, spec.code_dirs), model, cfg, echo,
+                     gives="the module logs",
+                     fix=lambda missing: f"self.log({missing!r}, ...) in validation_step")
+
+
+def _hf_trainer(model, cfg: dict, data, echo: Callable[[str], None]) -> None:
+    """One training step and one evaluation step through Hugging Face's Trainer; the sweep's
+    metrics must be among its evaluation metrics."""
+    from raytune_opt.integrations.hf import smoke_metrics
+
+    _through_trainer("hf_trainer", "evaluation", lambda m: smoke_metrics(m, cfg, data), model, cfg, echo,
+                     gives="the Trainer reports",
+                     fix=lambda missing: f"return {{{missing.removeprefix('eval_')!r}: ...}} from compute_metrics")
+
+
+def _through_trainer(loop: str, check: str, run: Callable, model, cfg: dict, echo: Callable[[str], None], *,
+                     gives: str, fix: Callable[[str], str]) -> None:
+    """Run ``run`` (one training and one ``check`` step through the loop's own trainer) on a
+    copy of ``model``; the sweep's metrics must be among the metrics it returns."""
     import copy
 
     from raytune_opt import objectives
-    from raytune_opt.integrations.lightning import smoke_metrics
 
     try:
-        logged = smoke_metrics(copy.deepcopy(model), cfg, spec.code_dirs)
-    except Exception as exc:  # the user's module or data module
-        raise SmokeError(f"smoke: train.loop lightning: one training and one validation step raised "
+        metrics = run(copy.deepcopy(model))
+    except Exception as exc:  # the user's module, model, data or metrics code
+        raise SmokeError(f"smoke: train.loop {loop}: one training and one {check} step raised "
                          f"{describe_raised(exc)}") from exc
-    missing = [m for m, _ in objectives.objectives(cfg["search"]) if m not in logged]
+    missing = [m for m, _ in objectives.objectives(cfg["search"]) if m not in metrics]
     if missing:
-        raise SmokeError(f"smoke: train.loop lightning: the module does not log {', '.join(missing)} (search.metric); "
-                         f"it logs {', '.join(sorted(logged)) or 'nothing'}: self.log({missing[0]!r}, ...) in "
-                         f"validation_step, or set search.metric to one of those")
-    echo(f"smoke: lightning: one training and one validation step ok, the module logs {', '.join(sorted(logged))}")
+        raise SmokeError(f"smoke: train.loop {loop}: {gives} no {', '.join(missing)} (search.metric); it gives "
+                         f"{', '.join(sorted(metrics)) or 'nothing'}: {fix(missing[0])}, or set search.metric to one "
+                         f"of those")
+    echo(f"smoke: {loop}: one training and one {check} step ok, {gives} {', '.join(sorted(metrics))}")
 
 
 def _prune(model, data, name: str, cfg: dict, echo: Callable[[str], None]) -> None:

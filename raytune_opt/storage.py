@@ -99,6 +99,35 @@ def s3_filesystem(endpoint_url: str | None):
     return fs.S3FileSystem(**kwargs)
 
 
+def filesystem(remote: bool, endpoint_url: str | None):
+    """The pyarrow filesystem an experiment's files are on: S3 (:func:`s3_filesystem`) or local."""
+    from pyarrow import fs
+
+    return s3_filesystem(endpoint_url) if remote else fs.LocalFileSystem()
+
+
+def read_text(fs_, path: str) -> str | None:
+    """A small text file of the experiment on ``fs_`` (:func:`filesystem`); None when it is not there."""
+    from pyarrow import fs
+
+    if fs_.get_file_info(path).type != fs.FileType.File:
+        return None
+    with fs_.open_input_stream(path) as f:
+        return f.readall().decode()
+
+
+def write_text(fs_, path: str, text: str, remote: bool) -> None:
+    """Replace a small text file of the experiment whole: one S3 put (an object appears whole or
+    not at all), or an atomic local write."""
+    if remote:
+        with fs_.open_output_stream(path) as f:
+            f.write(text.encode())
+    else:
+        from raytune_opt import _atomic
+
+        _atomic.write_text(path, text)
+
+
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IPV4 = re.compile(r"\d+\.\d+\.\d+\.\d+")
 _RESERVED = (("xn--", "sthree-", "amzn-s3-demo-"), ("-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"))

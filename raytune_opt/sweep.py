@@ -147,8 +147,14 @@ def _stop_warm_pool(pool: str | None) -> None:
 def code_to_ship(spec: Spec, address: str | None) -> list:
     """The user modules a joined cluster's nodes need (model, data set, loop named by import
     path, searched options too), from the spec's directories; none for the embedded local Ray
-    and inside a Ray job (its working directory travels with it)."""
-    if address is None or ray_runtime.in_ray_job():
+    and inside a Ray job (its working directory travels with it). None either when this process
+    is already connected to Ray (a notebook, an API caller): a connection's ``runtime_env`` is
+    fixed when it is made, so nothing could be shipped and the trials are given the spec's
+    directories by path instead, which nodes that see the same paths import (this machine's,
+    a shared file system). Before, they got neither, and every trial failed to import the code."""
+    import ray
+
+    if address is None or ray_runtime.in_ray_job() or ray.is_initialized():
         return []
     from raytune_opt import registry
 
@@ -521,6 +527,7 @@ def collect_rows(grid, spec: Spec, remote: bool = False,
     constraints = spec.data["search"].get("constraints") or {}
     wanted = {m for m, _ in objectives.objectives(spec.data["search"])} | set(constraints)
     planned = spec.data["train"]["epochs"]
+    loops_own = spec.data["train"]["loop"] != "builtin"
     rows = []
     for res in grid:
         m = res.metrics or {}
@@ -531,8 +538,10 @@ def collect_rows(grid, spec: Spec, remote: bool = False,
         ids = df["trial_id"].dropna() if df is not None and "trial_id" in df else ()
         trial_id = (ids.iloc[-1] if len(ids) else None) or m.get("trial_id") or Path(res.path).name
         if df is not None and len(df):
-            # Ours, and the sweep's metric whatever its name (a user loop may report its own).
-            keep = [c for c in df.columns if c in _HISTORY_KEYS or c in wanted]
+            # Ours, and the sweep's metric whatever its name (a user loop may report its own);
+            # every metric a loop other than the built-in one reported (a trainer's eval_loss, loss,
+            # learning_rate: its curves in the report).
+            keep = [c for c in df.columns if c in _HISTORY_KEYS or c in wanted or (loops_own and _reported(c, wanted))]
             history = [_history_row(rec, spec) for rec in df[keep + [c for c in ("replayed",) if c in df]]
                        .to_dict("records")]
             history = _without_replays(history)
@@ -576,6 +585,18 @@ def collect_rows(grid, spec: Spec, remote: bool = False,
 
 
 _HISTORY_KEYS = {"epoch", "stop_reason", trial.TRIAL_CONFIG, *schema.METRICS, *schema.EPOCH_STATS}
+# What a trial's results hold besides its metrics: Tune's bookkeeping and the runner's own.
+_NOT_METRICS = {"done", "trial_id", "node_id", "replayed", "should_checkpoint", "checkpoint_path",
+                trial.TRIAL_CHECKPOINT}
+
+
+def _reported(column: str, wanted: set) -> bool:
+    """Whether a results column is a metric the loop reported (not Tune's bookkeeping, a
+    flattened ``config/...`` column, or the runner's ``best_<objective>``)."""
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    return ("/" not in column and column not in AUTO_RESULT_KEYS and column not in _NOT_METRICS
+            and column.removeprefix("best_") not in wanted)
 
 
 def _without_replays(history: list[dict]) -> list[dict]:

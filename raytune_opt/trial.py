@@ -147,6 +147,9 @@ class TrainSession(Session):
 
         return ray.train.torch.prepare_data_loader(loader)
 
+    def watch_model(self, model) -> None:
+        self._model = model  # its replicas are compared in the last report (rank_param_max_diff)
+
     def report(self, metrics: dict, checkpoint_dir: str | None, shards: Sequence[str] = ()) -> None:
         import ray.train
 

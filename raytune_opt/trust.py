@@ -101,6 +101,8 @@ def check_checkpoint(ckpt: dict, source: str | os.PathLike, *, trust_code: bool,
     if data:
         recipe = ckpt.get("recipe") if isinstance(ckpt.get("recipe"), dict) else {}
         section = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
-        target = section_target(section.get("dataset", "digits"), registry.DATASETS)
+        from raytune_opt.spec.view import view
+
+        target = section_target(view(("data",), section).dataset, registry.DATASETS)
         if target is not None:
             require(target, registry.DATASETS, source=source, trust_code=trust_code, what="data set")

@@ -169,10 +169,12 @@ def run_trial(pool_name: str, trial_id: str, shape: Shape, loop_config: dict, ow
         SlotTrialError: the trial failed in its slot (the worker's traceback).
     """
     from ray import tune
+    from ray.tune.result import TIME_THIS_ITER_S
 
     from raytune_opt.timeline import mark
     from raytune_opt.trial import _recorded_epoch
 
+    started = time.time()
     pool = ray.get_actor(pool_name, namespace=NAMESPACE)
     loop_config = {**loop_config, "recorded_epoch": _recorded_epoch(own_dir)}
     aid = ray.get(pool.submit.remote(trial_id, shape, loop_config))
@@ -192,12 +194,17 @@ def run_trial(pool_name: str, trial_id: str, shape: Shape, loop_config: dict, ow
             kind, payload = ray.get(pool.take.remote(aid, ack, TAKE_WAIT_S))
             ack = None
             if kind == "report":
+                item = payload["item"]
+                if "waited_s" in payload:
+                    # The trial's seconds are those a slot worked on it: without its wait in the
+                    # queue (other trials' turns, a slot's start), which Tune would count.
+                    item = {**item, TIME_THIS_ITER_S: max(0.0, time.time() - started - payload["waited_s"])}
                 # Returns once the driver took the result (or exits the thread: the trial was
                 # stopped); only then may the workers go on.
                 try:
-                    tune.report(payload["item"])
+                    tune.report(item)
                 finally:
-                    _note_recorded(payload["item"], own_dir, store)
+                    _note_recorded(item, own_dir, store)
                 ack = payload["key"]
             elif kind == "done":
                 ended = True
@@ -261,6 +268,9 @@ class _Assignment:
     recorded: int | None = None  # the epoch of the last report Tune took (a new group's replay point)
     last_ping: float = 0.0
     end_taken: bool = False  # the trial has its end
+    submitted: float = 0.0  # when the trial asked for a slot (the pool's clock)
+    released_at: float | None = None  # when a slot first took it
+    wait_told: bool = False  # the trial was told how long it waited (with its first report)
 
 
 @dataclass
@@ -320,7 +330,9 @@ class Pool:
     # ---- trials ---------------------------------------------------------------------------
     async def submit(self, trial_id: str, shape: Shape, loop_config: dict) -> str:
         aid = f"a{next(self._ids)}-{trial_id}"
-        self._assignments[aid] = _Assignment(aid, trial_id, shape, loop_config, decided={}, last_ping=time.time())
+        now = time.time()
+        self._assignments[aid] = _Assignment(aid, trial_id, shape, loop_config, decided={}, last_ping=now,
+                                             submitted=now)
         self._queue.append(aid)
         self._dispatch()
         await self._notify()
@@ -334,7 +346,8 @@ class Pool:
     async def take(self, aid: str, ack: tuple | None, timeout: float) -> tuple:
         """The trial's next thing: ``("report", {"item", "key"})``, ``("done", None)``,
         ``("error", text)`` or ``("wait", None)``; ``ack`` is the key of the report whose
-        ``tune.report`` just returned (its workers go on)."""
+        ``tune.report`` just returned (its workers go on). The first report also carries
+        ``waited_s``: how long the trial waited for a slot to take it."""
         a = self._assignments.get(aid)
         if a is None:
             return "error", "the slot pool no longer knows this trial"
@@ -349,7 +362,10 @@ class Pool:
         if a.pending is not None:
             key, item = a.pending
             a.pending, a.inflight = None, (key, item.get("epoch"))
-            return "report", {"item": item, "key": key}
+            out = {"item": item, "key": key}
+            if not a.wait_told and a.released_at is not None:
+                out["waited_s"], a.wait_told = max(0.0, a.released_at - a.submitted), True
+            return "report", out
         if a.end is not None:
             a.end_taken = True
             self._maybe_drop(a)
@@ -490,6 +506,8 @@ class Pool:
 
     def _release(self, slot: _Slot, a: _Assignment) -> None:
         a.slot, slot.current, slot.idle_since = slot.sid, a.aid, None
+        if a.released_at is None:
+            a.released_at = time.time()
         slot.served += 1
         slot.released = set(slot.waiting)
         slot.waiting = {}

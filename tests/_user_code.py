@@ -30,6 +30,14 @@ def write_spec(directory: Path, body: str) -> Path:
     return path
 
 
+def write_loop_spec(directory: Path, dataset: str, model: str, metric: str, train: str, space: str = "") -> Path:
+    """A spec of a user's data set and model (import paths), ``train`` and ``space`` as flow
+    mappings, maximizing ``metric``: the trainer integrations' validation cases."""
+    body = (f"data: {{dataset: '{dataset}'}}\nmodel: {{name: '{model}'}}\n"
+            f"train: {train}\nsearch: {{metric: {metric}, mode: max}}\n" + (f"space: {space}\n" if space else ""))
+    return write_spec(directory, body)
+
+
 def spec_problems(path, overrides=()) -> list[str]:
     from raytune_opt.errors import SpecError
     from raytune_opt.spec import load_spec

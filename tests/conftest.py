@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Nothing in the suite may reach the Hugging Face Hub (train.loop: hf_trainer builds its models
+# from configs): set before any Ray node starts, so that trial workers inherit it too.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

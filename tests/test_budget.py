@@ -73,6 +73,11 @@ def test_resource_hours_are_gpu_hours_when_trials_use_gpus_else_cpu_hours():
     ledger.tick(600.0, running=1)
     assert ledger.resource_hours == pytest.approx(0.5 * 2 * 6 + 600 / 3600 * 6)
     assert ledger.time_spent_s == 3000.0
+    # Multi-worker trials are RUNNING in Tune while they wait for workers (a warm slot): 16 of
+    # them on a 6-CPU cluster hold 6 CPUs, not 96.
+    waiting = Ledger(cpu)
+    waiting.tick(3600.0, running=16, capacity=6.0)
+    assert waiting.resource_hours == pytest.approx(6.0)
 
 
 def test_each_limit_ends_the_sweep_with_its_reason():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -128,8 +129,16 @@ def test_user_modules_are_those_of_the_users_project_not_installed_packages(tmp_
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(f"model: {{name: '{pkg}.nets:net'}}\ntrain: {{loop: '{single}:train'}}\n")
     spec = load_spec(spec_path)
+    import ray
+
+    # A process about to join a cluster (an earlier test in this one may have left Ray connected).
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
     assert sorted(m.__name__ for m in code_to_ship(spec, "127.0.0.1:6379")) == sorted([pkg, single])
     assert code_to_ship(spec, None) == []  # the embedded local Ray: every path is this machine's
+    with monkeypatch.context() as m:
+        m.setattr(ray, "is_initialized", lambda: True)
+        # A process already connected to Ray cannot ship anything: the trials get the directories.
+        assert code_to_ship(spec, "127.0.0.1:6379") == []
     monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")
     assert code_to_ship(spec, "127.0.0.1:6379") == []  # a Ray job's working directory travels with it
 
@@ -169,3 +178,33 @@ def test_a_scheduler_says_through_its_entry_that_it_exploits_checkpoints(monkeyp
     schedulers.register("my_pbt", "raytune_opt.schedulers:pbt", doc="a user's PBT variant", exploits=True)
     monkeypatch.setattr(registry, "SCHEDULERS", schedulers)
     assert trial.records_config("my_pbt") and not trial.records_config("fifo")
+
+
+def test_the_scheduler_section_is_assembled_from_what_each_scheduler_entry_reads(monkeypatch):
+    from raytune_opt.schedulers import _settings
+    from raytune_opt.spec import schema
+    from raytune_opt.spec.fields import Field
+
+    section = schema.SPEC.fields["scheduler"].fields
+    settings = {n: registry.SCHEDULERS[n].meta["settings"] for n in registry.SCHEDULERS}
+    assert list(section) == ["name", *dict.fromkeys(k for own in settings.values() for k in own)]
+    for key, fld in section.items():  # each key: the one Field its readers share, its doc naming them
+        if key != "name":
+            readers = [n for n in registry.SCHEDULERS if key in settings[n]]
+            declared = settings[readers[0]][key]
+            assert all(settings[n][key] == declared for n in readers)
+            assert dataclasses.replace(fld, doc=declared.doc) == declared
+            assert fld.doc == f"{'/'.join(readers)}: {settings[readers[0]][key].doc}"
+    assert section["max_t"] is not _settings.MAX_T and section["max_t"].default is None
+    # Two entries that declare one key differently, or an entry that declares the name, are refused.
+    mine = registry.Registry("scheduler")
+    mine.register("a", "raytune_opt.schedulers:asha", settings={"grace_period": _settings.GRACE_PERIOD})
+    mine.register("b", "raytune_opt.schedulers:median", settings={"grace_period": Field("int", 2, "other")})
+    monkeypatch.setattr(registry, "SCHEDULERS", mine)
+    with pytest.raises(ValueError, match=r"schedulers \['a'\] and 'b' declare scheduler.grace_period differently"):
+        schema.scheduler_section("doc", {"name": Field("str", "a", "")})
+    mine = registry.Registry("scheduler")
+    mine.register("a", "raytune_opt.schedulers:asha", settings={"name": Field("str", "x", "")})
+    monkeypatch.setattr(registry, "SCHEDULERS", mine)
+    with pytest.raises(ValueError, match="declares scheduler.name, which the schema owns"):
+        schema.scheduler_section("doc", {"name": Field("str", "a", "")})

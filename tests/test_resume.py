@@ -133,7 +133,7 @@ def _running_in_tune_state(exp: Path) -> int:
         return 0
 
 
-def _moment_reached(exp: Path, moment: str) -> bool:
+def _moment_reached(exp: Path, moment: str, n: int = N, epochs: int = EPOCHS) -> bool:
     if not list(exp.glob("experiment_state-*.json")):
         return False  # nothing to resume from yet
     done = _results_per_trial(exp)
@@ -144,11 +144,11 @@ def _moment_reached(exp: Path, moment: str) -> bool:
         # Some epochs reported, a trial caught mid-way and still running in Tune's saved
         # state, and a trial not proposed yet. (An epoch-count window was too short to catch
         # on a fast machine: 0.1-s epochs, two at a time.)
-        return (total >= 2 and len(list(exp.glob("trial_*"))) < N and any(0 < k < EPOCHS for k in done.values())
+        return (total >= 2 and len(list(exp.glob("trial_*"))) < n and any(0 < k < epochs for k in done.values())
                 and _running_in_tune_state(exp) > 0)
     assert moment == "late", moment
     # The last trial has started and some trial is caught mid-way.
-    return (len(list(exp.glob("trial_*"))) >= N and any(0 < k < EPOCHS for k in done.values())
+    return (len(list(exp.glob("trial_*"))) >= n and any(0 < k < epochs for k in done.values())
             and _running_in_tune_state(exp) > 0)
 
 
@@ -156,8 +156,10 @@ class MomentMissed(AssertionError):
     """The sweep ended before the kill's moment came: the harness missed, resume was not tried."""
 
 
-def _drive_and_kill(cmd: list[str], exp: Path, moment: str, log: Path) -> str:
-    """Start a driver, SIGKILL it once ``moment`` is reached; what the experiment held then."""
+def _drive_and_kill(cmd: list[str], exp: Path, moment: str, log: Path, n: int = N, epochs: int = EPOCHS) -> str:
+    """Start a driver, SIGKILL it once ``moment`` is reached; what the experiment held then.
+
+    ``n`` and ``epochs``: the sweep's trials and epochs per trial (what "mid" and "late" count)."""
     with open(log, "a") as out:
         # Tune saves its state (and syncs the trials' result.json, which _moment_reached reads)
         # every 0.2 s: what the test sees lags the sweep by a few epochs at most.
@@ -167,22 +169,48 @@ def _drive_and_kill(cmd: list[str], exp: Path, moment: str, log: Path) -> str:
     reached = False
     try:
         while time.monotonic() < deadline:
-            reached = reached or _moment_reached(exp, moment)
+            reached = reached or _moment_reached(exp, moment, n, epochs)
             if reached:
                 time.sleep(0.3 if moment == "mid" else 0.1)  # mid: let Tune save its state once more
                 held = _results_per_trial(exp)
                 # The snapshot is what the kill interrupts: mid and late need a trial caught
                 # mid-way in it, not only at the poll before the sleep (CI once saw the two
                 # partial trials finish in that 0.1 s and the next two not yet started).
-                if moment == "start" or (any(0 < k < EPOCHS for k in held.values())
+                if moment == "start" or (any(0 < k < epochs for k in held.values())
                                          and _running_in_tune_state(exp) > 0):
                     return json.dumps(held, sort_keys=True)
             if proc.poll() is not None:
+                if proc.returncode != 0:  # a failure, not a sweep too quick for its kill: never retried
+                    pytest.fail(f"the driver failed (exit {proc.returncode}) before '{moment}': {log.read_text()[-3000:]}")
                 raise MomentMissed(f"the driver ended before '{moment}': {log.read_text()[-3000:]}")
             time.sleep(0.05)
         pytest.fail(f"the sweep never reached '{moment}': {log.read_text()[-3000:]}")
     finally:
         kill_tree(proc.pid, signal.SIGKILL)  # a crash, not a shutdown
+
+
+def kill_at(run: list[str], storage: Path, kills: tuple[str, ...], log: Path, n: int = N, epochs: int = EPOCHS,
+            name: str = "k", attempts: int = 3) -> tuple[Path, list[str]]:
+    """Run ``run`` (a sweep command without ``name=``), SIGKILL it at ``kills[0]``, then resume
+    and kill again at each later moment: (the experiment, what it held at each kill).
+
+    0.1-s epochs leave some moments only a fraction of a second: a sweep (or resume) that ended
+    before its kill is run again, afresh, under a new name (at most ``attempts`` times in all);
+    a failing resume is never retried. (CI once saw a warm-started 4-trial sweep end in 8 s
+    before its 'mid' moment came, in a test that did not retry.)"""
+    address = run[run.index("--address") + 1]
+    for attempt in range(attempts):
+        exp = storage / f"{name}{attempt}"
+        try:
+            seen = [_drive_and_kill([*run, f"name={name}{attempt}"], exp, kills[0], log, n, epochs)]
+            for moment in kills[1:]:
+                resume = [sys.executable, "-m", "raytune_opt", "resume", str(exp), "--address", address]
+                seen.append(_drive_and_kill(resume, exp, moment, log, n, epochs))
+            return exp, seen
+        except MomentMissed:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _searcher_state(exp: Path) -> dict:
@@ -235,19 +263,7 @@ def test_kill_then_resume_finishes_every_trial_once(local_ray, tmp_path, searche
     run = [sys.executable, "-m", "raytune_opt", "run", str(DIGITS), *SEARCHERS[searcher], *SCHEDULERS[scheduler],
            f"train.epochs={EPOCHS}", "train.limit_batches=16", f"resources.max_concurrent_trials={limit}",
            "promote.enabled=false", "--storage", str(tmp_path), "--address", address]
-    # 0.1-s epochs leave some moments only a fraction of a second: a sweep that ended before
-    # its kill is run again, afresh (at most twice); a failing resume is never retried.
-    for attempt in range(3):
-        exp = tmp_path / f"k{attempt}"
-        try:
-            seen = [_drive_and_kill([*run, f"name=k{attempt}"], exp, kills[0], tmp_path / "driver.log")]
-            for moment in kills[1:]:  # killed again while resuming
-                resume = [sys.executable, "-m", "raytune_opt", "resume", str(exp), "--address", address]
-                seen.append(_drive_and_kill(resume, exp, moment, tmp_path / "driver.log"))
-            break
-        except MomentMissed:
-            if attempt == 2:
-                raise
+    exp, seen = kill_at(run, tmp_path, kills, tmp_path / "driver.log")  # and again while resuming
     assert not (exp / "results.csv").exists()  # every kill came before the end
     if len(kills) > 1:
         _cut_tune_state_short(exp)

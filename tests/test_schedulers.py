@@ -36,6 +36,7 @@ SCHEDULER_SEARCHERS = {
     "pb2": ["search.algorithm=random"],
     "moasha": ["search.algorithm=optuna", "search.sampler=tpe"],
     "hyperband_bohb": ["search.algorithm=bohb"],
+    "percentile": ["search.algorithm=random"],
 }
 MULTI = ["search.metric=[val_accuracy, latency_ms]", "search.mode=[max, min]"]
 SETTINGS = {
@@ -55,8 +56,11 @@ SETTINGS = {
                "train.epochs=4"],
     "hyperband_bohb": ["scheduler={name: hyperband_bohb, reduction_factor: 2}", "search.num_samples=8",
                        "train.epochs=4"],
+    # Small (its rules have a unit test below): the threshold stops the hopeless trials of the wide lr range.
+    "percentile": ["scheduler={name: percentile, percentile: 50, threshold: 0.3, grace_period: 1, "
+                   "min_samples_required: 1}", "search.num_samples=4", "train.epochs=3"],
 }
-STOPPERS = {"asha", "hyperband", "median", "moasha", "hyperband_bohb"}
+STOPPERS = {"asha", "hyperband", "median", "moasha", "hyperband_bohb", "percentile"}
 
 
 def test_the_conformance_test_covers_every_scheduler_of_the_schema():
@@ -167,12 +171,122 @@ def test_pb2_explores_bounds_on_their_own_scale_and_refuses_other_domains():
     assert pb2._scaled_bounds == {"train.optimizer.lr": [-4.0, -1.0], "train.batch_size": [16, 128]}
 
 
+def test_percentile_stops_below_the_threshold_or_outside_the_percentile_of_the_others(tmp_path):
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from raytune_opt.errors import SpecError
+
+    def stopper(mode: str, **settings):
+        text = ", ".join(f"{k}: {v}" for k, v in settings.items())
+        spec = load_spec(DIGITS, ["search.algorithm=random", f"scheduler={{name: percentile, {text}}}"])
+        sched = schedulers.build_scheduler(spec, {"exp_dir": str(tmp_path), "remote": False, "endpoint_url": None})
+        assert sched.set_search_properties("m", mode)
+        return lambda trial, epoch, value: sched.on_trial_result(
+            None, SimpleNamespace(trial_id=trial), {"epoch": epoch, "m": value}) == TrialScheduler.STOP
+
+    # The threshold, from grace_period on, on the epoch's own value (the mode decides what is worse).
+    report = stopper("max", threshold=0.5, grace_period=2, percentile="null")
+    assert not report("a", 1, 0.1) and report("a", 2, 0.4) and not report("b", 2, 0.6)
+    report = stopper("min", threshold=0.5, grace_period=1, percentile="null")
+    assert report("a", 1, 0.6) and not report("b", 1, 0.4)
+    # Top quarter kept: judged on the trial's best so far against the others' values at that epoch,
+    # once min_samples_required others reported there.
+    report = stopper("max", percentile=25, min_samples_required=3)
+    assert not report("a", 1, 0.5) and not report("b", 1, 0.6) and not report("c", 1, 0.7)  # too few others
+    assert report("d", 1, 0.62)  # the others' (0.5, 0.6, 0.7) 75th percentile: 0.65
+    assert not report("e", 1, 0.69) and not report("f", 1, 0.9)  # above 0.64 and 0.665
+    assert not any(report(t, 2, v) for t, v in (("a", 0.2), ("b", 0.3), ("c", 0.4)))  # too few at epoch 2
+    assert not report("f", 2, 0.1)  # its best so far, 0.9, is what is judged
+    assert report("g", 2, 0.1)  # below the others' (0.2, 0.3, 0.4, 0.1) 75th percentile, 0.325
+    report = stopper("min", percentile=50, min_samples_required=2)
+    assert not report("a", 1, 1.0) and not report("b", 1, 3.0) and report("c", 1, 2.5) and not report("d", 1, 1.5)
+    # Validation: a rule on, and its settings only with it.
+    with pytest.raises(SpecError, match="percentile and threshold are both null"):
+        load_spec(DIGITS, ["search.algorithm=random", "scheduler={name: percentile, percentile: null}"])
+    with pytest.raises(SpecError, match=r"scheduler.threshold: not used by scheduler median \(got 0.5\); remove it, "
+                       "or use scheduler.name: percentile"):
+        load_spec(DIGITS, ["search.algorithm=random", "scheduler={name: median, threshold: 0.5}"])
+
+
+def test_max_t_is_the_rule_of_the_schedulers_that_read_it():
+    from raytune_opt.errors import SpecError
+
+    for name in ("asha", "moasha"):  # max_t's rule, then the scheduler's own (moasha: one objective)
+        with pytest.raises(SpecError) as err:
+            load_spec(DIGITS, [f"scheduler={{name: {name}, max_t: 100, grace_period: 200}}", "train.epochs=4"])
+        assert err.value.problems[0].key == "scheduler.max_t"
+        assert err.value.problems[0].message == "exceeds train.epochs (got 100 > 4)"
+        assert not any(p.key == "scheduler.grace_period" for p in err.value.problems)  # it reads max_t: skipped
+    with pytest.raises(SpecError) as err:  # fifo reads no max_t: that is its one problem
+        load_spec(DIGITS, ["scheduler={name: fifo, max_t: 100}", "train.epochs=4"])
+    assert [(p.key, p.message, p.fix) for p in err.value.problems] == [
+        ("scheduler.max_t", "not used by scheduler fifo (got 100)",
+         "remove it, or use scheduler.name: asha / hyperband / moasha / hyperband_bohb")]
+
+
+@pytest.mark.parametrize("name,state", [("asha", "asha_state.json"), ("percentile", "percentile_state.json"),
+                                        ("median", "median_state.json")])
+def test_a_stopping_scheduler_keeps_its_records_across_a_resume(tmp_path, name, state):
+    """A resumed sweep gets the scheduler pickled before its first trial (tuner.pkl): the
+    records come back from the experiment, so a trial is judged against the results from before
+    the kill too, and one already judged (ASHA: at that rung) is not stopped by a later value."""
+    from types import SimpleNamespace
+
+    from ray import cloudpickle as pickle  # as Tune writes tuner.pkl
+    from ray.tune.schedulers import TrialScheduler
+
+    settings = {"asha": "reduction_factor: 2, max_t: 4", "percentile": "percentile: 50, min_samples_required: 3",
+                "median": "min_samples_required: 3"}[name]
+    spec = load_spec(DIGITS, ["search.algorithm=random", f"scheduler={{name: {name}, grace_period: 1, {settings}}}"])
+    where = {"exp_dir": str(tmp_path), "remote": False, "endpoint_url": None}
+    killed = schedulers.build_scheduler(spec, where)
+    killed.set_search_properties("val_accuracy", "max")
+    tuner_pkl = pickle.dumps(killed)
+
+    class Trial:  # as Ray's: hashed by identity, made anew for every trial by a resumed sweep
+        def __init__(self, trial_id, status):
+            self.trial_id, self.status = trial_id, status
+
+    def trial(tid, status="RUNNING"):
+        return Trial(tid, status)
+
+    controller = SimpleNamespace(get_live_trials=lambda: [])  # what the median rule asks of Tune's controller
+
+    def report(sched, tid, epoch, value):
+        return sched.on_trial_result(controller, trial(tid), {"epoch": epoch, "val_accuracy": value})
+
+    for tid, value in (("a", 0.7), ("b", 0.8), ("c", 0.9)):  # each at or above the cutoff so far
+        killed.on_trial_add(None, trial(tid))
+        assert report(killed, tid, 1, value) == TrialScheduler.CONTINUE
+    assert (tmp_path / state).is_file()
+
+    resumed = pickle.loads(tuner_pkl)  # the killed driver is gone; resume unpickles tuner.pkl
+    for tid in "abc":
+        resumed.on_trial_add(None, trial(tid))
+    resumed.on_trial_add(None, trial("d"))
+    assert report(resumed, "d", 1, 0.5) == TrialScheduler.STOP  # below the median of a, b, c at epoch 1
+    assert report(resumed, "c", 1, 0.1) == TrialScheduler.CONTINUE  # judged before the kill (its best: 0.9)
+    kept = json.loads((tmp_path / state).read_text())
+    recorded = {"asha": lambda: kept["brackets"][0], "percentile": lambda: kept["at"],
+                "median": lambda: [[1, kept["results"]]]}[name]()
+    assert {tid for _, values in recorded for tid in values} == {"a", "b", "c", "d"}
+
+
 def test_pbt_perturbs_only_keys_that_keep_the_model_shape():
     assert schedulers.pbt_mutable("train.optimizer.lr") and schedulers.pbt_mutable("model.dropout")
     assert schedulers.pbt_mutable("train.loss.label_smoothing") and schedulers.pbt_mutable("train.batch_size")
     for key in ("model.width", "model.name", "train.epochs", "data.image_size", "train.optimizer.name",
-                "train.lr_schedule.name"):
+                "train.lr_schedule.name", "model.args.lr"):
         assert not schedulers.pbt_mutable(key), key
+    # A trainer's own keys (its LOOPS entry's pbt_mutable): its optimizer's arguments, not its shapes.
+    assert schedulers.pbt_mutable("train.args.learning_rate", "hf_trainer")
+    assert schedulers.pbt_mutable("train.peft.lora_dropout", "hf_trainer")
+    assert not schedulers.pbt_mutable("train.peft.r", "hf_trainer")
+    assert not schedulers.pbt_mutable("train.optimizer.lr", "hf_trainer")  # refused for the loop anyway
+    assert schedulers.pbt_mutable("model.args.lr", "lightning")  # the module's args are the user's
+    assert schedulers.pbt_mutable("train.optimizer.lr", "mypkg.loops:train")  # a user loop reads the recipe's
 
 
 def test_pbt_explores_from_its_own_seed_and_leaves_the_global_random_alone():
@@ -253,19 +367,38 @@ def test_a_pbt_space_with_nothing_pbt_may_perturb_is_refused():
                            "space={model.width: {choice: [16, 32]}}"])
 
 
+EXAMPLES = DIGITS.parent / "examples"
+#: PBT over each loop: its spec, the learning-rate key PBT perturbs, what makes it small.
+#: CI: the built-in loop in warm slots, and Hugging Face's Trainer (its own optimizer, rebuilt
+#: from the exploiting trial's train.args, DDP on two workers); the rest -m exhaustive.
+PBT_LOOPS = {
+    "builtin": (DIGITS, "train.optimizer.lr", (), "lr"),
+    "hf_trainer": (EXAMPLES / "sentiment_hf_lora.yaml", "train.args.learning_rate", ("data.args.n=600",),
+                   "learning_rate"),
+    "lightning": (EXAMPLES / "digits_lightning.yaml", "model.args.lr", (), None),
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("warm", [pytest.param(False, marks=pytest.mark.exhaustive), True], ids=["per-trial", "warm"])
-def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_path, warm):
+@pytest.mark.parametrize("loop,warm", [pytest.param("builtin", False, marks=pytest.mark.exhaustive),
+                                       ("builtin", True), ("hf_trainer", True),
+                                       pytest.param("lightning", True, marks=pytest.mark.exhaustive)],
+                         ids=["builtin-per-trial", "builtin-warm", "hf_trainer-warm", "lightning-warm"])
+def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_path, monkeypatch, loop, warm):
     # Synchronous PBT: both trials meet at epoch 2 whenever each got its workers, so exactly one
     # exploit happens there (asynchronous PBT needed 20 epochs to be sure the two overlapped,
     # and restarted a 2-worker trial at many of them: 5 minutes here). Warm: the paused and the
     # exploiting trial go back into warm slots, which restore the donor's checkpoint.
-    spec = load_spec(DIGITS, ["search.algorithm=random", "search.num_samples=2", "search.seed=1",
-                              "scheduler={name: pbt, perturbation_interval: 2, quantile_fraction: 0.5, synch: true}",
-                              "space={train.optimizer.lr: {loguniform: [1.0e-4, 3.0e-2]}}", "train.epochs=3",
-                              "train.limit_batches=4", "resources.num_workers=2", "resources.cpus_per_worker=0.5",
-                              "resources.max_concurrent_trials=2", f"resources.warm_workers={str(warm).lower()}",
-                              "promote.enabled=false", "name=pbt2"])
+    path, lr, extra, reported = PBT_LOOPS[loop]
+    for module in {"hf_trainer": ("transformers", "peft"), "lightning": ("lightning",)}.get(loop, ()):
+        pytest.importorskip(module)
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # the examples' own packages, for the driver
+    spec = load_spec(path, ["search.algorithm=random", "search.num_samples=2", "search.seed=1",
+                            "scheduler={name: pbt, perturbation_interval: 2, quantile_fraction: 0.5, synch: true}",
+                            f"space={{{lr}: {{loguniform: [1.0e-4, 3.0e-2]}}}}", "train.epochs=3",
+                            "train.limit_batches=4", "resources.num_workers=2", "resources.cpus_per_worker=0.5",
+                            "resources.max_concurrent_trials=2", f"resources.warm_workers={str(warm).lower()}",
+                            "promote.enabled=false", "tracking.tensorboard=false", "name=pbt2", *extra])
     outcome = run_sweep(spec, storage=str(tmp_path), verbose=0)
     rows = _rows(outcome.exp_dir)
     assert [r["status"] for r in rows] == ["ok", "ok"], [(r["status"], r["error"]) for r in rows]
@@ -274,13 +407,21 @@ def test_pbt_exploit_of_a_two_worker_trial_restores_every_rank(local_ray, tmp_pa
         hist = _history(outcome.exp_dir, r["trial_id"])
         epochs = [int(float(h["epoch"])) for h in hist]
         assert set(epochs) == {1, 2, 3} and epochs[-1] == 3, hist  # nothing lost across the restarts
-        if len({h["config.train.optimizer.lr"] for h in hist}) > 1:
+        if len({h[f"config.{lr}"] for h in hist}) > 1:
             exploited.append(hist)
+        else:
+            kept = hist
     assert len(exploited) == 1, "PBT should have exploited exactly one trial at epoch 2"
     hist = exploited[0]
-    assert hist[0]["config.train.optimizer.lr"] != hist[-1]["config.train.optimizer.lr"]  # perturbed at epoch 2
+    assert hist[0][f"config.{lr}"] != hist[-1][f"config.{lr}"]  # perturbed at epoch 2
     # Every rank loaded the adopted checkpoint: the replicas stayed equal.
     assert float(hist[-1]["rank_param_max_diff"]) == 0.0, hist[-1]
+    if reported:  # the perturbed rate took effect: at epoch 3 both trials are at the same point of
+        # their schedule (the same steps), so each runs at the same fraction of its own base rate.
+        def fraction(h):
+            return float(h[reported]) / float(h[f"config.{lr}"])
+
+        assert fraction(hist[-1]) == pytest.approx(fraction(kept[-1]), rel=1e-6), (hist[-1], kept[-1])
 
 
 # --- every searcher with every scheduler that can take it: tests/test_resume.py ---------------

@@ -24,34 +24,8 @@ from raytune_opt.spec import load_spec
 
 wandb = pytest.importorskip("wandb", reason="needs the wandb extra (pip install -e '.[test]')")
 
+from tests._listener import Listener  # noqa: E402
 from tests.test_tracking import CONDITIONAL, TRIALS, FakeTrial, _drive, _epochs  # noqa: E402
-
-
-class Listener:
-    """A TCP port standing for W&B's server: it accepts, records and closes every connection."""
-
-    def __init__(self):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.connections: list = []
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, addr = self.sock.accept()
-            except OSError:
-                return
-            conn.settimeout(2)
-            try:
-                first = conn.recv(200).split(b"\r\n")[0].decode("latin-1")  # the request line
-            except OSError:
-                first = ""
-            self.connections.append((addr, first))
-            conn.close()
-
-    def close(self):
-        self.sock.close()
 
 
 def _offline(tmp_path, monkeypatch, proxy: bool):

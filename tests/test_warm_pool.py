@@ -90,6 +90,35 @@ def test_both_ranks_get_the_trial_only_together_and_the_trial_gets_every_report_
     run(go())
 
 
+def test_a_trial_is_told_once_how_long_it_waited_for_a_slot(monkeypatch):
+    """What it waited (the slot's start, another trial's turn) is left out of the trial's
+    seconds by ``run_trial``: it comes with the first report, once."""
+    now = [100.0]
+    monkeypatch.setattr(ws.time, "time", lambda: now[0])
+
+    async def one_report(aid: str, seq: int):
+        reported = asyncio.create_task(pool.report(aid, "g1", seq, {"epoch": seq}, None))
+        kind, payload = await pool.take(aid, None, 1.0)
+        assert kind == "report" and payload["item"] == {"epoch": seq}
+        assert await pool.take(aid, payload["key"], 0.01) == ("wait", None)  # Tune took it
+        await reported
+        return payload.get("waited_s")
+
+    async def go():
+        first = await pool.submit("t1", SHAPE, {})
+        second = await pool.submit("t2", SHAPE, {})  # no room for a second slot: it waits
+        (slot, _), = pool.launched
+        now[0] = 112.0  # the slot's group is up 12 s later
+        await released(pool, slot.sid, "g1")
+        assert [await one_report(first, 1), await one_report(first, 2)] == [12.0, None]
+        now[0] = 130.0  # the first trial ends; the second, submitted at 100, gets the slot
+        assert [got[0] for got in await released(pool, slot.sid, "g1", first, "ok")] == [second, second]
+        assert await one_report(second, 1) == 30.0
+
+    pool = FakePool()
+    run(go())
+
+
 def test_a_stopped_trial_stops_every_rank_after_the_same_report_and_frees_its_slot():
     async def go():
         pool = FakePool()

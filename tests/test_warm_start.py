@@ -242,7 +242,7 @@ def test_the_report_marks_the_warm_start_trials_and_starts_the_history_from_thei
 
 @pytest.mark.slow
 def test_a_warm_started_sweep_killed_mid_way_resumes_with_its_told_trials_told_once(local_ray, tmp_path):
-    from tests.test_resume import EPOCHS, N, _drive_and_kill, _searcher_state
+    from tests.test_resume import EPOCHS, N, _searcher_state, kill_at
 
     from raytune_opt.sweep import resume_sweep
 
@@ -253,11 +253,10 @@ def test_a_warm_started_sweep_killed_mid_way_resumes_with_its_told_trials_told_o
     configs = _configs(spec, 6)
     earlier = _earlier(tmp_path / "before", spec, configs, _score, stopped={2})
     address = local_ray.get_runtime_context().gcs_address
-    run = [sys.executable, "-m", "raytune_opt", "run", str(DIGITS), *base, f"search.num_samples={N}", "name=now",
+    run = [sys.executable, "-m", "raytune_opt", "run", str(DIGITS), *base, f"search.num_samples={N}",
            f"search.warm_start=[{earlier}]", "search.enqueue=[{train.optimizer.lr: 0.002, model.width: 16}]",
            "--storage", str(tmp_path), "--address", address]
-    exp = tmp_path / "now"
-    _drive_and_kill(run, exp, "mid", tmp_path / "driver.log")
+    exp, _ = kill_at(run, tmp_path, ("mid",), tmp_path / "driver.log", name="now")
     assert "warm start: 6 of 6 trial(s)" in (tmp_path / "driver.log").read_text()
     outcome = resume_sweep(exp, address=address)
     assert outcome.exit_code == 0

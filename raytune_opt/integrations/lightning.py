@@ -25,13 +25,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import torch
-
 from raytune_opt import registry
 from raytune_opt._imports import require
+from raytune_opt.integrations._common import TrainerOwned, numbers, restore_keeping_config
 from raytune_opt.recipe.bundle import DataBundle, _is_datamodule
 from raytune_opt.recipe.errors import DataError, RecipeConfigError
-from raytune_opt.strategies.base import Strategy
+from raytune_opt.spec.view import view
 
 __all__ = ["lightning_loop", "datamodule_bundle", "smoke_metrics"]
 
@@ -74,42 +73,26 @@ def _datamodule(config: dict, dirs=()) -> Any:
     """A fresh LightningDataModule as ``data.dataset`` names it, called as a data set callable is
     (``data.args`` plus whichever of seed, val_fraction, test_fraction it names, as
     :func:`raytune_opt.recipe.bundle.load_bundle` calls it) for the trainer to fit on."""
-    data = config["data"]
-    fn = registry.import_target(registry.DATASETS.target_of(data["dataset"]), dirs)
-    injected = {"seed": int(config["seed"]), "val_fraction": float(data.get("val_fraction", 0.2)),
-                "test_fraction": float(data.get("test_fraction") or 0.0)}
+    spec = view((), config)
+    data = spec.data
+    fn = registry.import_target(registry.DATASETS.target_of(data.dataset), dirs)
+    # test_fraction: absent (an older caller's spec) means no test split, as load_bundle reads it.
+    injected = {"seed": int(spec.seed), "val_fraction": float(data.val_fraction),
+                "test_fraction": float(config["data"].get("test_fraction") or 0.0)}
     sig = registry.signature_of(fn)
-    dm = fn(**dict(data.get("args") or {}), **{k: v for k, v in injected.items() if sig is not None and k in sig.names})
+    dm = fn(**dict(data.args), **{k: v for k, v in injected.items() if sig is not None and k in sig.names})
     if not _is_datamodule(dm):
-        raise RecipeConfigError(f"data.dataset {data['dataset']}: train.loop lightning needs a LightningDataModule "
+        raise RecipeConfigError(f"data.dataset {data.dataset}: train.loop lightning needs a LightningDataModule "
                                 f"(got {type(dm).__name__}); return a LightningDataModule, or use train.loop: builtin")
     return dm
 
 
-class _LightningStrategy(Strategy):
+class _LightningStrategy(TrainerOwned):
     """What the context's checkpoints read, when Lightning owns the model and its optimizers:
     the module's weights, and the trainer's optimizer and LR schedule states (restored when
     the trial resumes, as Lightning's own checkpoint restore does)."""
 
-    name = "lightning"
-
-    def __init__(self, session, train_cfg: dict):
-        super().__init__(session, train_cfg)
-        self.module: torch.nn.Module | None = None
-        self.trainer = None
-        self.resume: dict | None = None
-
-    def setup(self, model, optimizer, resume=None, resume_path=None):
-        if resume is not None:
-            model.load_state_dict(resume["model_state"])
-            self.resume = resume
-        self.module = model
-        return model
-
-    def model_state_dict(self) -> dict | None:
-        if not self.is_rank_zero:
-            return None
-        return {k: v.detach().to("cpu", copy=True) for k, v in self.module.state_dict().items()}
+    name = loop = "lightning"
 
     def optimizer_state_dict(self) -> dict | None:
         t = self.trainer
@@ -121,17 +104,17 @@ class _LightningStrategy(Strategy):
         state = (self.resume or {}).get("optimizer_state")
         if not state:
             return
-        for opt, saved in zip(trainer.optimizers, state["optimizers"], strict=True):
-            opt.load_state_dict(saved)
-        for config, saved in zip(trainer.lr_scheduler_configs, state["lr_schedulers"], strict=True):
-            # Saved at on_train_epoch_end, after the training epoch loop stepped a per-epoch
-            # schedule (ReduceLROnPlateau steps later: its next step reads the next epoch's metric).
-            config.scheduler.load_state_dict(saved)
 
-    def sync_context(self, boundary):  # Lightning runs the steps itself
-        raise NotImplementedError("train.loop lightning: the Trainer steps the model")
+        def load():
+            for opt, saved in zip(trainer.optimizers, state["optimizers"], strict=True):
+                opt.load_state_dict(saved)
+            for config, saved in zip(trainer.lr_scheduler_configs, state["lr_schedulers"], strict=True):
+                # Saved at on_train_epoch_end, after the training epoch loop stepped a per-epoch
+                # schedule (ReduceLROnPlateau steps later: its next step reads the next epoch's metric).
+                config.scheduler.load_state_dict(saved)
 
-    backward = step = sync_context
+        # A PBT exploit's own config (the module's lr...) over the donor's state.
+        restore_keeping_config(trainer.optimizers, [c.scheduler for c in trainer.lr_scheduler_configs], load)
 
 
 def _callback(ctx, strategy: _LightningStrategy):
@@ -141,37 +124,28 @@ def _callback(ctx, strategy: _LightningStrategy):
         """Reports each epoch's ``callback_metrics`` to the sweep (and so checkpoints it)."""
 
         def on_fit_start(self, trainer, pl_module) -> None:
-            # The first epoch's loader iterator is made before on_train_epoch_start (FitLoop.setup_data),
-            # the later ones after it: seeding at both draws a resumed epoch's shuffle as a straight run did.
-            ctx.begin_epoch(ctx.start_epoch)
+            # Lightning makes the first epoch's loader iterator before on_train_epoch_start
+            # (FitLoop.setup_data) and a later epoch's after it (the epoch loop's on_run_start; a
+            # resumed fit makes it at both): seeding at both draws every epoch's shuffle, resumed
+            # or not, from the same state (the epoch's seed, then the same draws).
+            ctx.begin_epoch(trainer.current_epoch + 1)
 
         def on_train_start(self, trainer, pl_module) -> None:
             strategy.trainer = trainer
             strategy.restore(trainer)
 
         def on_train_epoch_start(self, trainer, pl_module) -> None:
-            ctx.begin_epoch(ctx.start_epoch + trainer.current_epoch)
+            ctx.begin_epoch(trainer.current_epoch + 1)
 
         def on_train_epoch_end(self, trainer, pl_module) -> None:
-            ctx.report(_numbers(trainer.callback_metrics), epoch=ctx.start_epoch + trainer.current_epoch)
+            ctx.report(numbers(trainer.callback_metrics), epoch=trainer.current_epoch + 1)
 
     return _ReportEpoch()
 
 
-def _numbers(metrics: dict) -> dict:
-    """Scalar metrics as floats (what Tune and the checkpoint keep)."""
-    out = {}
-    for key, value in metrics.items():
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            out[key] = float(value.item())
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = float(value)
-    return out
-
-
 def _trainer_kwargs(config: dict, ctx, callbacks: list) -> dict:
     train = config["train"]
-    kwargs = {"max_epochs": ctx.epochs - ctx.start_epoch + 1, "logger": False, "enable_checkpointing": False,
+    kwargs = {"max_epochs": ctx.epochs, "logger": False, "enable_checkpointing": False,
               "enable_progress_bar": False, "enable_model_summary": False, "num_sanity_val_steps": 0,
               "callbacks": callbacks}
     if train.get("limit_batches"):
@@ -206,7 +180,18 @@ def lightning_loop(config: dict, ctx) -> None:
         from ray.train.lightning import prepare_trainer
 
         trainer = prepare_trainer(trainer)
+    _start_at(trainer, ctx.start_epoch)
     trainer.fit(model, datamodule=_datamodule(config))
+
+
+def _start_at(trainer, epoch: int) -> None:
+    """Make the trainer's next epoch ``epoch`` (1-based), as Lightning's own checkpoint restore
+    sets its fit loop's epoch counters: ``current_epoch`` is then the straight run's, so the
+    distributed sampler's ``set_epoch``, ``check_val_every_n_epoch`` and the schedules'
+    frequencies count as they did, and ``max_epochs`` stays ``train.epochs``."""
+    progress = trainer.fit_loop.epoch_progress
+    for tracker in (progress.total, progress.current):
+        tracker.ready = tracker.started = tracker.processed = tracker.completed = epoch - 1
 
 
 def smoke_metrics(model, config: dict, dirs=()) -> dict:
@@ -225,4 +210,4 @@ def smoke_metrics(model, config: dict, dirs=()) -> dict:
                             if k in ("precision", "gradient_clip_val", "accumulate_grad_batches")})
     with registry.code_path(dirs):
         trainer.fit(model, datamodule=_datamodule(config, dirs))
-    return _numbers(trainer.callback_metrics)
+    return numbers(trainer.callback_metrics)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -149,6 +149,7 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
     code_dirs = code_dirs_of(source.exp_dir) if trust_code else []
     with registry.code_path(code_dirs) if trust_code else contextlib.nullcontext():
         model, ckpt = load_model(source.checkpoint, trust_code=trust_code)  # an untrusted user model: refused
+        model, merged = _deployable(model, ckpt)
         # The data set, the student and the steps the experiment names, before anything is written.
         _check_trusted(source, ckpt, targets, trust_code, named_by_file)
         user_steps = _user_steps(targets, code_dirs)  # imported now: a bad one stops the promotion here
@@ -192,8 +193,21 @@ def _promote(source: Source, targets: list[str], place: tensorrt.Placement | Non
                                                           chain.artifacts),
         inputs=_inputs(data), settings=_settings(ctx, targets), tensorrt_version=chain.versions.get("tensorrt"))
     result["versions"].update({k: v for k, v in chain.versions.items() if k != "tensorrt"})
+    if merged is not None:
+        result["source"]["merged"] = merged
     manifest.write(out_dir, result)
     return result
+
+
+def _deployable(model, ckpt: dict) -> tuple[Any, dict | None]:
+    """The model the steps convert: what the trial's loop says deploys from its checkpoint's
+    (its LOOPS entry's ``deploy``: hf_trainer merges the LoRA adapter into the base weights),
+    else the checkpoint's model; and what was changed (for the manifest's ``source.merged``)."""
+    entry = registry.LOOPS.get(((ckpt.get("recipe") or {}).get("train") or {}).get("loop"))
+    deploy = entry.meta.get("deploy") if entry is not None else None
+    if deploy is None:
+        return model, None
+    return registry.import_target(deploy)(model)
 
 
 def _settings(ctx: StepContext, targets: list[str]) -> dict:

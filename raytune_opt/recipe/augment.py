@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from raytune_opt.recipe.errors import RecipeConfigError
+from raytune_opt.spec.view import view
 
 __all__ = ["Augmenter"]
 
@@ -31,7 +32,7 @@ class Augmenter:
 
     Args:
         aug_cfg: ``hflip``, ``random_crop_padding``, ``rotation_degrees``, ``color_jitter``,
-            ``mixup_alpha``, ``cutmix_alpha``, ``mix_prob`` (missing keys: off).
+            ``mixup_alpha``, ``cutmix_alpha``, ``mix_prob`` (missing keys: the schema's defaults, off).
         num_classes: classes, for the soft labels of Mixup/CutMix.
         in_channels: image channels; 1-channel data gets brightness/contrast jitter only.
         seed: seed of the augmenter's generators.
@@ -43,13 +44,14 @@ class Augmenter:
 
     def __init__(self, aug_cfg: dict, num_classes: int, in_channels: int, seed: int = 0,
                  device: torch.device | str = "cpu"):
-        self.hflip = float(aug_cfg.get("hflip", 0.0))
-        self.padding = int(aug_cfg.get("random_crop_padding", 0))
-        self.degrees = float(aug_cfg.get("rotation_degrees", 0.0))
-        self.jitter = float(aug_cfg.get("color_jitter", 0.0))
-        self.mixup_alpha = float(aug_cfg.get("mixup_alpha", 0.0))
-        self.cutmix_alpha = float(aug_cfg.get("cutmix_alpha", 0.0))
-        self.mix_prob = float(aug_cfg.get("mix_prob", 1.0))
+        aug = view(("train", "augment"), aug_cfg)
+        self.hflip = float(aug.hflip)
+        self.padding = int(aug.random_crop_padding)
+        self.degrees = float(aug.rotation_degrees)
+        self.jitter = float(aug.color_jitter)
+        self.mixup_alpha = float(aug.mixup_alpha)
+        self.cutmix_alpha = float(aug.cutmix_alpha)
+        self.mix_prob = float(aug.mix_prob)
         for name, value, lo, hi in (("hflip", self.hflip, 0, 1), ("color_jitter", self.jitter, 0, 1),
                                     ("mix_prob", self.mix_prob, 0, 1), ("rotation_degrees", self.degrees, 0, 180),
                                     ("random_crop_padding", self.padding, 0, math.inf),

@@ -29,6 +29,7 @@ from raytune_opt import registry
 from raytune_opt.errors import describe_raised
 from raytune_opt.recipe.errors import DataError
 from raytune_opt.recipe.models import in_channels_of
+from raytune_opt.spec.view import view
 
 __all__ = ["DataBundle", "TensorPairs", "TASKS", "as_bundle", "collate", "load_bundle", "make_loader", "materialize",
            "train_labels"]
@@ -109,8 +110,9 @@ def as_bundle(result: Any, label: str, task: str | None = None) -> DataBundle:
     """Check what a data set callable returned and fill in what it left out.
 
     Args:
-        result: a :class:`DataBundle`, a ``(train, val)`` pair, a ``(train, val, test)`` triple, or
-            a LightningDataModule (its loaders' data sets).
+        result: a :class:`DataBundle`, a ``(train, val)`` pair, a ``(train, val, test)`` triple, a
+            LightningDataModule (its loaders' data sets), or a dict of a Hugging Face Trainer's
+            data sets (``train_dataset``, ``eval_dataset``...).
         label: the callable, for messages (``mypkg.data:load``).
         task: the spec's ``data.task`` (None: the bundle's, else its labels': an integer
             classifies, a float regresses).
@@ -128,6 +130,10 @@ def as_bundle(result: Any, label: str, task: str | None = None) -> DataBundle:
         from raytune_opt.integrations.lightning import datamodule_bundle
 
         result = datamodule_bundle(result, label)
+    if isinstance(result, dict) and "train_dataset" in result:  # train.loop: hf_trainer: the Trainer's data
+        from raytune_opt.integrations.hf import trainer_data_bundle
+
+        result = trainer_data_bundle(result, label)
     if not isinstance(result, DataBundle):
         kind = _describe(result) if isinstance(result, (tuple, list)) else _a(type(result).__name__)
         raise DataError(f"data.dataset {label} returned {kind}, not a DataBundle, a (train, val) pair or a "
@@ -209,23 +215,24 @@ def load_bundle(data_cfg: dict, seed: int, dirs: Sequence[str] = ()) -> DataBund
             :func:`as_bundle` refuses. The user callable's own exception is kept as the cause
             (a trial's error keeps its traceback).
     """
-    name = data_cfg.get("dataset", "digits")
+    data = view(("data",), data_cfg)
+    name = data.dataset
     entry = registry.DATASETS.get(name)
     if entry is not None and "keys" in entry.meta:  # a built-in: it reads data section keys
         kwargs = {k: data_cfg[k] for k in entry.meta["keys"] if k in data_cfg}
         bundle = entry.load()(**kwargs, seed=int(seed))
-        if data_cfg.get("task") and bundle.task != data_cfg["task"]:
-            raise DataError(f"data.dataset {name} holds a {bundle.task} task but data.task is {data_cfg['task']!r}; "
+        if data.task and bundle.task != data.task:
+            raise DataError(f"data.dataset {name} holds a {bundle.task} task but data.task is {data.task!r}; "
                             f"remove data.task")
         return bundle
     if entry is None and not registry.is_import_path(name):
         raise DataError(f"data.dataset {name!r} is not a data set; use one of {', '.join(registry.DATASETS)}, or "
                         f"a 'module:callable' import path")
     target = registry.DATASETS.target_of(name)
-    args = dict(data_cfg.get("args") or {})
-    injected_values = {"seed": int(seed), "val_fraction": float(data_cfg.get("val_fraction", 0.2)),
+    args = dict(data.args)
+    injected_values = {"seed": int(seed), "val_fraction": float(data.val_fraction),
                        "test_fraction": float(data_cfg.get("test_fraction") or 0.0)}
-    key = (target, repr(sorted(args.items())), repr(sorted(injected_values.items())), data_cfg.get("task"))
+    key = (target, repr(sorted(args.items())), repr(sorted(injected_values.items())), data.task)
     if key in _MEMO:
         return _MEMO[key]
     try:

@@ -12,7 +12,7 @@ A user loop, in full::
 
     def train(config, ctx):
         model = ctx.build_model()                       # model.name with model.args, from the data
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config["train"]["optimizer"]["lr"])
+        optimizer = torch.optim.AdamW(model.parameters(), lr=ctx.settings.train.optimizer.lr)
         model = ctx.prepare_model(model, optimizer)     # DDP / DeepSpeed; restored when resuming
         train_loader, val_loader = ctx.loader("train"), ctx.loader("val")
         for epoch in range(ctx.start_epoch, ctx.epochs + 1):
@@ -47,6 +47,7 @@ from raytune_opt.recipe.bundle import DataBundle, load_bundle, make_loader
 from raytune_opt.recipe.checkpoint import load_checkpoint, make_checkpoint, write_checkpoints
 from raytune_opt.recipe.errors import RecipeConfigError
 from raytune_opt.recipe.models import build_model_from_spec, model_spec
+from raytune_opt.spec.view import view
 
 __all__ = ["TrialContext", "run_loop", "epoch_seed", "seed_all"]
 
@@ -57,6 +58,9 @@ class TrialContext:
     Attributes:
         config: the trial's resolved spec (``seed``, ``data``, ``model``, ``train``, ``search``),
             the searched values filled in.
+        settings: the same as a typed read-only view (``ctx.settings.train.optimizer.lr``;
+            :mod:`raytune_opt.spec.view`): the schema's default for a key the config lacks, an
+            error naming a key the schema does not have.
         start_epoch: the first epoch to train: 1, or one past a resumed checkpoint's.
         epochs: ``train.epochs``.
         state: the ``state`` the resumed checkpoint's :meth:`report` stored (None when fresh).
@@ -64,13 +68,14 @@ class TrialContext:
 
     def __init__(self, config: dict, session, strategy, *, spec_sha256: str = "", resume_from: str | None = None):
         self.config = config
+        self.settings = view((), config)
         self.session = session
         self.strategy = strategy
         self.spec_sha256 = spec_sha256
         self.resume_path = resume_from
         self.resumed = load_checkpoint(resume_from, map_location=session.device) if resume_from is not None else None
         self.start_epoch = int(self.resumed["epoch"]) + 1 if self.resumed is not None else 1
-        self.epochs = int(config["train"]["epochs"])
+        self.epochs = int(self.settings.train.epochs)
         loop_state = (self.resumed or {}).get("loop_state") or {}
         self.best: float | None = loop_state.get("best")
         self.loop_state = dict(loop_state)  # what the loop kept in its checkpoint (the built-in: bad_epochs)
@@ -101,11 +106,11 @@ class TrialContext:
 
     @property
     def metric(self) -> str:
-        return objectives.primary(self.config["search"])[0]
+        return objectives.primary(self.settings.search)[0]
 
     @property
     def mode(self) -> str:
-        return objectives.primary(self.config["search"])[1]
+        return objectives.primary(self.settings.search)[1]
 
     # ---- data and model ---------------------------------------------------------------
     @property
@@ -134,11 +139,17 @@ class TrialContext:
         """
         return self.session.keep(("user", key), make) if self.session is not None else make()
 
-    def build_model(self) -> nn.Module:
+    def build_model(self, *, spec_extra: dict | None = None) -> nn.Module:
         """The model ``model.name`` names, built for the data (on :attr:`device`, not yet
-        wrapped). Checkpoints record it, so ``load_model`` and promotion rebuild it."""
+        wrapped). Checkpoints record it, so ``load_model`` and promotion rebuild it.
+
+        Args:
+            spec_extra: plain values added to the model's spec, which
+                :func:`~raytune_opt.recipe.models.build_model_from_spec` reads (an integration's
+                ``hf``: the model's LoRA adapter).
+        """
         data = self.data
-        self._spec = model_spec(self.config["model"], data.input_shape, data.num_classes)
+        self._spec = {**model_spec(self.config["model"], data.input_shape, data.num_classes), **(spec_extra or {})}
         return build_model_from_spec(self._spec).to(self.device)
 
     @property
@@ -189,7 +200,7 @@ class TrialContext:
         shuffle = split == "train" if shuffle is None else shuffle
         if shuffle:
             kwargs.setdefault("generator", torch.Generator())
-        loader = make_loader(self.data, split, batch_size or self.config["train"]["batch_size"], shuffle=shuffle,
+        loader = make_loader(self.data, split, batch_size or self.settings.train.batch_size, shuffle=shuffle,
                              **kwargs)
         return self.prepare_loader(loader)
 
@@ -260,7 +271,7 @@ class TrialContext:
                                     f"{sorted(metrics)}); report validation metrics (val_*): the test split is "
                                     f"measured once, after the sweep")
         bad = [k for k, v in metrics.items() if isinstance(v, bool) or not isinstance(v, (int, float, type(None)))]
-        missing = [m for m, _ in objectives.objectives(self.config["search"]) if m not in metrics]
+        missing = [m for m, _ in objectives.objectives(self.settings.search) if m not in metrics]
         if missing or bad:
             hint = " (ctx.measures(model) gives the deployment measures)" if set(missing) & set(objectives.MEASURES) \
                 else ""
@@ -298,7 +309,7 @@ class TrialContext:
              loop_state: dict | None = None, extra: dict | None = None) -> tuple[str | None, Sequence[str]]:
         """Write the epoch's checkpoint (when ``train.checkpoint``); the directory to report
         and this rank's shard files. Every rank calls it (ZeRO gathers the weights)."""
-        if not self.config["train"]["checkpoint"]:
+        if not self.settings.train.checkpoint:
             return None, ()
         root = self.session.checkpoint_root()
         # Shards first (every rank; DeepSpeed only), then the consolidated checkpoint that
@@ -338,7 +349,7 @@ class TrialContext:
             return
         self.last_metrics["stop_reason"] = "completed"
         self.last_metrics["replayed"] = 1  # not a new epoch: the history keeps the first report of it
-        checkpoint = bool(self.config["train"]["checkpoint"])
+        checkpoint = bool(self.settings.train.checkpoint)
         root = self.session.checkpoint_root() if checkpoint else None
         shards = self.strategy.resumed_shards(root, self.resumed) if checkpoint else ()
         self.session.report(dict(self.last_metrics), root if checkpoint and self.is_rank_zero else None, shards)

@@ -42,6 +42,7 @@ import torch
 
 from raytune_opt import _atomic, _cache, progress
 from raytune_opt.recipe.errors import DataError
+from raytune_opt.spec.view import view
 
 __all__ = ["Data", "DataError", "load_data", "cache_root", "digits", "mnist1d", "cifar10", "cifar100", "imagefolder"]
 
@@ -161,8 +162,9 @@ def load_data(data_cfg: dict, seed: int) -> Data:
         DataError: the data is missing, empty, in the wrong format, corrupt, has a
             single class, or is too small to split.
     """
-    dataset = data_cfg.get("dataset", "digits")
-    val_fraction = float(data_cfg.get("val_fraction", 0.2))
+    data_view = view(("data",), data_cfg)
+    dataset = data_view.dataset
+    val_fraction = float(data_view.val_fraction)
     if not 0 < val_fraction < 1:
         raise DataError(f"data.val_fraction must be between 0 and 1 (got {val_fraction}); set e.g. 0.2")
     # Absent (a caller of an older version): no test split, the split it always had.
@@ -186,7 +188,7 @@ def load_data(data_cfg: dict, seed: int) -> Data:
     key = (dataset, root, image_size if dataset == "imagefolder" else None, val_fraction, test_fraction, int(seed))
     data = _MEMO.get(key)
     if data is None:
-        x, y, class_names, folder, own_test = _decoded(dataset, root, image_size, bool(data_cfg.get("download", False)))
+        x, y, class_names, folder, own_test = _decoded(dataset, root, image_size, bool(data_view.download))
         data = _split_and_normalize(x, y, class_names, val_fraction, int(seed), where=root or dataset, cache=folder,
                                     test_fraction=test_fraction, own_test=own_test)
         _MEMO.clear()  # one data set per process (see the module docstring)

@@ -36,6 +36,7 @@ from raytune_opt.recipe.losses import build_loss
 from raytune_opt.recipe.models import output_problem
 from raytune_opt.recipe.optim import build_optimizer, build_scheduler, hyperparameters, reapply_hyperparameters
 from raytune_opt.recipe.session import Session
+from raytune_opt.spec.view import SectionView, view
 from raytune_opt.strategies import build_strategy
 from raytune_opt.timeline import mark
 
@@ -83,7 +84,7 @@ def train(cfg: dict, session: Session, *, spec_sha256: str = "", resume_from: st
         MissingDependencyError: train.strategy is deepspeed and DeepSpeed is not installed.
     """
     cfg = _with_defaults(cfg)
-    fn, label = loop_callable(cfg["train"].get("loop", "builtin"))
+    fn, label = loop_callable(view((), cfg).train.loop)
     strategy = build_strategy(session, cfg["train"])
     try:
         return run_loop(fn, label, cfg, session, strategy, spec_sha256=spec_sha256, resume_from=resume_from)
@@ -158,8 +159,13 @@ class _Run:
     plain: Any = None  # the model as built, before the strategy wrapped it (what the measures measure)
 
     @property
+    def settings(self) -> SectionView:
+        """The trial's spec as a typed read-only view."""
+        return view((), self.cfg)
+
+    @property
     def constraints(self) -> dict:
-        return self.cfg["search"].get("constraints") or {}
+        return self.settings.search.constraints or {}
 
     @property
     def session(self) -> Session:
@@ -174,16 +180,16 @@ class _Run:
         return self.ctx.data
 
     @property
-    def tcfg(self) -> dict:
-        return self.cfg["train"]
+    def tcfg(self) -> SectionView:
+        return self.settings.train
 
     @property
     def metric(self) -> str:
-        return objectives.primary(self.cfg["search"])[0]
+        return objectives.primary(self.settings.search)[0]
 
     @property
     def mode(self) -> str:
-        return objectives.primary(self.cfg["search"])[1]
+        return objectives.primary(self.settings.search)[1]
 
     def better(self, a: float, b: float) -> bool:
         return a > b if self.mode == "max" else a < b
@@ -191,39 +197,41 @@ class _Run:
 
 def _setup(cfg: dict, ctx: TrialContext) -> _Run:
     """Data, model, loss, augmentation, loaders, optimizer and schedule; restored when resuming."""
-    tcfg, seed, device, session = cfg["train"], int(cfg["seed"]), ctx.device, ctx.session
+    spec = view((), cfg)
+    tcfg, seed, device, session = spec.train, int(spec.seed), ctx.device, ctx.session
     mark("loop_start", rank=session.rank)
     data = ctx.data
     mark("data_loaded", rank=session.rank)
     model = ctx.build_model()
     mark("model_built", rank=session.rank)
     plain, measures, infeasible = model, {}, ""
-    static = [k for k in cfg["search"].get("constraints") or {} if k in objectives.STATIC_MEASURES]
+    constraints = spec.search.constraints or {}
+    static = [k for k in constraints if k in objectives.STATIC_MEASURES]
     if static:  # known before training: a model that breaks one is not trained
         measures = footprint.static_measures(model, _example(data, model))
-        infeasible = "; ".join(objectives.violations(measures, cfg["search"]["constraints"], only=static))
+        infeasible = "; ".join(objectives.violations(measures, constraints, only=static))
         if infeasible:
             infeasible = f"{objectives.INFEASIBLE}: {infeasible}"
     # Only balanced class weights read the labels (a user data set may have to be iterated for them).
-    labels = train_labels(data.train) if tcfg["loss"].get("class_weights") == "balanced" else None
-    loss_fn = build_loss(tcfg["loss"], labels, data.num_classes, data.task).to(device)
+    labels = train_labels(data.train) if tcfg.loss.class_weights == "balanced" else None
+    loss_fn = build_loss(tcfg.loss, labels, data.num_classes, data.task).to(device)
     _check_task(cfg, data.task)
-    augment = Augmenter(tcfg["augment"], data.num_classes, data.in_channels or 1, seed=seed, device=device)
-    workers = int(cfg["data"]["loader_workers"])
-    train_loader = session.prepare_loader(_loader(data, "train", tcfg["batch_size"], True, workers, device))
-    val_loader = session.prepare_loader(_loader(data, "val", tcfg["batch_size"], False, workers, device))
-    limit = tcfg["limit_batches"]
+    augment = Augmenter(tcfg.augment, data.num_classes, data.in_channels or 1, seed=seed, device=device)
+    workers = int(spec.data.loader_workers)
+    train_loader = session.prepare_loader(_loader(data, "train", tcfg.batch_size, True, workers, device))
+    val_loader = session.prepare_loader(_loader(data, "val", tcfg.batch_size, False, workers, device))
+    limit = tcfg.limit_batches
     batches_per_epoch = len(train_loader) if limit is None else min(len(train_loader), int(limit))
-    steps_per_epoch = math.ceil(batches_per_epoch / int(tcfg["grad_accum_steps"]))
-    optimizer = build_optimizer(model.parameters(), tcfg["optimizer"])
+    steps_per_epoch = math.ceil(batches_per_epoch / int(tcfg.grad_accum_steps))
+    optimizer = build_optimizer(model.parameters(), tcfg.optimizer.to_dict())
     configured = hyperparameters(optimizer)  # before the schedule scales the lr
-    schedule = build_scheduler(optimizer, tcfg["lr_schedule"], steps_per_epoch, int(tcfg["epochs"]))
+    schedule = build_scheduler(optimizer, tcfg.lr_schedule.to_dict(), steps_per_epoch, int(tcfg.epochs))
     # Wraps the model (DDP / a DeepSpeed engine) and restores its weights and optimizer state.
     model = ctx.prepare_model(model, optimizer)
     mark("setup_done", rank=session.rank)
     run = _Run(cfg=cfg, ctx=ctx, model=model, loss_fn=loss_fn, augment=augment, train_loader=train_loader,
                val_loader=val_loader, schedule=schedule, autocast=ctx.strategy.autocast(),
-               batches_per_epoch=batches_per_epoch, epochs=int(tcfg["epochs"]), measures=measures,
+               batches_per_epoch=batches_per_epoch, epochs=int(tcfg.epochs), measures=measures,
                infeasible=infeasible, plain=plain)
     if ctx.resumed is not None:
         if ctx.resumed.get("scheduler_state") is not None:
@@ -244,7 +252,7 @@ def _reseed(run: _Run, epoch: int) -> None:
 def _train_epoch(run: _Run) -> tuple[dict, int | None]:
     """One epoch of micro-batches: the on-device sums, and the micro-batch (from 1) that diverged, if any."""
     device, world_size, strategy = run.session.device, run.session.world_size, run.strategy
-    accum, n = int(run.tcfg["grad_accum_steps"]), run.batches_per_epoch
+    accum, n = int(run.tcfg.grad_accum_steps), run.batches_per_epoch
     run.model.train()
     loss_sum = torch.zeros((), device=device, dtype=torch.float64)  # sum of per-sample losses
     norm_sum = torch.zeros((), device=device, dtype=torch.float64)
@@ -296,13 +304,14 @@ def _check_task(cfg: dict, task: str) -> None:
     """The sweep's metric and the augmentation must suit the data set's task."""
     from raytune_opt.spec.schema import METRIC_TASK
 
-    for metric, _ in objectives.objectives(cfg["search"]):
+    spec = view((), cfg)
+    for metric, _ in objectives.objectives(spec.search):
         if METRIC_TASK.get(metric, task) != task:
             fit = ", ".join(m for m, t in METRIC_TASK.items() if t == task)
             raise RecipeConfigError(f"search.metric {metric} is a {METRIC_TASK[metric]} metric but the data set holds "
                                     f"a {task} task; use {fit}, or val_loss")
-    augment = cfg["train"]["augment"]
-    if task == "regression" and (augment["mixup_alpha"] or augment["cutmix_alpha"]):
+    augment = spec.train.augment
+    if task == "regression" and (augment.mixup_alpha or augment.cutmix_alpha):
         raise RecipeConfigError("train.augment: Mixup and CutMix mix class labels, and the data set holds a "
                                 "regression task; set mixup_alpha and cutmix_alpha to 0")
 
@@ -336,7 +345,7 @@ def _measure(run: _Run) -> None:
     example = _example(run.data, run.plain)
     if not run.measures:
         run.measures = footprint.static_measures(run.plain, example)
-    batch = int(run.cfg.get("promote", {}).get("latency_batch") or 1)
+    batch = int(run.settings.promote.latency_batch)
     threads = 1 if example.device.type == "cpu" else None
     run.measures["latency_ms"] = footprint.forward_latency_ms(run.plain, example, batch=batch, threads=threads)
 
@@ -377,8 +386,8 @@ def _validate(run: _Run, epoch: int, sums: dict, train_s: float) -> dict:
 
 def _early_stopping(run: _Run, metrics: dict, epoch: int) -> None:
     """Track the best value of the sweep's metric; set ``best_<metric>`` and ``stop_reason``."""
-    stopping = run.tcfg["early_stopping"]
-    patience, min_delta = stopping["patience"], float(stopping["min_delta"])
+    stopping = run.tcfg.early_stopping
+    patience, min_delta = stopping.patience, float(stopping.min_delta)
     best_before = run.ctx.best
     metrics["is_best"] = run.ctx.track(metrics)  # sets best_<metric>
     value = metrics[run.metric]

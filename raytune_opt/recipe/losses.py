@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raytune_opt.recipe.errors import RecipeConfigError
+from raytune_opt.spec.view import view
 from raytune_opt import registry
 
 __all__ = ["build_loss", "class_weights", "CrossEntropy", "FocalLoss", "RegressionLoss"]
@@ -119,7 +120,8 @@ def build_loss(loss_cfg: dict, y_train: torch.Tensor | None, num_classes: int,
     Raises:
         RecipeConfigError: an unknown loss name, one of the other task, or bad class weights.
     """
-    name = loss_cfg.get("name", "cross_entropy")
+    loss = view(("train", "loss"), loss_cfg)
+    name = loss.name
     entry = registry.LOSSES.get(name)
     if entry is None:
         raise RecipeConfigError(f"train.loss.name {name!r} is not a loss; use {', '.join(registry.LOSSES)}")
@@ -130,5 +132,5 @@ def build_loss(loss_cfg: dict, y_train: torch.Tensor | None, num_classes: int,
     kwargs = dict(entry.meta.get("fixed", {}))
     kwargs.update({arg: loss_cfg[key] for key, arg in entry.meta.get("args", {}).items() if key in loss_cfg})
     if task == "classification":
-        kwargs["weight"] = class_weights(loss_cfg.get("class_weights"), y_train, num_classes)
+        kwargs["weight"] = class_weights(loss.class_weights, y_train, num_classes)
     return entry.load()(**kwargs)

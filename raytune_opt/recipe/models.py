@@ -27,6 +27,7 @@ from torch import nn
 
 from raytune_opt import registry
 from raytune_opt.recipe.errors import RecipeConfigError
+from raytune_opt.spec.view import view
 
 __all__ = ["MODELS", "SPATIAL_DIMS", "build_model", "model_spec", "build_model_from_spec", "call_model",
            "in_channels_of", "output_problem"]
@@ -60,7 +61,7 @@ def model_spec(model_cfg: dict, input_shape: Sequence[int], num_classes: int) ->
         RecipeConfigError: the model name is neither registered nor an import path, or a
             built-in model does not take such inputs.
     """
-    name = model_cfg.get("name", "small_cnn")
+    name = view(("model",), model_cfg).name
     shape = [int(n) for n in input_shape]
     data = {"input_shape": shape, "num_classes": int(num_classes), "in_channels": in_channels_of(shape),
             "image_size": shape[-1], "spatial_dims": len(shape) - 1}
@@ -105,6 +106,11 @@ def build_model_from_spec(spec: dict, dirs: Sequence[str] = ()) -> nn.Module:
             its inputs, or a target that cannot be imported or does not return an ``nn.Module``.
     """
     spec = dict(spec)
+    hf = spec.pop("hf", None)
+    if hf is not None:  # train.loop: hf_trainer: a Hugging Face model, with its LoRA adapter
+        from raytune_opt.integrations.hf import wrap
+
+        return wrap(build_model_from_spec(spec, dirs), hf)
     resized = spec.pop("resized", None)
     if resized:
         from raytune_opt.recipe.resize import apply

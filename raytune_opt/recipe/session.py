@@ -67,6 +67,10 @@ class Session:
         """Shard the loader across ranks (identity here)."""
         return loader
 
+    def watch_model(self, model: nn.Module) -> None:
+        """The model of a loop whose framework wraps it itself (Lightning's DDP strategy): a
+        runner that checks the replicas of :meth:`prepare_model`'s model checks this one."""
+
     def report(self, metrics: dict, checkpoint_dir: str | None, shards: Sequence[str] = ()) -> None:
         """Receive one epoch's metrics and the checkpoint directory.
 

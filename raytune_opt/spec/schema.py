@@ -7,12 +7,15 @@ never has to import torch or Ray; a test checks they match the registries. The m
 come from :data:`raytune_opt.registry.MODELS` itself (it imports neither). A promotion
 step's settings (``promote.<step>``) are not written here: each step declares its section
 beside its code (:mod:`raytune_opt.promote.steps`) and :func:`_promote_section` puts them under
-``promote``. The node types, :class:`Field` and :class:`Section`, live in
+``promote``; likewise each scheduler declares the ``scheduler.*`` keys it reads beside its
+builder (:mod:`raytune_opt.schedulers`) and :func:`scheduler_section` puts them under
+``scheduler``. The node types, :class:`Field` and :class:`Section`, live in
 :mod:`raytune_opt.spec.fields`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -209,6 +212,42 @@ def _promote_section(doc: str, core: dict) -> Section:
     return Section(doc, {**core, **sections})
 
 
+
+def scheduler_section(doc: str, core: dict) -> Section:
+    """``scheduler``: its own keys (``core``: the name) and, after them, every ``scheduler.*`` key
+    a scheduler entry reads (the entry's ``settings`` meta, :mod:`raytune_opt.schedulers`), in the
+    order the schedulers are listed. A key several entries read must be one Field they share;
+    its doc starts with the schedulers that read it.
+
+    Raises:
+        ValueError: an entry declares a core key, or two declare one key differently.
+    """
+    fields: dict[str, Field] = {}
+    readers: dict[str, list[str]] = {}
+    for name in registry.SCHEDULERS.names():
+        for key, fld in registry.SCHEDULERS[name].meta.get("settings", {}).items():
+            if key in core:
+                raise ValueError(f"scheduler {name!r} declares scheduler.{key}, which the schema owns: rename it")
+            if key in fields and fields[key] != fld:
+                raise ValueError(f"schedulers {readers[key]} and {name!r} declare scheduler.{key} differently: "
+                                 "declare one Field and share it (raytune_opt/schedulers/_settings.py)")
+            fields[key] = fld
+            readers.setdefault(key, []).append(name)
+    own = {key: dataclasses.replace(fld, doc=f"{'/'.join(readers[key])}: {fld.doc}") for key, fld in fields.items()}
+    return Section(doc, {**core, **own})
+
+
+def _scheduler_hash_neutral() -> dict:
+    """``scheduler.<key>`` at its default, for each key that only schedulers registered with
+    ``hash_neutral=True`` read (settings added after experiments were recorded)."""
+    out, entries = {}, [registry.SCHEDULERS[n] for n in registry.SCHEDULERS.names()]
+    for entry in entries:
+        for key, fld in entry.meta.get("settings", {}).items():
+            if all(e.meta.get("hash_neutral") for e in entries if key in e.meta.get("settings", {})):
+                out[("scheduler", key)] = fld.default
+    return out
+
+
 SPEC = Section("A sweep spec.", {
     "name": Field("str", "sweep", "Experiment name; results go to STORAGE/NAME/.", check=_name_check, tunable=False),
     "seed": Field("int", 0, "Seed for data split, model init and (unless search.seed is set) the searcher.", ge=0),
@@ -355,6 +394,12 @@ SPEC = Section("A sweep spec.", {
         "trainer": Section("train.loop: lightning only: keyword arguments of Lightning's Trainer (e.g. precision, "
                            "gradient_clip_val, accumulate_grad_batches); search one as train.trainer.NAME. "
                            "train.epochs is its max_epochs.", open=True),
+        "args": Section("train.loop: hf_trainer only: keyword arguments of transformers.TrainingArguments (e.g. "
+                        "learning_rate, per_device_train_batch_size, warmup_steps, weight_decay); search one as "
+                        "train.args.NAME. train.epochs is its num_train_epochs.", open=True),
+        "peft": Section("train.loop: hf_trainer only: a LoRA adapter, keyword arguments of peft.LoraConfig (e.g. r, "
+                        "lora_alpha, lora_dropout, target_modules); empty: the whole model trains. Search one as "
+                        "train.peft.NAME.", open=True),
     }),
     "resources": Section("Resources per trial.", {
         "num_workers": Field("int", 1, "Ray Train workers (DDP ranks) per trial; 1 runs the loop in the trial itself.",
@@ -417,21 +462,8 @@ SPEC = Section("A sweep spec.", {
                          "{space key: value} (keys left out are sampled by the searcher). Counts toward "
                          "num_samples.", nullable=True, check=_enqueue_check, tunable=False),
     }),
-    "scheduler": Section("Trial scheduler (early stopping across trials); time unit: epochs.", {
+    "scheduler": scheduler_section("Trial scheduler (early stopping across trials); time unit: epochs.", {
         "name": Field("str", "fifo", " | ".join(SCHEDULERS) + ".", choices=SCHEDULERS, tunable=False),
-        "max_t": Field("int", None, "asha/moasha/hyperband(_bohb): most epochs a trial may run; null: train.epochs.",
-                       nullable=True, ge=1, tunable=False),
-        "grace_period": Field("int", 1, "asha/moasha/median: epochs before a trial can be stopped.", ge=1,
-                              tunable=False),
-        "reduction_factor": Field("float", 3.0, "asha/moasha/hyperband(_bohb): halving rate (moasha: a trial goes on "
-                                  "when it ranks in the top 1/reduction_factor of its rung).", gt=1, tunable=False),
-        "brackets": Field("int", 1, "asha: number of brackets.", ge=1, tunable=False),
-        "min_samples_required": Field("int", 3, "median: trials needed before stopping any.", ge=1, tunable=False),
-        "perturbation_interval": Field("int", 2, "pbt/pb2: epochs between exploit/explore steps.", ge=1, tunable=False),
-        "quantile_fraction": Field("float", 0.25, "pbt/pb2: fraction of trials that exploit the top ones.", gt=0, le=0.5,
-                                   tunable=False),
-        "synch": Field("bool", False, "pbt/pb2: every trial waits at each perturbation_interval until all have reached "
-                       "it (Ray's synchronous PBT; each wait restarts the trial from its checkpoint).", tunable=False),
     }),
     "space": Section("Search space: dotted recipe key -> domain (see README).", open=True),
     "promote": _promote_section("What happens to the best trial when the sweep ends.", {
@@ -457,8 +489,9 @@ SPEC = Section("A sweep spec.", {
         "tensorboard": Field("bool", True, "TensorBoard event files per trial under EXPERIMENT/tensorboard/<trial>/: "
                              "every epoch's metrics and the trial's hyperparameters (hparams plugin).", tunable=False),
         "mlflow": Section("MLflow: a parent run for the sweep, a nested run per trial (needs the mlflow extra).", {
-            "tracking_uri": Field("str", None, "MLflow tracking URI (http://HOST:PORT, sqlite:///FILE.db, "
-                                  "file:///DIR); null: MLflow off.", nullable=True, check=_tracking_uri_check,
+            "tracking_uri": Field("str", None, "MLflow tracking URI (http://HOST:PORT, sqlite:///FILE.db; "
+                                  "file:///DIR only with MLFLOW_ALLOW_FILE_STORE=true: MLflow 3 refuses it otherwise); "
+                                  "null: MLflow off.", nullable=True, check=_tracking_uri_check,
                                   tunable=False),
             "experiment": Field("str", None, "MLflow experiment name; null: the sweep's name.", nullable=True,
                                 tunable=False),
@@ -528,6 +561,9 @@ def defaults(section: Section = SPEC) -> dict:
 PROMOTE_HASH_NEUTRAL = {("promote", n): defaults(registry.PROMOTION_STEPS[n].meta["settings"])
                         for n in PROMOTION_TARGETS if registry.PROMOTION_STEPS[n].meta.get("hash_neutral")
                         and registry.PROMOTION_STEPS[n].meta.get("settings") is not None}
+#: ``scheduler.<key>`` at its default, for each key only newer schedulers read (their entries
+#: say ``hash_neutral``): :data:`raytune_opt.spec.validate.HASH_NEUTRAL` takes these too.
+SCHEDULER_HASH_NEUTRAL = _scheduler_hash_neutral()
 
 
 def reference_markdown() -> str:

@@ -187,10 +187,13 @@ def loop_rules(ck: Checker, d: dict, space: Space) -> None:
     if not ck.ok("train.loop"):
         return
     entry = registry.LOOPS.get(d["train"]["loop"])
-    trainer_given = d["train"]["trainer"] or any(k.startswith("train.trainer.") for k in space.by_key)
-    if trainer_given and (entry is None or entry.name != "lightning"):
-        ck.add(("train", "trainer"), f"Lightning's Trainer arguments, but train.loop is {d['train']['loop']} (got "
-               f"{fmt(d['train']['trainer'])})", "set train.loop: lightning, or remove train.trainer")
+    if entry is None or entry.check is None:  # a loop with rules of its own refuses what it does not read
+        for other in (registry.LOOPS[n] for n in registry.LOOPS):
+            for section, what in other.meta.get("sections", {}).items():
+                if d["train"].get(section) or any(k.startswith(f"train.{section}.") for k in space.by_key):
+                    ck.add(("train", section), f"{what}, but train.loop is {d['train']['loop']} (got "
+                           f"{fmt(d['train'].get(section))})", f"set train.loop: {other.name}, or remove "
+                           f"train.{section}")
     if entry is not None and entry.check is not None:  # its rules import neither torch nor the trainer
         for f in entry.checks(registry.SpecView(d, space, ck.given)):
             if ck.ok(*f.reads.split()):

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from raytune_opt import registry, schedulers, searchers
+from raytune_opt import registry, searchers
 from raytune_opt.errors import Problem, SpecError
 from raytune_opt.redact import redact_data
 from raytune_opt.space import Space
@@ -26,6 +26,7 @@ from raytune_opt.spec.checker import values_of as _values_of
 from raytune_opt.spec.cross_rules import check_local_resources
 from raytune_opt.spec.space_parser import parse_space, space_from_data  # noqa: F401 (report reads it here)
 from raytune_opt.spec.schema import Section
+from raytune_opt.spec.view import SectionView, view
 from raytune_opt.spec.yaml_loader import load_value, load_yaml_file
 
 
@@ -38,8 +39,10 @@ HASH_NEUTRAL = {("data", "test_fraction"): 0.0, ("data", "test_column"): None,
                                        "plateau": {"trials": None, "min_delta": 0.0}},
                 ("search", "warm_start"): None, ("search", "enqueue"): None,
                 ("resources", "warm_workers"): True, ("train", "trainer"): {},
+                ("train", "args"): {}, ("train", "peft"): {},
                 ("tracking", "wandb"): {"project": None, "entity": None, "group": None, "mode": None}}
 HASH_NEUTRAL.update(schema.PROMOTE_HASH_NEUTRAL)  # the sections of newer promotion steps (their entries say so)
+HASH_NEUTRAL.update(schema.SCHEDULER_HASH_NEUTRAL)  # the settings of newer schedulers (their entries say so)
 
 
 @dataclass
@@ -58,6 +61,11 @@ class Spec:
     @property
     def name(self) -> str:
         return self.data["name"]
+
+    @property
+    def settings(self) -> SectionView:
+        """The resolved settings as a typed read-only view: ``spec.settings.scheduler.max_t``."""
+        return view((), self.data)
 
     def sha256(self) -> str:
         """Hash of the resolved spec; checkpoints and manifests carry it. Credentials in URIs
@@ -221,12 +229,9 @@ def _data_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 
 def _optimizer_rules(ck: _Checker, d: dict, space: Space) -> None:
+    """A user optimizer's or schedule's signature, then the rules of the optimizers the sweep may use."""
     user_code.optimizer_rules(ck, d, space)
-    opt = d["train"]["optimizer"]
-    if opt["nesterov"] is True and opt["momentum"] == 0 and "train.optimizer.momentum" not in space.by_key:
-        ck.rule("train.optimizer.momentum", ("train", "optimizer", "nesterov"),
-                "Nesterov momentum needs momentum > 0 (got momentum=0)",
-                "set train.optimizer.momentum > 0 or nesterov: false")
+    _used_entries_rules(ck, registry.OPTIMIZERS, "train.optimizer.name", d, space)
 
 
 def _entry_rules(ck: _Checker, entry: registry.Entry, view: registry.SpecView) -> None:
@@ -245,43 +250,25 @@ def _entry_rules_of(ck: _Checker, findings) -> None:
 def _scheduler_rules(ck: _Checker, d: dict, space: Space) -> None:
     sched = d["scheduler"]
     entry = registry.SCHEDULERS[sched["name"]]
-    settings = dict.fromkeys(k for n in registry.SCHEDULERS for k in registry.SCHEDULERS[n].meta["keys"])
-    for key in settings:
-        if ck.given(("scheduler", key)) and key not in entry.meta["keys"]:
-            users = [n for n in registry.SCHEDULERS if key in registry.SCHEDULERS[n].meta["keys"]]
+    settings = {n: registry.SCHEDULERS[n].meta.get("settings", {}) for n in registry.SCHEDULERS}
+    for key in dict.fromkeys(k for own in settings.values() for k in own):
+        if ck.given(("scheduler", key)) and key not in settings[entry.name]:
+            users = [n for n in registry.SCHEDULERS if key in settings[n]]
             ck.rule("scheduler.name", ("scheduler", key),
                     f"not used by scheduler {sched['name']} (got {fmt(sched[key])})",
                     f"remove it, or use scheduler.name: {' / '.join(users)}")
-    epochs = schedulers.max_epochs(d, space)
-    if sched["max_t"] is not None and sched["max_t"] > epochs:
-        ck.rule("train.epochs", ("scheduler", "max_t"), f"exceeds train.epochs (got {sched['max_t']} > {epochs})",
-                "lower scheduler.max_t or raise train.epochs")
     if ck.ok("scheduler.name"):
         _entry_rules(ck, entry, registry.SpecView(d, space, ck.given))
 
 
 def _promotion_rules(ck: _Checker, d: dict, space: Space) -> None:
-    promote = d["promote"]
-    if promote["enabled"] and not d["train"]["checkpoint"]:
-        ck.rule("promote.enabled", ("train", "checkpoint"), "promotion needs the best trial's checkpoint (got false)",
-                "set train.checkpoint: true or promote.enabled: false")
-    if not ck.ok("promote.targets"):
-        return
-    view = registry.SpecView(d, space, ck.given)
-    for i, target in enumerate(promote["targets"]):
-        entry = registry.PROMOTION_STEPS.get(target)
-        if entry is None:  # your own step, by import path: it must import and take the context
-            from raytune_opt.promote.steps import user_step_problem
+    """promote: its rules live beside the steps (raytune_opt/promote/steps/__init__.py)."""
+    from raytune_opt.promote import steps
 
-            problem = user_step_problem(target, ck.code_dirs)
-            if problem:
-                ck.add(("promote", "targets"), *problem, at=("promote", "targets", i))
-            continue
-        for need in entry.meta.get("needs", ()):
-            if need not in promote["targets"]:
-                ck.add(("promote", "targets"), f"{target} is built from what the {need} step makes (got "
-                       f"{fmt(promote['targets'])})", f"add {need} to promote.targets")
-        _entry_rules(ck, entry, view)
+    view = registry.SpecView(d, space, ck.given, ck.code_dirs)
+    _entry_rules_of(ck, steps.check_enabled(view))
+    if ck.ok("promote.targets"):
+        _entry_rules_of(ck, steps.check_targets(view))
 
 
 def _strategy_rules(ck: _Checker, d: dict, space: Space) -> None:
@@ -303,12 +290,17 @@ def _strategy_rules(ck: _Checker, d: dict, space: Space) -> None:
 
 
 def _loss_rules(ck: _Checker, d: dict, space: Space) -> None:
-    """The rules of the losses the sweep may use (their entries' ``check``; one shared by
-    several entries runs once)."""
-    used, view, ran = _values_of(d, space, "train.loss.name"), registry.SpecView(d, space, ck.given), []
-    for name in registry.LOSSES:
-        entry = registry.LOSSES[name]
-        if name in used and entry.check not in ran:
+    _used_entries_rules(ck, registry.LOSSES, "train.loss.name", d, space)
+
+
+def _used_entries_rules(ck: _Checker, reg: registry.Registry, key: str, d: dict, space: Space) -> None:
+    """The rules (their entries' ``check``) of the entries of ``reg`` the sweep may use, by the
+    setting ``key`` that names them (its value, or the options of a searched choice); a check
+    several entries share runs once."""
+    used, view, ran = _values_of(d, space, key), registry.SpecView(d, space, ck.given), []
+    for name in reg:
+        entry = reg[name]
+        if name in used and entry.check is not None and entry.check not in ran:
             ran.append(entry.check)
             _entry_rules(ck, entry, view)
 

@@ -34,12 +34,14 @@ from torch import nn
 
 from raytune_opt.recipe.errors import RecipeConfigError
 from raytune_opt.strategies.deepspeed_config import (RECIPE_OWNED, build_config,  # noqa: F401
-                                                     check_config, conflicts, import_deepspeed)
+                                                     check_config, conflicts, import_deepspeed, zero_stage)
 from raytune_opt.strategies.base import Strategy
 
 # The config helpers live in deepspeed_config (no torch there: validation reads them); they
 # are offered here too, where the strategy that uses them is.
-__all__ = ["DeepSpeedStrategy", "RECIPE_OWNED", "build_config", "conflicts", "check_config", "ZERO_DIR"]
+__all__ = ["DeepSpeedStrategy", "RECIPE_OWNED", "build_config", "conflicts", "check_config", "ZERO_DIR",
+           "process_group", "resumable_shards", "resumed_shard_paths", "full_state_dict", "save_shards",
+           "shard_paths", "zero_record"]
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,7 @@ class DeepSpeedStrategy(Strategy):
         # the loss in fp32 (as for DDP's autocast).
         dtype, device_type = self._dtype, session.device.type
         self._autocast = (lambda: torch.autocast(device_type, dtype=dtype)) if dtype else contextlib.nullcontext
-        self._own_group = False
+        self._group = contextlib.ExitStack()  # the process group this trial made (process_group)
         self.engine = None
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, resume: dict | None = None,
@@ -102,45 +104,16 @@ class DeepSpeedStrategy(Strategy):
         return self.engine
 
     def _init_process_group(self) -> None:
-        import deepspeed.ops
-        import torch.distributed as dist
-
-        # DeepSpeed builds its shm_comm op (a g++ JIT compile, ~55 s here) when it first wraps
-        # the process group on CPU. That op only serves tensor-parallel inference all-reduces,
-        # never ZeRO training, so it is marked unavailable in DeepSpeed's own op table
-        # (which DeepSpeed keeps for exactly such edits).
-        if self.session.device.type == "cpu":
-            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-        if not dist.is_initialized():
-            backend = "nccl" if self.session.device.type == "cuda" else "gloo"
-            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-            self._own_group = True
-            os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed requires it (Ray Train sets it on its workers)
+        self._group.enter_context(process_group(self.session.device))
 
     def _zero_state(self, resume: dict, resume_path: str | None) -> tuple[str, str] | None:
         """``(load dir, tag)`` of the resumed checkpoint's ZeRO shards when they fit this run."""
-        meta = resume.get("zero") or {}
-        if not meta or resume_path is None:
-            why = "the checkpoint has no ZeRO shards (written by another strategy)"
-        else:
-            base = Path(resume_path)
-            load_dir = (base if base.is_dir() else base.parent) / ZERO_DIR
-            stage = int(self.config.get("zero_optimization", {}).get("stage", 0))
-            ranks = len(_shard_files(load_dir / meta["tag"], "optim_states"))
-            if meta.get("world_size") != self.session.world_size:
-                why = (f"its ZeRO shards were written by {meta.get('world_size')} rank(s) and this run has "
-                       f"{self.session.world_size}")
-            elif meta.get("stage") != stage:
-                why = f"its ZeRO shards are from stage {meta.get('stage')} and this run uses stage {stage}"
-            elif ranks != self.session.world_size:
-                why = f"{ranks} of its {meta.get('world_size')} ZeRO shards are in {load_dir / meta['tag']}"
-            else:
-                return str(load_dir), meta["tag"]
-        if self.is_rank_zero:
+        found, why = resumable_shards(resume, resume_path, zero_stage(self.config), self.session.world_size)
+        if found is None and self.is_rank_zero:
             log.warning("resuming from the consolidated weights of %s with a fresh optimizer: %s "
                         "(DeepSpeed cannot reshard a ZeRO optimizer state, deepspeedai/DeepSpeed#2898)",
                         resume_path, why)
-        return None
+        return found
 
     def autocast(self) -> Callable[[], ContextManager]:
         return self._autocast
@@ -179,63 +152,134 @@ class DeepSpeedStrategy(Strategy):
 
     def model_state_dict(self) -> dict | None:
         """fp32 master weights gathered from every rank's partition (a collective)."""
-        from deepspeed import zero
-        from deepspeed.utils import safe_get_full_fp32_param
-
-        module = self.engine.module
-        full: dict[str, torch.Tensor] = {}
-        for name, param in module.named_parameters():
-            value = safe_get_full_fp32_param(param)  # None for a parameter ZeRO does not optimize
-            if value is None:
-                with zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
-                    value = param.detach().clone()
-            if self.is_rank_zero:
-                full[name] = value.detach().float().cpu()
-        if not self.is_rank_zero:
-            return None
-        state = {}
-        for key, value in module.state_dict().items():
-            if key in full:
-                state[key] = full[key]
-            else:  # buffers (running stats...): back to fp32 like the plain model
-                state[key] = value.detach().cpu().float() if value.is_floating_point() else value.detach().cpu()
-        return state
+        return full_state_dict(self.engine.module, self.is_rank_zero)
 
     def checkpoint_extra(self, epoch: int) -> dict:
-        stage = int(self.config.get("zero_optimization", {}).get("stage", 0))
-        return {"zero": {"dir": ZERO_DIR, "tag": _tag(epoch), "world_size": self.session.world_size,
-                         "stage": stage}}
+        return zero_record(_tag(epoch), self.session.world_size, zero_stage(self.config))
 
     def save_shards(self, directory: str, epoch: int) -> Sequence[str]:
-        root = Path(directory) / ZERO_DIR
-        tag = _tag(epoch)
-        latest = root / "latest"
-        previous = latest.read_text().strip() if self.is_rank_zero and latest.is_file() else None
-        self.engine.save_checkpoint(str(root), tag=tag)  # collective; ends with a barrier
-        mine = shard_paths(directory, tag, self.session.rank)
-        if self.is_rank_zero:
-            # Keep this epoch's shards and the previous ones: last.pt still names the previous
-            # epoch until the loop rewrites it after this call.
-            for old in root.iterdir():
-                if old.is_dir() and old.name not in (tag, previous):
-                    shutil.rmtree(old, ignore_errors=True)
-        return mine
+        return save_shards(self.engine, directory, _tag(epoch), self.session.rank)
 
     def resumed_shards(self, directory: str, resumed: dict | None) -> Sequence[str]:
-        zero = (resumed or {}).get("zero")
-        return shard_paths(directory, zero["tag"], self.session.rank) if zero else []
+        return resumed_shard_paths(directory, resumed, self.session.rank)
 
     def close(self) -> None:
-        import torch.distributed as dist
-
         self.engine = None
-        if self._own_group and dist.is_initialized():
+        self._group.close()
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device):
+    """What DeepSpeed needs of the process for one trial: its ops table without shm_comm on
+    CPU, and a process group: Ray Train's on its workers, else a one-rank group of its own
+    (with ``LOCAL_RANK``, which DeepSpeed requires), both gone after the trial, so that the
+    next trial in this process (Tune reuses its actors) starts clean: a ``LOCAL_RANK`` left
+    behind made accelerate take a later trial for a distributed launch."""
+    import deepspeed.ops
+    import torch.distributed as dist
+
+    # DeepSpeed builds its shm_comm op (a g++ JIT compile, ~55 s here) when it first wraps
+    # the process group on CPU. That op only serves tensor-parallel inference all-reduces,
+    # never ZeRO training, so it is marked unavailable in DeepSpeed's own op table
+    # (which DeepSpeed keeps for exactly such edits).
+    if device.type == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    own = not dist.is_initialized()
+    set_rank = own and "LOCAL_RANK" not in os.environ
+    if own:
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    if set_rank:
+        os.environ["LOCAL_RANK"] = "0"
+    try:
+        yield
+    finally:
+        if set_rank:
+            os.environ.pop("LOCAL_RANK", None)
+        if own and dist.is_initialized():
             import deepspeed.comm
 
-            # DeepSpeed's own destroy also drops the groups it cached, so the next trial in
-            # this process (Tune reuses its actors) starts clean.
+            # DeepSpeed's own destroy also drops the groups it cached.
             deepspeed.comm.destroy_process_group()
-        self._own_group = False
+
+
+def resumable_shards(resume: dict, resume_path: str | None, stage: int,
+                     world_size: int) -> tuple[tuple[str, str] | None, str]:
+    """``((load dir, tag), "")`` of a resumed checkpoint's ZeRO shards when a run of ``stage``
+    on ``world_size`` ranks can load them, else ``(None, why not)``."""
+    meta = resume.get("zero") or {}
+    if not meta or resume_path is None:
+        return None, "the checkpoint has no ZeRO shards (written by another strategy)"
+    base = Path(resume_path)
+    load_dir = (base if base.is_dir() else base.parent) / ZERO_DIR
+    ranks = len(_shard_files(load_dir / meta["tag"], "optim_states"))
+    if meta.get("world_size") != world_size:
+        return None, f"its ZeRO shards were written by {meta.get('world_size')} rank(s) and this run has {world_size}"
+    if meta.get("stage") != stage:
+        return None, f"its ZeRO shards are from stage {meta.get('stage')} and this run uses stage {stage}"
+    if ranks != world_size:
+        return None, f"{ranks} of its {meta.get('world_size')} ZeRO shards are in {load_dir / meta['tag']}"
+    return (str(load_dir), meta["tag"]), ""
+
+
+def zero_record(tag: str, world_size: int, stage: int) -> dict:
+    """What a checkpoint records of its ZeRO shards (``checkpoint_extra``), read back by
+    :func:`resumable_shards` and :func:`resumed_shard_paths`."""
+    return {"zero": {"dir": ZERO_DIR, "tag": tag, "world_size": world_size, "stage": stage}}
+
+
+def resumed_shard_paths(directory: str | Path, resumed: dict | None, rank: int) -> list[str]:
+    """This rank's files of the resumed checkpoint's ZeRO shards (none without them)."""
+    zero = (resumed or {}).get("zero")
+    return shard_paths(directory, zero["tag"], rank) if zero else []
+
+
+def full_state_dict(module: nn.Module, is_rank_zero: bool, keys: Sequence[str] | None = None) -> dict | None:
+    """``module``'s state dict with the fp32 master weights gathered from every rank's ZeRO
+    partition (a collective: every rank calls it); None on the other ranks. ``keys``: only
+    those entries (a LoRA checkpoint's adapter and head)."""
+    from deepspeed import zero
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    wanted = None if keys is None else set(keys)
+    full: dict[str, torch.Tensor] = {}
+    for name, param in module.named_parameters():
+        if wanted is not None and name not in wanted:
+            continue
+        value = safe_get_full_fp32_param(param)  # None for a parameter ZeRO does not optimize
+        if value is None:
+            with zero.GatheredParameters([param], enabled=hasattr(param, "ds_id")):
+                value = param.detach().clone()
+        if is_rank_zero:
+            full[name] = value.detach().float().cpu()
+    if not is_rank_zero:
+        return None
+    state = {}
+    for key, value in module.state_dict().items():
+        if wanted is not None and key not in wanted:
+            continue
+        if key in full:
+            state[key] = full[key]
+        else:  # buffers (running stats...): back to fp32 like the plain model
+            state[key] = value.detach().cpu().float() if value.is_floating_point() else value.detach().cpu()
+    return state
+
+
+def save_shards(engine, directory: str | Path, tag: str, rank: int, exclude_frozen: bool = False) -> list[str]:
+    """Save ``engine``'s ZeRO checkpoint ``tag`` under ``directory`` (a collective); the files
+    ``rank`` wrote. Keeps this tag's shards and the previous ones (the consolidated
+    checkpoint still names the previous tag until it is rewritten after this call).
+    ``exclude_frozen``: the module states leave out the parameters that do not train."""
+    root = Path(directory) / ZERO_DIR
+    latest = root / "latest"
+    previous = latest.read_text().strip() if rank == 0 and latest.is_file() else None
+    engine.save_checkpoint(str(root), tag=tag, exclude_frozen_parameters=exclude_frozen)  # collective; a barrier
+    mine = shard_paths(directory, tag, rank)
+    if rank == 0:
+        for old in root.iterdir():
+            if old.is_dir() and old.name not in (tag, previous):
+                shutil.rmtree(old, ignore_errors=True)
+    return mine
 
 
 def shard_paths(directory: str | Path, tag: str, rank: int) -> list[str]:

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Mapping
 
 from raytune_opt.recipe.errors import RecipeConfigError
 from raytune_opt.registry import Finding, SpecView
@@ -45,8 +46,24 @@ RECIPE_OWNED = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Ownership:
+    """The DeepSpeed config keys a loop sets itself, and from what.
+
+    Attributes:
+        owned: DeepSpeed key -> the spec key that sets it (refused in ``train.deepspeed``).
+        values: ``train`` section -> the settings it gives DeepSpeed, as values (what the
+            config check judges them with).
+        reads: the spec keys those values come from (a finding's ``reads``).
+    """
+
+    owned: Mapping[str, str]
+    values: Callable[[dict], dict]
+    reads: str
+
+
 # DeepSpeed keys whose default we change; the spec may still set them.
-_DEFAULTS = {
+DEFAULTS = {
     "zero_allow_untested_optimizer": True,  # the client optimizer is the recipe's choice (sgd, rmsprop...)
     "steps_per_print": 2**31 - 1,  # the loop reports its own metrics
 }
@@ -73,18 +90,31 @@ def build_config(train_cfg: dict) -> dict:
         RecipeConfigError: ``train.deepspeed`` sets a key the recipe owns (``validate``
             reports this first; see :func:`conflicts`).
     """
-    user = copy.deepcopy(train_cfg.get("deepspeed") or {})
+    user = train_cfg.get("deepspeed") or {}
     clash = conflicts(user)
     if clash:
         ds_key, ours = clash[0]
         raise RecipeConfigError(f"train.deepspeed.{ds_key}: the recipe sets it from {ours} (got "
                                 f"{user[ds_key]!r}); remove train.deepspeed.{ds_key} and set {ours} instead")
-    return {**_DEFAULTS, **user, **recipe_config(train_cfg)}
+    return merged_config(user, recipe_config(train_cfg))
 
 
-def conflicts(user_cfg: dict) -> list[tuple[str, str]]:
-    """``(deepspeed key, recipe key)`` for every key of ``user_cfg`` the recipe owns."""
-    return [(key, RECIPE_OWNED[key]) for key in user_cfg if key in RECIPE_OWNED]
+def merged_config(user: dict, owned: dict) -> dict:
+    """DeepSpeed's config: our :data:`DEFAULTS`, then ``user``'s keys (``train.deepspeed``),
+    then ``owned``, what the loop sets from its own keys; a deep copy (DeepSpeed and the
+    Trainer fill their "auto" values in place)."""
+    return copy.deepcopy({**DEFAULTS, **user, **owned})
+
+
+def zero_stage(config: dict) -> int:
+    """The ZeRO stage of a DeepSpeed config (0 when it names none)."""
+    return int((config.get("zero_optimization") or {}).get("stage", 0))
+
+
+def conflicts(user_cfg: dict, owned: Mapping[str, str] = RECIPE_OWNED) -> list[tuple[str, str]]:
+    """``(deepspeed key, spec key)`` for every key of ``user_cfg`` the loop owns (``owned``:
+    the built-in recipe's by default)."""
+    return [(key, owned[key]) for key in user_cfg if key in owned]
 
 
 def import_deepspeed():
@@ -213,6 +243,22 @@ DEEPSPEED_DOCS = "see https://www.deepspeed.ai/docs/config-json/"
 # The recipe's keys build_config writes into the merged config: a rule over the merged config
 # would only repeat a problem already reported with one of them.
 _RECIPE_KEYS = "train.batch_size train.grad_accum_steps train.precision train.grad_clip_norm"
+#: What the built-in recipe (and a user loop on the trial context) sets in DeepSpeed's config.
+RECIPE = Ownership(RECIPE_OWNED, recipe_config, _RECIPE_KEYS)
+
+
+def ownership(train: dict) -> Ownership | None:
+    """What ``train.loop`` sets in DeepSpeed's config: the recipe's keys for the built-in loop
+    and user loops, a trainer's own (its ``LOOPS`` entry's ``deepspeed`` meta: the import path of a function that returns it)
+    for a trainer that takes DeepSpeed; None for a trainer that does not (its rules refuse
+    ``train.strategy``)."""
+    from raytune_opt import registry
+
+    entry = registry.LOOPS.get(train["loop"])
+    if entry is None or entry.name == "builtin":
+        return RECIPE
+    path = entry.meta.get("deepspeed")
+    return registry.import_target(path)() if path else None
 
 
 def check(view: SpecView) -> list[Finding]:
@@ -226,36 +272,40 @@ def check(view: SpecView) -> list[Finding]:
     from raytune_opt.spec.checker import fmt
 
     train, space, out = view.data["train"], view.space, []
-    for key, ours in conflicts(train["deepspeed"]):
-        out.append(Finding(("train", "deepspeed", key), f"the recipe sets train.deepspeed.{key} from {ours} "
+    owner = ownership(train)
+    if owner is None:
+        return []  # a trainer without DeepSpeed: its own rules refuse train.strategy
+    who = "the recipe" if owner is RECIPE else f"train.loop {train['loop']}"
+    for key, ours in conflicts(train["deepspeed"], owner.owned):
+        out.append(Finding(("train", "deepspeed", key), f"{who} sets train.deepspeed.{key} from {ours} "
                            f"(got {fmt(train['deepspeed'][key])})", f"remove train.deepspeed.{key} and set {ours} instead"))
     searched = [p for p in space.params if p.key.startswith("train.deepspeed.")]
     for p in searched:
         top = p.key.split(".")[2]
-        if top in RECIPE_OWNED:
-            ours = RECIPE_OWNED[top]
-            out.append(Finding(("space", p.key), f"the recipe sets train.deepspeed.{top} from {ours} (got {fmt(p.key)})",
+        if top in owner.owned:
+            ours = owner.owned[top]
+            out.append(Finding(("space", p.key), f"{who} sets train.deepspeed.{top} from {ours} (got {fmt(p.key)})",
                                f"search {ours} instead", at=p.key))
     if not _imports.is_available("deepspeed"):
         out.append(Finding(("train", "strategy"), "deepspeed trials need the deepspeed package, which is not installed "
                            "(got strategy=deepspeed)", f"install it with: {INSTALL}"))
         return out
     # Clashing keys are reported above; the rest of the config is still checked.
-    own = {k: v for k, v in train["deepspeed"].items() if k not in RECIPE_OWNED}
-    base = build_config({**train, "deepspeed": own})
+    own = {k: v for k, v in train["deepspeed"].items() if k not in owner.owned}
+    base = merged_config(own, owner.values(train))
     # Every option of a searched DeepSpeed key must pass too (numeric ranges are not sampled
     # here). DeepSpeed judges them with the merged config, all at once (one child at most).
     options = [(p, option, _with_option(base, p.key, option)) for p in searched
-               if p.domain.categorical and p.key.split(".")[2] not in RECIPE_OWNED for option in p.domain.args]
+               if p.domain.categorical and p.key.split(".")[2] not in owner.owned for option in p.domain.args]
     try:
         verdicts = check_configs([base, *(config for _, _, config in options)])
     except ConfigCheckError as exc:
         return out + [Finding(("train", "strategy"), f"DeepSpeed's own config check did not run: {exc} (got "
                               "strategy=deepspeed)", "check that DeepSpeed imports here: python -c 'import deepspeed'",
-                              reads=_RECIPE_KEYS)]
+                              reads=owner.reads)]
     found = verdicts[0]
     for path, what in found:
-        out.append(Finding(("train", "deepspeed", *path), what, DEEPSPEED_DOCS, reads=_RECIPE_KEYS))
+        out.append(Finding(("train", "deepspeed", *path), what, DEEPSPEED_DOCS, reads=owner.reads))
     if found:
         return out
     rejected = set()  # the first option DeepSpeed rejects is reported, for each key
@@ -264,7 +314,7 @@ def check(view: SpecView) -> list[Finding]:
             rejected.add(p.key)
             where, what = found[0]
             out.append(Finding(("space", p.key), f"DeepSpeed rejects option {fmt(option)}: {what}", DEEPSPEED_DOCS,
-                               reads=_RECIPE_KEYS, at=p.key))
+                               reads=owner.reads, at=p.key))
     return out
 
 

@@ -41,29 +41,29 @@ def callbacks(spec, loc: stores.Location) -> list:
     """
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
-    tcfg = spec.data["tracking"]
+    tcfg = spec.settings.tracking
     out = [CSVLoggerCallback(), JsonLoggerCallback()]
-    if tcfg["tensorboard"]:
+    if tcfg.tensorboard:
         from raytune_opt.tracking.tensorboard import TensorBoardCallback
 
         out.append(TensorBoardCallback(loc.local / "tensorboard", spec))
-    ml = tcfg["mlflow"]
-    if ml["tracking_uri"]:
-        experiment = ml["experiment"] or spec.name
-        uri = redact.usable(redact.remember(ml["tracking_uri"]))
-        if redact.lost_credentials(ml["tracking_uri"]) and not os.environ.get("MLFLOW_TRACKING_PASSWORD"):
-            print(f"raytune-opt: warning: tracking.mlflow.tracking_uri {ml['tracking_uri']}: the experiment keeps no "
+    ml = tcfg.mlflow
+    if ml.tracking_uri:
+        experiment = ml.experiment or spec.name
+        uri = redact.usable(redact.remember(ml.tracking_uri))
+        if redact.lost_credentials(ml.tracking_uri) and not os.environ.get("MLFLOW_TRACKING_PASSWORD"):
+            print(f"raytune-opt: warning: tracking.mlflow.tracking_uri {ml.tracking_uri}: the experiment keeps no "
                   "password; set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD if the server needs them",
                   file=sys.stderr)
         check_mlflow(uri, experiment)
         from raytune_opt.tracking.mlflow import MLflowCallback
 
         out.append(MLflowCallback(uri, experiment, spec, loc.local))
-    wb = tcfg["wandb"]
-    if wb["project"]:
+    wb = tcfg.wandb
+    if wb.project:
         from raytune_opt.tracking import wandb as wandb_tracking
 
-        mode = wandb_tracking.check_wandb(wb["mode"])
+        mode = wandb_tracking.check_wandb(wb.mode)
         if mode != "disabled":  # W&B's disabled runs log nothing: no callback, no W&B process
             out.append(wandb_tracking.WandbCallback(spec, loc.local, loc.uri, mode))
     return out
@@ -82,16 +82,16 @@ def check(view) -> list:
     from raytune_opt.registry import Finding
     from raytune_opt.spec.checker import fmt
 
-    wb, out = view.data["tracking"]["wandb"], []
-    if wb["project"] is None:
+    wb, out = view.settings.tracking.wandb, []
+    if wb.project is None:
         for key in ("entity", "group", "mode"):
             if view.given(("tracking", "wandb", key)) and wb[key] is not None:
                 out.append(Finding(("tracking", "wandb", key), f"does nothing without tracking.wandb.project (got "
                                    f"{fmt(wb[key])})", f"set tracking.wandb.project: NAME, or remove tracking.wandb.{key}",
                                    reads="tracking.wandb.project"))
-    elif wb["mode"] != "disabled" and not _imports.is_available("wandb"):
+    elif wb.mode != "disabled" and not _imports.is_available("wandb"):
         out.append(Finding(("tracking", "wandb", "project"), f"W&B tracking needs the Python package 'wandb', which "
-                           f"is not installed (got project {fmt(wb['project'])})",
+                           f"is not installed (got project {fmt(wb.project)})",
                            "install the wandb extra: pip install 'raytune-opt[wandb]'"))
     return out
 
@@ -116,10 +116,10 @@ def check_mlflow(uri: str, experiment: str, timeout_s: float = 5.0) -> None:
     # MLflow's HTTP client retries for minutes by default; a check must answer fast.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(timeout_s)))
-    from mlflow.tracking import MlflowClient
+    from raytune_opt.tracking._common import mlflow_client
 
     try:
-        client = MlflowClient(tracking_uri=uri)
+        client = mlflow_client(uri)
         if client.get_experiment_by_name(experiment) is None:
             client.create_experiment(experiment)
     except Exception as exc:  # MlflowException, requests' ConnectionError, sqlalchemy's OperationalError...
@@ -145,9 +145,9 @@ def log_sweep_artifacts(exp_dir: str | Path) -> None:
     except (OSError, ValueError):
         return
     try:
-        from mlflow.tracking import MlflowClient
+        from raytune_opt.tracking._common import mlflow_client
 
-        client = MlflowClient(tracking_uri=redact.usable(rec["tracking_uri"]))
+        client = mlflow_client(redact.usable(rec["tracking_uri"]))
         run_id = rec["parent_run_id"]
         try:
             best = json.loads((exp_dir / BEST).read_text())

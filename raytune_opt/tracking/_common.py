@@ -10,6 +10,18 @@ from raytune_opt.spec import schema
 EPOCH_METRICS = (*schema.METRICS, *schema.EPOCH_STATS)
 
 
+def mlflow_client(tracking_uri: str):
+    """MLflow's client, with MLflow's own usage telemetry off unless the user set
+    ``MLFLOW_DISABLE_TELEMETRY`` (:data:`raytune_opt.ray_runtime.NO_TELEMETRY_ENV`): the tracker
+    talks to the user's tracking server and nothing else."""
+    from raytune_opt.ray_runtime import no_telemetry
+
+    no_telemetry()
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
 def epoch_metrics(result: dict, *metrics: str) -> tuple[int | None, dict]:
     """(epoch, {metric: finite float}) of one Tune result: the recipe's numbers and the sweep's
     ``metrics`` (a user loop may report ones of its own)."""

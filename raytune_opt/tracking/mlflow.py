@@ -17,7 +17,7 @@ from raytune_opt import objectives
 from raytune_opt import _atomic
 from raytune_opt._warn import WarnOnce
 from raytune_opt.redact import redact
-from raytune_opt.tracking._common import epoch_metrics, flat_config
+from raytune_opt.tracking._common import epoch_metrics, flat_config, mlflow_client
 
 
 class MLflowCallback(Callback):
@@ -29,20 +29,18 @@ class MLflowCallback(Callback):
         self._warn = WarnOnce(f"MLflow logging to {redact(tracking_uri)}", self.exp_dir)
 
     def setup(self, **info):
-        from mlflow.tracking import MlflowClient
-
         try:
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
             exp = self._client.get_experiment_by_name(self.experiment)
             self._exp_id = exp.experiment_id if exp else self._client.create_experiment(self.experiment)
-            s = self.spec.data
+            s = self.spec.settings
             parent = self._client.create_run(self._exp_id, run_name=self.spec.name, tags={
                 "raytune_opt.experiment_dir": str(self.exp_dir), "raytune_opt.spec_sha256": self.spec.sha256()})
             self._parent = parent.info.run_id
             self._client.log_batch(self._parent, params=_params({
-                "search.algorithm": s["search"]["algorithm"], "search.metric": s["search"]["metric"],
-                "search.mode": s["search"]["mode"], "search.num_samples": s["search"]["num_samples"],
-                "scheduler.name": s["scheduler"]["name"], "train.epochs": s["train"]["epochs"]}))
+                "search.algorithm": s.search.algorithm, "search.metric": s.search.metric,
+                "search.mode": s.search.mode, "search.num_samples": s.search.num_samples,
+                "scheduler.name": s.scheduler.name, "train.epochs": s.train.epochs}))
             _atomic.write_json(self.exp_dir / "mlflow_run.json", {
                 "tracking_uri": redact(self.tracking_uri), "experiment": self.experiment, "experiment_id": self._exp_id,
                 "parent_run_id": self._parent})
@@ -69,7 +67,7 @@ class MLflowCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         try:
             run_id = self._run(trial)
-            epoch, metrics = epoch_metrics(result, *dict(objectives.objectives(self.spec.data["search"])))
+            epoch, metrics = epoch_metrics(result, *dict(objectives.objectives(self.spec.settings.search)))
             if run_id is None or epoch is None:
                 return
             from mlflow.entities import Metric

@@ -36,13 +36,13 @@ class TensorBoardCallback(Callback):
         if self._warn.warned:  # off after its first failure
             return
         try:
-            epoch, metrics = epoch_metrics(result, *dict(objectives.objectives(self.spec.data["search"])))
+            epoch, metrics = epoch_metrics(result, *dict(objectives.objectives(self.spec.settings.search)))
             if epoch is None:
                 return
             w = self._writer(trial)
             for k, v in metrics.items():
                 w.add_scalar(k, v, global_step=epoch)
-            metric, mode = objectives.primary(self.spec.data["search"])
+            metric, mode = objectives.primary(self.spec.settings.search)
             if metric in metrics:
                 old = self._best.get(trial.trial_id)
                 v = metrics[metric]
@@ -59,7 +59,7 @@ class TensorBoardCallback(Callback):
             from torch.utils.tensorboard.summary import hparams
 
             w = self._writer(trial)
-            metric = objectives.primary(self.spec.data["search"])[0]
+            metric = objectives.primary(self.spec.settings.search)[0]
             config = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                       for k, v in flat_config(trial, self.spec).items()}
             config["status"] = status

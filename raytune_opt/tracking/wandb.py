@@ -145,17 +145,18 @@ class WandbCallback(Callback):
     """
 
     def __init__(self, spec, exp_dir: str | Path, where: str, mode: str):
-        wb, s = spec.data["tracking"]["wandb"], spec.data
+        s = spec.settings
+        wb = s.tracking.wandb
         self.spec, self.exp_dir = spec, Path(exp_dir)
-        self.rec = {"project": wb["project"], "entity": wb["entity"], "group": wb["group"] or spec.name, "mode": mode,
+        self.rec = {"project": wb.project, "entity": wb.entity, "group": wb.group or spec.name, "mode": mode,
                     "dir": str(self.exp_dir), "experiment": spec.name, "key": None,
-                    "sweep_config": {"search.algorithm": s["search"]["algorithm"], "search.metric": s["search"]["metric"],
-                                     "search.mode": s["search"]["mode"], "search.num_samples": s["search"]["num_samples"],
-                                     "scheduler.name": s["scheduler"]["name"], "train.epochs": s["train"]["epochs"],
+                    "sweep_config": {"search.algorithm": s.search.algorithm, "search.metric": s.search.metric,
+                                     "search.mode": s.search.mode, "search.num_samples": s.search.num_samples,
+                                     "scheduler.name": s.scheduler.name, "train.epochs": s.train.epochs,
                                      "raytune_opt.experiment": spec.name, "raytune_opt.spec_sha256": spec.sha256(),
                                      "raytune_opt.experiment_dir": redact(where)}}
         self._live()
-        self._warn = WarnOnce(f"W&B logging ({mode}, project {wb['project']})", self.exp_dir)
+        self._warn = WarnOnce(f"W&B logging ({mode}, project {wb.project})", self.exp_dir)
 
     def _live(self) -> None:
         self._runs, self._next, self._config = {}, {}, {}
@@ -203,7 +204,7 @@ class WandbCallback(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         try:
             run = self._run(trial)
-            epoch, metrics = epoch_metrics(result, *dict(objectives.objectives(self.spec.data["search"])))
+            epoch, metrics = epoch_metrics(result, *dict(objectives.objectives(self.spec.settings.search)))
             # An epoch already logged (a trial resumed from an earlier checkpoint, a PBT exploit of a
             # donor behind it) is not logged again: W&B would drop it with a warning.
             if run is None or epoch is None or epoch < self._next[trial.trial_id]:

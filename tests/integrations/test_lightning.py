@@ -10,7 +10,7 @@ import pytest
 
 from raytune_opt.integrations import lightning_rules
 from raytune_opt.spec import load_spec
-from tests._user_code import spec_problems, write_spec
+from tests._user_code import spec_problems, write_loop_spec, write_spec
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "search_spaces" / "examples"
 EXAMPLE = EXAMPLES / "digits_lightning.yaml"
@@ -30,16 +30,14 @@ def test_the_example_validates_and_searches_trainer_arguments():
 
 
 def _spec(tmp_path, train: str, space: str = "") -> Path:
-    # Written beside the example so that its user package imports (the spec's directory).
-    path = tmp_path / "spec.yaml"
-    body = (f"data: {{dataset: 'user_lightning.lit:DigitsData'}}\nmodel: {{name: 'user_lightning.lit:LitNet'}}\n"
-            f"train: {train}\nsearch: {{metric: val_accuracy, mode: max}}\n" + (f"space: {space}\n" if space else ""))
-    return write_spec(tmp_path, body)
+    return write_loop_spec(tmp_path, "user_lightning.lit:DigitsData", "user_lightning.lit:LitNet", "val_accuracy",
+                           train, space)
 
 
 def test_what_lightning_ignores_is_refused_not_dropped(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(EXAMPLES))
     path = _spec(tmp_path, "{loop: lightning, epochs: 2, batch_size: 32, optimizer: {lr: 0.1}, precision: bf16, "
+                           "strategy: deepspeed, "
                            "trainer: {max_epochs: 5, gradient_clip_vall: 1.0, precision: 16-mixed}}",
                  "{train.grad_clip_norm: {choice: [0.5, 1.0]}, train.trainer.logger: {choice: [true, false]}}")
     problems = spec_problems(path)
@@ -55,7 +53,11 @@ def test_what_lightning_ignores_is_refused_not_dropped(tmp_path, monkeypatch):
     assert "train.trainer.gradient_clip_vall: lightning.Trainer takes no argument 'gradient_clip_vall' (got 1.0); " \
            "did you mean 'gradient_clip_val'?" in text
     assert not any("train.trainer.precision" in p.split(": ")[1] for p in problems)  # a real argument: passed on
-    assert len(problems) == 7, problems
+    # Lightning's DeepSpeed strategy refuses a CPU accelerator: refused here, saying why.
+    assert "train.strategy: Lightning's Trainer does not read it with train.loop: lightning (got 'deepspeed'); " \
+           "remove it; several workers (resources.num_workers) train with Ray's DDP strategy; Lightning's " \
+           "DeepSpeed strategy runs on CUDA GPUs only" in text
+    assert len(problems) == 8, problems
 
 
 def test_train_trainer_needs_the_lightning_loop(tmp_path, monkeypatch):
@@ -95,8 +97,10 @@ def _cfg(epochs: int) -> dict:
             "search": {"metric": "val_accuracy", "mode": "max"}}
 
 
-def test_the_loop_reports_what_the_module_logs_and_resumes_where_it_stopped(tmp_path, monkeypatch):
+def test_the_loop_reports_what_the_module_logs_and_resumes_as_a_straight_run(tmp_path, monkeypatch):
     pytest.importorskip("lightning")
+    import shutil
+
     import torch
 
     from raytune_opt.recipe.checkpoint import BEST, LAST, load_checkpoint, load_model
@@ -104,7 +108,14 @@ def test_the_loop_reports_what_the_module_logs_and_resumes_where_it_stopped(tmp_
     from raytune_opt.recipe.session import LocalSession
 
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    straight = LocalSession(str(tmp_path / "straight"))
+    killed = tmp_path / "killed"
+
+    def keep_epoch_2(metrics, directory):  # what a driver killed after epoch 2 leaves behind
+        if metrics["epoch"] == 2:
+            killed.mkdir()
+            shutil.copy(f"{directory}/{LAST}", killed / LAST)
+
+    straight = LocalSession(str(tmp_path / "straight"), callback=keep_epoch_2)
     train(_cfg(3), straight)
     assert [r["epoch"] for r in straight.reports] == [1, 2, 3]
     assert {"train_loss", "val_loss", "val_accuracy", "best_val_accuracy"} <= set(straight.reports[-1])
@@ -114,14 +125,29 @@ def test_the_loop_reports_what_the_module_logs_and_resumes_where_it_stopped(tmp_
     model, _ = load_model(str(tmp_path / "straight" / BEST), trust_code=True)
     assert type(model).__name__ == "LitNet" and model(torch.zeros(2, 1, 8, 8)).shape == (2, 10)
 
-    first = LocalSession(str(tmp_path / "resumed"))
-    train(_cfg(2), first)  # stopped after epoch 2 (a scheduler's pause, a killed driver)
     resumed = LocalSession(str(tmp_path / "resumed"))
-    train(_cfg(3), resumed, resume_from=str(tmp_path / "resumed" / LAST))
+    train(_cfg(3), resumed, resume_from=str(killed / LAST))
     assert [r["epoch"] for r in resumed.reports] == [3]
-    # The optimizer (AdamW's step count) and its StepLR schedule continue as the straight run's
-    # did; without the restore they would start again at step 0 and the first lr.
+    # Killed then resumed = straight, to the bit: the epoch's shuffle (seeded per epoch, the
+    # trainer's epoch counter the straight run's), the weights, AdamW's state and the StepLR
+    # schedule (halved after epoch 2: resumed without the step Lightning takes after the
+    # checkpoint, epoch 3 would train at the old rate).
+    timing = {"epoch_s"}
+    assert {k: v for k, v in resumed.reports[0].items() if k not in timing} == \
+        {k: v for k, v in straight.reports[-1].items() if k not in timing}
     again = load_checkpoint(str(tmp_path / "resumed" / LAST))
     assert again["optimizer_state"]["lr_schedulers"] == last["optimizer_state"]["lr_schedulers"]
+    assert again["optimizer_state"]["optimizers"][0]["param_groups"][0]["lr"] == 0.005
     steps = [c["optimizer_state"]["optimizers"][0]["state"][0]["step"] for c in (again, last)]
     assert float(steps[0]) == float(steps[1]) == 12.0  # 3 epochs x limit_batches 4
+    for name, weight in last["model_state"].items():
+        assert torch.equal(again["model_state"][name], weight), name
+
+    # PBT's exploit: another trial resumes from the epoch-2 checkpoint with its own config (the
+    # module's lr halved): the StepLR schedule goes on from the donor's epoch, at this trial's rate.
+    exploit = _cfg(3)
+    exploit["model"]["args"]["lr"] = 0.005
+    train(exploit, LocalSession(str(tmp_path / "exploited")), resume_from=str(killed / LAST))
+    mine = load_checkpoint(str(tmp_path / "exploited" / LAST))["optimizer_state"]
+    assert mine["optimizers"][0]["param_groups"][0]["lr"] == pytest.approx(0.0025)
+    assert mine["lr_schedulers"][0]["base_lrs"] == [0.005]

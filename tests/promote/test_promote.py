@@ -148,6 +148,73 @@ def test_gate_rejects_a_broken_calibration_after_trying_every_method(experiment,
     assert "\ronnx: exporting, checking parity, measuring latency…" in out
 
 
+def test_a_calibration_method_that_raises_is_recorded_and_the_next_one_tried(experiment, monkeypatch):
+    from raytune_opt.promote import quantize as q
+
+    real = q.quantize
+
+    def entropy_breaks(pre, out, batches, method, *args, **kwargs):
+        if method == "entropy":  # as ONNX Runtime's did on a merged BERT
+            raise ValueError("Too many bins for data range")
+        return real(pre, out, batches, method, *args, **kwargs)
+
+    monkeypatch.setattr(q, "quantize", entropy_breaks)
+    set_promote(experiment, int8_calibration_method="entropy")
+    arts = _by_name(promote(experiment, targets="onnx,int8"))
+    rec = arts["int8"]
+    assert rec["status"] == "ok" and rec["quantization"]["calibration_method"] == "minmax", rec
+    assert rec["quantization"]["failed_methods"] == [{"method": "entropy", "error": "Too many bins for data range"}]
+    assert [a["method"] for a in rec["quantization"]["attempts"]] == ["minmax"]
+
+    def every_method_breaks(*args, **kwargs):
+        raise ValueError("Too many bins for data range")
+
+    monkeypatch.setattr(q, "quantize", every_method_breaks)
+    rec = _by_name(promote(experiment, targets="onnx,int8"))["int8"]
+    assert rec["status"] == "failed" and "Too many bins for data range" in rec["reason"], rec
+
+
+def test_int8_falls_back_to_the_loops_smaller_operator_set_when_no_method_passes(experiment, monkeypatch):
+    """A loop's int8_fallback_op_types (hf_trainer: the matrix products without the embedding
+    lookup) are tried in order when every calibration method fails the gate with its
+    int8_op_types; the manifest says which operators the kept model quantized. Here the built-in
+    loop gets both sets for the test, and the first set's INT8 model is made to lose (its
+    logits rolled by one class, at scoring): the quantization itself is ONNX Runtime's."""
+    import numpy as np
+
+    from raytune_opt import registry
+    from raytune_opt.promote import measure
+    from raytune_opt.promote import quantize as q
+
+    entry = registry.LOOPS["builtin"]
+    monkeypatch.setitem(entry.meta, "int8_op_types", ("Conv", "Gemm"))
+    monkeypatch.setitem(entry.meta, "int8_fallback_op_types", (("Gemm",),))
+    real_quantize, real_predict, last = q.quantize, measure.predict, {}
+
+    def quantize(pre, out, batches, method, flavor, op_types=None):
+        last["ops"] = tuple(op_types or ())
+        return real_quantize(pre, out, batches, method, flavor, op_types)
+
+    def predict(run, x, *args, **kwargs):
+        logits = real_predict(run, x, *args, **kwargs)
+        return np.roll(logits, 1, axis=1) if last.pop("ops", None) == ("Conv", "Gemm") else logits
+
+    monkeypatch.setattr(q, "quantize", quantize)
+    monkeypatch.setattr(measure, "predict", predict)
+    rec = _by_name(promote(experiment, targets="onnx,int8"))["int8"]
+    quant = rec["quantization"]
+    assert rec["status"] == "ok" and quant["op_types"] == ["Gemm"], rec
+    first = [a for a in quant["attempts"] if "op_types" not in a]
+    assert [a["method"] for a in first] == ["minmax", "entropy", "percentile"] and not any(a["passed"] for a in first)
+    assert quant["attempts"][-1] == {**quant["attempts"][-1], "op_types": ["Gemm"], "passed": True}
+
+    # No set passes (the fallback loses too): rejected, the reason naming each attempt's operators.
+    monkeypatch.setitem(entry.meta, "int8_fallback_op_types", (("Conv", "Gemm"),))
+    rec = _by_name(promote(experiment, targets="onnx,int8"))["int8"]
+    assert rec["status"] == "rejected" and len(rec["quantization"]["attempts"]) == 6, rec
+    assert "with every calibration method (minmax " in rec["reason"] and "minmax on Conv/Gemm " in rec["reason"], rec
+
+
 def test_failed_parity_is_an_error_after_the_manifest_is_written(experiment, capsys):
     set_promote(experiment, parity_atol=1e-12)
     assert main(["promote", str(experiment), "--targets", "onnx,int8"]) == 1

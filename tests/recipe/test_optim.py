@@ -214,3 +214,22 @@ def test_user_callables_that_fail_in_the_trial_are_recipe_errors(user_optim):
         build_scheduler(_opt()[1], {"name": f"{mod}:cosine_to", "args": {"epochs": 3}}, 2, 2)
     with pytest.raises(RecipeConfigError, match=r"returned a str, not a torch.optim.lr_scheduler.LRScheduler"):
         build_scheduler(_opt()[1], {"name": "builtins:repr"}, 2, 2)
+
+
+def test_nesterov_without_momentum_is_the_sgd_entrys_rule():
+    from pathlib import Path
+
+    from raytune_opt.errors import SpecError
+    from raytune_opt.spec import load_spec
+
+    digits = Path(__file__).resolve().parents[2] / "search_spaces" / "digits_cnn.yaml"
+    bad = "train.optimizer={name: sgd, momentum: 0, nesterov: true}"
+    with pytest.raises(SpecError, match=r"train.optimizer.nesterov: Nesterov momentum needs momentum > 0 "
+                                        r"\(got momentum=0\); set train.optimizer.momentum > 0 or nesterov: false"):
+        load_spec(digits, [bad])
+    spec = load_spec(digits, [bad, "space={train.optimizer.momentum: {uniform: [0.0, 0.9]}}"])  # searched: left to trials
+    space = load_spec(digits).space
+    assert "train.optimizer.momentum" not in space.by_key
+    view = registry.SpecView(spec.data, space, lambda path: True)
+    [finding] = registry.OPTIMIZERS["sgd"].checks(view)  # sgd's own check, free of torch
+    assert finding.path == ("train", "optimizer", "nesterov") and finding.reads == "train.optimizer.momentum"

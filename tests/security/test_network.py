@@ -22,12 +22,27 @@ from pathlib import Path
 import psutil
 import pytest
 
+from tests._listener import Listener
+
 ROOT = Path(__file__).resolve().parents[2]
 # One 2-worker trial (DDP over gloo: its rendezvous store and gloo's sockets listen too), a
 # few batches of 3 epochs.
 SWEEP = ["search_spaces/digits_cnn.yaml", "name=net", "search.num_samples=1",
          "train.epochs=3", "train.limit_batches=8", "resources.num_workers=2",
          "resources.max_concurrent_trials=1", "promote.enabled=false"]
+
+# What MLflow reads as "in CI or a test: no telemetry" (mlflow.telemetry.utils._is_ci_env_or_testing):
+# left out of the sweep's environment, so that it runs as on a user's machine.
+_TELEMETRY_OFF_IN_CI = ("PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "CI", "CIRCLECI", "GITLAB_CI", "JENKINS_URL", "TRAVIS",
+                        "TF_BUILD", "BITBUCKET_BUILD_NUMBER", "CODEBUILD_BUILD_ARN", "BUILDKITE", "TEAMCITY_VERSION",
+                        "CLOUD_RUN_EXECUTION", "RUNBOT_HOST_URL", "RUNBOT_BUILD_NAME", "RUNBOT_WORKER_ID", "DO_NOT_TRACK",
+                        # and the switches themselves: the sweep must turn them off on its own
+                        "MLFLOW_DISABLE_TELEMETRY", "RAY_USAGE_STATS_ENABLED")
+# ray._common.usage.usage_lib.get_cloud_from_metadata_requests (Azure, GCP, AWS), through a proxy.
+_RAY_CLOUD_PROBES = {"GET http://169.254.169.254/metadata/instance?api-version=2021-12-13 HTTP/1.1",
+                     "GET http://metadata.google.internal/computeMetadata/v1 HTTP/1.1",
+                     "GET http://169.254.169.254/latest/meta-data/ HTTP/1.1"}
+_PROXY_ENV = ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "no_proxy", "all_proxy")
 
 
 def _loopback(ip: str) -> bool:
@@ -107,12 +122,21 @@ def sweep(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("net")
     home = tmp / "home"
     home.mkdir()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH") and k != "RAY_ADDRESS"
+           and k not in _TELEMETRY_OFF_IN_CI and k.lower() not in _PROXY_ENV}
     env.update(HOME=str(home), RAYTUNE_OPT_CACHE=str(tmp / "cache"),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+               # Ray's first usage report comes after min(60 s, this): within the sweep.
+               RAY_USAGE_STATS_REPORT_INTERVAL_S="1")
+    # Every HTTP(S) request to anywhere but this machine goes to a loopback port that records it.
+    outbound = Listener()
+    for var in _PROXY_ENV[:4]:
+        env[var] = outbound.url
+    env["NO_PROXY"] = env["no_proxy"] = ",".join(["127.0.0.1", "localhost", "::1", *_other_addresses()])
+    args = [*SWEEP, f"tracking.mlflow.tracking_uri=sqlite:///{tmp / 'mlflow.db'}"]
     out, err = tmp / "stdout", tmp / "stderr"
     with open(out, "w") as fo, open(err, "w") as fe:
-        proc = subprocess.Popen([sys.executable, "-m", "raytune_opt", "run", *SWEEP, "--storage", str(tmp / "exp")],
+        proc = subprocess.Popen([sys.executable, "-m", "raytune_opt", "run", *args, "--storage", str(tmp / "exp")],
                                 cwd=ROOT, env=env, stdout=fo, stderr=fe, start_new_session=True)
     seen = {"listeners": set(), "names": set(), "probes": {}, "token": None, "session_dir": None,
             "outside": {}, "rc": None}
@@ -139,7 +163,8 @@ def sweep(tmp_path_factory):
             from tests._procs import kill_tree
 
             kill_tree(proc.pid)
-    seen.update(stdout=out.read_text(), stderr=err.read_text(), tmp=tmp, home=home)
+        outbound.close()
+    seen.update(stdout=out.read_text(), stderr=err.read_text(), tmp=tmp, home=home, outbound=outbound.connections)
     return seen
 
 
@@ -154,6 +179,24 @@ def test_every_listening_socket_of_an_embedded_sweep_is_on_loopback(sweep):
     assert len({s for s in sweep["listeners"] if s[0] == "gcs_server"}) >= 1, sweep["listeners"]
     # And on the machine's own network addresses, the GCS port does not answer at all.
     assert not any(sweep["outside"].values()), sweep["outside"]
+
+
+@pytest.mark.slow
+def test_an_embedded_sweep_with_mlflow_sends_nothing_off_the_machine(sweep):
+    """MLflow's telemetry (config.mlflow-telemetry.io) is on by default outside CI, and Ray's
+    usage report (usage-stats.ray.io) is what `ray start` clusters send; the sweep ran without
+    CI's markers or either switch, with Ray's report due 1 s after start, through a proxy that
+    records every request for another machine, and the proxy saw none of them (on the code
+    before this test, it saw ``CONNECT config.mlflow-telemetry.io:443``).
+
+    What it does see: Ray 2.60's dashboard asks the three clouds' link-local metadata services
+    which cloud it runs on, at start-up, whether usage stats are on or off
+    (``usage_stats_head.run`` calls ``get_cluster_config_to_report`` before it looks), and no
+    setting turns that off. Those three requests, and nothing else, are allowed here."""
+    assert sweep["rc"] == 0, sweep["stdout"][-2000:] + sweep["stderr"][-3000:]
+    assert (sweep["tmp"] / "mlflow.db").stat().st_size > 0  # MLflow was in the sweep
+    other = [c for c in sweep["outbound"] if c[1] not in _RAY_CLOUD_PROBES]
+    assert other == [], f"requests for other machines: {other}"
 
 
 @pytest.mark.slow

@@ -26,13 +26,43 @@ from typing import Callable, Sequence
 
 from raytune_opt import registry
 
-__all__ = ["user_step_problem", "load_user_step"]
+__all__ = ["user_step_problem", "load_user_step", "check_enabled", "check_targets"]
 
 _SHAPE = "define it as def step(ctx): ... (ctx: raytune_opt.promote.StepContext)"
 
 
 class _NotAStep(registry.ImportTargetError):
     """It imports, but cannot be called with the context alone."""
+
+
+def check_enabled(view: registry.SpecView) -> list[registry.Finding]:
+    """Promotion starts from the best trial's checkpoint."""
+    if view.settings.promote.enabled and not view.settings.train.checkpoint:
+        return [registry.Finding(("train", "checkpoint"), "promotion needs the best trial's checkpoint (got false)",
+                                 "set train.checkpoint: true or promote.enabled: false", reads="promote.enabled")]
+    return []
+
+
+def check_targets(view: registry.SpecView) -> list[registry.Finding]:
+    """``promote.targets`` (validation runs this when the list itself is valid): each step of yours
+    imports and takes the context, each built-in step's ``needs`` are listed too, and each
+    built-in step's own ``check``."""
+    targets, out = view.settings.promote.targets, []
+    for i, target in enumerate(targets):
+        entry = registry.PROMOTION_STEPS.get(target)
+        if entry is None:  # your own step, by import path: it must import and take the context
+            problem = user_step_problem(target, view.code_dirs)
+            if problem:
+                out.append(registry.Finding(("promote", "targets"), *problem, at=("promote", "targets", i)))
+            continue
+        for need in entry.meta.get("needs", ()):
+            if need not in targets:
+                from raytune_opt.spec.checker import fmt
+
+                out.append(registry.Finding(("promote", "targets"), f"{target} is built from what the {need} step "
+                                            f"makes (got {fmt(targets)})", f"add {need} to promote.targets"))
+        out.extend(entry.checks(view))
+    return out
 
 
 def user_step_problem(target: str, code_dirs: Sequence[str] = ()) -> tuple[str, str] | None:

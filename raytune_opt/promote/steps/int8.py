@@ -67,11 +67,13 @@ def quantize(ctx: StepContext, *, flavor: str) -> bytes | None:
         return None
     cfg = ctx.section("int8")  # the tensorrt step quantizes with int8's settings too
     batches = ctx.calibration_batches(int(cfg["calibration_batches"]))
+    op_types, fallbacks = _op_types(ctx)
     path = ctx.out_dir / filename
     try:
         gate = q.quantize_with_gate(
             ctx.out_dir / "model.onnx", path, batches, flavor=flavor, first_method=cfg["calibration_method"],
-            x_val=ctx.x_val, y_val=ctx.y_val, scorer=ctx.gate, fp32_score=ctx.model_score, name=name)
+            x_val=ctx.x_val, y_val=ctx.y_val, scorer=ctx.gate, fp32_score=ctx.model_score, name=name,
+            op_types=op_types, fallback_op_types=fallbacks)
         # The S8S8 form is TensorRT's input; ORT's CPU kernels run it slowly, so it is not timed here.
         with progress.step(f"{name}: measuring latency"):
             latency = (measure.latencies(measure.ort_runner(measure.ort_session(path, ctx.threads)), ctx.x_val)
@@ -91,5 +93,19 @@ def quantize(ctx: StepContext, *, flavor: str) -> bytes | None:
                              "weights": "int8 symmetric", "bias": "int32" if flavor == "cpu" else "float",
                              "calibration_method": gate.method, "calibration_batches": len(batches),
                              "calibration_batch_size": int(batches[0].shape[0]),
-                             "attempts": [a.as_dict() for a in gate.attempts]})
+                             "op_types": list(gate.op_types) if gate.op_types else "all",
+                             "attempts": [a.as_dict() for a in gate.attempts],
+                             **({"failed_methods": gate.failed} if gate.failed else {})})
     return path.read_bytes() if gate.status == "ok" else None
+
+
+def _op_types(ctx: StepContext) -> tuple[tuple[str, ...] | None, tuple[tuple[str, ...], ...]]:
+    """The operators to quantize, as the trial's loop says for its models (its LOOPS entry's
+    ``int8_op_types``: a transformer's matrix products, not the attention mask's arithmetic),
+    else None: every operator ONNX Runtime can quantize; and the smaller sets to fall back to
+    when no calibration method passes the gate (``int8_fallback_op_types``)."""
+    loop = ((ctx.checkpoint.get("recipe") or {}).get("train") or {}).get("loop")
+    entry = registry.LOOPS.get(loop) if isinstance(loop, str) else None
+    if entry is None:
+        return None, ()
+    return entry.meta.get("int8_op_types"), tuple(entry.meta.get("int8_fallback_op_types", ()))

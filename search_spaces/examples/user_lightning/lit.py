@@ -28,14 +28,16 @@ class LitNet(L.LightningModule):
     def training_step(self, batch, batch_idx):
         x, y = batch
         loss = F.cross_entropy(self(x), y)
-        self.log("train_loss", loss, on_step=False, on_epoch=True)
+        self.log("train_loss", loss, on_step=False, on_epoch=True, sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
         x, y = batch
         logits = self(x)
-        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True)
-        self.log("val_accuracy", (logits.argmax(1) == y).float().mean(), on_epoch=True)
+        # sync_dist: with several workers each rank validates on its shard; the epoch's figure
+        # is their mean, the same on every rank (what Lightning recommends for epoch-level logs).
+        self.log("val_loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True)
+        self.log("val_accuracy", (logits.argmax(1) == y).float().mean(), on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.lr)

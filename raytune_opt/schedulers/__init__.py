@@ -1,9 +1,15 @@
 """Schedulers: thin adapters over ``ray.tune.schedulers``, chosen by name.
 
-The names, the settings each reads and each one's validation rules are entries of
-:data:`raytune_opt.registry.SCHEDULERS`; the builders and ``check_*`` rules below are their
-targets. Train V2 reports no ``training_iteration``-style counters of its own, so every scheduler
-uses the epoch number the recipe reports (:data:`TIME_ATTR`) as its time unit.
+Each scheduler is an entry of :data:`raytune_opt.registry.SCHEDULERS` that registers itself
+here, beside its builder, exactly as a user's or a contributor's would: its name, target (the
+builder), ``check`` (its rules on the spec) and ``settings``, the ``scheduler.*`` keys it reads
+(Fields with their types, defaults and docs; the schema assembles the ``scheduler`` section
+from them). A scheduler may also be a module of its own in this package: the registry imports
+every module here whose name does not start with ``_`` (``percentile.py`` is one), so a new
+scheduler is one new file. Those modules import neither torch nor Ray when imported (validation
+imports them); a builder imports Ray when it runs. Train V2 reports no
+``training_iteration``-style counters of its own, so every scheduler uses the epoch number the
+recipe reports (:data:`TIME_ATTR`) as its time unit.
 """
 
 from __future__ import annotations
@@ -17,27 +23,33 @@ from typing import TYPE_CHECKING
 from raytune_opt import moasha as mo
 from raytune_opt import objectives, registry
 from raytune_opt.registry import Finding, SpecView
+from raytune_opt.schedulers._persisted import PersistedState
+from raytune_opt.schedulers._settings import (  # noqa: F401  (the shared settings, re-exported)
+    GRACE_PERIOD, MAX_T, MIN_SAMPLES_REQUIRED, PERTURBATION_INTERVAL, QUANTILE_FRACTION, REDUCTION_FACTOR, SYNCH,
+    TIME_ATTR, check_grace_period, check_max_t, max_epochs)
+from raytune_opt.spec.fields import Field
 
 if TYPE_CHECKING:
     from raytune_opt.spec import Spec
 
-TIME_ATTR = "epoch"
 
-
-def max_epochs(data: dict, space) -> int:
-    """The most epochs a trial can run: train.epochs, or the top of its searched domain."""
-    p = space.by_key.get("train.epochs")
-    if p is None:
-        return data["train"]["epochs"]
-    return max(p.domain.args) if p.domain.categorical else int(p.domain.args[1])
+def _seed(spec: Spec) -> int:
+    """search.seed, or the top-level seed."""
+    search = spec.settings.search
+    return search.seed if search.seed is not None else spec.settings.seed
 
 
 def _max_t(spec: Spec) -> int:
-    return spec.data["scheduler"]["max_t"] or max_epochs(spec.data, spec.space)
+    return spec.settings.scheduler.max_t or max_epochs(spec.data, spec.space)
 
 
 # ---------------------------------------------------------------- the built-in schedulers
-# registry.SCHEDULERS targets: target(spec, where) -> a Ray Tune TrialScheduler.
+# registry.SCHEDULERS targets: target(spec, where) -> a Ray Tune TrialScheduler. Meta ``order``:
+# where each is listed (the order they were added in, whichever module registers first).
+
+
+registry.SCHEDULERS.register("fifo", f"{__name__}:fifo", doc="runs every trial to the end", order=10,
+                             settings={}, multi_objective=True)
 
 
 def fifo(spec: Spec, where: dict):
@@ -46,23 +58,109 @@ def fifo(spec: Spec, where: dict):
     return FIFOScheduler()
 
 
+registry.SCHEDULERS.register(
+    "asha", f"{__name__}:asha", doc="asynchronous successive halving", check=f"{__name__}:check_asha", order=20,
+    settings={"max_t": MAX_T, "grace_period": GRACE_PERIOD, "reduction_factor": REDUCTION_FACTOR,
+              "brackets": Field("int", 1, "number of brackets.", ge=1, tunable=False)}, needs_storage=True)
+
+
+def check_asha(view: SpecView) -> list[Finding]:
+    return check_max_t(view) + check_grace_period(view)
+
+
 def asha(spec: Spec, where: dict):
+    s = spec.settings.scheduler
+    return _persisted_asha_class()(time_attr=TIME_ATTR, max_t=_max_t(spec), grace_period=s.grace_period,
+                                   reduction_factor=s.reduction_factor, brackets=s.brackets, where=where)
+
+
+ASHA_STATE = "asha_state.json"  # in the experiment: ASHA's rungs and brackets, rewritten as they change
+
+
+@functools.cache
+def _persisted_asha_class():
+    from ray.tune.experiment import Trial
     from ray.tune.schedulers import ASHAScheduler
 
-    s = spec.data["scheduler"]
-    return ASHAScheduler(time_attr=TIME_ATTR, max_t=_max_t(spec), grace_period=s["grace_period"],
-                         reduction_factor=s["reduction_factor"], brackets=s["brackets"])
+    class PersistedASHA(PersistedState, ASHAScheduler):
+        """Ray's ASHA, its rungs kept across a resume.
+
+        Tune keeps no scheduler state across a resume: the resumed sweep got ASHA as
+        ``tuner.pkl`` holds it, with empty rungs, so a trial that reached a rung after the resume
+        was judged only against the results reported since, and trials the killed sweep would
+        have stopped went on. The rungs (the value each trial reached at each milestone) and
+        each trial's bracket are written to the experiment (``asha_state.json``) when they
+        change and read back by the resumed copy before its first decision; the decisions
+        themselves are Ray's.
+        """
+
+        def __init__(self, *, where: dict, **kwargs):
+            super().__init__(**kwargs)
+            self._init_persisted(where, ASHA_STATE)
+
+        def _state(self) -> dict:
+            return {"brackets": [[[milestone, dict(recorded)] for milestone, recorded in b._rungs]
+                                 for b in self._brackets],
+                    "trials": {tid: self._brackets.index(b) for tid, b in self._trial_info.items()},
+                    "num_stopped": self._num_stopped}
+
+        def _set_state(self, state: dict) -> None:
+            assert len(state["brackets"]) == len(self._brackets), "asha_state.json is of other brackets"
+            for bracket, rungs in zip(self._brackets, state["brackets"]):
+                bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
+            self._trial_info = {tid: self._brackets[i] for tid, i in state["trials"].items()}
+            self._num_stopped = int(state["num_stopped"])
+
+        def on_trial_add(self, tune_controller, trial):
+            self._load()
+            # A resumed sweep adds every trial again: a finished one has no bracket any more
+            # (it never reports again), a resumed one keeps its own.
+            if trial.status not in (Trial.TERMINATED, Trial.ERROR) and trial.trial_id not in self._trial_info:
+                super().on_trial_add(tune_controller, trial)
+                self._persist_if_changed()
+
+        def on_trial_result(self, tune_controller, trial, result):
+            self._load()
+            decision = super().on_trial_result(tune_controller, trial, result)
+            self._persist_if_changed()
+            return decision
+
+        def on_trial_complete(self, tune_controller, trial, result):
+            self._load()
+            if trial.trial_id in self._trial_info:
+                super().on_trial_complete(tune_controller, trial, result)
+                self._persist_if_changed()
+
+        def on_trial_remove(self, tune_controller, trial):
+            self._load()
+            if trial.trial_id in self._trial_info:
+                super().on_trial_remove(tune_controller, trial)
+                self._persist_if_changed()
+
+    PersistedASHA.__module__ = __name__
+    return PersistedASHA
+
+
+registry.SCHEDULERS.register(
+    "hyperband", f"{__name__}:hyperband", doc="synchronous Hyperband (brackets admitted at once)",
+    check=f"{__name__}:check_hyperband", order=30, settings={"max_t": MAX_T, "reduction_factor": REDUCTION_FACTOR})
 
 
 def hyperband(spec: Spec, where: dict):
-    s = spec.data["scheduler"]
-    return _resumable_hyperband_class()(time_attr=TIME_ATTR, max_t=_max_t(spec), reduction_factor=s["reduction_factor"])
+    s = spec.settings.scheduler
+    return _resumable_hyperband_class()(time_attr=TIME_ATTR, max_t=_max_t(spec), reduction_factor=s.reduction_factor)
+
+
+registry.SCHEDULERS.register(
+    "hyperband_bohb", f"{__name__}:hyperband_bohb", doc="Hyperband for BOHB (Ray's HyperBandForBOHB): brackets "
+    "largest first, trials paused at each milestone; with search.algorithm: bohb only",
+    check=f"{__name__}:check_hyperband_bohb", order=80, settings={"max_t": MAX_T, "reduction_factor": REDUCTION_FACTOR})
 
 
 def hyperband_bohb(spec: Spec, where: dict):
-    s = spec.data["scheduler"]
+    s = spec.settings.scheduler
     return _resumable_hyperband_class("bohb")(time_attr=TIME_ATTR, max_t=_max_t(spec),
-                                              reduction_factor=s["reduction_factor"])
+                                              reduction_factor=s.reduction_factor)
 
 
 def hyperband_milestones(spec: Spec) -> list[int]:
@@ -71,7 +169,7 @@ def hyperband_milestones(spec: Spec) -> list[int]:
     epochs and multiplies by eta up to max_t. BOHB's warm start tells earlier trials at these."""
     import math
 
-    max_t, eta = _max_t(spec), spec.data["scheduler"]["reduction_factor"]
+    max_t, eta = _max_t(spec), spec.settings.scheduler.reduction_factor
     out = set()
     for s in range(int(round(math.log(max_t) / math.log(eta))) + 1):
         r = int(max_t * eta ** -s)
@@ -115,41 +213,113 @@ def _resumable_hyperband_class(base: str = "hyperband"):
     return ResumableHyperBand
 
 
+registry.SCHEDULERS.register(
+    "median", f"{__name__}:median", doc="median stopping rule", check=f"{__name__}:check_grace_period", order=40,
+    settings={"grace_period": GRACE_PERIOD, "min_samples_required": MIN_SAMPLES_REQUIRED}, needs_storage=True)
+
+
 def median(spec: Spec, where: dict):
+    s = spec.settings.scheduler
+    return _persisted_median_class()(time_attr=TIME_ATTR, grace_period=s.grace_period,
+                                     min_samples_required=s.min_samples_required, where=where)
+
+
+MEDIAN_STATE = "median_state.json"  # in the experiment: each trial's reported values, the stopped trials
+
+
+@functools.cache
+def _persisted_median_class():
+    import dataclasses
+
     from ray.tune.schedulers import MedianStoppingRule
 
-    s = spec.data["scheduler"]
-    return MedianStoppingRule(time_attr=TIME_ATTR, grace_period=s["grace_period"],
-                              min_samples_required=s["min_samples_required"])
+    @dataclasses.dataclass(frozen=True)
+    class TrialKey:
+        """A trial as the rule keys its records: by id. Ray's rule keys them by the Trial
+        object, which a resumed sweep makes anew."""
+
+        trial_id: str
+
+    class PersistedMedian(PersistedState, MedianStoppingRule):
+        """Ray's median stopping rule, its records kept across a resume (see
+        :class:`PersistedASHA`): each trial's (epoch, metric) reports and the trials it stopped,
+        in ``median_state.json``; the decisions are Ray's."""
+
+        def __init__(self, *, where: dict, **kwargs):
+            super().__init__(**kwargs)
+            self._init_persisted(where, MEDIAN_STATE)
+
+        def _state(self) -> dict:
+            keep = (self._time_attr, self._metric)
+            return {"results": {k.trial_id: [[r.get(a) for a in keep] for r in results]
+                                for k, results in self._results.items()},
+                    "stopped": sorted(k.trial_id for k in self._stopped_trials)}
+
+        def _set_state(self, state: dict) -> None:
+            self._results.clear()
+            for tid, rows in state["results"].items():
+                self._results[TrialKey(tid)] = [dict(zip((self._time_attr, self._metric), row)) for row in rows]
+            self._stopped_trials = {TrialKey(tid) for tid in state["stopped"]}
+
+        def on_trial_add(self, tune_controller, trial):
+            self._load()
+            super().on_trial_add(tune_controller, trial)
+
+        def on_trial_result(self, tune_controller, trial, result):
+            self._load()
+            decision = super().on_trial_result(tune_controller, TrialKey(trial.trial_id), result)
+            self._persist_if_changed()
+            return decision
+
+        def on_trial_complete(self, tune_controller, trial, result):
+            self._load()
+            if result:
+                super().on_trial_complete(tune_controller, TrialKey(trial.trial_id), result)
+                self._persist_if_changed()
+
+    PersistedMedian.__module__ = __name__
+    return PersistedMedian
+
+
+_POPULATION_SETTINGS = {"perturbation_interval": PERTURBATION_INTERVAL, "quantile_fraction": QUANTILE_FRACTION,
+                        "synch": SYNCH}
+registry.SCHEDULERS.register(
+    "pbt", f"{__name__}:pbt", doc="population-based training (exploits snapshots of trials' own checkpoints)",
+    check=f"{__name__}:check_pbt", order=50, settings=_POPULATION_SETTINGS, needs_storage=True, exploits=True)
 
 
 def pbt(spec: Spec, where: dict):
-    s = spec.data["scheduler"]
-    seed = spec.data["search"]["seed"] if spec.data["search"]["seed"] is not None else spec.data["seed"]
+    s = spec.settings.scheduler
+    seed = _seed(spec)
     return _checkpointed_pbt_class()(
         snapshots=f"{where['exp_dir']}/{PBT_SNAPSHOTS}", endpoint_url=where.get("endpoint_url"),
         remote=where.get("remote", False), seed=seed,
-        time_attr=TIME_ATTR, perturbation_interval=s["perturbation_interval"],
-        quantile_fraction=s["quantile_fraction"], synch=s["synch"],
-        hyperparam_mutations={p.key: _pbt_mutation(p.domain) for p in spec.space.params if pbt_mutable(p.key)},
+        time_attr=TIME_ATTR, perturbation_interval=s.perturbation_interval,
+        quantile_fraction=s.quantile_fraction, synch=s.synch,
+        hyperparam_mutations={p.key: _pbt_mutation(p.domain) for p in _mutable_keys(spec)},
     )
 
 
+registry.SCHEDULERS.register(
+    "pb2", f"{__name__}:pb2", doc="population-based bandits: PBT's exploit, a GP bandit's explore over uniform, "
+    "loguniform or randint bounds (scikit-learn)", check=f"{__name__}:check_pb2", order=60,
+    settings=_POPULATION_SETTINGS, needs_storage=True, exploits=True)
+
+
 def pb2(spec: Spec, where: dict):
-    s = spec.data["scheduler"]
-    seed = spec.data["search"]["seed"] if spec.data["search"]["seed"] is not None else spec.data["seed"]
+    s = spec.settings.scheduler
+    seed = _seed(spec)
     bounds, log_keys = {}, []
-    for p in spec.space.params:
-        if pbt_mutable(p.key):  # check_pb2 let only PB2_KINDS through
-            low, high = p.domain.args[:2]
-            bounds[p.key] = [low, high - 1] if p.domain.kind == "randint" else [low, high]  # randint: high excluded
-            if p.domain.kind == "loguniform":
-                log_keys.append(p.key)
+    for p in _mutable_keys(spec):  # check_pb2 let only PB2_KINDS through
+        low, high = p.domain.args[:2]
+        bounds[p.key] = [low, high - 1] if p.domain.kind == "randint" else [low, high]  # randint: high excluded
+        if p.domain.kind == "loguniform":
+            log_keys.append(p.key)
     return _checkpointed_pb2_class()(
         snapshots=f"{where['exp_dir']}/{PBT_SNAPSHOTS}", endpoint_url=where.get("endpoint_url"),
         remote=where.get("remote", False), seed=seed, log_keys=log_keys,
-        time_attr=TIME_ATTR, perturbation_interval=s["perturbation_interval"],
-        quantile_fraction=s["quantile_fraction"], synch=s["synch"], hyperparam_bounds=bounds,
+        time_attr=TIME_ATTR, perturbation_interval=s.perturbation_interval,
+        quantile_fraction=s.quantile_fraction, synch=s.synch, hyperparam_bounds=bounds,
     )
 
 
@@ -175,9 +345,25 @@ _PBT_FIXED = {"train.optimizer.name", "train.lr_schedule.name", "train.loss.name
 _PBT_MUTABLE = {"train.batch_size", "train.grad_clip_norm", "train.grad_accum_steps", "model.dropout"}
 
 
-def pbt_mutable(key: str) -> bool:
-    """Whether PBT may perturb searched key ``key`` while a trial trains."""
+def pbt_mutable(key: str, loop: str = "builtin") -> bool:
+    """Whether PBT may perturb searched key ``key`` while a trial of ``train.loop`` trains: a
+    trainer's own keys (its ``LOOPS`` entry's ``pbt_mutable``: keys, and prefixes ending in a
+    dot), else the built-in recipe's (user loops read the recipe's keys)."""
+    own = _loop_mutable(loop)
+    if own is not None:
+        return any(key == k or (k.endswith(".") and key.startswith(k)) for k in own)
     return key in _PBT_MUTABLE or (key.startswith(_PBT_MUTABLE_PREFIXES) and key not in _PBT_FIXED)
+
+
+def _loop_mutable(loop: str) -> tuple[str, ...] | None:
+    entry = registry.LOOPS.get(loop)
+    return None if entry is None else entry.meta.get("pbt_mutable")
+
+
+def _mutable_keys(spec_or_view) -> list:
+    """The searched parameters PBT (and PB2) perturb in this spec."""
+    loop = spec_or_view.data["train"]["loop"]
+    return [p for p in spec_or_view.space.params if pbt_mutable(p.key, loop)]
 
 
 PBT_SNAPSHOTS = "pbt_snapshots"  # in the experiment: donors' last.pt, one directory per snapshot
@@ -240,12 +426,10 @@ def _checkpointed_pbt_class(base: str = "pbt"):
 
         @property
         def _fs(self):
-            from pyarrow import fs
-
-            from raytune_opt.storage import s3_filesystem
+            from raytune_opt import storage
 
             if self._filesystem is None:  # built once (no descriptor state: Tune pickles this class by value)
-                self._filesystem = s3_filesystem(self._endpoint_url) if self._remote else fs.LocalFileSystem()
+                self._filesystem = storage.filesystem(self._remote, self._endpoint_url)
             return self._filesystem
 
         def _snapshot(self, trial):
@@ -396,14 +580,20 @@ def _checkpointed_pb2_class():
     return CheckpointedPB2
 
 
+registry.SCHEDULERS.register(
+    "moasha", f"{__name__}:moasha", doc="multi-objective ASHA: each rung ranked by non-dominated sorting (infeasible "
+    "trials last); several objectives only", check=f"{__name__}:check_moasha", order=70,
+    settings={"max_t": MAX_T, "grace_period": GRACE_PERIOD, "reduction_factor": REDUCTION_FACTOR},
+    needs_storage=True, multi_objective=True)
+
+
 def moasha(spec: Spec, where: dict):
-    s = spec.data["scheduler"]
+    s = spec.settings.scheduler
     max_t = _max_t(spec)
-    return _moasha_class()(objectives=objectives.objectives(spec.data["search"]),
-                           constraints=spec.data["search"]["constraints"] or {}, max_t=max_t,
-                           grace_period=s["grace_period"], reduction_factor=s["reduction_factor"],
-                           state_file=f"{where['exp_dir']}/{MOASHA_STATE}", remote=where.get("remote", False),
-                           endpoint_url=where.get("endpoint_url"))
+    return _moasha_class()(objectives=objectives.objectives(spec.settings.search),
+                           constraints=spec.settings.search.constraints or {}, max_t=max_t,
+                           grace_period=s.grace_period, reduction_factor=s.reduction_factor,
+                           where=where)
 
 
 MOASHA_STATE = "moasha_state.json"  # in the experiment: MO-ASHA's rungs, rewritten at every decision
@@ -415,67 +605,33 @@ def _moasha_class():
 
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-    class MOASHA(FIFOScheduler):
+    class MOASHA(PersistedState, FIFOScheduler):
         """Multi-objective ASHA (:mod:`raytune_opt.moasha`) as a Ray Tune scheduler.
 
         Its objectives and constraints come from the spec: with several objectives Tune's own
-        metric is None. Tune keeps no scheduler state across a resume (a resumed sweep gets the
-        scheduler as ``tuner.pkl`` holds it, from before the first trial), so the rungs are
-        written to the experiment (``moasha_state.json``) at every decision and read back by
-        the resumed copy before its first one: a trial stopped before a kill stays stopped,
-        and one promoted at a rung is not judged there again.
+        metric is None. Its rungs are written to the experiment (``moasha_state.json``) at
+        every decision and read back by a resumed copy before its first one
+        (:class:`PersistedState`): a trial stopped before a kill stays stopped, and one
+        promoted at a rung is not judged there again.
         """
 
-        def __init__(self, *, objectives, constraints, max_t, grace_period, reduction_factor, state_file,
-                     remote, endpoint_url):
+        def __init__(self, *, objectives, constraints, max_t, grace_period, reduction_factor, where: dict):
             super().__init__()
             self._objectives = [tuple(o) for o in objectives]
             self._constraints = dict(constraints)
             self._max_t = max_t
             self._rungs = mo.Rungs(mo.milestones(grace_period, max_t, reduction_factor), reduction_factor)
-            self._state_file, self._remote, self._endpoint_url = state_file, remote, endpoint_url
-            self._loaded = True  # a new sweep starts with empty rungs
-            self._filesystem = None
+            self._init_persisted(where, MOASHA_STATE)
             self._num_stopped = 0
 
-        def __getstate__(self):
-            state = self.__dict__.copy()
-            # A pickled copy is what a resumed sweep gets back (tuner.pkl): it reads the rungs kept.
-            state["_loaded"], state["_filesystem"] = False, None
-            return state
+        def _state(self) -> dict:
+            return self._rungs.to_dict()
 
-        @property
-        def _fs(self):
-            from pyarrow import fs
-
-            from raytune_opt.storage import s3_filesystem
-
-            if self._filesystem is None:
-                self._filesystem = s3_filesystem(self._endpoint_url) if self._remote else fs.LocalFileSystem()
-            return self._filesystem
+        def _set_state(self, state: dict) -> None:
+            self._rungs = mo.Rungs.from_dict(state)
 
         def set_search_properties(self, metric, mode, **spec) -> bool:
             return True  # the objectives are its own (Tune passes None with several)
-
-        def _load(self) -> None:
-            if self._loaded:
-                return
-            from pyarrow import fs
-
-            if self._fs.get_file_info(self._state_file).type == fs.FileType.File:
-                with self._fs.open_input_stream(self._state_file) as f:
-                    self._rungs = mo.Rungs.from_dict(json.loads(f.readall().decode()))
-            self._loaded = True
-
-        def _persist(self) -> None:
-            text = json.dumps(self._rungs.to_dict(), indent=1)
-            if self._remote:
-                with self._fs.open_output_stream(self._state_file) as f:  # an S3 put is atomic
-                    f.write(text.encode())
-            else:
-                from raytune_opt import _atomic
-
-                _atomic.write_text(self._state_file, text)
 
         def on_trial_add(self, tune_controller, trial):
             self._load()
@@ -487,11 +643,9 @@ def _moasha_class():
                 return TrialScheduler.CONTINUE
             if t >= self._max_t:
                 return TrialScheduler.STOP
-            before = self._rungs.to_dict()
             decision = self._rungs.on_result(trial.trial_id, t, mo.point_of(result, self._objectives,
                                                                              self._constraints))
-            if self._rungs.to_dict() != before:
-                self._persist()
+            self._persist_if_changed()
             if decision == mo.STOP:
                 self._num_stopped += 1
                 return TrialScheduler.STOP
@@ -502,7 +656,7 @@ def _moasha_class():
             if result and isinstance(result.get(TIME_ATTR), (int, float)):
                 self._rungs.record(trial.trial_id, result[TIME_ATTR],
                                    mo.point_of(result, self._objectives, self._constraints))
-                self._persist()
+                self._persist_if_changed()
 
         def save(self, checkpoint_path: str) -> None:
             from raytune_opt import _atomic
@@ -550,7 +704,7 @@ def build_scheduler(spec: Spec, where: dict | None = None):
         where: the experiment's storage, for schedulers that keep files there (PBT's
             snapshots): ``{"exp_dir": fs path, "remote": bool, "endpoint_url": str | None}``.
     """
-    entry = registry.SCHEDULERS[spec.data["scheduler"]["name"]]
+    entry = registry.SCHEDULERS[spec.settings.scheduler.name]
     assert where is not None or not entry.meta.get("needs_storage"), f"{entry.name} keeps files: pass where"
     return entry.load()(spec, where or {})
 
@@ -559,24 +713,14 @@ def build_scheduler(spec: Spec, where: dict | None = None):
 # registry.SCHEDULERS checks: check(view) -> [Finding], run by validation for the chosen one.
 
 
-def check_grace_period(view: SpecView) -> list[Finding]:
-    sched = view.data["scheduler"]
-    max_t = sched.get("max_t") or max_epochs(view.data, view.space)
-    if sched["grace_period"] > max_t:
-        return [Finding(("scheduler", "grace_period"), f"exceeds the epochs a trial can run (got "
-                        f"{sched['grace_period']} > {max_t})", "lower scheduler.grace_period",
-                        reads="train.epochs scheduler.max_t")]
-    return []
-
-
 def check_hyperband(view: SpecView) -> list[Finding]:
     """Ray's HyperBand is synchronous: it pauses a bracket's trials until the whole bracket has
     been admitted. Behind a concurrency limit, or a searcher that proposes one trial at a time,
     brackets never fill and it stops nothing (measured: every trial ran to max_t)."""
     from raytune_opt.searchers import proposes_one_at_a_time
 
-    out = []
-    limit, algorithm = view.data["resources"]["max_concurrent_trials"], view.data["search"]["algorithm"]
+    out = check_max_t(view)
+    limit, algorithm = view.settings.resources.max_concurrent_trials, view.settings.search.algorithm
     if limit is not None:
         out.append(Finding(("resources", "max_concurrent_trials"), f"hyperband fills its brackets before it "
                            f"halves them; a limit of {limit} keeps them from filling and it stops no trial",
@@ -593,12 +737,12 @@ def check_hyperband(view: SpecView) -> list[Finding]:
 def check_hyperband_bohb(view: SpecView) -> list[Finding]:
     """HyperBandForBOHB tells BOHB's searcher which trials it pauses and at which budget each
     result was measured: with another searcher it fails at its first milestone."""
-    algorithm = view.data["search"]["algorithm"]
+    out, algorithm = check_max_t(view), view.settings.search.algorithm
     if algorithm != "bohb":
-        return [Finding(("scheduler", "name"), f"hyperband_bohb schedules trials for BOHB's searcher (got "
-                        f"search.algorithm={algorithm})", "set search.algorithm: bohb, or use scheduler.name: "
-                        "hyperband or asha", reads="search.algorithm")]
-    return []
+        out.append(Finding(("scheduler", "name"), f"hyperband_bohb schedules trials for BOHB's searcher (got "
+                           f"search.algorithm={algorithm})", "set search.algorithm: bohb, or use scheduler.name: "
+                           "hyperband or asha", reads="search.algorithm"))
+    return out
 
 
 def check_pbt(view: SpecView) -> list[Finding]:
@@ -608,9 +752,9 @@ def check_pbt(view: SpecView) -> list[Finding]:
 def _population_rules(view: SpecView, name: str) -> list[Finding]:
     """What PBT and PB2 both need: no searcher that explores, a flat space with keys they may
     perturb, checkpoints to hand over."""
-    d, space = view.data, view.space
+    space = view.space
     out = []
-    algorithm = d["search"]["algorithm"]
+    algorithm = view.settings.search.algorithm
     if registry.SEARCHERS[algorithm].meta["explores"]:
         usable = [n for n in registry.SEARCHERS if not registry.SEARCHERS[n].meta["explores"]]
         out.append(Finding(("scheduler", "name"), f"{name} explores by itself and cannot be combined with a searcher "
@@ -622,12 +766,14 @@ def _population_rules(view: SpecView, name: str) -> list[Finding]:
     if space.is_conditional:
         out.append(Finding(("scheduler", "name"), f"{name} cannot mutate a conditional space (got conditional "
                            "parameters)", "remove the conditions or use asha", reads="space"))
-    if space and not any(pbt_mutable(p.key) for p in space.params):
+    if space and not _mutable_keys(view):
+        own = _loop_mutable(view.data["train"]["loop"])
+        keys = (", ".join(own) if own is not None else "an optimizer, loss, augmentation or schedule setting, "
+                "train.batch_size or model.dropout")
         out.append(Finding(("scheduler", "name"), f"{name} can perturb none of the searched keys (got "
                            f"{', '.join(p.key for p in space.params)}: they change the model, the data or the run)",
-                           "search an optimizer, loss, augmentation or schedule setting, train.batch_size or "
-                           "model.dropout", reads="space"))
-    if not d["train"]["checkpoint"]:
+                           f"search {keys}", reads="space train.loop"))
+    if not view.settings.train.checkpoint:
         out.append(Finding(("train", "checkpoint"), f"{name} copies checkpoints between trials (got false)",
                            "set it to true", reads="train.checkpoint"))
     return out
@@ -637,8 +783,8 @@ def check_pb2(view: SpecView) -> list[Finding]:
     """PBT's rules, and bounds to explore: every key PB2 perturbs must be uniform, loguniform
     or randint (keys it may not perturb are sampled once, any domain)."""
     out = _population_rules(view, "pb2")
-    for p in view.space.params:
-        if pbt_mutable(p.key) and p.domain.kind not in PB2_KINDS:
+    for p in _mutable_keys(view):
+        if p.domain.kind not in PB2_KINDS:
             out.append(Finding(("space", p.key), f"pb2 explores continuous bounds ({', '.join(PB2_KINDS)}), not a "
                                f"{p.domain.kind} (got {{{p.domain.kind}: {list(p.domain.args)}}})",
                                "give it bounds, e.g. {uniform: [low, high]} or {loguniform: [low, high]}, "
@@ -648,9 +794,9 @@ def check_pb2(view: SpecView) -> list[Finding]:
 
 def check_moasha(view: SpecView) -> list[Finding]:
     """MO-ASHA ranks by several objectives; with one, ASHA does the same job."""
-    out = check_grace_period(view)
-    metric = view.data["search"]["metric"]
-    if len(objectives.objectives(view.data["search"])) < 2:
+    out = check_max_t(view) + check_grace_period(view)
+    metric = view.settings.search.metric
+    if len(objectives.objectives(view.settings.search)) < 2:
         out.append(Finding(("scheduler", "name"), f"moasha ranks trials by several objectives, and search.metric "
                            f"names one (got {metric})", "use scheduler.name: asha, or list several objectives in "
                            "search.metric", reads="search.metric search.mode"))
