@@ -528,6 +528,13 @@ def collect_rows(grid, spec: Spec, remote: bool = False,
     wanted = {m for m, _ in objectives.objectives(spec.data["search"])} | set(constraints)
     planned = spec.data["train"]["epochs"]
     loops_own = spec.data["train"]["loop"] != "builtin"
+    # Ray's Result.config is the config in the trial's last result. A trial that never
+    # reported has one only while its actor lives (Tune fills it in from the actor), so a
+    # sweep read back without running (a resumed sweep whose budget is spent) lost the config
+    # of a trial stopped before its first epoch, which the live sweep had written. Tune's own
+    # trials keep it whatever happened; the ResultGrid holds them only privately.
+    analysis = getattr(grid, "_experiment_analysis", None)
+    trial_configs = {t.path: t.config for t in getattr(analysis, "trials", None) or ()}
     rows = []
     for res in grid:
         m = res.metrics or {}
@@ -571,7 +578,7 @@ def collect_rows(grid, spec: Spec, remote: bool = False,
                                                                              else None)
         if ckpt and remote and not stores.is_remote(ckpt):  # Ray's paths on S3 are bucket/key
             ckpt = stores.S3 + ckpt
-        config = searchers.flatten_config(res.config or {}, spec.space)
+        config = searchers.flatten_config(res.config or trial_configs.get(res.path) or {}, spec.space)
         if best and any(k.startswith("config.") for k in best):  # PBT: the config of the best epoch
             config = {k.removeprefix("config."): v for k, v in best.items() if k.startswith("config.")}
         rows.append(results.TrialRow(

@@ -173,3 +173,45 @@ def test_the_history_keeps_one_report_per_epoch_across_a_resume(reports, kept):
     out = _without_replays(history)
     assert [h["epoch"] for h in out] == kept and all("replayed" not in h for h in out)
     assert out[-1]["val_loss"] == next(h["val_loss"] for h in history if h["epoch"] == kept[-1])
+
+
+def _reports_once(config):
+    from ray import tune
+
+    tune.report({"val_accuracy": 0.5, "epoch": 1})
+
+
+def test_a_trial_that_never_reported_keeps_its_config_when_the_sweep_is_read_back(local_ray, tmp_path):
+    """A trial stopped before it reported: its row keeps the config Tune gave it, also when the
+    experiment is read back without running (a resumed sweep whose budget is spent): Ray's
+    Result.config comes from the last result, which such a trial lacks once its actor is gone
+    (CI once saw its config columns emptied by that second write)."""
+    from ray import tune
+    from ray.tune import Stopper
+
+    from raytune_opt import searchers
+    from raytune_opt.sweep import collect_rows
+
+    class StopAll(Stopper):  # the experiment ends at the first result: the second trial never starts
+        def __init__(self):
+            self.seen = False
+
+        def __call__(self, trial_id, result):
+            self.seen = True
+            return False
+
+        def stop_all(self):
+            return self.seen
+
+    spec = load_spec(DIGITS, ["search.algorithm=random", "search.num_samples=2", "scheduler={name: fifo}"])
+    _, space = searchers.build_searcher(spec)
+    trainable = tune.with_resources(_reports_once, {"cpu": 2})  # one trial at a time on the 2-CPU Ray
+    grid = tune.Tuner(trainable, param_space=space,
+                      tune_config=tune.TuneConfig(num_samples=2, metric="val_accuracy", mode="max"),
+                      run_config=tune.RunConfig(name="never", storage_path=str(tmp_path), stop=StopAll())).fit()
+    again = tune.Tuner.restore(str(tmp_path / "never"), trainable=trainable).get_results()
+    for g in (grid, again):
+        rows = collect_rows(g, spec)
+        assert len(rows) == 2 and sum(bool(r.history) for r in rows) == 1, rows
+        assert all(set(r.config) == {p.key for p in spec.space.params} for r in rows), [r.config for r in rows]
+    assert [r.config for r in collect_rows(grid, spec)] == [r.config for r in collect_rows(again, spec)]

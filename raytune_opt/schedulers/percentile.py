@@ -12,8 +12,9 @@ At every epoch from ``scheduler.grace_period`` on, a trial is stopped when
   ASHA and median rule, it compares with every trial that reached the epoch).
 
 Either rule may be off (null); a value that is not a finite number is not judged. Its records
-are held in memory: a resumed sweep starts them afresh (Ray's median rule does the same), so
-after a resume it judges a trial only against the epochs reported since.
+(each epoch's values, each trial's best) are kept in the experiment (``percentile_state.json``,
+through ``schedulers/_persisted.py``), so a resumed sweep judges against the epochs reported
+before the kill too.
 
 This scheduler was added as one file: its registration, its settings (``percentile``,
 ``threshold``, and the shared ``grace_period`` and ``min_samples_required``), its rules and its
