@@ -53,7 +53,9 @@ def _load_without_torch_pruning(path) -> dict:
 
 
 def test_pruning_removes_channels_and_the_chain_converts_the_pruned_model(experiment, capsys):
-    set_promote(experiment, prune=PRUNE)
+    # The INT8 gate is not what this test is about: the pruned model's INT8 loses about a point
+    # and lands either side of the default 1.0 by CPU (-1.04 on an AMD EPYC without AVX-512).
+    set_promote(experiment, prune=PRUNE, int8_max_accuracy_drop=3.0)
     assert main(["promote", str(experiment), "--targets", "prune,onnx,int8"]) == 0
     out = capsys.readouterr().out
     doc = json.loads((experiment / "promotion" / "manifest.json").read_text())
